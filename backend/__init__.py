@@ -1,0 +1,31 @@
+"""GeoCLIP engine: photo and text geolocation with GeoCLIP, no Qt, no QGIS.
+
+    from geoclip_qgis.backend import Engine
+    results = Engine().predict(["photo.jpg"], top_k=5)
+"""
+
+import os
+
+# Read by huggingface_hub when it is imported: the engine never reaches the network unless the user
+# asks for a download (which lifts this for that one call).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from .version import __version__  # noqa: E402
+
+__all__ = ["Engine", "PhotoResult", "Candidate", "GeoCLIPError", "__version__"]
+
+
+def __getattr__(name):  # torch loads only when the engine is actually used
+    if name == "Engine":
+        from .engine import Engine
+
+        return Engine
+    if name in ("PhotoResult", "Candidate"):
+        from . import results
+
+        return getattr(results, name)
+    if name == "GeoCLIPError":
+        from .errors import GeoCLIPError
+
+        return GeoCLIPError
+    raise AttributeError(name)

@@ -1,0 +1,77 @@
+"""The results schema shared by the CLI, the Processing algorithms and the dock.
+
+One row per (photo, rank) candidate; a photo that failed gives one row with its error and no
+candidates. Column names for photo attributes follow QGIS's "Import geotagged photos" layer where they
+overlap, so other photo tools read our layers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .exif import PhotoMetadata
+from .geo import haversine_km
+
+# The columns of every output, in order. CSV writes all of them; point layers drop ``error``
+# (failed photos go to an errors table instead).
+COLUMNS = ("photo", "rank", "lat", "lon", "probability", "exif_lat", "exif_lon", "error_km",
+           "model", "run_at", "error")
+POINT_COLUMNS = COLUMNS[:-1]
+COLUMN_TYPES = {"photo": str, "rank": int, "lat": float, "lon": float, "probability": float,
+                "exif_lat": float, "exif_lon": float, "error_km": float, "model": str, "run_at": str,
+                "error": str}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    rank: int  # 1 = most probable
+    lat: float
+    lon: float
+    probability: float
+
+
+@dataclass
+class PhotoResult:
+    photo: str
+    candidates: list[Candidate] = field(default_factory=list)
+    metadata: PhotoMetadata | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def exif_lat(self) -> float | None:
+        return self.metadata.latitude if self.metadata and self.metadata.has_gps else None
+
+    @property
+    def exif_lon(self) -> float | None:
+        return self.metadata.longitude if self.metadata and self.metadata.has_gps else None
+
+    def error_km(self, candidate: Candidate | None = None) -> float | None:
+        """Great-circle km from the photo's EXIF position to a candidate (top-1 by default)."""
+        candidate = candidate or (self.candidates[0] if self.candidates else None)
+        if candidate is None or self.exif_lat is None:
+            return None
+        return float(haversine_km(self.exif_lat, self.exif_lon, candidate.lat, candidate.lon))
+
+    def rows(self, model: str = "", run_at: str = "") -> list[dict]:
+        base = {"photo": self.photo, "exif_lat": self.exif_lat, "exif_lon": self.exif_lon,
+                "model": model, "run_at": run_at}
+        if not self.ok:
+            return [{**dict.fromkeys(COLUMNS), **base, "error": self.error}]
+        return [
+            {**base, "rank": c.rank, "lat": c.lat, "lon": c.lon, "probability": c.probability,
+             "error_km": self.error_km(c), "error": None}
+            for c in self.candidates
+        ]
+
+
+def photo_label(item, number: int) -> str:
+    """How a photo is named in results: its path as given, else a PIL image's file name, else
+    ``<image N>`` for the N-th input."""
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    return getattr(item, "filename", "") or f"<image {number}>"

@@ -1,0 +1,334 @@
+"""Where weights come from: the one place that resolves, checks, imports and downloads them.
+
+Heads (GeoCLIP's trained MLP, location encoder, logit scale and GPS gallery), in this order:
+``--heads DIR``, ``$GEOCLIP_HEADS``, ``<models folder>/heads``, the installed ``geoclip`` wheel.
+Backbone (a Hugging Face CLIP checkpoint folder): ``--clip DIR``, ``$GEOCLIP_CLIP``,
+``<models folder>/clip-vit-large-patch14``, the Hugging Face cache entry, read offline.
+
+Only :func:`download_backbone` uses the network, and only when called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+from .errors import WeightsError
+from .heads import WEIGHT_FILES, HeadsFiles
+
+APP_NAME = "geoclip-qgis"
+HEADS_ENV = "GEOCLIP_HEADS"
+CLIP_ENV = "GEOCLIP_CLIP"
+MODELS_DIR_ENV = "GEOCLIP_MODELS_DIR"
+CACHE_DIR_ENV = "GEOCLIP_CACHE_DIR"
+
+BACKBONE_REPO = "openai/clip-vit-large-patch14"
+# A commit of BACKBONE_REPO, never a branch: a moving name could serve different files tomorrow.
+BACKBONE_REVISION = "32bd64288804d66eefd0ccbe215aa642df71cc41"
+BACKBONE_FOLDER = "clip-vit-large-patch14"
+BACKBONE_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json",
+                  "vocab.json", "merges.txt", "special_tokens_map.json", "model.safetensors")
+CLIP_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+DEFAULT_GALLERY = "coordinates_100K.csv"
+REQUIRED_PROJECTION_DIM = 768
+
+FIX_HEADS = ("pass --heads DIR (a folder with weights/*.pth and gps_gallery/*.csv), "
+             "or run: geoclip-qgis models import PATH, or install the geoclip wheel: "
+             "pip install --no-deps geoclip")
+FIX_CLIP = ("pass --clip DIR (a Hugging Face CLIP checkpoint folder), or run: "
+            "geoclip-qgis models import PATH (from a USB stick), or, online: geoclip-qgis models download")
+
+
+def models_dir() -> Path:
+    """The user's models folder (platformdirs), unless $GEOCLIP_MODELS_DIR says otherwise."""
+    return Path(os.environ.get(MODELS_DIR_ENV) or platformdirs.user_data_path(APP_NAME) / "models")
+
+
+def cache_dir() -> Path:
+    """Derived data that can be rebuilt (gallery features): platformdirs' cache folder."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or platformdirs.user_cache_path(APP_NAME))
+
+
+@dataclass
+class Lookup:
+    """The outcome of one search: the folder found and every place tried, with why it was passed over."""
+
+    what: str
+    fix: str
+    path: Path | None = None
+    source: str = ""
+    tried: list[tuple[str, str, str]] = field(default_factory=list)  # (source, path, reason)
+
+    def message(self) -> str:
+        lines = [f"{self.what} not found. Looked in:"]
+        lines += [f"  - {src}: {path} ({reason})" for src, path, reason in self.tried]
+        lines.append(f"To fix: {self.fix}")
+        return "\n".join(lines)
+
+    def require(self) -> Path:
+        if self.path is None:
+            raise WeightsError(self.message())
+        return self.path
+
+
+# ---------------------------------------------------------------------------------------------- heads
+
+def wheel_heads_dir() -> Path | None:
+    """The installed geoclip release's model folder, found without importing the package."""
+    spec = importlib.util.find_spec("geoclip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def heads_problem(folder: Path) -> str | None:
+    """Why ``folder`` is not a heads folder, or None when it is one."""
+    if not folder.is_dir():
+        return "no such folder"
+    missing = [f"weights/{name}" for name in WEIGHT_FILES if not (folder / "weights" / name).is_file()]
+    if missing:
+        return "missing " + ", ".join(missing)
+    if not list((folder / "gps_gallery").glob("*.csv")):
+        return "missing gps_gallery/*.csv"
+    return None
+
+
+def gallery_csv(folder: Path) -> Path:
+    csvs = sorted((folder / "gps_gallery").glob("*.csv"))
+    preferred = folder / "gps_gallery" / DEFAULT_GALLERY
+    if preferred in csvs:
+        return preferred
+    if len(csvs) > 1:
+        names = ", ".join(p.name for p in csvs)
+        raise WeightsError(f"{folder / 'gps_gallery'} holds several galleries ({names}); keep one")
+    return csvs[0]
+
+
+def _heads_candidates(explicit: str | os.PathLike | None):
+    if explicit:
+        yield "--heads", Path(explicit).expanduser(), True
+    if os.environ.get(HEADS_ENV):
+        yield f"${HEADS_ENV}", Path(os.environ[HEADS_ENV]).expanduser(), True
+    yield "models folder", models_dir() / "heads", False
+    wheel = wheel_heads_dir()
+    if wheel is not None:
+        yield "geoclip wheel", wheel, False
+    else:
+        yield "geoclip wheel", Path("(geoclip package)"), False
+
+
+def find_heads(explicit: str | os.PathLike | None = None) -> Lookup:
+    lookup = Lookup("GeoCLIP heads", FIX_HEADS)
+    for source, folder, insisted in _heads_candidates(explicit):
+        reason = "not installed" if source == "geoclip wheel" and not folder.is_absolute() else None
+        reason = reason or heads_problem(folder)
+        if reason is None:
+            lookup.path, lookup.source = folder, source
+            return lookup
+        lookup.tried.append((source, str(folder), reason))
+        if insisted:  # the user named this folder: do not quietly use another one
+            return lookup
+    return lookup
+
+
+def resolve_heads(explicit: str | os.PathLike | None = None) -> HeadsFiles:
+    folder = find_heads(explicit).require()
+    return HeadsFiles(folder=folder, gallery_csv=gallery_csv(folder))
+
+
+# ------------------------------------------------------------------------------------------- backbone
+
+def hf_cache_backbone() -> Path | None:
+    """The Hugging Face cache's snapshot of the backbone (pinned revision first, then main), offline."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for revision in (BACKBONE_REVISION, None):
+        hit = try_to_load_from_cache(BACKBONE_REPO, "config.json", revision=revision)
+        if isinstance(hit, str):
+            return Path(hit).parent
+    return None
+
+
+def backbone_problem(folder: Path) -> str | None:
+    """Why ``folder`` is not a usable CLIP checkpoint folder, or None when it is one."""
+    if not folder.is_dir():
+        return "no such folder"
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        return "no config.json"
+    if not any((folder / name).is_file() for name in CLIP_WEIGHT_FILES) and not list(
+        folder.glob("model*.safetensors")
+    ):
+        return "no model.safetensors or pytorch_model.bin"
+    if not (folder / "preprocessor_config.json").is_file():
+        return "no preprocessor_config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"config.json unreadable: {exc}"
+    model_type = config.get("model_type")
+    if model_type not in ("clip", "clip_vision_model"):
+        return f"config.json describes a {model_type!r} model, not CLIP"
+    projection = config.get("projection_dim")
+    if projection is None and model_type == "clip":
+        projection = config.get("vision_config", {}).get("projection_dim")
+    if projection != REQUIRED_PROJECTION_DIM:
+        return (f"its projection is {projection} wide; GeoCLIP's image head needs "
+                f"{REQUIRED_PROJECTION_DIM} (CLIP ViT-L/14)")
+    return None
+
+
+def _backbone_candidates(explicit: str | os.PathLike | None):
+    if explicit:
+        yield "--clip", Path(explicit).expanduser(), True
+    if os.environ.get(CLIP_ENV):
+        yield f"${CLIP_ENV}", Path(os.environ[CLIP_ENV]).expanduser(), True
+    yield "models folder", models_dir() / BACKBONE_FOLDER, False
+    cached = hf_cache_backbone()
+    yield "Hugging Face cache", cached or Path(f"(no {BACKBONE_REPO} in the cache)"), False
+
+
+def find_backbone(explicit: str | os.PathLike | None = None) -> Lookup:
+    lookup = Lookup(f"CLIP backbone ({BACKBONE_REPO})", FIX_CLIP)
+    for source, folder, insisted in _backbone_candidates(explicit):
+        reason = backbone_problem(folder)
+        if reason is None:
+            lookup.path, lookup.source = folder, source
+            return lookup
+        lookup.tried.append((source, str(folder), reason))
+        if insisted:
+            return lookup
+    return lookup
+
+
+def resolve_backbone(explicit: str | os.PathLike | None = None) -> Path:
+    return find_backbone(explicit).require()
+
+
+# --------------------------------------------------------------------------------- status and copies
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_files(folder: Path, checksums: bool = True) -> list[dict]:
+    rows = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rows.append({
+            "file": str(path.relative_to(folder)),
+            "bytes": path.stat().st_size,
+            "sha256": sha256_file(path) if checksums else "",
+        })
+    return rows
+
+
+def status(heads: str | None = None, clip: str | None = None, checksums: bool = True) -> dict:
+    """What was found where, for ``models status`` and the plugin's models dialog."""
+    report = {"models_dir": str(models_dir()), "cache_dir": str(cache_dir())}
+    for key, lookup in (("heads", find_heads(heads)), ("backbone", find_backbone(clip))):
+        entry = {"found": lookup.path is not None, "tried": lookup.tried}
+        if lookup.path is not None:
+            entry.update(path=str(lookup.path), source=lookup.source,
+                         files=describe_files(lookup.path, checksums))
+        report[key] = entry
+    return report
+
+
+def import_models(source: str | os.PathLike) -> list[str]:
+    """Copy heads and/or a backbone from a folder or a .zip into the models folder.
+
+    The source may be a heads folder, a CLIP checkpoint folder, or a folder/zip holding
+    ``heads/`` and ``clip-vit-large-patch14/`` (the bundle layout). Returns what was imported.
+    """
+    source = Path(source).expanduser()
+    if source.is_file() and zipfile.is_zipfile(source):
+        return _import_zip(source)
+    if not source.is_dir():
+        raise WeightsError(f"cannot import {source}: not a folder or a .zip file")
+    imported = []
+    for name, folder, problem in _importable_parts(source):
+        if problem is None:
+            _copy_tree(folder, models_dir() / name)
+            imported.append(name)
+    if not imported:
+        raise WeightsError(
+            f"nothing to import from {source}: it is neither a heads folder "
+            f"({heads_problem(source)}) nor a CLIP checkpoint folder ({backbone_problem(source)})"
+        )
+    return imported
+
+
+def _importable_parts(source: Path):
+    yield "heads", source, heads_problem(source)
+    yield BACKBONE_FOLDER, source, backbone_problem(source)
+    for name in ("heads", BACKBONE_FOLDER):
+        sub = source / name
+        if sub.is_dir():
+            check = heads_problem if name == "heads" else backbone_problem
+            yield name, sub, check(sub)
+
+
+def _import_zip(archive: Path) -> list[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(archive) as bundle:
+            for member in bundle.infolist():
+                target = (Path(tmp) / member.filename).resolve()
+                if not target.is_relative_to(Path(tmp).resolve()):
+                    raise WeightsError(f"{archive}: refusing entry outside the bundle: {member.filename}")
+            bundle.extractall(tmp)
+        roots = [p for p in Path(tmp).iterdir()]
+        root = roots[0] if len(roots) == 1 and roots[0].is_dir() else Path(tmp)
+        return import_models(root)
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copy into a sibling folder first, then swap, so a failed copy never leaves half a model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns(".cache", "*.partial"))
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+
+
+def download_backbone(progress: bool = True) -> Path:
+    """Fetch the backbone at the pinned revision into the models folder: the only network use."""
+    from huggingface_hub import constants, snapshot_download
+
+    target = models_dir() / BACKBONE_FOLDER
+    # The engine runs with HF_HUB_OFFLINE=1; this is the one call the user asked to be online.
+    was_offline = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = False
+    try:
+        snapshot_download(
+            repo_id=BACKBONE_REPO,
+            revision=BACKBONE_REVISION,
+            allow_patterns=list(BACKBONE_FILES),
+            local_dir=str(target),
+        )
+    except Exception as exc:
+        raise WeightsError(
+            f"download of {BACKBONE_REPO}@{BACKBONE_REVISION[:10]} failed: {exc}\n"
+            f"Offline alternative: copy a CLIP folder with geoclip-qgis models import PATH"
+        ) from exc
+    finally:
+        constants.HF_HUB_OFFLINE = was_offline
+    problem = backbone_problem(target)
+    if problem:
+        raise WeightsError(f"downloaded backbone in {target} is not usable: {problem}")
+    return target
