@@ -7,6 +7,7 @@ so a batch can record it and go on.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
+def _bomb_message(pixels: int, size: str = "") -> str:
+    return (f"image refused: {size}{pixels / 1e6:.0f} MP is over the {MAX_PIXELS / 1e6:.0f} MP "
+            "safety limit against decompression bombs")
+
+
 def _shrink(image: Image.Image) -> Image.Image:
     factor = min(image.size) // DECODE_MIN_SIDE
     return image.reduce(factor) if factor >= 2 else image
@@ -106,10 +112,7 @@ def _shrink(image: Image.Image) -> Image.Image:
 def _decode(image: Image.Image, source: str) -> Photo:
     width, height = image.size
     if width * height > MAX_PIXELS:
-        raise PhotoError(
-            f"image is {width}x{height} pixels ({width * height / 1e6:.0f} MP), over the "
-            f"{MAX_PIXELS / 1e6:.0f} MP safety limit against decompression bombs"
-        )
+        raise PhotoError(_bomb_message(width * height, f"{width}x{height} pixels, "))
     metadata = read_metadata(image)
     image.draft(None, (DECODE_MIN_SIDE, DECODE_MIN_SIDE))  # JPEG: decode at 1/2..1/8 scale; others: no-op
     image.load()
@@ -137,8 +140,9 @@ def open_photo(item: str | os.PathLike | Image.Image, label: str | None = None) 
             return _decode(image, source)
     except PhotoError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise PhotoError(f"refused as a possible decompression bomb: {exc}") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own check at open, before ours
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        raise PhotoError(_bomb_message(int(claimed.group(1)) if claimed else MAX_PIXELS + 1)) from None
     except UnidentifiedImageError:
         if path.suffix.lower() in (".heic", ".heif") and not HEIF_SUPPORT:
             raise PhotoError("HEIC/HEIF photo: install pillow-heif to read it") from None

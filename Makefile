@@ -1,0 +1,52 @@
+# GeoCLIP for QGIS: `make setup`, `make test`, `make run`, `make bench`.
+# Every target does its own set-up and can be run again safely.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.setup-done
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# System packages: QGIS and its Python (GDAL, PyQt5 come with it), venv, exiftool (test oracle for
+# EXIF GPS), Xvfb + xwd + ImageMagick (the real QGIS desktop in tests and screenshots).
+APT_PACKAGES := python3-venv python3-pip python3-qgis qgis qgis-providers python3-gdal gdal-bin \
+                libimage-exiftool-perl xvfb x11-apps imagemagick
+TORCH_VERSION ?= 2.13.0
+GEOCLIP_RELEASE := geoclip==1.3.0
+CPU_INDEX := https://download.pytorch.org/whl/cpu
+
+.PHONY: setup test run bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing system packages: $$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	@# torch: a CUDA build where an NVIDIA driver is present, else the CPU build.
+	@if ! $(PY) -c "import torch" 2>/dev/null; then \
+	  if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q "torch==$(TORCH_VERSION)"; \
+	  elif curl -sf -m 5 -o /dev/null $(CPU_INDEX)/torch/; then \
+	    $(PIP) install -q "torch==$(TORCH_VERSION)" --index-url $(CPU_INDEX); \
+	  else $(PIP) install -q "torch==$(TORCH_VERSION)"; fi; \
+	fi
+	$(PIP) install -q -e ".[test]"
+	@# The official release: the source of the trained heads and gallery, and the parity oracle.
+	$(PIP) install -q --no-deps "$(GEOCLIP_RELEASE)"
+	@# scikit-image only for its sample photos (skimage/data) used by tests and benchmarks.
+	$(PIP) install -q --no-deps "scikit-image==0.26.0"
+	$(PY) -c "import torch, transformers, PIL, numpy, osgeo, qgis.core; print('setup ok: torch', torch.__version__, '| transformers', transformers.__version__, '| numpy', numpy.__version__, '| QGIS', qgis.core.Qgis.QGIS_VERSION)"
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/bench_predict.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

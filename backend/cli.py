@@ -1,0 +1,175 @@
+"""Command line: ``geoclip-qgis predict|models ...`` (also ``python -m geoclip_qgis.backend``).
+
+Exit status: 0 when the run finished and at least one photo was answered (or there were none),
+1 when every photo failed, 2 for a problem with the command or the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from datetime import datetime, timezone
+
+from .errors import GeoCLIPError
+from .version import __version__
+
+PROGRESS_THRESHOLD = 3  # show a progress bar for more photos than this
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--heads", metavar="DIR", help="GeoCLIP heads folder (weights/*.pth, gps_gallery/*.csv)")
+    parser.add_argument("--clip", metavar="DIR", help="Hugging Face CLIP checkpoint folder")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    _add_model_options(parser)
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                        help="CLIP tower precision; auto = bf16/fp16 on GPU, bf16 on CPUs with native bf16")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="photos per batch (default: 8 on CPU, by free memory on GPU)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geoclip-qgis", description="Geolocate photos with GeoCLIP, offline.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="top-k locations for photos or folders of photos")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="photo files or folders (walked recursively)")
+    predict.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates per photo (default 5)")
+    predict.add_argument("--out", metavar="FILE", help="write .csv, .gpkg or .geojson (default: CSV on stdout)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
+    _add_run_options(predict)
+
+    models = commands.add_parser("models", help="where weights are, and how to get them")
+    actions = models.add_subparsers(dest="action", required=True)
+    status = actions.add_parser("status", help="what was found where, with sizes and checksums")
+    _add_model_options(status)
+    status.add_argument("--no-checksums", action="store_true", help="skip sha256 (faster)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    actions.add_parser("download", help=f"download the CLIP backbone (the only command that uses the network)")
+    importer = actions.add_parser("import", help="copy heads and/or a CLIP folder (or a .zip bundle) into the models folder")
+    importer.add_argument("path", metavar="PATH")
+    return parser
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled or total <= PROGRESS_THRESHOLD:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="photo", file=sys.stderr, dynamic_ncols=True)
+
+
+def run_predict(args) -> int:
+    from .engine import Engine
+    from .walk import expand_paths
+    from .writers import open_writer, output_format
+
+    if args.out:
+        output_format(args.out)  # refuse an unknown extension before loading a model
+    photos = list(expand_paths(args.paths))
+    engine = Engine(heads=args.heads, clip=args.clip, device=args.device, precision=args.precision,
+                    batch_size=args.batch_size)
+    if not args.quiet:
+        print(f"geoclip-qgis: {len(photos)} photo(s), {engine.model_name} on {engine.device}", file=sys.stderr)
+    engine.load()
+    engine.check_top_k(args.top_k)
+    run_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    writer = open_writer(args.out, engine.model_name, run_at)
+    bar = _progress_bar(len(photos), not args.quiet)
+    failures: Counter = Counter()
+    answered = 0
+    try:
+        for result in engine.predict_iter(photos, args.top_k):
+            writer.write(result)
+            if result.ok:
+                answered += 1
+            else:
+                failures[result.error] += 1
+                if not args.quiet:
+                    (bar.write if bar else lambda m: print(m, file=sys.stderr))(f"failed: {result.photo}: {result.error}")
+            if bar:
+                bar.update(1)
+    finally:
+        writer.close()
+        if bar:
+            bar.close()
+    if not args.quiet:
+        failed = sum(failures.values())
+        print(f"geoclip-qgis: answered {answered}, failed {failed}" + (f", written to {args.out}" if args.out else ""),
+              file=sys.stderr)
+    return 1 if photos and answered == 0 else 0
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+
+
+def run_models(args) -> int:
+    from . import weights
+
+    if args.action == "status":
+        report = weights.status(args.heads, args.clip, checksums=not args.no_checksums)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            _print_status(report)
+        return 0 if report["heads"]["found"] and report["backbone"]["found"] else 1
+    if args.action == "download":
+        print(f"Downloading {weights.BACKBONE_REPO} at {weights.BACKBONE_REVISION} into "
+              f"{weights.models_dir() / weights.BACKBONE_FOLDER} ...", file=sys.stderr)
+        print(weights.download_backbone())
+        return 0
+    imported = weights.import_models(args.path)
+    print(f"imported {', '.join(imported)} into {weights.models_dir()}")
+    return 0
+
+
+def _print_status(report: dict) -> None:
+    import torch
+
+    from .device import available_devices, choose_device, choose_dtype
+
+    print(f"models folder: {report['models_dir']}")
+    print(f"cache folder:  {report['cache_dir']}")
+    for key, title in (("heads", "GeoCLIP heads"), ("backbone", "CLIP backbone")):
+        entry = report[key]
+        if entry["found"]:
+            print(f"{title}: {entry['path']}  (from {entry['source']})")
+            for row in entry["files"]:
+                print(f"    {row['file']:<40} {_human(row['bytes']):>10}  {row['sha256']}")
+        else:
+            print(f"{title}: NOT FOUND")
+        for source, path, reason in entry["tried"]:
+            print(f"    passed over {source}: {path} ({reason})")
+    device = choose_device("auto")
+    print(f"devices: {', '.join(label for _, label in available_devices())}; auto = {device}, "
+          f"precision auto = {str(choose_dtype(device)).replace('torch.', '')}")
+    import transformers
+
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "predict":
+            return run_predict(args)
+        return run_models(args)
+    except GeoCLIPError as exc:
+        print(f"geoclip-qgis: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("geoclip-qgis: interrupted; results written so far are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Writing results: CSV with the csv module, GeoPackage and GeoJSON through GDAL/OGR.
+
+Every writer takes results one at a time, so output grows as photos are answered and a stopped run
+keeps what it wrote. Points are EPSG:4326 with the columns of :data:`.results.POINT_COLUMNS`; photos
+that failed go to an ``errors`` table (GeoPackage), a feature with no geometry (GeoJSON) or a row with
+the ``error`` column set (CSV).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import TextIO
+
+from .errors import GeoCLIPError
+from .results import COLUMN_TYPES, COLUMNS, POINT_COLUMNS, PhotoResult
+
+POINTS_LAYER = "predictions"
+ERRORS_LAYER = "errors"
+FORMATS = {".csv": "CSV", ".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
+
+
+class CsvWriter:
+    def __init__(self, stream: TextIO, model: str = "", run_at: str = "", close_stream: bool = False):
+        self._stream, self._close = stream, close_stream
+        self._csv = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
+        self._csv.writeheader()
+        self.model, self.run_at = model, run_at
+
+    def write(self, result: PhotoResult) -> None:
+        for row in result.rows(self.model, self.run_at):
+            self._csv.writerow({k: _csv_value(v) for k, v in row.items()})
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._close:
+            self._stream.close()
+
+
+def _csv_value(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # shortest string that reads back as the same number
+    return value
+
+
+class OgrWriter:
+    """GeoPackage or GeoJSON through OGR. A GeoPackage is appended to, so earlier runs stay."""
+
+    BATCH = 64  # rows per transaction: a crash loses at most one batch
+
+    def __init__(self, path: Path, driver_name: str, model: str = "", run_at: str = ""):
+        from osgeo import ogr, osr
+
+        self._ogr = ogr
+        self.path, self.model, self.run_at = Path(path), model, run_at
+        driver = ogr.GetDriverByName(driver_name)
+        if driver is None:
+            raise GeoCLIPError(f"GDAL has no {driver_name} driver")
+        append = driver_name == "GPKG" and self.path.exists()
+        if not append and self.path.exists():
+            driver.DeleteDataSource(str(self.path))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._ds = ogr.Open(str(self.path), 1) if append else driver.CreateDataSource(str(self.path))
+        if self._ds is None:
+            raise GeoCLIPError(f"cannot write {self.path}: {_gdal_error()}")
+        wgs84 = osr.SpatialReference()
+        wgs84.ImportFromEPSG(4326)
+        wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        is_gpkg = driver_name == "GPKG"
+        self._columns = POINT_COLUMNS if is_gpkg else COLUMNS
+        self._points = self._layer(POINTS_LAYER, ogr.wkbPoint, wgs84, self._columns)
+        self._errors = None
+        if is_gpkg:
+            self._errors = self._layer(ERRORS_LAYER, ogr.wkbNone, None, ("photo", "error", "run_at"))
+        self._pending = 0
+        self._transactions = is_gpkg
+        self._begin()
+
+    def _layer(self, name, geometry_type, srs, columns):
+        layer = self._ds.GetLayerByName(name)
+        if layer is not None:
+            return layer
+        options = ["FID=fid"] if self._ds.GetDriver().GetName() == "GPKG" else []
+        layer = self._ds.CreateLayer(name, srs, geometry_type, options=options)
+        if layer is None:
+            raise GeoCLIPError(f"cannot create layer {name} in {self.path}: {_gdal_error()}")
+        for column in columns:
+            kind = {int: self._ogr.OFTInteger, float: self._ogr.OFTReal}.get(COLUMN_TYPES[column], self._ogr.OFTString)
+            layer.CreateField(self._ogr.FieldDefn(column, kind))
+        return layer
+
+    def _begin(self):
+        if self._transactions:
+            self._ds.StartTransaction()
+
+    def _commit(self):
+        if self._transactions:
+            self._ds.CommitTransaction()
+        self._pending = 0
+
+    def write(self, result: PhotoResult) -> None:
+        ogr = self._ogr
+        if not result.ok and self._errors is not None:
+            feature = ogr.Feature(self._errors.GetLayerDefn())
+            for key, value in (("photo", result.photo), ("error", result.error), ("run_at", self.run_at)):
+                feature.SetField(key, value)
+            self._errors.CreateFeature(feature)
+        else:
+            for row in result.rows(self.model, self.run_at):
+                feature = ogr.Feature(self._points.GetLayerDefn())
+                for key in self._columns:
+                    if row.get(key) is not None:
+                        feature.SetField(key, row[key])
+                if row.get("lat") is not None:  # a failed photo in GeoJSON: no geometry, error set
+                    point = ogr.Geometry(ogr.wkbPoint)
+                    point.AddPoint_2D(row["lon"], row["lat"])
+                    feature.SetGeometry(point)
+                if self._points.CreateFeature(feature) != 0:
+                    raise GeoCLIPError(f"cannot write to {self.path}: {_gdal_error()}")
+        self._pending += 1
+        if self._pending >= self.BATCH:
+            self._commit()
+            self._begin()
+
+    def close(self) -> None:
+        if self._ds is not None:
+            self._commit()
+            self._ds.FlushCache()
+            self._ds = None
+
+
+def _gdal_error() -> str:
+    from osgeo import gdal
+
+    return gdal.GetLastErrorMsg() or "unknown GDAL error"
+
+
+def output_format(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise GeoCLIPError(f"unknown output format {suffix or '(none)'!r}: use .csv, .gpkg or .geojson")
+    return FORMATS[suffix]
+
+
+def open_writer(path: str | os.PathLike | None, model: str = "", run_at: str = "", stdout: TextIO | None = None):
+    """A writer for ``path`` by its extension; CSV to ``stdout`` when there is no path."""
+    if path is None:
+        import sys
+
+        return CsvWriter(stdout or sys.stdout, model, run_at)
+    kind = output_format(path)
+    if kind == "CSV":
+        return CsvWriter(io.open(path, "w", newline="", encoding="utf-8"), model, run_at, close_stream=True)
+    return OgrWriter(Path(path), kind, model, run_at)

@@ -1,0 +1,98 @@
+"""Shared fixtures: a small generated CLIP, the real GeoCLIP heads from the geoclip wheel, real photos.
+
+The whole session runs with its models folder, cache folder and Hugging Face cache in temporary
+folders, so nothing on the developer's machine is read or changed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT.parent / "shared" / "samples" / "exif-samples"
+sys.path.insert(0, str(Path(__file__).parent))
+
+_session_home = Path(tempfile.mkdtemp(prefix="geoclip-tests-"))
+os.environ["GEOCLIP_MODELS_DIR"] = str(_session_home / "models")
+os.environ["GEOCLIP_CACHE_DIR"] = str(_session_home / "cache")
+os.environ["HF_HOME"] = str(_session_home / "hf")
+os.environ["HF_HUB_OFFLINE"] = "1"
+for name in ("GEOCLIP_HEADS", "GEOCLIP_CLIP"):
+    os.environ.pop(name, None)
+
+from clip_factory import make_clip_checkpoint  # noqa: E402
+
+
+def package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        pytest.fail(f"{name} is not installed; run `make setup`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@pytest.fixture(scope="session")
+def wheel_model_dir() -> Path:
+    """The geoclip release's model folder: the real trained heads and 100K gallery."""
+    return package_dir("geoclip") / "model"
+
+
+@pytest.fixture(scope="session")
+def kauai_png() -> Path:
+    return package_dir("geoclip") / "images" / "Kauai.png"
+
+
+@pytest.fixture(scope="session")
+def skimage_data() -> Path:
+    return package_dir("skimage") / "data"
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    if not SAMPLES.is_dir():
+        pytest.fail(f"sample photos not found at {SAMPLES}")
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    return make_clip_checkpoint(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_clip):
+    """fp32 engine with the real heads and the small CLIP; loaded once for the session."""
+    from geoclip_qgis.backend import Engine
+
+    return Engine(clip=tiny_clip, device="cpu", precision="fp32", batch_size=4).load()
+
+
+@pytest.fixture(scope="session")
+def release_module():
+    """The official geoclip package, imported without its training code (which needs torchvision)."""
+    stub = types.ModuleType("geoclip.train")
+    stub.train = stub.eval_images = None
+    sys.modules.setdefault("geoclip.train", stub)
+    import geoclip
+
+    return geoclip
+
+
+@pytest.fixture
+def photo_dir(tmp_path, skimage_data, kauai_png, samples) -> Path:
+    """A folder of a few real photos of different kinds."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(skimage_data / "astronaut.png", folder / "astronaut.png")
+    shutil.copy(skimage_data / "camera.png", folder / "camera.png")
+    shutil.copy(kauai_png, folder / "kauai.png")
+    shutil.copy(samples / "jpg" / "gps" / "DSCN0010.jpg", folder / "DSCN0010.jpg")
+    return folder

@@ -1,0 +1,97 @@
+"""The command line, run as a user runs it: a separate process, real files in and out."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "geoclip_qgis.backend"]
+
+
+def run(*args, check=True, timeout=600):
+    out = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, "COLUMNS": "100"})
+    if check and out.returncode not in (0,):
+        raise AssertionError(f"exit {out.returncode}\n{out.stderr}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def warm(engine):
+    """The session engine has written the gallery cache the CLI processes read."""
+    return engine
+
+
+def test_csv_on_stdout(warm, tiny_clip, photo_dir):
+    out = run("predict", photo_dir / "kauai.png", photo_dir / "missing.jpg", "--clip", tiny_clip,
+              "--top-k", 3, "--precision", "fp32")
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert out.stdout.startswith("photo,rank,lat,lon,probability,")
+    assert [r["rank"] for r in rows[:3]] == ["1", "2", "3"]
+    assert rows[3]["photo"].endswith("missing.jpg") and rows[3]["error"] == "file not found"
+    assert "answered 1, failed 1" in out.stderr
+
+
+def test_folder_to_geopackage_and_geojson(warm, tiny_clip, photo_dir, tmp_path):
+    from osgeo import ogr
+
+    gpkg = tmp_path / "out.gpkg"
+    (photo_dir / "broken.jpg").write_text("no")
+    out = run("predict", photo_dir, "--clip", tiny_clip, "--top-k", 2, "--out", gpkg)
+    assert "answered 4, failed 1" in out.stderr
+    ds = ogr.Open(str(gpkg))
+    points = ds.GetLayerByName("predictions")
+    assert points.GetFeatureCount() == 8
+    assert points.GetSpatialRef().GetAuthorityCode(None) == "4326"
+    names = [points.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(points.GetLayerDefn().GetFieldCount())]
+    assert names[:5] == ["photo", "rank", "lat", "lon", "probability"]
+    for feature in points:
+        geometry = feature.GetGeometryRef()
+        assert geometry.GetX() == pytest.approx(feature.GetField("lon"))
+        assert geometry.GetY() == pytest.approx(feature.GetField("lat"))
+    dscn = [f for f in ds.GetLayerByName("predictions") if f.GetField("photo").endswith("DSCN0010.jpg")]
+    assert dscn[0].GetField("exif_lat") == pytest.approx(43.4674483, abs=1e-6)
+    assert dscn[0].GetField("error_km") > 0
+    errors = [(f.GetField("photo"), f.GetField("error")) for f in ds.GetLayerByName("errors")]
+    assert len(errors) == 1 and errors[0][0].endswith("broken.jpg")
+
+    geojson = tmp_path / "out.geojson"
+    run("predict", photo_dir / "kauai.png", photo_dir / "broken.jpg", "--clip", tiny_clip, "--top-k", 1,
+        "--out", geojson)
+    features = json.loads(geojson.read_text())["features"]
+    assert len(features) == 2
+    assert features[0]["geometry"]["type"] == "Point"
+    assert features[1]["geometry"] is None and "not an image" in features[1]["properties"]["error"]
+
+
+def test_exit_codes_and_messages(warm, tiny_clip, tmp_path):
+    bad = run("predict", tmp_path / "nope.jpg", "--clip", tiny_clip, check=False)
+    assert bad.returncode == 1
+    no_weights = run("predict", tmp_path / "x.jpg", "--clip", tmp_path / "nowhere", check=False)
+    assert no_weights.returncode == 2
+    assert "CLIP backbone (openai/clip-vit-large-patch14) not found" in no_weights.stderr
+    assert "Traceback" not in no_weights.stderr
+    wrong_format = run("predict", tmp_path / "x.jpg", "--clip", tiny_clip, "--out", tmp_path / "x.shp", check=False)
+    assert wrong_format.returncode == 2 and "use .csv, .gpkg or .geojson" in wrong_format.stderr
+
+
+def test_models_status(tiny_clip):
+    out = run("models", "status", "--clip", tiny_clip, "--json")
+    report = json.loads(out.stdout)
+    assert report["backbone"]["path"] == str(tiny_clip)
+    assert report["heads"]["source"] == "geoclip wheel"
+    text = run("models", "status", "--clip", tiny_clip, "--no-checksums").stdout
+    assert "GeoCLIP heads:" in text and "location_encoder_weights.pth" in text and "torch " in text
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "geoclip-qgis"
+    out = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("geoclip-qgis ")

@@ -1,0 +1,142 @@
+"""Where weights come from: order of lookup, clear messages, checks, import."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from clip_factory import make_clip_checkpoint
+from geoclip_qgis.backend import weights
+from geoclip_qgis.backend.errors import WeightsError
+from geoclip_qgis.backend.heads import LOCATION_ENCODER_FILE, HeadsFiles, load_heads
+
+
+@pytest.fixture
+def heads_copy(tmp_path, wheel_model_dir) -> Path:
+    target = tmp_path / "my-heads"
+    shutil.copytree(wheel_model_dir / "weights", target / "weights")
+    (target / "gps_gallery").mkdir()
+    (target / "gps_gallery" / "coords.csv").write_text("LAT,LON\n10.5,20.25\n-33.0,151.0\n")
+    return target
+
+
+def test_heads_lookup_order(heads_copy, wheel_model_dir, monkeypatch, tmp_path):
+    assert weights.find_heads().source == "geoclip wheel"
+    assert weights.find_heads().path == wheel_model_dir
+    models_heads = Path(weights.models_dir()) / "heads"
+    shutil.copytree(heads_copy, models_heads)
+    try:
+        assert weights.find_heads().source == "models folder"
+        monkeypatch.setenv("GEOCLIP_HEADS", str(heads_copy))
+        assert weights.find_heads().source == "$GEOCLIP_HEADS"
+        assert weights.find_heads(str(wheel_model_dir)).source == "--heads"
+    finally:
+        shutil.rmtree(models_heads)
+
+
+def test_named_folder_is_never_silently_replaced(tmp_path):
+    with pytest.raises(WeightsError) as caught:
+        weights.resolve_heads(tmp_path / "typo")
+    message = str(caught.value)
+    assert "GeoCLIP heads not found" in message
+    assert f"--heads: {tmp_path / 'typo'} (no such folder)" in message
+    assert "To fix:" in message and "geoclip-qgis models import" in message
+
+
+def test_missing_backbone_message_names_places_and_fix(monkeypatch):
+    with pytest.raises(WeightsError) as caught:
+        weights.resolve_backbone()
+    message = str(caught.value)
+    assert "CLIP backbone (openai/clip-vit-large-patch14) not found" in message
+    assert "models folder" in message and "Hugging Face cache" in message
+    assert "geoclip-qgis models download" in message
+
+
+def test_backbone_from_env_and_hf_cache(tiny_clip, monkeypatch, tmp_path):
+    monkeypatch.setenv("GEOCLIP_CLIP", str(tiny_clip))
+    assert weights.find_backbone().source == "$GEOCLIP_CLIP"
+    monkeypatch.delenv("GEOCLIP_CLIP")
+    # A Hugging Face cache entry laid out as huggingface_hub writes it, found offline.
+    hub = tmp_path / "hub"
+    repo = hub / "models--openai--clip-vit-large-patch14"
+    snapshot = repo / "snapshots" / weights.BACKBONE_REVISION
+    shutil.copytree(tiny_clip, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(weights.BACKBONE_REVISION)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    found = weights.find_backbone()
+    assert found.source == "Hugging Face cache" and found.path == snapshot
+
+
+def test_narrow_projection_is_refused(tmp_path):
+    narrow = make_clip_checkpoint(tmp_path / "b32", projection_dim=512, with_text=False)
+    with pytest.raises(WeightsError, match="projection is 512 wide; GeoCLIP's image head needs 768"):
+        weights.resolve_backbone(narrow)
+
+
+def test_wrong_heads_are_refused_with_reason(heads_copy):
+    files = HeadsFiles(heads_copy, heads_copy / "gps_gallery" / "coords.csv")
+    path = heads_copy / "weights" / LOCATION_ENCODER_FILE
+    state = torch.load(path, weights_only=True)
+    state["LocEnc0.head.0.weight"] = torch.zeros(256, 1024)
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match=r"head.weight has shape \(256, 1024\), expected \(512, 1024\)"):
+        load_heads(files)
+    del state["LocEnc1.capsule.0.b"]
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match="missing keys"):
+        load_heads(files)
+
+
+def test_pickled_objects_are_not_executed(heads_copy, tmp_path):
+    """A heads file holding an arbitrary pickled object is refused, and its code never runs."""
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"0.weight": Payload()}, heads_copy / "weights" / "image_encoder_mlp_weights.pth")
+    with pytest.raises(WeightsError, match="cannot read GeoCLIP heads file"):
+        load_heads(HeadsFiles(heads_copy, heads_copy / "gps_gallery" / "coords.csv"))
+    assert not marker.exists()
+
+
+def test_import_folder_and_zip(heads_copy, tiny_clip, tmp_path):
+    assert weights.import_models(heads_copy) == ["heads"]
+    assert weights.find_heads().source == "models folder"
+    bundle = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(bundle, "w") as archive:
+        for path in tiny_clip.rglob("*"):
+            archive.write(path, f"bundle/{weights.BACKBONE_FOLDER}/{path.relative_to(tiny_clip)}")
+    assert weights.import_models(bundle) == [weights.BACKBONE_FOLDER]
+    found = weights.find_backbone()
+    assert found.source == "models folder"
+    assert (found.path / "model.safetensors").read_bytes() == (tiny_clip / "model.safetensors").read_bytes()
+    shutil.rmtree(weights.models_dir())
+    with pytest.raises(WeightsError, match="nothing to import"):
+        weights.import_models(tmp_path / "my-heads" / "weights")
+
+
+def test_zip_with_escaping_paths_is_refused(tmp_path):
+    bundle = tmp_path / "evil.zip"
+    with zipfile.ZipFile(bundle, "w") as archive:
+        archive.writestr("../../escaped.txt", "x")
+    with pytest.raises(WeightsError, match="outside the bundle"):
+        weights.import_models(bundle)
+    assert not (tmp_path.parent / "escaped.txt").exists()
+
+
+def test_status_reports_files_and_checksums(tiny_clip):
+    report = weights.status(clip=str(tiny_clip))
+    assert report["heads"]["found"] and report["backbone"]["found"]
+    files = {row["file"]: row for row in report["heads"]["files"]}
+    row = files["weights/logit_scale_weights.pth"]
+    assert row["sha256"] == weights.sha256_file(Path(report["heads"]["path"]) / row["file"])
+    assert row["bytes"] > 0
