@@ -32,6 +32,21 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="photos per batch (default: 8 on CPU, by free memory on GPU)")
 
 
+def _add_query_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates per photo (default 5)")
+    parser.add_argument("--out", metavar="FILE", help="write .csv, .gpkg or .geojson (default: CSV on stdout)")
+    parser.add_argument("--rasters", metavar="DIR", help="also write probability GeoTIFFs (world + local) here")
+    parser.add_argument("--world-cell", type=float, default=0.25, metavar="DEG", help="world raster cell (0.25)")
+    parser.add_argument("--local-cell", type=float, default=0.01, metavar="DEG", help="local raster cell (0.01)")
+    parser.add_argument("--regions", type=int, default=1, metavar="N",
+                        help="local rasters around the N best separate places (1)")
+    area = parser.add_mutually_exclusive_group()
+    area.add_argument("--area", metavar="W,S,E,N", help="only places inside this box (degrees)")
+    area.add_argument("--area-file", metavar="FILE", help="only places inside the polygons of this vector file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
+    _add_run_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoclip-qgis", description="Geolocate photos with GeoCLIP, offline.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -39,10 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="top-k locations for photos or folders of photos")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="photo files or folders (walked recursively)")
-    predict.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates per photo (default 5)")
-    predict.add_argument("--out", metavar="FILE", help="write .csv, .gpkg or .geojson (default: CSV on stdout)")
-    predict.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
-    _add_run_options(predict)
+    predict.add_argument("--fuse", action="store_true",
+                         help="also give one joint answer for all photos (photos known to show one place)")
+    _add_query_options(predict)
+
+    text = commands.add_parser("text", help="top-k locations for a text description (CLIP's text tower)")
+    text.add_argument("queries", nargs="+", metavar="QUERY", help='e.g. "a tropical beach with palm trees"')
+    _add_query_options(text)
 
     models = commands.add_parser("models", help="where weights are, and how to get them")
     actions = models.add_subparsers(dest="action", required=True)
@@ -64,45 +82,114 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="photo", file=sys.stderr, dynamic_ncols=True)
 
 
-def run_predict(args) -> int:
+def _area(args):
+    from .area import Area
+
+    if args.area:
+        return Area.from_bbox(args.area)
+    if args.area_file:
+        return Area.from_file(args.area_file)
+    return None
+
+
+class _Run:
+    """One command's outputs: rows to the writer, rasters to a folder, a summary at the end."""
+
+    def __init__(self, args, engine, total: int):
+        from .writers import open_writer
+
+        self.args, self.engine = args, engine
+        self.area = _area(args)
+        run_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.writer = open_writer(args.out, engine.model_name, run_at, area=self.area.label if self.area else "")
+        self.bar = _progress_bar(total, not args.quiet)
+        self.failures: Counter = Counter()
+        self.answered = 0
+        self.rasters_written = 0
+
+    def say(self, message: str) -> None:
+        if not self.args.quiet:
+            (self.bar.write if self.bar else lambda m: print(m, file=sys.stderr))(message)
+
+    def take(self, result) -> None:
+        self.writer.write(result)
+        if result.ok:
+            self.answered += 1
+            if self.args.rasters:
+                self.write_rasters(result)
+        else:
+            self.failures[result.error] += 1
+            self.say(f"failed: {result.photo}: {result.error}")
+        if self.bar:
+            self.bar.update(1)
+
+    def write_rasters(self, result) -> None:
+        from pathlib import Path
+
+        from .geotiff import raster_name, write_geotiff
+
+        made = self.engine.rasters(result, self.area, self.args.regions, self.args.world_cell, self.args.local_cell)
+        folder = Path(self.args.rasters)
+        write_geotiff(made.world, folder / raster_name(result.photo, "world"))
+        for index, local in enumerate(made.local):
+            write_geotiff(local, folder / raster_name(result.photo, "local", index))
+        self.rasters_written += 1 + len(made.local)
+
+    def close(self) -> int:
+        self.writer.close()
+        if self.bar:
+            self.bar.close()
+        if not self.args.quiet:
+            failed = sum(self.failures.values())
+            where = f", written to {self.args.out}" if self.args.out else ""
+            rasters = f", {self.rasters_written} rasters in {self.args.rasters}" if self.rasters_written else ""
+            print(f"geoclip-qgis: answered {self.answered}, failed {failed}{where}{rasters}", file=sys.stderr)
+        return 0
+
+
+def _engine(args):
     from .engine import Engine
-    from .walk import expand_paths
-    from .writers import open_writer, output_format
+    from .writers import output_format
 
     if args.out:
         output_format(args.out)  # refuse an unknown extension before loading a model
-    photos = list(expand_paths(args.paths))
     engine = Engine(heads=args.heads, clip=args.clip, device=args.device, precision=args.precision,
                     batch_size=args.batch_size)
-    if not args.quiet:
-        print(f"geoclip-qgis: {len(photos)} photo(s), {engine.model_name} on {engine.device}", file=sys.stderr)
     engine.load()
     engine.check_top_k(args.top_k)
-    run_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    writer = open_writer(args.out, engine.model_name, run_at)
-    bar = _progress_bar(len(photos), not args.quiet)
-    failures: Counter = Counter()
-    answered = 0
-    try:
-        for result in engine.predict_iter(photos, args.top_k):
-            writer.write(result)
-            if result.ok:
-                answered += 1
-            else:
-                failures[result.error] += 1
-                if not args.quiet:
-                    (bar.write if bar else lambda m: print(m, file=sys.stderr))(f"failed: {result.photo}: {result.error}")
-            if bar:
-                bar.update(1)
-    finally:
-        writer.close()
-        if bar:
-            bar.close()
+    return engine
+
+
+def run_predict(args) -> int:
+    from .walk import expand_paths
+
+    photos = list(expand_paths(args.paths))
+    engine = _engine(args)
     if not args.quiet:
-        failed = sum(failures.values())
-        print(f"geoclip-qgis: answered {answered}, failed {failed}" + (f", written to {args.out}" if args.out else ""),
-              file=sys.stderr)
-    return 1 if photos and answered == 0 else 0
+        print(f"geoclip-qgis: {len(photos)} photo(s), {engine.model_name} on {engine.device}", file=sys.stderr)
+    run = _Run(args, engine, len(photos))
+    answered = []
+    try:
+        for result in engine.predict_iter(photos, args.top_k, run.area):
+            run.take(result)
+            if args.fuse and result.ok:
+                answered.append(result)
+        if args.fuse and answered:
+            run.take(engine.fuse(answered, args.top_k, run.area))
+    finally:
+        run.close()
+    return 1 if photos and run.answered == 0 else 0
+
+
+def run_text(args) -> int:
+    engine = _engine(args)
+    run = _Run(args, engine, len(args.queries))
+    try:
+        for result in engine.predict_text(args.queries, args.top_k, run.area):
+            run.take(result)
+    finally:
+        run.close()
+    return 0
 
 
 def _human(size: int) -> str:
@@ -162,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             return run_predict(args)
+        if args.command == "text":
+            return run_text(args)
         return run_models(args)
     except GeoCLIPError as exc:
         print(f"geoclip-qgis: error: {exc}", file=sys.stderr)

@@ -22,9 +22,11 @@ from . import backbone
 from .device import PRECISION_NAMES, choose_device, choose_dtype, default_batch_size
 from .errors import GeoCLIPError, PhotoError
 from .exif import PhotoMetadata
-from .gallery import Gallery, load_gallery
+from .area import Area
+from .gallery import Gallery, cached_location_features, features_key, load_gallery
 from .heads import HeadsFiles, load_heads
 from .photos import open_photo
+from .rasters import RasterSet, SurfaceEvaluator, grid_centres, world_shape
 from .results import Candidate, PhotoResult, photo_label
 from .weights import find_backbone, find_heads, gallery_csv
 
@@ -58,6 +60,8 @@ class Engine:
         self._processor = None
         self._text = None
         self._gallery: Gallery | None = None
+        self._surfaces: dict[tuple[float, float], SurfaceEvaluator] = {}
+        self._area_cache: tuple[Area | None, torch.Tensor | None] = (None, None)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------ loading
@@ -116,12 +120,33 @@ class Engine:
         clip_embeds = self._vision(pixel_values=batch.to(self.dtype)).image_embeds
         return self.heads.image_features(clip_embeds.float())
 
+    def _area_mask(self, area: Area | None) -> torch.Tensor | None:
+        """Gallery points inside ``area`` (cached: the same area is asked for batch after batch)."""
+        if area is None:
+            return None
+        if self._area_cache[0] != area:
+            coordinates = self.gallery.coordinates.cpu().numpy()
+            inside = area.contains(coordinates[:, 0], coordinates[:, 1])
+            if not inside.any():
+                raise GeoCLIPError(f"no gallery place lies inside the area ({area.label})")
+            self._area_cache = (area, torch.from_numpy(inside).to(self.device))
+        return self._area_cache[1]
+
     @torch.inference_mode()
-    def rank(self, features: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Softmax over the gallery -> (B, k) candidate indices and probabilities, best first."""
+    def rank(self, features: torch.Tensor, top_k: int, area: Area | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax over the gallery -> (B, k) candidate indices and probabilities, best first.
+
+        ``features`` are query vectors: unit image/text features, or a sum of them (fusion). With an
+        area, places outside it are dropped and the probabilities renormalised over those inside.
+        """
         gallery = self.gallery
-        probabilities = self.heads.logits(features, gallery.features).softmax(dim=-1)
-        top = torch.topk(probabilities, top_k, dim=-1)
+        logits = self.heads.logits(features.to(self.device, torch.float32), gallery.features)
+        inside = self._area_mask(area)
+        if inside is not None:
+            logits = logits.masked_fill(~inside, float("-inf"))
+            top_k = min(top_k, int(inside.sum()))
+        top = torch.topk(logits.softmax(dim=-1), top_k, dim=-1)
         return top.indices, top.values
 
     def _candidates(self, indices: torch.Tensor, probabilities: torch.Tensor) -> list[list[Candidate]]:
@@ -132,6 +157,100 @@ class Engine:
              for rank, ((lat, lon), p) in enumerate(zip(coordinates[row], probabilities[row]))]
             for row in range(coordinates.shape[0])
         ]
+
+    def answer(self, features: torch.Tensor, top_k: int, area: Area | None = None) -> list[list[Candidate]]:
+        """Ranked candidates for each query vector in ``features`` (B, 512)."""
+        return self._candidates(*self.rank(features, top_k, area))
+
+    # ------------------------------------------------------------------------------ text queries
+
+    def _load_text(self):
+        with self._lock:
+            if self._text is None:
+                self._text = backbone.load_text_tower(self.clip_dir, self.device, self.dtype)
+        return self._text
+
+    @torch.inference_mode()
+    def text_features(self, queries: list[str]) -> torch.Tensor:
+        """CLIP's text feature stands in for the image feature and goes through the same head."""
+        model, tokenizer = self._load_text()
+        tokens = tokenizer(list(queries), padding=True, truncation=True, max_length=77, return_tensors="pt")
+        embeds = model(**{k: v.to(self.device) for k, v in tokens.items()}).text_embeds
+        return self.heads.image_features(embeds.float())
+
+    def predict_text(self, queries: Iterable[str], top_k: int = 5, area: Area | None = None) -> list[PhotoResult]:
+        queries = [q.strip() for q in queries]
+        if not all(queries):
+            raise GeoCLIPError("a text query is empty")
+        self.load()
+        self.check_top_k(top_k)
+        features = self.text_features(queries)
+        return [PhotoResult(f"text: {q}", ranked, feature=f.cpu().numpy())
+                for q, ranked, f in zip(queries, self.answer(features, top_k, area), features)]
+
+    # ------------------------------------------------------------------------------ fusion
+
+    def fuse(self, results: Iterable[PhotoResult], top_k: int = 5, area: Area | None = None,
+             label: str | None = None) -> PhotoResult:
+        """One joint answer for photos from one place: the sum of their log-probabilities over the
+        same candidates, renormalised. Since log p_i(x) = logit_i(x) - log Z_i, that is the softmax of
+        the summed logits, i.e. of the summed query vectors; the fused result carries that sum."""
+        members = [r for r in results if r.ok and r.feature is not None]
+        if not members:
+            raise GeoCLIPError("nothing to fuse: no photo was answered")
+        total = torch.from_numpy(np.sum([r.feature for r in members], axis=0))
+        ranked = self.answer(total[None], top_k, area)[0]
+        return PhotoResult(label or f"fused: {len(members)} photos", ranked, feature=total.numpy())
+
+    # ------------------------------------------------------------------------------ rasters
+
+    def surface(self, world_cell: float = 0.25, local_cell: float = 0.01,
+                progress: Progress | None = None) -> SurfaceEvaluator:
+        """The raster evaluator; the world grid's features are computed once and cached."""
+        key = (world_cell, local_cell)
+        if key not in self._surfaces:
+            rows, cols = world_shape(world_cell)
+
+            def grid_progress(done, total):
+                if progress:
+                    progress(f"Encoding the {world_cell} deg world grid (first use only)", done, total)
+
+            grid = cached_location_features(
+                self.heads, features_key(self.heads_files, f"world-{world_cell}", "bf16"),
+                lambda: grid_centres(-180.0, 90.0, world_cell, rows, cols),
+                self.device, grid_progress, dtype=torch.bfloat16)
+            self._surfaces[key] = SurfaceEvaluator(self.heads, grid, world_cell, local_cell,
+                                                   dtype=self._grid_dtype())
+        return self._surfaces[key]
+
+    def _grid_dtype(self) -> torch.dtype:
+        return torch.float32 if self.dtype == torch.float32 else torch.bfloat16
+
+    @torch.inference_mode()
+    def rasters(self, result: PhotoResult, area: Area | None = None, regions: int = 1,
+                world_cell: float = 0.25, local_cell: float = 0.01) -> RasterSet:
+        """World and local probability rasters for an answered photo, text query or fused set."""
+        if result.feature is None:
+            raise GeoCLIPError(f"no feature for {result.photo}: {result.error or 'not answered'}")
+        evaluator = self.surface(world_cell, local_cell)
+        query = torch.from_numpy(result.feature).to(self.device)
+        gallery_logits = self.heads.logits(query[None], self.gallery.features)[0]
+        top = torch.topk(gallery_logits, 16)
+        coords = self.gallery.coordinates[top.indices].cpu().numpy()
+        seeds = [(float(a), float(b), float(v)) for (a, b), v in zip(coords, top.values.cpu().numpy())]
+        made = evaluator.surface(query, seeds, area, regions)
+        metadata = {
+            "GEOCLIP_QUERY": result.photo,
+            "GEOCLIP_MODEL": self.model_name,
+            "GEOCLIP_VALUES": "probability per cell: the model's density (softmax score per unit area) "
+                              "integrated over each cell; the world raster's cells sum to 1",
+            "GEOCLIP_WORLD_CELL_DEG": str(world_cell),
+            "GEOCLIP_LOCAL_CELL_DEG": str(local_cell),
+            "GEOCLIP_AREA": area.label if area else "whole world",
+        }
+        for raster in (made.world, *made.local):
+            raster.metadata = {**metadata, "GEOCLIP_RASTER": raster.kind}
+        return made
 
     def check_top_k(self, top_k: int) -> None:
         if not 1 <= int(top_k) <= len(self.gallery):
@@ -148,7 +267,7 @@ class Engine:
         except Exception as exc:  # anything unforeseen in one photo stays with that photo
             return PhotoError(f"cannot prepare this photo: {type(exc).__name__}: {exc}")
 
-    def predict_iter(self, photos: Iterable, top_k: int = 5) -> Iterator[PhotoResult]:
+    def predict_iter(self, photos: Iterable, top_k: int = 5, area: Area | None = None) -> Iterator[PhotoResult]:
         """Yield one :class:`PhotoResult` per photo, in input order, as batches finish.
 
         Stopping the iteration (or closing the generator) stops the work within one batch.
@@ -173,23 +292,24 @@ class Engine:
                 ranked = iter(())
                 if good:
                     features = self.image_features(np.stack([p.pixels for p in good]))
-                    ranked = iter(self._candidates(*self.rank(features, top_k)))
+                    ranked = iter(self.answer(features, top_k, area))
+                    vectors = iter(features.cpu().numpy())
                 for label, p in prepared:
                     if isinstance(p, _Prepared):
-                        yield PhotoResult(label, next(ranked), p.metadata)
+                        yield PhotoResult(label, next(ranked), p.metadata, feature=next(vectors))
                     else:
                         yield PhotoResult(label, error=str(p))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def predict(self, photos: Iterable, top_k: int = 5,
+    def predict(self, photos: Iterable, top_k: int = 5, area: Area | None = None,
                 progress: Callable[[int, int], None] | None = None) -> list[PhotoResult]:
         """All results at once. ``photos``: paths or PIL images (a single one is accepted too)."""
         if isinstance(photos, (str, Path)) or hasattr(photos, "mode"):
             photos = [photos]
         photos = list(photos)
         results = []
-        for result in self.predict_iter(photos, top_k):
+        for result in self.predict_iter(photos, top_k, area):
             results.append(result)
             if progress:
                 progress(len(results), len(photos))

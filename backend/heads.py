@@ -65,7 +65,7 @@ class GeoCLIPHeads(nn.Module):
 
     def logits(self, image_features: torch.Tensor, location_features: torch.Tensor) -> torch.Tensor:
         """exp(logit_scale) * cosine similarity, (N images, M locations)."""
-        return self.logit_scale.exp() * image_features @ location_features.T
+        return self.logit_scale.exp() * (image_features @ location_features.T)
 
 
 # The release names the location encoder's modules LocEnc{i}.capsule.{0,1,3,5} and LocEnc{i}.head.0;
@@ -152,7 +152,7 @@ def load_heads(files: HeadsFiles) -> GeoCLIPHeads:
         raise WeightsError(f"{path} must hold a single number (the logit scale)")
     with torch.no_grad():
         heads.logit_scale.copy_(scale.reshape(()))
-    return heads.eval()
+    return heads.eval().requires_grad_(False)  # inference; fine-tuning turns gradients back on
 
 
 def save_heads(heads: GeoCLIPHeads, folder: Path) -> None:

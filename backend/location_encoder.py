@@ -44,8 +44,10 @@ class FourierFeatures(nn.Module):
         self.b = nn.Parameter(torch.randn(out_features, in_features) * sigma, requires_grad=False)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        phase = 2 * math.pi * v @ self.b.T
-        return torch.cat((torch.cos(phase), torch.sin(phase)), dim=-1)
+        # Phases reach ~1000 rad at sigma 256: always float32, even under bf16/fp16 autocast.
+        with torch.autocast(v.device.type, enabled=False):
+            phase = 2 * math.pi * v.float() @ self.b.float().T
+            return torch.cat((torch.cos(phase), torch.sin(phase)), dim=-1)
 
 
 class ScaleCapsule(nn.Module):

@@ -10,17 +10,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .exif import PhotoMetadata
 from .geo import haversine_km
 
 # The columns of every output, in order. CSV writes all of them; point layers drop ``error``
 # (failed photos go to an errors table instead).
 COLUMNS = ("photo", "rank", "lat", "lon", "probability", "exif_lat", "exif_lon", "error_km",
-           "model", "run_at", "error")
+           "model", "run_at", "area", "error")
 POINT_COLUMNS = COLUMNS[:-1]
 COLUMN_TYPES = {"photo": str, "rank": int, "lat": float, "lon": float, "probability": float,
                 "exif_lat": float, "exif_lon": float, "error_km": float, "model": str, "run_at": str,
-                "error": str}
+                "area": str, "error": str}
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class PhotoResult:
     candidates: list[Candidate] = field(default_factory=list)
     metadata: PhotoMetadata | None = None
     error: str | None = None
+    feature: np.ndarray | None = field(default=None, repr=False)  # the query vector (512,), for rasters and fusion
 
     @property
     def ok(self) -> bool:
@@ -57,9 +60,11 @@ class PhotoResult:
             return None
         return float(haversine_km(self.exif_lat, self.exif_lon, candidate.lat, candidate.lon))
 
-    def rows(self, model: str = "", run_at: str = "") -> list[dict]:
+    def rows(self, model: str = "", run_at: str = "", area: str = "") -> list[dict]:
+        """``model``, ``run_at`` and ``area`` describe the run: the weights, when, and the area of
+        interest the answers were restricted to (empty for the whole world)."""
         base = {"photo": self.photo, "exif_lat": self.exif_lat, "exif_lon": self.exif_lon,
-                "model": model, "run_at": run_at}
+                "model": model, "run_at": run_at, "area": area}
         if not self.ok:
             return [{**dict.fromkeys(COLUMNS), **base, "error": self.error}]
         return [

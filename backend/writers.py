@@ -23,14 +23,15 @@ FORMATS = {".csv": "CSV", ".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJ
 
 
 class CsvWriter:
-    def __init__(self, stream: TextIO, model: str = "", run_at: str = "", close_stream: bool = False):
+    def __init__(self, stream: TextIO, model: str = "", run_at: str = "", close_stream: bool = False,
+                 area: str = ""):
         self._stream, self._close = stream, close_stream
         self._csv = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
         self._csv.writeheader()
-        self.model, self.run_at = model, run_at
+        self.model, self.run_at, self.area = model, run_at, area
 
     def write(self, result: PhotoResult) -> None:
-        for row in result.rows(self.model, self.run_at):
+        for row in result.rows(self.model, self.run_at, self.area):
             self._csv.writerow({k: _csv_value(v) for k, v in row.items()})
         self._stream.flush()
 
@@ -52,11 +53,11 @@ class OgrWriter:
 
     BATCH = 64  # rows per transaction: a crash loses at most one batch
 
-    def __init__(self, path: Path, driver_name: str, model: str = "", run_at: str = ""):
+    def __init__(self, path: Path, driver_name: str, model: str = "", run_at: str = "", area: str = ""):
         from osgeo import ogr, osr
 
         self._ogr = ogr
-        self.path, self.model, self.run_at = Path(path), model, run_at
+        self.path, self.model, self.run_at, self.area = Path(path), model, run_at, area
         driver = ogr.GetDriverByName(driver_name)
         if driver is None:
             raise GeoCLIPError(f"GDAL has no {driver_name} driver")
@@ -110,7 +111,7 @@ class OgrWriter:
                 feature.SetField(key, value)
             self._errors.CreateFeature(feature)
         else:
-            for row in result.rows(self.model, self.run_at):
+            for row in result.rows(self.model, self.run_at, self.area):
                 feature = ogr.Feature(self._points.GetLayerDefn())
                 for key in self._columns:
                     if row.get(key) is not None:
@@ -146,13 +147,14 @@ def output_format(path: str | os.PathLike) -> str:
     return FORMATS[suffix]
 
 
-def open_writer(path: str | os.PathLike | None, model: str = "", run_at: str = "", stdout: TextIO | None = None):
+def open_writer(path: str | os.PathLike | None, model: str = "", run_at: str = "", stdout: TextIO | None = None,
+                area: str = ""):
     """A writer for ``path`` by its extension; CSV to ``stdout`` when there is no path."""
     if path is None:
         import sys
 
-        return CsvWriter(stdout or sys.stdout, model, run_at)
+        return CsvWriter(stdout or sys.stdout, model, run_at, area=area)
     kind = output_format(path)
     if kind == "CSV":
-        return CsvWriter(io.open(path, "w", newline="", encoding="utf-8"), model, run_at, close_stream=True)
-    return OgrWriter(Path(path), kind, model, run_at)
+        return CsvWriter(io.open(path, "w", newline="", encoding="utf-8"), model, run_at, close_stream=True, area=area)
+    return OgrWriter(Path(path), kind, model, run_at, area)

@@ -98,7 +98,7 @@ def test_bad_inputs_in_a_batch(engine, photo_dir, tmp_path, samples):
 def test_gallery_features_are_cached_on_disk(engine, tiny_clip, monkeypatch):
     """A new engine (a new process, as far as the cache knows) reads the features from disk."""
     key = engine.gallery.key
-    cache_file = Path(os.environ["GEOCLIP_CACHE_DIR"]) / "gallery" / f"{key}.safetensors"
+    cache_file = Path(os.environ["GEOCLIP_CACHE_DIR"]) / "features" / f"{key}.safetensors"
     assert cache_file.is_file() and cache_file.stat().st_size > 100_000 * 512 * 4
     monkeypatch.setattr(gallery_module, "_memory", {})
     calls = []
@@ -112,7 +112,7 @@ def test_gallery_features_are_cached_on_disk(engine, tiny_clip, monkeypatch):
 def test_damaged_cache_is_rebuilt(engine, tiny_clip, monkeypatch, tmp_path):
     monkeypatch.setenv("GEOCLIP_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(gallery_module, "_memory", {})
-    target = tmp_path / "gallery" / f"{engine.gallery.key}.safetensors"
+    target = tmp_path / "features" / f"{engine.gallery.key}.safetensors"
     target.parent.mkdir(parents=True)
     target.write_bytes(b"garbage")
     small = torch.tensor([[10.0, 20.0], [-30.0, 40.0]])

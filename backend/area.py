@@ -1,0 +1,94 @@
+"""Areas of interest: a bounding box or polygons in EPSG:4326, tested with GDAL/OGR.
+
+A point (or raster cell centre) is inside when it lies inside the box or polygon; boxes whose west edge
+is east of their east edge cross the antimeridian.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import GeoCLIPError
+
+
+@dataclass(frozen=True)
+class Area:
+    label: str  # what the user chose, recorded with the results
+    bbox: tuple[float, float, float, float] | None = None  # west, south, east, north
+    wkt: str | None = None  # (multi)polygon, lon/lat
+
+    @classmethod
+    def from_bbox(cls, text_or_tuple) -> "Area":
+        try:
+            values = [float(v) for v in (text_or_tuple.split(",") if isinstance(text_or_tuple, str) else text_or_tuple)]
+        except ValueError:
+            raise GeoCLIPError(f"area must be WEST,SOUTH,EAST,NORTH in degrees, got {text_or_tuple!r}") from None
+        if len(values) != 4:
+            raise GeoCLIPError(f"area must have 4 numbers WEST,SOUTH,EAST,NORTH, got {len(values)}")
+        west, south, east, north = values
+        if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south < north <= 90):
+            raise GeoCLIPError(f"area {values} is not a valid box: need -180..180 longitudes and south < north")
+        return cls(label=f"bbox {west:g},{south:g},{east:g},{north:g}", bbox=(west, south, east, north))
+
+    @classmethod
+    def from_wkt(cls, wkt: str, label: str = "polygon") -> "Area":
+        from osgeo import ogr
+
+        geometry = ogr.CreateGeometryFromWkt(wkt)
+        if geometry is None or ogr.GT_Flatten(geometry.GetGeometryType()) not in (ogr.wkbPolygon, ogr.wkbMultiPolygon):
+            raise GeoCLIPError("area must be a polygon or multipolygon in longitude/latitude")
+        west, east, south, north = geometry.GetEnvelope()
+        return cls(label=label, bbox=(west, south, east, north), wkt=geometry.ExportToWkt())
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "Area":
+        """The union of every polygon in a vector file (any OGR format), reprojected to EPSG:4326."""
+        from osgeo import ogr, osr
+
+        source = ogr.Open(os.fspath(path))
+        if source is None:
+            raise GeoCLIPError(f"cannot open area file {path}")
+        wgs84 = osr.SpatialReference()
+        wgs84.ImportFromEPSG(4326)
+        wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        union = ogr.Geometry(ogr.wkbMultiPolygon)
+        layer = source.GetLayer(0)
+        transform = None
+        if layer.GetSpatialRef() is not None and not layer.GetSpatialRef().IsSame(wgs84):
+            layer.GetSpatialRef().SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+            transform = osr.CoordinateTransformation(layer.GetSpatialRef(), wgs84)
+        for feature in layer:
+            geometry = feature.GetGeometryRef()
+            if geometry is None:
+                continue
+            geometry = geometry.Clone()
+            if transform is not None:
+                geometry.Transform(transform)
+            union = union.Union(geometry)
+        if union.IsEmpty():
+            raise GeoCLIPError(f"area file {path} holds no polygons")
+        return cls.from_wkt(union.ExportToWkt(), label=os.path.basename(os.fspath(path)))
+
+    def _in_box(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        west, south, east, north = self.bbox
+        in_lat = (lat >= south) & (lat <= north)
+        in_lon = (lon >= west) & (lon <= east) if west <= east else (lon >= west) | (lon <= east)
+        return in_lat & in_lon
+
+    def contains(self, lat, lon) -> np.ndarray:
+        """Boolean mask of the points (degrees) inside the area."""
+        lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+        inside = self._in_box(lat, lon)
+        if self.wkt is None or not inside.any():
+            return inside
+        from osgeo import ogr
+
+        polygon = ogr.CreateGeometryFromWkt(self.wkt)
+        point = ogr.Geometry(ogr.wkbPoint)
+        for index in np.flatnonzero(inside):  # the box has already thrown out most points
+            point.SetPoint_2D(0, float(lon.flat[index]), float(lat.flat[index]))
+            inside.flat[index] = polygon.Contains(point)
+        return inside
