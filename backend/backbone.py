@@ -57,7 +57,11 @@ def load_text_tower(folder: Path, device: torch.device, dtype: torch.dtype):
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     _quiet_transformers()
+    has_tokenizer = (folder / "tokenizer.json").is_file() or all(
+        (folder / name).is_file() for name in ("vocab.json", "merges.txt"))
     try:
+        if not has_tokenizer:  # transformers would quietly build an empty tokenizer instead
+            raise OSError(f"no tokenizer.json, nor vocab.json + merges.txt, in {folder}")
         model = CLIPTextModelWithProjection.from_pretrained(  # nosec B615 - a local folder, never a Hub name
             str(folder), local_files_only=True, use_safetensors=_has_safetensors(folder), dtype=dtype
         )

@@ -41,7 +41,8 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regions", type=int, default=1, metavar="N",
                         help="local rasters around the N best separate places (1)")
     area = parser.add_mutually_exclusive_group()
-    area.add_argument("--area", metavar="W,S,E,N", help="only places inside this box (degrees)")
+    area.add_argument("--area", metavar="W,S,E,N",
+                      help="only places inside this box (degrees); write --area=-10,35,30,60 when W is negative")
     area.add_argument("--area-file", metavar="FILE", help="only places inside the polygons of this vector file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
     _add_run_options(parser)

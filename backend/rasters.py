@@ -30,6 +30,7 @@ from .area import Area
 
 COARSE_FACTOR = 5  # a local window is first sampled at 5x the local cell size
 REFINED_COARSE_CELLS = 16  # the best coarse cells per window are sampled again at full resolution
+CANDIDATE_WINDOWS = 8  # windows sampled coarsely before the best are sharpened
 
 
 @dataclass
@@ -151,29 +152,36 @@ class SurfaceEvaluator:
         col = math.floor((lon + 180) / self.world_cell - size / 2 + 0.5)
         return min(max(row, 0), self.rows - size), min(max(col, 0), self.cols - size)
 
-    def _refine_window(self, row0: int, col0: int, query: torch.Tensor, area: Area | None) -> Raster:
-        """Log-density (per local cell, unnormalised) over one window, coarse first, then fine."""
-        n = self.window_cells * self.sub  # local cells per side
-        coarse = self.local_cell * COARSE_FACTOR
-        m = n // COARSE_FACTOR
-        north = 90 - row0 * self.world_cell
-        west = -180 + col0 * self.world_cell
-        coarse_logit = self._logits_at(grid_centres(west, north, coarse, m, m), query).reshape(m, m)
-        fine = np.repeat(np.repeat(coarse_logit, COARSE_FACTOR, 0), COARSE_FACTOR, 1)
-        best = np.argsort(coarse_logit, axis=None)[::-1][:REFINED_COARSE_CELLS]
-        blocks = [np.unravel_index(i, coarse_logit.shape) for i in best]
+    def _window(self, row0: int, col0: int, query: torch.Tensor) -> "_Window":
+        """One window sampled at the coarse step (5 local cells): cheap, and enough to rank windows."""
+        m = self.window_cells * self.sub // COARSE_FACTOR
+        step = self.local_cell * COARSE_FACTOR
+        north, west = 90 - row0 * self.world_cell, -180 + col0 * self.world_cell
+        coarse = self._logits_at(grid_centres(west, north, step, m, m), query).reshape(m, m)
+        fine = np.repeat(np.repeat(coarse, COARSE_FACTOR, 0), COARSE_FACTOR, 1)
+        return _Window(row0, col0, west, north, coarse, fine)
+
+    def _sharpen(self, window: "_Window", query: torch.Tensor) -> None:
+        """Evaluate the most probable coarse cells again at the local cell size."""
+        step = self.local_cell * COARSE_FACTOR
+        best = np.argsort(window.coarse, axis=None)[::-1][:REFINED_COARSE_CELLS]
+        blocks = [np.unravel_index(i, window.coarse.shape) for i in best]
         points = np.concatenate([
-            grid_centres(west + c * coarse, north - r * coarse, self.local_cell, COARSE_FACTOR, COARSE_FACTOR)
+            grid_centres(window.west + c * step, window.north - r * step, self.local_cell, COARSE_FACTOR, COARSE_FACTOR)
             for r, c in blocks
         ])
         exact = self._logits_at(points, query).reshape(len(blocks), COARSE_FACTOR, COARSE_FACTOR)
         for (r, c), block in zip(blocks, exact):
-            fine[r * COARSE_FACTOR:(r + 1) * COARSE_FACTOR, c * COARSE_FACTOR:(c + 1) * COARSE_FACTOR] = block
-        centres = grid_centres(west, north, self.local_cell, n, n)
-        log_mass = fine.reshape(-1) + _log_area(centres[:, 0], self.local_cell)
+            window.fine[r * COARSE_FACTOR:(r + 1) * COARSE_FACTOR, c * COARSE_FACTOR:(c + 1) * COARSE_FACTOR] = block
+
+    def _log_mass(self, window: "_Window", area: Area | None) -> np.ndarray:
+        """Per local cell: log-density + log-area, -inf outside the area."""
+        n = window.fine.shape[0]
+        centres = grid_centres(window.west, window.north, self.local_cell, n, n)
+        log_mass = window.fine.reshape(-1) + _log_area(centres[:, 0], self.local_cell)
         if area is not None:
             log_mass[~area.contains(centres[:, 0], centres[:, 1])] = -np.inf
-        return Raster(log_mass.reshape(n, n), west, north, self.local_cell, "local")
+        return log_mass.reshape(n, n)
 
     def _pick_windows(self, seeds: list[tuple[float, float, float]], world_logit: np.ndarray,
                       regions: int) -> list[tuple[int, int]]:
@@ -205,23 +213,40 @@ class SurfaceEvaluator:
             seeds = [s for s in seeds if area.contains(s[0], s[1]).item()]
         world_log_mass = (world_logit + self.world_log_area).reshape(self.rows, self.cols)
 
-        locals_ = []
-        for row0, col0 in self._pick_windows(list(seeds), world_logit, regions):
-            local = self._refine_window(row0, col0, query, area)
-            size = self.window_cells
-            # each world cell under the window: the sum of its local cells' masses
-            blocks = local.values.reshape(size, self.sub, size, self.sub)
-            world_log_mass[row0:row0 + size, col0:col0 + size] = _logsumexp(blocks, axis=(1, 3))
-            locals_.append(local)
+        # A centre sample can sit just beside a sharp peak and lose to a broad plateau elsewhere, so
+        # several candidate windows are sampled coarsely and the best of them sharpened.
+        windows = [self._window(r, c, query) for r, c in
+                   self._pick_windows(list(seeds), world_logit, max(regions, CANDIDATE_WINDOWS))]
+        masses = []
+        for window in windows:
+            masses.append(self._log_mass(window, area))
+        order = np.argsort([-np.max(m) for m in masses])[:regions]
+        for index in order:
+            self._sharpen(windows[index], query)
+            masses[index] = self._log_mass(windows[index], area)
+        size = self.window_cells
+        for window, mass in zip(windows, masses):  # world cells under a window: the sum of its cells
+            blocks = mass.reshape(size, self.sub, size, self.sub)
+            world_log_mass[window.row0:window.row0 + size, window.col0:window.col0 + size] = _logsumexp(blocks, axis=(1, 3))
 
         log_total = _logsumexp(world_log_mass[np.isfinite(world_log_mass)])
         world = np.exp(world_log_mass - log_total).astype(np.float32)
         if area is not None:  # outside the area: no data, not zero
             world[~np.isfinite(world_log_mass)] = np.nan
-        world_raster = Raster(world, -180.0, 90.0, self.world_cell, "world")
-        for local in locals_:
-            values = np.exp(local.values - log_total).astype(np.float32)
+        locals_ = []
+        for index in order:
+            values = np.exp(masses[index] - log_total).astype(np.float32)
             if area is not None:
-                values[~np.isfinite(local.values)] = np.nan
-            local.values = values
-        return RasterSet(world_raster, locals_)
+                values[~np.isfinite(masses[index])] = np.nan
+            locals_.append(Raster(values, windows[index].west, windows[index].north, self.local_cell, "local"))
+        return RasterSet(Raster(world, -180.0, 90.0, self.world_cell, "world"), locals_)
+
+
+@dataclass
+class _Window:
+    row0: int  # top-left world cell
+    col0: int
+    west: float
+    north: float
+    coarse: np.ndarray  # logits at the coarse step
+    fine: np.ndarray  # logits per local cell (coarse values repeated until sharpened)

@@ -1,7 +1,8 @@
 """Shared fixtures: a small generated CLIP, the real GeoCLIP heads from the geoclip wheel, real photos.
 
-The whole session runs with its models folder, cache folder and Hugging Face cache in temporary
-folders, so nothing on the developer's machine is read or changed.
+The whole session runs with its models folder and Hugging Face cache in temporary folders, so
+nothing of the developer's is read or changed. Derived caches (gallery and world-grid location
+features, keyed by the checksum of the weights) live in .cache/tests and survive between runs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 _session_home = Path(tempfile.mkdtemp(prefix="geoclip-tests-"))
 os.environ["GEOCLIP_MODELS_DIR"] = str(_session_home / "models")
-os.environ["GEOCLIP_CACHE_DIR"] = str(_session_home / "cache")
+os.environ["GEOCLIP_CACHE_DIR"] = str(ROOT / ".cache" / "tests")
 os.environ["HF_HOME"] = str(_session_home / "hf")
 os.environ["HF_HUB_OFFLINE"] = "1"
 for name in ("GEOCLIP_HEADS", "GEOCLIP_CLIP"):
