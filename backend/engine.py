@@ -8,6 +8,7 @@ encoding the current ones. The gallery's location features are computed once and
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +26,8 @@ from .exif import PhotoMetadata
 from .area import Area
 from .gallery import Gallery, cached_location_features, features_key, load_gallery
 from .heads import HeadsFiles, load_heads
-from .photos import open_photo
+from .embedding_cache import EmbeddingCache, backbone_key, photo_sha256
+from .photos import BadPath, check_file, open_photo, read_photo_metadata
 from .rasters import RasterSet, SurfaceEvaluator, grid_centres, world_shape
 from .results import Candidate, PhotoResult, photo_label
 from .weights import find_backbone, find_heads, gallery_csv
@@ -36,8 +38,10 @@ DECODE_WORKERS = 1  # one decoder keeps a 2-core CPU busy without starving the e
 
 @dataclass
 class _Prepared:
-    pixels: np.ndarray  # (3, H, W) float32, normalised as the checkpoint expects
+    pixels: np.ndarray | None  # (3, H, W) float32 as the checkpoint expects; None when cached
     metadata: PhotoMetadata
+    sha256: str | None = None  # of the file's bytes, for the embedding cache
+    embedding: np.ndarray | None = None  # (768,) CLIP embedding found in the cache
 
 
 class Engine:
@@ -47,7 +51,7 @@ class Engine:
     """
 
     def __init__(self, heads=None, clip=None, device: str = "auto", precision: str = "auto",
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, embedding_cache: bool = True):
         heads_lookup, clip_lookup = find_heads(heads), find_backbone(clip)
         self.heads_files = HeadsFiles(heads_lookup.require(), gallery_csv(heads_lookup.path))
         self.clip_dir = clip_lookup.require()
@@ -56,6 +60,8 @@ class Engine:
         self.dtype = choose_dtype(self.device, precision)
         self.batch_size = batch_size or default_batch_size(self.device, self.dtype)
         self.heads = load_heads(self.heads_files).to(self.device)
+        self.embeddings = EmbeddingCache() if embedding_cache else None
+        self.backbone_key = backbone_key(self.clip_dir, self.precision)
         self._vision = None
         self._processor = None
         self._text = None
@@ -109,16 +115,20 @@ class Engine:
         return self._processor(images=image, return_tensors="np")["pixel_values"][0]
 
     @torch.inference_mode()
-    def image_features(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) pixels -> (B, 512) unit-length GeoCLIP image features (fp32)."""
+    def clip_embeddings(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels -> (B, 768) CLIP projected image embeddings (fp32): the frozen part."""
         self.load()
         batch = torch.as_tensor(pixels)
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         else:
             batch = batch.to(self.device)
-        clip_embeds = self._vision(pixel_values=batch.to(self.dtype)).image_embeds
-        return self.heads.image_features(clip_embeds.float())
+        return self._vision(pixel_values=batch.to(self.dtype)).image_embeds.float()
+
+    @torch.inference_mode()
+    def image_features(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels -> (B, 512) unit-length GeoCLIP image features (fp32)."""
+        return self.heads.image_features(self.clip_embeddings(pixels))
 
     def _area_mask(self, area: Area | None) -> torch.Tensor | None:
         """Gallery points inside ``area`` (cached: the same area is asked for batch after batch)."""
@@ -260,12 +270,30 @@ class Engine:
 
     def _prepare(self, item, label: str) -> _Prepared | PhotoError:
         try:
+            sha = None
+            if self.embeddings is not None and isinstance(item, (str, os.PathLike)) and not isinstance(item, BadPath):
+                check_file(Path(item))
+                sha = photo_sha256(item)
+                hit = self.embeddings.get_many(self.backbone_key, [sha]).get(sha)
+                if hit is not None:  # known photo: metadata only, no decoding
+                    return _Prepared(None, read_photo_metadata(item), sha, hit)
             photo = open_photo(item, label)
-            return _Prepared(self.preprocess(photo.image), photo.metadata)
+            return _Prepared(self.preprocess(photo.image), photo.metadata, sha)
         except PhotoError as exc:
             return exc
         except Exception as exc:  # anything unforeseen in one photo stays with that photo
             return PhotoError(f"cannot prepare this photo: {type(exc).__name__}: {exc}")
+
+    def _embeddings_of(self, prepared: list[_Prepared]) -> np.ndarray:
+        """CLIP embeddings for a batch: from the cache where known, else from the vision tower."""
+        todo = [p for p in prepared if p.embedding is None]
+        if todo:
+            fresh = self.clip_embeddings(np.stack([p.pixels for p in todo])).cpu().numpy()
+            for p, embedding in zip(todo, fresh):
+                p.embedding = embedding
+            if self.embeddings is not None:
+                self.embeddings.put_many(self.backbone_key, {p.sha256: p.embedding for p in todo if p.sha256})
+        return np.stack([p.embedding for p in prepared])
 
     def predict_iter(self, photos: Iterable, top_k: int = 5, area: Area | None = None) -> Iterator[PhotoResult]:
         """Yield one :class:`PhotoResult` per photo, in input order, as batches finish.
@@ -291,7 +319,7 @@ class Engine:
                 good = [p for _, p in prepared if isinstance(p, _Prepared)]
                 ranked = iter(())
                 if good:
-                    features = self.image_features(np.stack([p.pixels for p in good]))
+                    features = self.heads.image_features(torch.from_numpy(self._embeddings_of(good)).to(self.device))
                     ranked = iter(self.answer(features, top_k, area))
                     vectors = iter(features.cpu().numpy())
                 for label, p in prepared:

@@ -56,7 +56,8 @@ class Photo:
     original_size: tuple[int, int]
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
+    """Raise a PhotoError saying why ``path`` cannot be read as a file, if it cannot."""
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -134,7 +135,7 @@ def open_photo(item: str | os.PathLike | Image.Image, label: str | None = None) 
             raise PhotoError(f"cannot use this image: {exc}") from exc
     path = Path(item)
     source = label or str(item)
-    _check_file(path)
+    check_file(path)
     try:
         with Image.open(path) as image:
             return _decode(image, source)
@@ -157,3 +158,12 @@ def open_photo(item: str | os.PathLike | Image.Image, label: str | None = None) 
     except MemoryError:
         raise PhotoError("out of memory while decoding this image") from None
 
+
+
+def read_photo_metadata(path: str | os.PathLike) -> PhotoMetadata:
+    """EXIF of a photo without decoding its pixels (for photos whose embedding is already known)."""
+    try:
+        with Image.open(path) as image:
+            return read_metadata(image)
+    except Exception:
+        return PhotoMetadata()

@@ -71,7 +71,7 @@ def engine(tiny_clip):
     """fp32 engine with the real heads and the small CLIP; loaded once for the session."""
     from geoclip_qgis.backend import Engine
 
-    return Engine(clip=tiny_clip, device="cpu", precision="fp32", batch_size=4).load()
+    return Engine(clip=tiny_clip, device="cpu", precision="fp32", batch_size=4, embedding_cache=False).load()
 
 
 @pytest.fixture(scope="session")

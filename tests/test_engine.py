@@ -31,7 +31,7 @@ def test_candidates_are_ranked_probabilities(engine, photo_dir):
 def test_batching_does_not_change_answers(engine, photo_dir, tiny_clip):
     photos = sorted(photo_dir.iterdir())
     together = engine.predict(photos, top_k=3)
-    single = Engine(clip=tiny_clip, device="cpu", precision="fp32", batch_size=1)
+    single = Engine(clip=tiny_clip, device="cpu", precision="fp32", batch_size=1, embedding_cache=False)
     one_by_one = single.predict(photos, top_k=3)
     for a, b in zip(together, one_by_one):
         assert [(c.lat, c.lon) for c in a.candidates] == [(c.lat, c.lon) for c in b.candidates]
@@ -147,10 +147,32 @@ def test_top_k_and_device_errors(engine, tiny_clip):
 def test_stopping_early_stops_the_work(engine, photo_dir, monkeypatch):
     """Closing the generator after the first result leaves later batches unencoded."""
     encoded = []
-    original = engine.image_features
-    monkeypatch.setattr(engine, "image_features", lambda px: encoded.append(len(px)) or original(px))
+    original = engine.clip_embeddings
+    monkeypatch.setattr(engine, "clip_embeddings", lambda px: encoded.append(len(px)) or original(px))
     photos = sorted(photo_dir.iterdir()) * 5  # 20 photos, batches of 4
     stream = engine.predict_iter(photos, top_k=1)
     next(stream)
     stream.close()
     assert encoded == [4]
+
+
+def test_embedding_cache_skips_the_vision_tower(tiny_clip, photo_dir, tmp_path, monkeypatch):
+    """A second run over the same photos (even renamed) reads embeddings instead of encoding."""
+    import shutil
+
+    monkeypatch.setenv("GEOCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    cached = Engine(clip=tiny_clip, device="cpu", precision="fp32")
+    first = cached.predict(sorted(photo_dir.iterdir()), top_k=3)
+    calls = []
+    original = cached.clip_embeddings
+    monkeypatch.setattr(cached, "clip_embeddings", lambda px: calls.append(len(px)) or original(px))
+    renamed = tmp_path / "moved"
+    shutil.copytree(photo_dir, renamed)
+    for path in renamed.iterdir():
+        path.rename(path.with_name("renamed_" + path.name))
+    second = cached.predict(sorted(renamed.iterdir()), top_k=3)
+    assert calls == []
+    for a, b in zip(first, second):
+        assert [(c.lat, c.lon) for c in a.candidates] == [(c.lat, c.lon) for c in b.candidates]
+        assert a.exif_lat == b.exif_lat
+    assert any(r.exif_lat is not None for r in second)  # EXIF is still read for cached photos
