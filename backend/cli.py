@@ -57,7 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", metavar="PATH", help="photo files or folders (walked recursively)")
     predict.add_argument("--fuse", action="store_true",
                          help="also give one joint answer for all photos (photos known to show one place)")
+    predict.add_argument("--skip-geotagged", action="store_true",
+                         help="do not answer photos that already have EXIF GPS")
+    predict.add_argument("--redo", action="store_true",
+                         help="answer every photo again, even those a .gpkg --out already holds")
     _add_query_options(predict)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy at 1/25/200/750/2500 km against known positions")
+    evaluate.add_argument("data", metavar="CSV_OR_FOLDER",
+                          help="a CSV with photo,lat,lon columns (e.g. Im2GPS3k's IMG_ID,LAT,LON), or a folder "
+                               "of photos with EXIF GPS")
+    evaluate.add_argument("--images", metavar="DIR", help="folder the CSV's photo names are relative to")
+    evaluate.add_argument("--report", metavar="FILE.json", help="also write the table as JSON")
+    evaluate.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates kept per photo (default 5)")
+    evaluate.add_argument("--out", metavar="FILE", help="per-photo answers as .csv, .gpkg or .geojson")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    _add_run_options(evaluate)
 
     text = commands.add_parser("text", help="top-k locations for a text description (CLIP's text tower)")
     text.add_argument("queries", nargs="+", metavar="QUERY", help='e.g. "a tropical beach with palm trees"')
@@ -94,7 +109,7 @@ def _area(args):
 
 
 class _Run:
-    """One command's outputs: rows to the writer, rasters to a folder, a summary at the end."""
+    """One command's outputs: rows to the writer, rasters to a folder, progress and a summary."""
 
     def __init__(self, args, engine, total: int):
         from .writers import open_writer
@@ -102,24 +117,19 @@ class _Run:
         self.args, self.engine = args, engine
         self.area = _area(args)
         run_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.writer = open_writer(args.out, engine.model_name, run_at, area=self.area.label if self.area else "")
+        self.writer = open_writer(args.out, engine.model_name, run_at, area=self.area.label if self.area else "",
+                                  batch=engine.batch_size)
         self.bar = _progress_bar(total, not args.quiet)
-        self.failures: Counter = Counter()
-        self.answered = 0
         self.rasters_written = 0
 
     def say(self, message: str) -> None:
         if not self.args.quiet:
             (self.bar.write if self.bar else lambda m: print(m, file=sys.stderr))(message)
 
-    def take(self, result) -> None:
-        self.writer.write(result)
-        if result.ok:
-            self.answered += 1
-            if self.args.rasters:
-                self.write_rasters(result)
-        else:
-            self.failures[result.error] += 1
+    def on_result(self, result) -> None:
+        if result.ok and not result.skipped and self.args.rasters:
+            self.write_rasters(result)
+        if result.error:
             self.say(f"failed: {result.photo}: {result.error}")
         if self.bar:
             self.bar.update(1)
@@ -136,16 +146,16 @@ class _Run:
             write_geotiff(local, folder / raster_name(result.photo, "local", index))
         self.rasters_written += 1 + len(made.local)
 
-    def close(self) -> int:
+    def close(self, summary=None) -> None:
         self.writer.close()
         if self.bar:
             self.bar.close()
-        if not self.args.quiet:
-            failed = sum(self.failures.values())
-            where = f", written to {self.args.out}" if self.args.out else ""
-            rasters = f", {self.rasters_written} rasters in {self.args.rasters}" if self.rasters_written else ""
-            print(f"geoclip-qgis: answered {self.answered}, failed {failed}{where}{rasters}", file=sys.stderr)
-        return 0
+        if not self.args.quiet and summary is not None:
+            where = f"written to {self.args.out}" if self.args.out else ""
+            rasters = f"{self.rasters_written} rasters in {self.args.rasters}" if self.rasters_written else ""
+            print("geoclip-qgis: " + summary.text(), file=sys.stderr)
+            if where or rasters:
+                print("geoclip-qgis: " + ", ".join(filter(None, (where, rasters))), file=sys.stderr)
 
 
 def _engine(args):
@@ -161,36 +171,103 @@ def _engine(args):
     return engine
 
 
-def run_predict(args) -> int:
+def _count(paths) -> int:
     from .walk import expand_paths
 
-    photos = list(expand_paths(args.paths))
+    return sum(1 for _ in expand_paths(paths))  # a cheap first walk, so memory stays flat
+
+
+def run_predict(args) -> int:
+    from .batch import run_photos
+    from .walk import expand_paths
+
+    total = _count(args.paths)
     engine = _engine(args)
     if not args.quiet:
-        print(f"geoclip-qgis: {len(photos)} photo(s), {engine.model_name} on {engine.device}", file=sys.stderr)
-    run = _Run(args, engine, len(photos))
+        print(f"geoclip-qgis: {total} photo(s), {engine.model_name} on {engine.device}", file=sys.stderr)
+    run = _Run(args, engine, total)
     answered = []
+
+    def on_result(result):
+        run.on_result(result)
+        if args.fuse and result.ok and not result.skipped:
+            answered.append(result)
+
+    summary = None
     try:
-        for result in engine.predict_iter(photos, args.top_k, run.area):
-            run.take(result)
-            if args.fuse and result.ok:
-                answered.append(result)
+        summary = run_photos(engine, expand_paths(args.paths), run.writer, args.top_k, run.area,
+                             resume=not args.redo, skip_geotagged=args.skip_geotagged, on_result=on_result)
         if args.fuse and answered:
-            run.take(engine.fuse(answered, args.top_k, run.area))
+            fused = engine.fuse(answered, args.top_k, run.area)
+            run.writer.write(fused)
+            run.on_result(fused)
     finally:
-        run.close()
-    return 1 if photos and run.answered == 0 else 0
+        run.close(summary)
+    if summary is not None and summary.answered == 0 and summary.failed:
+        return 1
+    return 0
 
 
 def run_text(args) -> int:
+    from .batch import RunSummary
+
     engine = _engine(args)
     run = _Run(args, engine, len(args.queries))
+    summary = RunSummary()
     try:
         for result in engine.predict_text(args.queries, args.top_k, run.area):
-            run.take(result)
+            run.writer.write(result)
+            summary.add(result)
+            run.on_result(result)
+    finally:
+        run.close(summary)
+    return 0
+
+
+def run_evaluate(args) -> int:
+    """Top-1 accuracy against known positions: a CSV of (photo, lat, lon), or photos' EXIF GPS."""
+    import json as json_module
+
+    from .evaluation import accuracy_table, format_table, read_truth_csv
+    from .geo import haversine_km
+    from .walk import expand_paths
+
+    if args.data.lower().endswith(".csv"):
+        truths = {t.photo: (t.lat, t.lon) for t in read_truth_csv(args.data, args.images)}
+        photos = list(truths)
+    else:
+        truths, photos = None, expand_paths([args.data])
+    engine = _engine(args)
+    run = _Run(args, engine, len(truths) if truths else _count([args.data]))
+    errors, failed, without_truth = [], 0, 0
+    try:
+        for result in engine.predict_iter(photos, args.top_k):
+            run.writer.write(result)
+            run.on_result(result)
+            if not result.ok:
+                failed += 1
+                continue
+            truth = truths.get(result.photo) if truths else (
+                (result.exif_lat, result.exif_lon) if result.exif_lat is not None else None)
+            if truth is None:
+                without_truth += 1
+                continue
+            top = result.candidates[0]
+            errors.append(float(haversine_km(truth[0], truth[1], top.lat, top.lon)))
+        table = accuracy_table(errors)
+        table.update(failed=failed, without_truth=without_truth)
+        if errors and hasattr(run.writer, "write_table"):
+            run.writer.write_table("accuracy", {"run_at": run.writer.run_at, "model": engine.model_name, **table})
     finally:
         run.close()
-    return 0
+    table["model"] = engine.model_name
+    print(format_table(table))
+    if failed or without_truth:
+        print(f"not counted: {failed} failed to decode, {without_truth} without a known position", file=sys.stderr)
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as handle:
+            json_module.dump(table, handle, indent=2)
+    return 0 if errors else 1
 
 
 def _human(size: int) -> str:
@@ -252,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_predict(args)
         if args.command == "text":
             return run_text(args)
+        if args.command == "evaluate":
+            args.rasters = None
+            args.area = args.area_file = None
+            return run_evaluate(args)
         return run_models(args)
     except GeoCLIPError as exc:
         print(f"geoclip-qgis: error: {exc}", file=sys.stderr)

@@ -14,7 +14,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Container, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from .heads import HeadsFiles, load_heads
 from .embedding_cache import EmbeddingCache, backbone_key, photo_sha256
 from .photos import BadPath, check_file, open_photo, read_photo_metadata
 from .rasters import RasterSet, SurfaceEvaluator, grid_centres, world_shape
-from .results import Candidate, PhotoResult, photo_label
+from .results import SKIP_ANSWERED, SKIP_GEOTAGGED, Candidate, PhotoResult, photo_label
 from .weights import find_backbone, find_heads, gallery_csv
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -268,16 +268,25 @@ class Engine:
 
     # --------------------------------------------------------------------------------- prediction
 
-    def _prepare(self, item, label: str) -> _Prepared | PhotoError:
+    def _prepare(self, item, label: str, skip: Container[str], skip_geotagged: bool
+                 ) -> _Prepared | PhotoError | PhotoResult:
         try:
             sha = None
-            if self.embeddings is not None and isinstance(item, (str, os.PathLike)) and not isinstance(item, BadPath):
+            if isinstance(item, (str, os.PathLike)) and not isinstance(item, BadPath):
                 check_file(Path(item))
                 sha = photo_sha256(item)
-                hit = self.embeddings.get_many(self.backbone_key, [sha]).get(sha)
-                if hit is not None:  # known photo: metadata only, no decoding
-                    return _Prepared(None, read_photo_metadata(item), sha, hit)
+                if sha in skip:
+                    return PhotoResult(label, sha256=sha, skipped=SKIP_ANSWERED)
+                if skip_geotagged or self.embeddings is not None:
+                    metadata = read_photo_metadata(item)
+                    if skip_geotagged and metadata.has_gps:
+                        return PhotoResult(label, metadata=metadata, sha256=sha, skipped=SKIP_GEOTAGGED)
+                    hit = self.embeddings.get_many(self.backbone_key, [sha]).get(sha) if self.embeddings else None
+                    if hit is not None:  # known photo: no decoding
+                        return _Prepared(None, metadata, sha, hit)
             photo = open_photo(item, label)
+            if skip_geotagged and photo.metadata.has_gps:
+                return PhotoResult(label, metadata=photo.metadata, sha256=sha, skipped=SKIP_GEOTAGGED)
             return _Prepared(self.preprocess(photo.image), photo.metadata, sha)
         except PhotoError as exc:
             return exc
@@ -295,10 +304,14 @@ class Engine:
                 self.embeddings.put_many(self.backbone_key, {p.sha256: p.embedding for p in todo if p.sha256})
         return np.stack([p.embedding for p in prepared])
 
-    def predict_iter(self, photos: Iterable, top_k: int = 5, area: Area | None = None) -> Iterator[PhotoResult]:
+    def predict_iter(self, photos: Iterable, top_k: int = 5, area: Area | None = None,
+                     skip: Container[str] = frozenset(), skip_geotagged: bool = False) -> Iterator[PhotoResult]:
         """Yield one :class:`PhotoResult` per photo, in input order, as batches finish.
 
-        Stopping the iteration (or closing the generator) stops the work within one batch.
+        Photos whose content hash is in ``skip`` (answered in an earlier run), and with
+        ``skip_geotagged`` photos that have EXIF GPS, come back with ``skipped`` set to the reason,
+        without being encoded. Stopping the iteration (or closing the generator) stops
+        the work within one batch.
         """
         self.load()
         self.check_top_k(top_k)
@@ -308,7 +321,7 @@ class Engine:
 
         def submit_until(limit: int) -> None:
             for item, label in itertools.islice(labelled, max(0, limit - len(pending))):
-                pending.append((label, pool.submit(self._prepare, item, label)))
+                pending.append((label, pool.submit(self._prepare, item, label, skip, skip_geotagged)))
 
         try:
             submit_until(2 * self.batch_size)
@@ -324,7 +337,9 @@ class Engine:
                     vectors = iter(features.cpu().numpy())
                 for label, p in prepared:
                     if isinstance(p, _Prepared):
-                        yield PhotoResult(label, next(ranked), p.metadata, feature=next(vectors))
+                        yield PhotoResult(label, next(ranked), p.metadata, feature=next(vectors), sha256=p.sha256)
+                    elif isinstance(p, PhotoResult):
+                        yield p
                     else:
                         yield PhotoResult(label, error=str(p))
         finally:

@@ -18,11 +18,18 @@ from .geo import haversine_km
 # The columns of every output, in order. CSV writes all of them; point layers drop ``error``
 # (failed photos go to an errors table instead).
 COLUMNS = ("photo", "rank", "lat", "lon", "probability", "exif_lat", "exif_lon", "error_km",
+           "timestamp", "camera_make", "camera_model", "altitude", "direction", "photo_sha256",
            "model", "run_at", "area", "error")
 POINT_COLUMNS = COLUMNS[:-1]
+ERROR_COLUMNS = ("photo", "error", "photo_sha256", "run_at")
 COLUMN_TYPES = {"photo": str, "rank": int, "lat": float, "lon": float, "probability": float,
-                "exif_lat": float, "exif_lon": float, "error_km": float, "model": str, "run_at": str,
-                "area": str, "error": str}
+                "exif_lat": float, "exif_lon": float, "error_km": float, "timestamp": str,
+                "camera_make": str, "camera_model": str, "altitude": float, "direction": float,
+                "photo_sha256": str, "model": str, "run_at": str, "area": str, "error": str}
+
+
+SKIP_ANSWERED = "answered in an earlier run"
+SKIP_GEOTAGGED = "has EXIF GPS already (skip geotagged)"
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,8 @@ class PhotoResult:
     metadata: PhotoMetadata | None = None
     error: str | None = None
     feature: np.ndarray | None = field(default=None, repr=False)  # the query vector (512,), for rasters and fusion
+    sha256: str | None = None  # of the photo file's bytes: the key for resuming and caching
+    skipped: str | None = None  # why the photo was not answered on purpose (SKIP_*): nothing to write
 
     @property
     def ok(self) -> bool:
@@ -63,8 +72,13 @@ class PhotoResult:
     def rows(self, model: str = "", run_at: str = "", area: str = "") -> list[dict]:
         """``model``, ``run_at`` and ``area`` describe the run: the weights, when, and the area of
         interest the answers were restricted to (empty for the whole world)."""
+        meta = self.metadata
         base = {"photo": self.photo, "exif_lat": self.exif_lat, "exif_lon": self.exif_lon,
-                "model": model, "run_at": run_at, "area": area}
+                "timestamp": meta.timestamp if meta else None,
+                "camera_make": meta.camera_make if meta else None,
+                "camera_model": meta.camera_model if meta else None,
+                "altitude": meta.altitude if meta else None, "direction": meta.direction if meta else None,
+                "photo_sha256": self.sha256, "model": model, "run_at": run_at, "area": area}
         if not self.ok:
             return [{**dict.fromkeys(COLUMNS), **base, "error": self.error}]
         return [

@@ -1,7 +1,9 @@
 """Turning the paths a user names into photo paths: files as given, folders walked recursively.
 
-Folders are walked lazily in sorted order, following symbolic links but never twice into the same
-folder; a link that loops back to a folder being walked is reported instead of followed.
+Folders are walked lazily (a generator, one folder listing in memory at a time) in sorted order,
+following symbolic links but never twice into the same folder; a link that loops back to a folder
+being walked is reported instead of followed. In folders, photos are found by extension or, for other
+files, by their first bytes.
 """
 
 from __future__ import annotations
@@ -13,8 +15,28 @@ from typing import Iterable, Iterator
 from .photos import PHOTO_EXTENSIONS, BadPath
 
 
+# First bytes of the photo formats Pillow (and pillow-heif) read: files without a photo extension
+# (camera dumps, scraped files named by hash) are still found.
+SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM")
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif")
+
+
 def is_photo_name(name: str) -> bool:
     return Path(name).suffix.lower() in PHOTO_EXTENSIONS
+
+
+def looks_like_photo(path: Path) -> bool:
+    """True when the file starts like a JPEG, PNG, GIF, TIFF, BMP, WebP or HEIF/AVIF image."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return False
+    if head.startswith(SIGNATURES):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
 
 
 def _walk_folder(root: Path, ancestors: tuple[tuple[int, int], ...], seen: set) -> Iterator[str | BadPath]:
@@ -44,7 +66,7 @@ def _walk_folder(root: Path, ancestors: tuple[tuple[int, int], ...], seen: set) 
                 yield BadPath(str(path), f"symbolic link loop back to {os.path.realpath(path)}: not followed")
             elif key not in seen:  # a second link to a folder already walked: its photos are in
                 yield from _walk_folder(path, ancestors, seen)
-        elif is_photo_name(entry.name):
+        elif is_photo_name(entry.name) or (entry.is_file() and looks_like_photo(path)):
             yield str(path)
 
 

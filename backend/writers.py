@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import GeoCLIPError
-from .results import COLUMN_TYPES, COLUMNS, POINT_COLUMNS, PhotoResult
+from .results import COLUMN_TYPES, COLUMNS, ERROR_COLUMNS, POINT_COLUMNS, PhotoResult
 
 POINTS_LAYER = "predictions"
 ERRORS_LAYER = "errors"
@@ -31,6 +31,8 @@ class CsvWriter:
         self.model, self.run_at, self.area = model, run_at, area
 
     def write(self, result: PhotoResult) -> None:
+        if result.skipped:
+            return
         for row in result.rows(self.model, self.run_at, self.area):
             self._csv.writerow({k: _csv_value(v) for k, v in row.items()})
         self._stream.flush()
@@ -51,9 +53,10 @@ def _csv_value(value):
 class OgrWriter:
     """GeoPackage or GeoJSON through OGR. A GeoPackage is appended to, so earlier runs stay."""
 
-    BATCH = 64  # rows per transaction: a crash loses at most one batch
-
-    def __init__(self, path: Path, driver_name: str, model: str = "", run_at: str = "", area: str = ""):
+    def __init__(self, path: Path, driver_name: str, model: str = "", run_at: str = "", area: str = "",
+                 batch: int = 8):
+        """``batch``: photos per transaction (the engine's batch size): a crash or kill loses at most
+        the photos of one batch, and a rerun answers them again."""
         from osgeo import ogr, osr
 
         self._ogr = ogr
@@ -76,23 +79,34 @@ class OgrWriter:
         self._points = self._layer(POINTS_LAYER, ogr.wkbPoint, wgs84, self._columns)
         self._errors = None
         if is_gpkg:
-            self._errors = self._layer(ERRORS_LAYER, ogr.wkbNone, None, ("photo", "error", "run_at"))
+            self._errors = self._layer(ERRORS_LAYER, ogr.wkbNone, None, ERROR_COLUMNS)
+        self._batch = max(1, batch)
         self._pending = 0
         self._transactions = is_gpkg
         self._begin()
 
     def _layer(self, name, geometry_type, srs, columns):
         layer = self._ds.GetLayerByName(name)
-        if layer is not None:
-            return layer
-        options = ["FID=fid"] if self._ds.GetDriver().GetName() == "GPKG" else []
-        layer = self._ds.CreateLayer(name, srs, geometry_type, options=options)
         if layer is None:
-            raise GeoCLIPError(f"cannot create layer {name} in {self.path}: {_gdal_error()}")
-        for column in columns:
-            kind = {int: self._ogr.OFTInteger, float: self._ogr.OFTReal}.get(COLUMN_TYPES[column], self._ogr.OFTString)
-            layer.CreateField(self._ogr.FieldDefn(column, kind))
+            options = ["FID=fid"] if self._ds.GetDriver().GetName() == "GPKG" else []
+            layer = self._ds.CreateLayer(name, srs, geometry_type, options=options)
+            if layer is None:
+                raise GeoCLIPError(f"cannot create layer {name} in {self.path}: {_gdal_error()}")
+        definition = layer.GetLayerDefn()
+        for column in columns:  # also adds columns that a file from an older version lacks
+            if definition.GetFieldIndex(column) < 0:
+                kind = {int: self._ogr.OFTInteger, float: self._ogr.OFTReal}.get(COLUMN_TYPES[column], self._ogr.OFTString)
+                layer.CreateField(self._ogr.FieldDefn(column, kind))
         return layer
+
+    def answered_hashes(self) -> set[str]:
+        """Content hashes of the photos this file already holds answers for (to resume a run)."""
+        found = set()
+        for feature in self._points:
+            if feature.GetField("photo_sha256"):
+                found.add(feature.GetField("photo_sha256"))
+        self._points.ResetReading()
+        return found
 
     def _begin(self):
         if self._transactions:
@@ -105,10 +119,14 @@ class OgrWriter:
 
     def write(self, result: PhotoResult) -> None:
         ogr = self._ogr
+        if result.skipped:
+            return
         if not result.ok and self._errors is not None:
             feature = ogr.Feature(self._errors.GetLayerDefn())
-            for key, value in (("photo", result.photo), ("error", result.error), ("run_at", self.run_at)):
-                feature.SetField(key, value)
+            values = {"photo": result.photo, "error": result.error, "photo_sha256": result.sha256, "run_at": self.run_at}
+            for key, value in values.items():
+                if value is not None:
+                    feature.SetField(key, value)
             self._errors.CreateFeature(feature)
         else:
             for row in result.rows(self.model, self.run_at, self.area):
@@ -123,9 +141,28 @@ class OgrWriter:
                 if self._points.CreateFeature(feature) != 0:
                     raise GeoCLIPError(f"cannot write to {self.path}: {_gdal_error()}")
         self._pending += 1
-        if self._pending >= self.BATCH:
+        if self._pending >= self._batch:
             self._commit()
             self._begin()
+
+    def write_table(self, name: str, row: dict) -> None:
+        """Append one row to a non-spatial table (e.g. the run's accuracy), creating it as needed."""
+        if self._errors is None:  # GeoJSON holds one layer only
+            return
+        ogr = self._ogr
+        layer = self._ds.GetLayerByName(name)
+        if layer is None:
+            layer = self._ds.CreateLayer(name, None, ogr.wkbNone, options=["FID=fid"])
+        definition = layer.GetLayerDefn()
+        for key, value in row.items():
+            if definition.GetFieldIndex(key) < 0:
+                kind = ogr.OFTReal if isinstance(value, float) else ogr.OFTInteger if isinstance(value, int) else ogr.OFTString
+                layer.CreateField(ogr.FieldDefn(key, kind))
+        feature = ogr.Feature(layer.GetLayerDefn())
+        for key, value in row.items():
+            if value is not None:
+                feature.SetField(key, value)
+        layer.CreateFeature(feature)
 
     def close(self) -> None:
         if self._ds is not None:
@@ -148,7 +185,7 @@ def output_format(path: str | os.PathLike) -> str:
 
 
 def open_writer(path: str | os.PathLike | None, model: str = "", run_at: str = "", stdout: TextIO | None = None,
-                area: str = ""):
+                area: str = "", batch: int = 8):
     """A writer for ``path`` by its extension; CSV to ``stdout`` when there is no path."""
     if path is None:
         import sys
@@ -157,4 +194,4 @@ def open_writer(path: str | os.PathLike | None, model: str = "", run_at: str = "
     kind = output_format(path)
     if kind == "CSV":
         return CsvWriter(io.open(path, "w", newline="", encoding="utf-8"), model, run_at, close_stream=True, area=area)
-    return OgrWriter(Path(path), kind, model, run_at, area)
+    return OgrWriter(Path(path), kind, model, run_at, area, batch)

@@ -36,7 +36,8 @@ def test_csv_on_stdout(warm, tiny_clip, photo_dir):
     assert out.stdout.startswith("photo,rank,lat,lon,probability,")
     assert [r["rank"] for r in rows[:3]] == ["1", "2", "3"]
     assert rows[3]["photo"].endswith("missing.jpg") and rows[3]["error"] == "file not found"
-    assert "answered 1, failed 1" in out.stderr
+    assert "answered 1, skipped 0, failed 1" in out.stderr
+    assert "failed 1: file not found" in out.stderr
 
 
 def test_folder_to_geopackage_and_geojson(warm, tiny_clip, photo_dir, tmp_path):
@@ -45,7 +46,7 @@ def test_folder_to_geopackage_and_geojson(warm, tiny_clip, photo_dir, tmp_path):
     gpkg = tmp_path / "out.gpkg"
     (photo_dir / "broken.jpg").write_text("no")
     out = run("predict", photo_dir, "--clip", tiny_clip, "--top-k", 2, "--out", gpkg)
-    assert "answered 4, failed 1" in out.stderr
+    assert "answered 4, skipped 0, failed 1" in out.stderr
     ds = ogr.Open(str(gpkg))
     points = ds.GetLayerByName("predictions")
     assert points.GetFeatureCount() == 8

@@ -1,0 +1,84 @@
+"""Accuracy the way the paper reports it: share of photos whose top-1 answer lies within 1, 25, 200,
+750 and 2500 km of the truth, plus the median error.
+
+Protocol: one answer per photo (the gallery's top-1), great-circle distance by the haversine formula on
+a sphere of radius 6371.0088 km (the IUGG mean radius), every photo counted once, photos that fail to
+decode reported apart (not counted as misses). Truth comes from the photo's EXIF GPS or from a CSV of
+(photo, lat, lon) as the public benchmarks ship them.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GeoCLIPError
+
+THRESHOLDS_KM = (1, 25, 200, 750, 2500)
+PHOTO_COLUMNS = ("photo", "path", "image", "img_id", "filename", "file")
+LAT_COLUMNS = ("lat", "latitude")
+LON_COLUMNS = ("lon", "lng", "long", "longitude")
+
+
+def accuracy_table(errors_km) -> dict:
+    """{"photos": n, "acc_1km": %, ..., "acc_2500km": %, "median_km": km} over top-1 errors."""
+    errors = np.asarray([e for e in errors_km if e is not None], dtype=np.float64)
+    table = {"photos": int(errors.size)}
+    for km in THRESHOLDS_KM:
+        table[f"acc_{km}km"] = float(100.0 * np.mean(errors <= km)) if errors.size else None
+    table["median_km"] = float(np.median(errors)) if errors.size else None
+    return table
+
+
+def format_table(table: dict) -> str:
+    if not table["photos"]:
+        return "no photos with ground truth"
+    head = "  ".join(f"{km:>7} km" for km in THRESHOLDS_KM)
+    cells = "  ".join(f"{table[f'acc_{km}km']:>9.1f}%" for km in THRESHOLDS_KM)
+    return (f"photos {table['photos']}   median error {table['median_km']:.1f} km\n"
+            f"accuracy within {head}\n{'':16}{cells}")
+
+
+@dataclass(frozen=True)
+class Truth:
+    photo: str
+    lat: float
+    lon: float
+
+
+def _column(header: list[str], names: tuple[str, ...], what: str, path) -> int:
+    lowered = [h.strip().lower() for h in header]
+    for name in names:
+        if name in lowered:
+            return lowered.index(name)
+    raise GeoCLIPError(f"{path}: no {what} column (looked for {', '.join(names)}; found {', '.join(header)})")
+
+
+def read_truth_csv(path: str | os.PathLike, images: str | os.PathLike | None = None) -> list[Truth]:
+    """Rows of (photo, lat, lon); photo paths are relative to ``images`` or else to the CSV's folder."""
+    path = Path(path)
+    base = Path(images) if images else path.parent
+    rows = []
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise GeoCLIPError(f"{path} is empty")
+        p, la, lo = (_column(header, PHOTO_COLUMNS, "photo", path), _column(header, LAT_COLUMNS, "latitude", path),
+                     _column(header, LON_COLUMNS, "longitude", path))
+        for number, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                lat, lon = float(row[la]), float(row[lo])
+            except (ValueError, IndexError):
+                raise GeoCLIPError(f"{path}, line {number}: latitude/longitude are not numbers") from None
+            if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+                raise GeoCLIPError(f"{path}, line {number}: ({lat}, {lon}) is not a position")
+            photo = Path(row[p])
+            rows.append(Truth(str(photo if photo.is_absolute() else base / photo), lat, lon))
+    return rows
