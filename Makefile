@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml Makefile
 	    $(PIP) install -q "torch==$(TORCH_VERSION)" --index-url $(CPU_INDEX); \
 	  else $(PIP) install -q "torch==$(TORCH_VERSION)"; fi; \
 	fi
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,ray]"
 	@# The official release: the source of the trained heads and gallery, and the parity oracle.
 	$(PIP) install -q --no-deps "$(GEOCLIP_RELEASE)"
 	@# scikit-image only for its sample photos (skimage/data) used by tests and benchmarks.

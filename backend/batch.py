@@ -82,7 +82,12 @@ def run_photos(engine, photos: Iterable, writer, top_k: int = 5, area=None, resu
                 break
     finally:
         stream.close()
-        summary.finished = time.perf_counter()
+    return finish(summary, writer)
+
+
+def finish(summary: RunSummary, writer) -> RunSummary:
+    """Stop the clock; where photos had EXIF truth, add the run's accuracy table beside the layer."""
+    summary.finished = time.perf_counter()
     if summary.accuracy() and hasattr(writer, "write_table"):
         writer.write_table("accuracy", {"run_at": writer.run_at, "model": writer.model, **summary.accuracy()})
     return summary

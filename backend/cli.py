@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="do not answer photos that already have EXIF GPS")
     predict.add_argument("--redo", action="store_true",
                          help="answer every photo again, even those a .gpkg --out already holds")
+    predict.add_argument("--ray", metavar="ADDRESS",
+                         help="run on a Ray cluster: 'local' starts one here, 'auto' or ray://host:port joins one")
+    predict.add_argument("--workers", type=int, default=1, metavar="N",
+                         help="engine actors on Ray (one per GPU, or per CPU worker)")
     _add_query_options(predict)
 
     evaluate = commands.add_parser("evaluate", help="accuracy at 1/25/200/750/2500 km against known positions")
@@ -158,7 +162,7 @@ class _Run:
                 print("geoclip-qgis: " + ", ".join(filter(None, (where, rasters))), file=sys.stderr)
 
 
-def _engine(args):
+def _engine(args, load: bool = True):
     from .engine import Engine
     from .writers import output_format
 
@@ -166,8 +170,9 @@ def _engine(args):
         output_format(args.out)  # refuse an unknown extension before loading a model
     engine = Engine(heads=args.heads, clip=args.clip, device=args.device, precision=args.precision,
                     batch_size=args.batch_size)
-    engine.load()
-    engine.check_top_k(args.top_k)
+    if load:  # on Ray the workers load the model; the driver only resolves weights and writes
+        engine.load()
+        engine.check_top_k(args.top_k)
     return engine
 
 
@@ -182,7 +187,7 @@ def run_predict(args) -> int:
     from .walk import expand_paths
 
     total = _count(args.paths)
-    engine = _engine(args)
+    engine = _engine(args, load=not args.ray)
     if not args.quiet:
         print(f"geoclip-qgis: {total} photo(s), {engine.model_name} on {engine.device}", file=sys.stderr)
     run = _Run(args, engine, total)
@@ -195,8 +200,19 @@ def run_predict(args) -> int:
 
     summary = None
     try:
-        summary = run_photos(engine, expand_paths(args.paths), run.writer, args.top_k, run.area,
-                             resume=not args.redo, skip_geotagged=args.skip_geotagged, on_result=on_result)
+        if args.ray:
+            from .distributed import run_photos_on_ray
+
+            if run.area or args.rasters:
+                raise GeoCLIPError("--area and --rasters are not available with --ray yet")
+            options = {"heads": args.heads, "clip": str(engine.clip_dir), "device": args.device,
+                       "precision": args.precision, "batch_size": engine.batch_size}
+            summary = run_photos_on_ray(expand_paths(args.paths), run.writer, options, args.top_k,
+                                        None if args.ray == "local" else args.ray, args.workers,
+                                        engine.batch_size, not args.redo, args.skip_geotagged, on_result)
+        else:
+            summary = run_photos(engine, expand_paths(args.paths), run.writer, args.top_k, run.area,
+                                 resume=not args.redo, skip_geotagged=args.skip_geotagged, on_result=on_result)
         if args.fuse and answered:
             fused = engine.fuse(answered, args.top_k, run.area)
             run.writer.write(fused)

@@ -7,6 +7,7 @@ overlap, so other photo tools read our layers.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -86,6 +87,23 @@ class PhotoResult:
              "error_km": self.error_km(c), "error": None}
             for c in self.candidates
         ]
+
+
+def result_to_dict(result: PhotoResult) -> dict:
+    """Plain data (JSON-ready) for sending a result between processes; the query vector stays behind."""
+    return {
+        "photo": result.photo, "error": result.error, "sha256": result.sha256, "skipped": result.skipped,
+        "candidates": [[c.rank, c.lat, c.lon, c.probability] for c in result.candidates],
+        "metadata": dataclasses.asdict(result.metadata) if result.metadata else None,
+    }
+
+
+def result_from_dict(data: dict) -> PhotoResult:
+    return PhotoResult(
+        photo=data["photo"], error=data["error"], sha256=data["sha256"], skipped=data["skipped"],
+        candidates=[Candidate(int(r), float(la), float(lo), float(p)) for r, la, lo, p in data["candidates"]],
+        metadata=PhotoMetadata(**data["metadata"]) if data["metadata"] else None,
+    )
 
 
 def photo_label(item, number: int) -> str:

@@ -159,3 +159,28 @@ def test_heic_photos_are_read(engine, samples):
     pytest.importorskip("pillow_heif", reason="HEIC needs the optional pillow-heif")
     result = engine.predict([samples / "heic" / "IMG_5195.HEIC"], top_k=1)[0]
     assert result.ok and result.exif_lat == pytest.approx(39.0513444, abs=1e-6)
+
+
+def test_same_run_on_a_local_ray_cluster(engine, tiny_clip, skimage_data, tmp_path):
+    """Ray Data with engine actors gives the local run's rows, schema and resume behaviour."""
+    pytest.importorskip("ray.data", reason="Ray is optional: pip install 'ray[data]'")
+    photos = variants([skimage_data / "astronaut.png", skimage_data / "coffee.png"], tmp_path / "p", 12)
+    local, on_ray = tmp_path / "local.gpkg", tmp_path / "ray.gpkg"
+    run("predict", tmp_path / "p", "--clip", tiny_clip, "--out", local, "--top-k", 3)
+    out = run("predict", tmp_path / "p", "--clip", tiny_clip, "--out", on_ray, "--top-k", 3,
+              "--ray", "local", "--workers", 2, timeout=900)
+    assert "answered 12, skipped 0, failed 0" in out.stderr
+
+    def rows(path):
+        with sqlite3.connect(path) as db:
+            names = [r[1] for r in db.execute("PRAGMA table_info(predictions)")]
+            data = db.execute("SELECT photo, rank, lat, lon, probability, photo_sha256 FROM predictions "
+                              "ORDER BY photo, rank").fetchall()
+        return names, data
+
+    (names_local, data_local), (names_ray, data_ray) = rows(local), rows(on_ray)
+    assert names_local == names_ray
+    assert [r[:4] + r[5:] for r in data_local] == [r[:4] + r[5:] for r in data_ray]
+    assert [r[4] for r in data_local] == pytest.approx([r[4] for r in data_ray], rel=1e-5)
+    again = run("predict", tmp_path / "p", "--clip", tiny_clip, "--out", on_ray, "--ray", "local", timeout=900)
+    assert "answered 0, skipped 12" in again.stderr
