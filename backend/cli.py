@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("download", help=f"download the CLIP backbone (the only command that uses the network)")
     importer = actions.add_parser("import", help="copy heads and/or a CLIP folder (or a .zip bundle) into the models folder")
     importer.add_argument("path", metavar="PATH")
+    exporter = actions.add_parser("export", help="write heads + backbone + sha256 manifest to one .zip for offline machines")
+    exporter.add_argument("path", metavar="BUNDLE.zip")
+    exporter.add_argument("--heads-only", action="store_true", help="leave the CLIP backbone out")
+    _add_model_options(exporter)
     return parser
 
 
@@ -307,6 +311,10 @@ def run_models(args) -> int:
         print(f"Downloading {weights.BACKBONE_REPO} at {weights.BACKBONE_REVISION} into "
               f"{weights.models_dir() / weights.BACKBONE_FOLDER} ...", file=sys.stderr)
         print(weights.download_backbone())
+        return 0
+    if args.action == "export":
+        path = weights.export_bundle(args.path, args.heads, args.clip, with_backbone=not args.heads_only)
+        print(f"wrote {path} ({_human(path.stat().st_size)})")
         return 0
     imported = weights.import_models(args.path)
     print(f"imported {', '.join(imported)} into {weights.models_dir()}")

@@ -247,10 +247,11 @@ def status(heads: str | None = None, clip: str | None = None, checksums: bool = 
 
 
 def import_models(source: str | os.PathLike) -> list[str]:
-    """Copy heads and/or a backbone from a folder or a .zip into the models folder.
+    """Copy heads and/or a backbone from a folder or a bundle .zip into the models folder.
 
-    The source may be a heads folder, a CLIP checkpoint folder, or a folder/zip holding
-    ``heads/`` and ``clip-vit-large-patch14/`` (the bundle layout). Returns what was imported.
+    The source may be a heads folder, a CLIP checkpoint folder, a folder holding ``heads/`` and
+    ``clip-vit-large-patch14/``, or a .zip made by :func:`export_bundle`, whose every file is checked
+    against its manifest's sha256 before anything is used. Returns what was imported.
     """
     source = Path(source).expanduser()
     if source.is_file() and zipfile.is_zipfile(source):
@@ -280,6 +281,60 @@ def _importable_parts(source: Path):
             yield name, sub, check(sub)
 
 
+BUNDLE_FORMAT = "geoclip-qgis-bundle/1"
+MANIFEST = "manifest.json"
+
+
+def export_bundle(target: str | os.PathLike, heads: str | None = None, clip: str | None = None,
+                  with_backbone: bool = True) -> Path:
+    """One .zip with ``heads/``, ``clip-vit-large-patch14/`` and a manifest of every file's sha256,
+    for carrying models to machines without internet (``models import`` verifies it)."""
+    target = Path(target)
+    parts = {"heads": find_heads(heads).require()}
+    if with_backbone:
+        parts[BACKBONE_FOLDER] = find_backbone(clip).require()
+    files = {}
+    for name, folder in parts.items():
+        for row in describe_files(folder):
+            files[f"{name}/{row['file']}"] = {"bytes": row["bytes"], "sha256": row["sha256"]}
+    manifest = {"format": BUNDLE_FORMAT, "files": files}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with zipfile.ZipFile(partial, "w", allowZip64=True) as bundle:
+        bundle.writestr(MANIFEST, json.dumps(manifest, indent=2))
+        for name, folder in parts.items():
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                arcname = f"{name}/{path.relative_to(folder).as_posix()}"
+                # weights do not compress; text files (gallery CSV, JSON) do
+                method = zipfile.ZIP_DEFLATED if path.suffix in (".csv", ".json", ".txt") else zipfile.ZIP_STORED
+                bundle.write(path, arcname, compress_type=method)
+    partial.replace(target)
+    return target
+
+
+def _verify_bundle(root: Path, archive: Path) -> None:
+    """Every file the manifest lists is present with its checksum, and nothing else is there."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise WeightsError(f"{archive} is not a GeoCLIP model bundle (no readable {MANIFEST}); "
+                           "if you trust it, unzip it and import the folder") from None
+    if manifest.get("format") != BUNDLE_FORMAT or not isinstance(manifest.get("files"), dict):
+        raise WeightsError(f"{archive}: unknown bundle format {manifest.get('format')!r}")
+    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {MANIFEST}
+    unlisted = sorted(present - manifest["files"].keys())
+    if unlisted:
+        raise WeightsError(f"{archive}: {unlisted[0]} is not in the manifest; refusing the bundle")
+    for name, expected in manifest["files"].items():
+        path = root / name
+        if not path.is_file():
+            raise WeightsError(f"{archive}: {name} is listed in the manifest but missing; refusing the bundle")
+        actual = sha256_file(path)
+        if actual != expected.get("sha256"):
+            raise WeightsError(f"{archive}: {name} fails its checksum (sha256 {actual[:16]}..., "
+                               f"manifest says {str(expected.get('sha256'))[:16]}...); refusing the bundle")
+
+
 def _import_zip(archive: Path) -> list[str]:
     import tempfile
 
@@ -292,6 +347,7 @@ def _import_zip(archive: Path) -> list[str]:
             bundle.extractall(tmp)
         roots = [p for p in Path(tmp).iterdir()]
         root = roots[0] if len(roots) == 1 and roots[0].is_dir() else Path(tmp)
+        _verify_bundle(root, archive)  # before anything is copied into the models folder
         return import_models(root)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -108,20 +109,53 @@ def test_pickled_objects_are_not_executed(heads_copy, tmp_path):
     assert not marker.exists()
 
 
-def test_import_folder_and_zip(heads_copy, tiny_clip, tmp_path):
+def test_import_folder(heads_copy, tmp_path):
     assert weights.import_models(heads_copy) == ["heads"]
     assert weights.find_heads().source == "models folder"
-    bundle = tmp_path / "bundle.zip"
-    with zipfile.ZipFile(bundle, "w") as archive:
-        for path in tiny_clip.rglob("*"):
-            archive.write(path, f"bundle/{weights.BACKBONE_FOLDER}/{path.relative_to(tiny_clip)}")
-    assert weights.import_models(bundle) == [weights.BACKBONE_FOLDER]
-    found = weights.find_backbone()
-    assert found.source == "models folder"
-    assert (found.path / "model.safetensors").read_bytes() == (tiny_clip / "model.safetensors").read_bytes()
     shutil.rmtree(weights.models_dir())
     with pytest.raises(WeightsError, match="nothing to import"):
         weights.import_models(tmp_path / "my-heads" / "weights")
+
+
+def test_bundle_round_trip_and_tampering(heads_copy, tiny_clip, kauai_png, tmp_path):
+    bundle = weights.export_bundle(tmp_path / "bundle.zip", heads=str(heads_copy), clip=str(tiny_clip))
+    with zipfile.ZipFile(bundle) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+    assert "heads/weights/location_encoder_weights.pth" in manifest["files"]
+    assert f"{weights.BACKBONE_FOLDER}/model.safetensors" in manifest["files"]
+
+    # one byte changed in one file: refused, naming the file, and nothing lands in the models folder
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(bundle) as source, zipfile.ZipFile(tampered, "w") as target:
+        for item in source.infolist():
+            data = bytearray(source.read(item))
+            if item.filename == "heads/weights/logit_scale_weights.pth":
+                data[len(data) // 2] ^= 0x01
+            target.writestr(item, bytes(data))
+    with pytest.raises(WeightsError, match="heads/weights/logit_scale_weights.pth fails its checksum"):
+        weights.import_models(tampered)
+    assert not weights.models_dir().exists() or not any(weights.models_dir().iterdir())
+
+    assert sorted(weights.import_models(bundle)) == sorted(["heads", weights.BACKBONE_FOLDER])
+    found = weights.find_backbone()
+    assert found.source == "models folder"
+    assert (found.path / "model.safetensors").read_bytes() == (tiny_clip / "model.safetensors").read_bytes()
+    from geoclip_qgis.backend import Engine  # the imported models run, found with no arguments
+
+    engine = Engine(device="cpu", precision="fp32", embedding_cache=False)
+    assert engine.heads_source == "models folder" and engine.clip_source == "models folder"
+    result = engine.predict([kauai_png], top_k=1)[0]
+    assert result.ok and len(engine.gallery) == 2  # heads_copy's own two-point gallery
+    shutil.rmtree(weights.models_dir())
+
+
+def test_zip_without_manifest_is_refused(tiny_clip, tmp_path):
+    plain = tmp_path / "plain.zip"
+    with zipfile.ZipFile(plain, "w") as archive:
+        for path in tiny_clip.rglob("*"):
+            archive.write(path, f"bundle/{weights.BACKBONE_FOLDER}/{path.relative_to(tiny_clip)}")
+    with pytest.raises(WeightsError, match="not a GeoCLIP model bundle"):
+        weights.import_models(plain)
 
 
 def test_zip_with_escaping_paths_is_refused(tmp_path):
