@@ -43,7 +43,8 @@ def load_vision_tower(folder: Path, device: torch.device, dtype: torch.dtype):
 
     _quiet_transformers()
     try:
-        model = CLIPVisionModelWithProjection.from_pretrained(  # nosec B615 - a local folder, never a Hub name
+        # A local folder found by .weights, never a Hub name, so there is no revision to pin.
+        model = CLIPVisionModelWithProjection.from_pretrained(  # nosec B615
             str(folder), local_files_only=True, use_safetensors=_has_safetensors(folder), dtype=dtype
         )
     except (OSError, ValueError, RuntimeError) as exc:
@@ -62,10 +63,11 @@ def load_text_tower(folder: Path, device: torch.device, dtype: torch.dtype):
     try:
         if not has_tokenizer:  # transformers would quietly build an empty tokenizer instead
             raise OSError(f"no tokenizer.json, nor vocab.json + merges.txt, in {folder}")
-        model = CLIPTextModelWithProjection.from_pretrained(  # nosec B615 - a local folder, never a Hub name
+        # Local folders only, as for the vision tower.
+        model = CLIPTextModelWithProjection.from_pretrained(  # nosec B615
             str(folder), local_files_only=True, use_safetensors=_has_safetensors(folder), dtype=dtype
         )
-        tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)  # nosec B615 - local folder
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)  # nosec B615
     except (OSError, ValueError, RuntimeError, TypeError) as exc:
         raise WeightsError(
             f"cannot load the CLIP text tower from {folder} (text queries need a full CLIP checkpoint "
@@ -87,6 +89,6 @@ def load_image_processor(folder: Path):
         from transformers import CLIPImageProcessor as Processor  # transformers 4: Pillow-based
 
     try:
-        return Processor.from_pretrained(str(folder), local_files_only=True)  # nosec B615 - local folder
+        return Processor.from_pretrained(str(folder), local_files_only=True)  # nosec B615
     except (OSError, ValueError) as exc:
         raise WeightsError(f"cannot read preprocessor_config.json in {folder}: {exc}") from exc

@@ -57,12 +57,14 @@ class EmbeddingCache:
     def get_many(self, backbone: str, hashes: list[str]) -> dict[str, np.ndarray]:
         if not hashes:
             return {}
+        query = "SELECT embedding FROM embeddings WHERE backbone = ? AND photo_sha256 = ?"
+        found = {}
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT photo_sha256, embedding FROM embeddings WHERE backbone = ? AND photo_sha256 IN "
-                f"({','.join('?' * len(hashes))})", [backbone, *hashes]).fetchall()
-        return {sha: np.frombuffer(blob, dtype=np.float32).copy() for sha, blob in rows
-                if len(blob) == EMBEDDING_DIM * 4}
+            for sha in hashes:
+                row = self._db.execute(query, (backbone, sha)).fetchone()
+                if row is not None and len(row[0]) == EMBEDDING_DIM * 4:
+                    found[sha] = np.frombuffer(row[0], dtype=np.float32).copy()
+        return found
 
     def put_many(self, backbone: str, items: dict[str, np.ndarray]) -> None:
         if not items:

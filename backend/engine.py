@@ -1,8 +1,10 @@
-"""The GeoCLIP engine: photos in, ranked GPS candidates with probabilities out.
+"""The GeoCLIP engine: photos (or text) in, ranked GPS candidates with probabilities out, and the
+probability rasters, areas of interest and fusion built on the same query vectors.
 
 Decoding runs in a worker thread a batch ahead of the encoder, so reading the next photos overlaps
 encoding the current ones. The gallery's location features are computed once and cached
-(:mod:`.gallery`); per photo the work left is the CLIP vision tower, a small MLP and one matrix product.
+(:mod:`.gallery`), CLIP embeddings are cached by photo content (:mod:`.embedding_cache`); per new photo
+the work left is the CLIP vision tower, a small MLP and one matrix product.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ import numpy as np
 import torch
 
 from . import backbone
+from .area import Area
 from .device import PRECISION_NAMES, choose_device, choose_dtype, default_batch_size
+from .embedding_cache import EmbeddingCache, backbone_key, photo_sha256
 from .errors import GeoCLIPError, PhotoError
 from .exif import PhotoMetadata
-from .area import Area
 from .gallery import Gallery, cached_location_features, features_key, load_gallery
 from .heads import HeadsFiles, load_heads
-from .embedding_cache import EmbeddingCache, backbone_key, photo_sha256
 from .photos import BadPath, check_file, open_photo, read_photo_metadata
 from .rasters import RasterSet, SurfaceEvaluator, grid_centres, world_shape
 from .results import SKIP_ANSWERED, SKIP_GEOTAGGED, Candidate, PhotoResult, photo_label
