@@ -16,7 +16,7 @@ TORCH_VERSION ?= 2.13.0
 GEOCLIP_RELEASE := geoclip==1.3.0
 CPU_INDEX := https://download.pytorch.org/whl/cpu
 
-.PHONY: setup test run bench clean
+.PHONY: setup test run bench package clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,9 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_predict.py
+
+package: setup
+	$(PY) tools/package_plugin.py --out dist
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

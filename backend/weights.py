@@ -362,29 +362,51 @@ def _copy_tree(source: Path, target: Path) -> None:
     staging.rename(target)
 
 
-def download_backbone(progress: bool = True) -> Path:
-    """Fetch the backbone at the pinned revision into the models folder: the only network use."""
-    from huggingface_hub import constants, snapshot_download
+def download_backbone(tqdm_class=None) -> Path:
+    """Fetch the backbone at the pinned revision into the models folder: the only network use.
+
+    Interrupted downloads resume (huggingface_hub keeps partial files); progress goes through
+    ``tqdm_class`` (huggingface_hub's bars when None). Every large file is checked against the sha256
+    the Hub publishes for that revision, and a file that does not match is deleted and reported.
+    """
+    from huggingface_hub import HfApi, constants, snapshot_download
 
     target = models_dir() / BACKBONE_FOLDER
     # The engine runs with HF_HUB_OFFLINE=1; this is the one call the user asked to be online.
     was_offline = constants.HF_HUB_OFFLINE
     constants.HF_HUB_OFFLINE = False
     try:
+        info = HfApi().model_info(BACKBONE_REPO, revision=BACKBONE_REVISION, files_metadata=True)
+        expected = {s.rfilename: s.lfs.sha256 for s in info.siblings or []
+                    if s.rfilename in BACKBONE_FILES and getattr(s, "lfs", None)}
         snapshot_download(
             repo_id=BACKBONE_REPO,
             revision=BACKBONE_REVISION,
             allow_patterns=list(BACKBONE_FILES),
             local_dir=str(target),
+            tqdm_class=tqdm_class,
         )
     except Exception as exc:
         raise WeightsError(
             f"download of {BACKBONE_REPO}@{BACKBONE_REVISION[:10]} failed: {exc}\n"
-            f"Offline alternative: copy a CLIP folder with geoclip-qgis models import PATH"
+            f"Run the command again to resume, or, offline: geoclip-qgis models import PATH"
         ) from exc
     finally:
         constants.HF_HUB_OFFLINE = was_offline
+    verify_downloaded(target, expected)
     problem = backbone_problem(target)
     if problem:
         raise WeightsError(f"downloaded backbone in {target} is not usable: {problem}")
     return target
+
+
+def verify_downloaded(folder: Path, expected: dict[str, str]) -> None:
+    """Compare downloaded files with the sha256 the Hub lists; remove and report any mismatch."""
+    for name, sha in expected.items():
+        path = folder / name
+        actual = sha256_file(path) if path.is_file() else "missing"
+        if actual != sha:
+            path.unlink(missing_ok=True)
+            raise WeightsError(f"downloaded {name} does not match the Hub's sha256 for revision "
+                               f"{BACKBONE_REVISION[:10]} (got {actual[:16]}, expected {sha[:16]}); it was "
+                               "deleted: run the download again")

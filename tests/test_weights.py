@@ -174,3 +174,43 @@ def test_status_reports_files_and_checksums(tiny_clip):
     row = files["weights/logit_scale_weights.pth"]
     assert row["sha256"] == weights.sha256_file(Path(report["heads"]["path"]) / row["file"])
     assert row["bytes"] > 0
+
+
+def test_download_is_pinned_verified_and_the_only_network_use(tiny_clip, monkeypatch):
+    """The download asks for the pinned commit, checks each file's sha256 and refuses a mismatch.
+    (The Hub is unreachable here: its two calls are replaced by local stand-ins.)"""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    calls = {}
+
+    class FakeApi:
+        def model_info(self, repo, revision=None, files_metadata=False):
+            calls["info"] = (repo, revision, constants.HF_HUB_OFFLINE)
+            sibling = type("S", (), {"rfilename": "model.safetensors",
+                                     "lfs": type("L", (), {"sha256": weights.sha256_file(tiny_clip / "model.safetensors")})()})
+            return type("I", (), {"siblings": [sibling]})()
+
+    def fake_snapshot(repo_id, revision, allow_patterns, local_dir, tqdm_class=None):
+        calls["snapshot"] = (repo_id, revision)
+        shutil.copytree(tiny_clip, local_dir, dirs_exist_ok=True)
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    assert constants.HF_HUB_OFFLINE  # the engine runs offline...
+    path = weights.download_backbone()
+    assert calls["info"] == (weights.BACKBONE_REPO, weights.BACKBONE_REVISION, False)  # ...except here
+    assert calls["snapshot"] == (weights.BACKBONE_REPO, weights.BACKBONE_REVISION)
+    assert len(weights.BACKBONE_REVISION) == 40 and int(weights.BACKBONE_REVISION, 16)
+    assert constants.HF_HUB_OFFLINE and weights.find_backbone().path == path
+
+    def corrupt_snapshot(repo_id, revision, allow_patterns, local_dir, tqdm_class=None):
+        fake_snapshot(repo_id, revision, allow_patterns, local_dir)
+        (Path(local_dir) / "model.safetensors").write_bytes(b"not the weights")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", corrupt_snapshot)
+    with pytest.raises(WeightsError, match="model.safetensors does not match the Hub's sha256"):
+        weights.download_backbone()
+    assert not (path / "model.safetensors").exists()
+    shutil.rmtree(weights.models_dir())
