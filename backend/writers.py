@@ -19,6 +19,8 @@ from .results import COLUMN_TYPES, COLUMNS, ERROR_COLUMNS, POINT_COLUMNS, PhotoR
 
 POINTS_LAYER = "predictions"
 ERRORS_LAYER = "errors"
+TRUTH_LAYER = "truth_lines"  # EXIF position -> top-1 answer, for photos that carry GPS
+TRUTH_COLUMNS = ("photo", "error_km", "photo_sha256", "run_at")
 FORMATS = {".csv": "CSV", ".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 
 
@@ -78,8 +80,10 @@ class OgrWriter:
         self._columns = POINT_COLUMNS if is_gpkg else COLUMNS
         self._points = self._layer(POINTS_LAYER, ogr.wkbPoint, wgs84, self._columns)
         self._errors = None
+        self._truth = None
         if is_gpkg:
             self._errors = self._layer(ERRORS_LAYER, ogr.wkbNone, None, ERROR_COLUMNS)
+            self._truth = self._layer(TRUTH_LAYER, ogr.wkbLineString, wgs84, TRUTH_COLUMNS)
         self._batch = max(1, batch)
         self._pending = 0
         self._transactions = is_gpkg
@@ -140,10 +144,26 @@ class OgrWriter:
                     feature.SetGeometry(point)
                 if self._points.CreateFeature(feature) != 0:
                     raise GeoCLIPError(f"cannot write to {self.path}: {_gdal_error()}")
+            if self._truth is not None and result.candidates and result.exif_lat is not None:
+                self._write_truth_line(result)
         self._pending += 1
         if self._pending >= self._batch:
             self._commit()
             self._begin()
+
+    def _write_truth_line(self, result: PhotoResult) -> None:
+        ogr = self._ogr
+        top = result.candidates[0]
+        line = ogr.Geometry(ogr.wkbLineString)
+        line.AddPoint_2D(result.exif_lon, result.exif_lat)
+        line.AddPoint_2D(top.lon, top.lat)
+        feature = ogr.Feature(self._truth.GetLayerDefn())
+        for key, value in (("photo", result.photo), ("error_km", result.error_km()),
+                           ("photo_sha256", result.sha256), ("run_at", self.run_at)):
+            if value is not None:
+                feature.SetField(key, value)
+        feature.SetGeometry(line)
+        self._truth.CreateFeature(feature)
 
     def write_table(self, name: str, row: dict) -> None:
         """Append one row to a non-spatial table (e.g. the run's accuracy), creating it as needed."""

@@ -96,3 +96,19 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "geoclip-qgis"
     out = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("geoclip-qgis ")
+
+
+def test_truth_lines_join_exif_position_to_top1(warm, tiny_clip, samples, tmp_path):
+    from osgeo import ogr
+
+    gpkg = tmp_path / "truth.gpkg"
+    run("predict", samples / "jpg" / "gps" / "DSCN0010.jpg", samples / "jpg" / "orientation" / "landscape_1.jpg",
+        "--clip", tiny_clip, "--out", gpkg, "--top-k", 3)
+    ds = ogr.Open(str(gpkg))
+    lines = list(ds.GetLayerByName("truth_lines"))
+    assert len(lines) == 1  # only the photo with EXIF GPS
+    line = lines[0].GetGeometryRef()
+    top1 = [f for f in ds.GetLayerByName("predictions") if f.GetField("rank") == 1 and "DSCN0010" in f.GetField("photo")][0]
+    assert line.GetPoint_2D(0) == pytest.approx((11.8851267, 43.4674483), abs=1e-6)
+    assert line.GetPoint_2D(1) == pytest.approx((top1.GetField("lon"), top1.GetField("lat")))
+    assert lines[0].GetField("error_km") == pytest.approx(top1.GetField("error_km"))
