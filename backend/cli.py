@@ -246,48 +246,24 @@ def run_text(args) -> int:
 
 def run_evaluate(args) -> int:
     """Top-1 accuracy against known positions: a CSV of (photo, lat, lon), or photos' EXIF GPS."""
-    import json as json_module
+    from .evaluation import evaluate, format_table, read_truth_csv
 
-    from .evaluation import accuracy_table, format_table, read_truth_csv
-    from .geo import haversine_km
-    from .walk import expand_paths
-
-    if args.data.lower().endswith(".csv"):
-        truths = {t.photo: (t.lat, t.lon) for t in read_truth_csv(args.data, args.images)}
-        photos = list(truths)
-    else:
-        truths, photos = None, expand_paths([args.data])
+    count = len(read_truth_csv(args.data, args.images)) if args.data.lower().endswith(".csv") else _count([args.data])
     engine = _engine(args)
-    run = _Run(args, engine, len(truths) if truths else _count([args.data]))
-    errors, failed, without_truth = [], 0, 0
+    run = _Run(args, engine, count)
     try:
-        for result in engine.predict_iter(photos, args.top_k):
-            run.writer.write(result)
-            run.on_result(result)
-            if not result.ok:
-                failed += 1
-                continue
-            truth = truths.get(result.photo) if truths else (
-                (result.exif_lat, result.exif_lon) if result.exif_lat is not None else None)
-            if truth is None:
-                without_truth += 1
-                continue
-            top = result.candidates[0]
-            errors.append(float(haversine_km(truth[0], truth[1], top.lat, top.lon)))
-        table = accuracy_table(errors)
-        table.update(failed=failed, without_truth=without_truth)
-        if errors and hasattr(run.writer, "write_table"):
-            run.writer.write_table("accuracy", {"run_at": run.writer.run_at, "model": engine.model_name, **table})
+        table = evaluate(engine, args.data, run.writer, args.images, args.top_k, on_result=run.on_result)
     finally:
         run.close()
     table["model"] = engine.model_name
     print(format_table(table))
-    if failed or without_truth:
-        print(f"not counted: {failed} failed to decode, {without_truth} without a known position", file=sys.stderr)
+    if table["failed"] or table["without_truth"]:
+        print(f"not counted: {table['failed']} failed to decode, {table['without_truth']} without a known position",
+              file=sys.stderr)
     if args.report:
         with open(args.report, "w", encoding="utf-8") as handle:
-            json_module.dump(table, handle, indent=2)
-    return 0 if errors else 1
+            json.dump(table, handle, indent=2)
+    return 0 if table["photos"] else 1
 
 
 def _human(size: int) -> str:

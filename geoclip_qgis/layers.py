@@ -1,0 +1,144 @@
+"""Result layers on the map: the run's GeoPackage and rasters, styled, grouped, zoomed to.
+
+Main thread only (called from a task's ``finished``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import (
+    QgsAction,
+    QgsColorRampShader,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsMarkerSymbol,
+    QgsLineSymbol,
+    QgsPalLayerSettings,
+    QgsProject,
+    QgsProperty,
+    QgsRasterBandStats,
+    QgsRasterLayer,
+    QgsRasterShader,
+    QgsRectangle,
+    QgsRuleBasedRenderer,
+    QgsSingleBandPseudoColorRenderer,
+    QgsSingleSymbolRenderer,
+    QgsStyle,
+    QgsSymbolLayer,
+    QgsVectorLayer,
+    QgsVectorLayerSimpleLabeling,
+)
+from qgis.PyQt.QtGui import QColor
+
+WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
+MAP_TIP = (
+    '<b>[% base_file_name("photo") %]</b><br>'
+    'rank [% "rank" %] · [% format_number("probability" * 100, 2) %] %'
+    '[% CASE WHEN "error_km" IS NOT NULL THEN \'<br>EXIF truth: \' || format_number("error_km", 1) || \' km away\' END %]'
+    '<br><img src="file:///[% "photo" %]" width="240">'
+)
+NEGLIGIBLE = 1e-3  # raster cells below this share of the peak are drawn transparent
+
+
+def style_points(layer: QgsVectorLayer) -> None:
+    """Top-1 answers as large red stars, other ranks as orange dots; size grows with probability."""
+    size = QgsProperty.fromExpression('scale_linear("probability", 0, maximum("probability"), 2.5, 7)')
+    top = QgsMarkerSymbol.createSimple({"name": "star", "color": "#d7191c", "outline_color": "white",
+                                        "outline_width": "0.4", "size": "6"})
+    top.symbolLayer(0).setDataDefinedProperty(QgsSymbolLayer.Property.PropertySize,
+                                              QgsProperty.fromExpression('scale_linear("probability", 0, maximum("probability"), 5, 9)'))
+    other = QgsMarkerSymbol.createSimple({"name": "circle", "color": "#fdae61", "outline_color": "#7f3b08",
+                                          "outline_width": "0.2", "size": "3"})
+    other.symbolLayer(0).setDataDefinedProperty(QgsSymbolLayer.Property.PropertySize, size)
+    root = QgsRuleBasedRenderer.Rule(None)
+    for symbol, expression, label in ((other, '"rank" > 1', "other candidates"), (top, '"rank" = 1', "top-1 answer")):
+        root.appendChild(QgsRuleBasedRenderer.Rule(symbol, 0, 0, expression, label))
+    layer.setRenderer(QgsRuleBasedRenderer(root))
+
+    labels = QgsPalLayerSettings()
+    labels.isExpression = True
+    labels.fieldName = "concat(\"rank\", ' · ', format_number(\"probability\" * 100, 1), '%')"
+    layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
+    layer.setLabelsEnabled(True)
+    layer.setMapTipTemplate(MAP_TIP)
+    layer.setDisplayExpression('base_file_name("photo")')
+    action = QgsAction(QgsAction.ActionType.OpenUrl, "Open photo", '[% "photo" %]', "", False, "Open photo",
+                       {"Feature", "Canvas"})
+    layer.actions().addAction(action)
+
+
+def style_truth_lines(layer: QgsVectorLayer) -> None:
+    line = QgsLineSymbol.createSimple({"color": "#2c7bb6", "width": "0.6", "line_style": "dash"})
+    layer.setRenderer(QgsSingleSymbolRenderer(line))
+    labels = QgsPalLayerSettings()
+    labels.isExpression = True
+    labels.fieldName = "format_number(\"error_km\", 1) || ' km'"
+    layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
+    layer.setLabelsEnabled(True)
+
+
+def style_raster(layer: QgsRasterLayer) -> None:
+    """Pseudocolour from a negligible share of the peak up to the peak; below that, transparent."""
+    stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Stats.Max)
+    peak = stats.maximumValue if stats.maximumValue > 0 else 1.0
+    ramp = QgsStyle.defaultStyle().colorRamp("Magma")
+    shader = QgsColorRampShader(peak * NEGLIGIBLE, peak, ramp, QgsColorRampShader.Type.Interpolated)
+    shader.classifyColorRamp(8, -1, QgsRectangle(), None)
+    shader.setClip(True)  # values under the minimum are not drawn
+    raster_shader = QgsRasterShader()
+    raster_shader.setRasterShaderFunction(shader)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, raster_shader)
+    renderer.setClassificationMin(peak * NEGLIGIBLE)
+    renderer.setClassificationMax(peak)
+    renderer.setOpacity(0.75)
+    layer.setRenderer(renderer)
+
+
+def add_run(gpkg: str, rasters: list[str], title: str, canvas=None) -> dict:
+    """Add the run's layers in a new group at the top of the layer tree; zoom the canvas to them."""
+    project = QgsProject.instance()
+    group = project.layerTreeRoot().insertGroup(0, title)
+    added = {"points": None, "lines": None, "rasters": []}
+
+    points = QgsVectorLayer(f"{gpkg}|layername=predictions", "GeoCLIP answers", "ogr")
+    if points.isValid():
+        style_points(points)
+        project.addMapLayer(points, False)
+        group.addLayer(points)
+        added["points"] = points
+    lines = QgsVectorLayer(f"{gpkg}|layername=truth_lines", "EXIF truth → top-1", "ogr")
+    if lines.isValid() and lines.featureCount() > 0:
+        style_truth_lines(lines)
+        project.addMapLayer(lines, False)
+        group.addLayer(lines)
+        added["lines"] = lines
+    local_group = None
+    for path in rasters:
+        layer = QgsRasterLayer(path, Path(path).stem)
+        if not layer.isValid():
+            continue
+        style_raster(layer)
+        project.addMapLayer(layer, False)
+        if "_local" in Path(path).stem:  # zoomed-in rasters in their own folded group
+            if local_group is None:
+                local_group = group.addGroup("local rasters (0.01°)")
+                local_group.setExpanded(False)
+            local_group.addLayer(layer)
+        else:
+            group.addLayer(layer)
+        added["rasters"].append(layer)
+    if canvas is not None and points is not None and points.isValid() and points.featureCount():
+        zoom_to(canvas, points.extent())
+    return added
+
+
+def zoom_to(canvas, extent_wgs84: QgsRectangle) -> None:
+    extent = QgsRectangle(extent_wgs84)
+    extent.grow(max(0.5, 0.1 * max(extent.width(), extent.height())))  # a single point still shows context
+    transform = QgsCoordinateTransform(WGS84, canvas.mapSettings().destinationCrs(), QgsProject.instance())
+    try:
+        canvas.setExtent(transform.transformBoundingBox(extent))
+    except Exception:  # outside the map projection's domain: leave the view as it is
+        return
+    canvas.refresh()

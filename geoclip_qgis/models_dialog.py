@@ -1,0 +1,174 @@
+"""Models and settings: where each weight file was found, device and versions; choose folders,
+import a folder or bundle, export a bundle, download the backbone (the only network use)."""
+
+from __future__ import annotations
+
+import html
+
+from qgis.core import QgsApplication, QgsTask
+from qgis.gui import QgsFileWidget
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QMessageBox,
+    QPushButton,
+    QTextBrowser,
+    QVBoxLayout,
+)
+
+from . import deps
+from .session import EngineSettings, load_settings, save_settings
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+
+
+def status_html(heads: str, clip: str) -> str:
+    """The engine's own report of what was found where, as HTML for the dialog."""
+    from .backend import weights
+
+    report = weights.status(heads or None, clip or None, checksums=False)
+    parts = [f"<p>Models folder: <code>{html.escape(report['models_dir'])}</code><br>"
+             f"Cache folder: <code>{html.escape(report['cache_dir'])}</code></p>"]
+    for key, title in (("heads", "GeoCLIP heads"), ("backbone", "CLIP backbone (ViT-L/14)")):
+        entry = report[key]
+        if entry["found"]:
+            total = sum(row["bytes"] for row in entry["files"])
+            parts.append(f"<p><b>{title}</b>: found in {html.escape(entry['source'])} — "
+                         f"<code>{html.escape(entry['path'])}</code> ({_human(total)})</p><ul>")
+            parts += [f"<li>{html.escape(row['file'])} — {_human(row['bytes'])}</li>" for row in entry["files"][:12]]
+            parts.append("</ul>")
+        else:
+            parts.append(f"<p><b>{title}</b>: <span style='color:#b00'>not found</span></p>")
+        if entry["tried"]:
+            parts.append("<ul>" + "".join(f"<li>passed over {html.escape(s)}: <code>{html.escape(p)}</code> "
+                                          f"({html.escape(r)})</li>" for s, p, r in entry["tried"]) + "</ul>")
+    import torch
+    import transformers
+
+    parts.append(f"<p>torch {torch.__version__} (CUDA {'available' if torch.cuda.is_available() else 'not available'}), "
+                 f"transformers {transformers.__version__}</p>")
+    return "".join(parts)
+
+
+class DownloadTask(QgsTask):
+    def __init__(self):
+        super().__init__("GeoCLIP: downloading the CLIP backbone", QgsTask.Flag.CanCancel)
+        self.error = ""
+
+    def run(self) -> bool:
+        from .backend import weights
+
+        try:
+            weights.download_backbone()
+            return True
+        except Exception as exc:
+            self.error = str(exc)
+            return False
+
+
+class ModelsDialog(QDialog):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("GeoCLIP models")
+        self.resize(720, 560)
+        settings = load_settings()
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.heads = QgsFileWidget()
+        self.heads.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
+        self.heads.setFilePath(settings.heads)
+        self.clip = QgsFileWidget()
+        self.clip.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
+        self.clip.setFilePath(settings.clip)
+        self.precision = QComboBox()
+        for value in ("auto", "fp32", "bf16", "fp16"):
+            self.precision.addItem(value, value)
+        self.precision.setCurrentIndex(max(self.precision.findData(settings.precision), 0))
+        form.addRow("Heads folder (empty: automatic)", self.heads)
+        form.addRow("CLIP folder (empty: automatic)", self.clip)
+        form.addRow("Precision", self.precision)
+        layout.addLayout(form)
+        self.report = QTextBrowser()
+        layout.addWidget(self.report)
+        actions = QHBoxLayout()
+        for text, slot in (("Refresh", self.refresh), ("Import folder…", self.import_folder),
+                           ("Import bundle…", self.import_bundle), ("Export bundle…", self.export_bundle),
+                           ("Download backbone", self.download)):
+            button = QPushButton(text)
+            button.clicked.connect(slot)
+            actions.addWidget(button)
+        layout.addLayout(actions)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Close)
+        buttons.accepted.connect(self.save)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+        self._download = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        missing = deps.missing()
+        if missing:
+            self.report.setPlainText(deps.explanation(missing))
+            return
+        try:
+            self.report.setHtml(status_html(self.heads.filePath(), self.clip.filePath()))
+        except Exception as exc:
+            self.report.setPlainText(str(exc))
+
+    def save(self) -> None:
+        current = load_settings()
+        save_settings(EngineSettings(self.heads.filePath(), self.clip.filePath(), current.device,
+                                     self.precision.currentData()))
+        self.accept()
+
+    def _import(self, path: str) -> None:
+        from .backend import weights
+
+        try:
+            imported = weights.import_models(path)
+            QMessageBox.information(self, "GeoCLIP", f"Imported {', '.join(imported)} into {weights.models_dir()}")
+        except Exception as exc:
+            QMessageBox.warning(self, "GeoCLIP", str(exc))
+        self.refresh()
+
+    def import_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "A heads folder, a CLIP folder, or both")
+        if folder:
+            self._import(folder)
+
+    def import_bundle(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "A GeoCLIP model bundle", "", "Bundle (*.zip)")
+        if path:
+            self._import(path)
+
+    def export_bundle(self) -> None:
+        from .backend import weights
+
+        path, _ = QFileDialog.getSaveFileName(self, "Write a model bundle", "geoclip-models.zip", "Bundle (*.zip)")
+        if path:
+            try:
+                weights.export_bundle(path, self.heads.filePath() or None, self.clip.filePath() or None)
+                QMessageBox.information(self, "GeoCLIP", f"Wrote {path}")
+            except Exception as exc:
+                QMessageBox.warning(self, "GeoCLIP", str(exc))
+
+    def download(self) -> None:
+        answer = QMessageBox.question(
+            self, "GeoCLIP", "Download the CLIP ViT-L/14 backbone (about 1.7 GB) from the Hugging Face Hub?\n"
+                             "This is the only time GeoCLIP uses the network.")
+        if answer != QMessageBox.StandardButton.Yes:
+            return
+        self._download = DownloadTask()
+        self._download.taskCompleted.connect(self.refresh)
+        self._download.taskTerminated.connect(
+            lambda: QMessageBox.warning(self, "GeoCLIP", self._download.error or "download cancelled"))
+        QgsApplication.taskManager().addTask(self._download)

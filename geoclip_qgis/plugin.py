@@ -1,0 +1,68 @@
+"""Plugin entry: a toolbar button and a Plugins-menu entry for the dock, and the Processing provider."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QIcon
+
+from . import deps
+from .compat import QAction
+
+MENU = "&GeoCLIP"
+
+
+def icon_path() -> str:
+    """The icon beside the plugin (in the ZIP) or in the repository's resources/ (development)."""
+    here = Path(__file__).parent
+    for candidate in (here / "resources" / "icon.svg", here.parent / "resources" / "icon.svg"):
+        if candidate.is_file():
+            return str(candidate)
+    return ""
+
+
+class GeoCLIPPlugin:
+    def __init__(self, iface):
+        self.iface = iface
+        self.action = None
+        self.dock = None
+        self.provider = None
+        deps.add_plugin_python_dir()  # packages installed for this QGIS by the plugin
+
+    def initGui(self) -> None:  # noqa: N802 - QGIS API
+        self.action = QAction(QIcon(icon_path()), "GeoCLIP photo geolocation", self.iface.mainWindow())
+        self.action.setCheckable(True)
+        self.action.toggled.connect(self.toggle_dock)
+        self.iface.addToolBarIcon(self.action)
+        self.iface.addPluginToMenu(MENU, self.action)
+        self.initProcessing()
+
+    def initProcessing(self) -> None:  # noqa: N802 - QGIS API: also called by qgis_process, without a GUI
+        if self.provider is not None or deps.missing():
+            return  # the algorithms need the engine; the dock explains what to install
+        from .processing.provider import GeoCLIPProvider
+
+        self.provider = GeoCLIPProvider()
+        QgsApplication.processingRegistry().addProvider(self.provider)
+
+    def toggle_dock(self, checked: bool) -> None:
+        if self.dock is None:
+            from .dock import GeoCLIPDock
+
+            self.dock = GeoCLIPDock(self.iface, self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
+            self.dock.visibilityChanged.connect(self.action.setChecked)
+        self.dock.setVisible(checked)
+
+    def unload(self) -> None:
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+        if self.dock is not None:
+            if self.dock.task is not None:
+                self.dock.task.cancel()
+            self.iface.removeDockWidget(self.dock)
+            self.dock.deleteLater()
+        self.iface.removePluginMenu(MENU, self.action)
+        self.iface.removeToolBarIcon(self.action)

@@ -1,0 +1,26 @@
+"""The "GeoCLIP" Processing provider: the dock's work as algorithms for the toolbox, the model
+builder, the Python console and qgis_process."""
+
+from __future__ import annotations
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from .algorithms import EvaluatePhotos, GeolocatePhotos, GeolocateText
+
+
+class GeoCLIPProvider(QgsProcessingProvider):
+    def id(self) -> str:
+        return "geoclip"
+
+    def name(self) -> str:
+        return "GeoCLIP"
+
+    def icon(self) -> QIcon:
+        from ..plugin import icon_path
+
+        return QIcon(icon_path())
+
+    def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
+        for algorithm in (GeolocatePhotos(), GeolocateText(), EvaluatePhotos()):
+            self.addAlgorithm(algorithm)

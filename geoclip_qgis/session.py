@@ -1,0 +1,54 @@
+"""Settings the user chose in the plugin, and the engine kept loaded for the QGIS session."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from qgis.core import QgsSettings
+
+PREFIX = "geoclip_qgis/"
+_engines: dict = {}
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    heads: str = ""  # empty: the engine's own lookup order
+    clip: str = ""
+    device: str = "auto"
+    precision: str = "auto"
+
+
+def load_settings() -> EngineSettings:
+    settings = QgsSettings()
+    return EngineSettings(
+        heads=settings.value(PREFIX + "heads", "", type=str),
+        clip=settings.value(PREFIX + "clip", "", type=str),
+        device=settings.value(PREFIX + "device", "auto", type=str),
+        precision=settings.value(PREFIX + "precision", "auto", type=str),
+    )
+
+
+def save_settings(choice: EngineSettings) -> None:
+    settings = QgsSettings()
+    for key in ("heads", "clip", "device", "precision"):
+        settings.setValue(PREFIX + key, getattr(choice, key))
+
+
+def get_engine(choice: EngineSettings, progress=None):
+    """The engine for these settings, built and loaded once per QGIS session (safe from task threads)."""
+    with _lock:
+        engine = _engines.get(choice)
+        if engine is None:
+            from .backend import Engine
+
+            engine = Engine(heads=choice.heads or None, clip=choice.clip or None, device=choice.device,
+                            precision=choice.precision)
+            _engines.clear()  # one model in memory at a time
+            _engines[choice] = engine
+    return engine.load(progress)
+
+
+def loaded_engine(choice: EngineSettings):
+    return _engines.get(choice)

@@ -1,0 +1,83 @@
+"""QGIS for headless tests: one QgsApplication per test process (offscreen), and a small stand-in for
+the QGIS interface holding a real map canvas and message bar."""
+
+from __future__ import annotations
+
+import os
+import time
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+_app = None
+
+
+def qgis_app():
+    global _app
+    if _app is None:
+        from qgis.testing import start_app
+
+        _app = start_app(cleanup=False)
+        import sys
+
+        from qgis.core import QgsApplication
+
+        sys.path.append(os.path.join(QgsApplication.pkgDataPath(), "python", "plugins"))  # QGIS's Processing
+        from processing.core.Processing import Processing
+
+        Processing.initialize()
+    return _app
+
+
+class TestInterface:
+    """What the plugin uses of QgisInterface, backed by real widgets."""
+
+    def __init__(self):
+        from qgis.gui import QgsMapCanvas, QgsMessageBar
+        from qgis.PyQt.QtWidgets import QMainWindow
+
+        self.window = QMainWindow()
+        self.canvas = QgsMapCanvas(self.window)
+        self.canvas.resize(800, 600)
+        self.bar = QgsMessageBar(self.window)
+        self.docks = []
+        self.toolbar_actions = []
+        self.menus = []
+
+    def mainWindow(self):  # noqa: N802
+        return self.window
+
+    def mapCanvas(self):  # noqa: N802
+        return self.canvas
+
+    def messageBar(self):  # noqa: N802
+        return self.bar
+
+    def addDockWidget(self, area, dock):  # noqa: N802
+        self.docks.append(dock)
+
+    def removeDockWidget(self, dock):  # noqa: N802
+        self.docks.remove(dock)
+
+    def addToolBarIcon(self, action):  # noqa: N802
+        self.toolbar_actions.append(action)
+
+    def removeToolBarIcon(self, action):  # noqa: N802
+        self.toolbar_actions.remove(action)
+
+    def addPluginToMenu(self, menu, action):  # noqa: N802
+        self.menus.append((menu, action))
+
+    def removePluginMenu(self, menu, action):  # noqa: N802
+        self.menus.remove((menu, action))
+
+
+def wait_for(condition, timeout: float = 300.0, tick=None) -> None:
+    """Turn the Qt event loop until ``condition()`` holds."""
+    from qgis.core import QgsApplication
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("timed out waiting for QGIS")
+        QgsApplication.processEvents()
+        time.sleep(0.01)
