@@ -74,6 +74,9 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[str | BadPath]:
     """Files are yielded as given (whatever their extension); folders yield their photos."""
     seen: set = set()
     for raw in paths:
+        if not os.fspath(raw).strip():
+            yield BadPath(os.fspath(raw), "empty path")  # never read as "the current folder"
+            continue
         path = Path(raw)
         if path.is_dir():
             yield from _walk_folder(path, (), seen)

@@ -28,7 +28,7 @@ def qgis_app():
     return _app
 
 
-class TestInterface:
+class StandInInterface:
     """What the plugin uses of QgisInterface, backed by real widgets."""
 
     def __init__(self):

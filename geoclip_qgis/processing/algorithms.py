@@ -147,7 +147,7 @@ class GeolocatePhotos(_GeoCLIPAlgorithm):
         self._add_common_outputs()
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        photos = list(self.parameterAsFileList(parameters, "PHOTOS", context) or [])
+        photos = [p for p in self.parameterAsFileList(parameters, "PHOTOS", context) or [] if p]
         folder = self.parameterAsFile(parameters, "FOLDER", context)
         if folder:
             photos.append(folder)
