@@ -45,6 +45,15 @@ $(STAMP): pyproject.toml Makefile
 test: setup
 	$(PY) -m pytest -q
 
+# QGIS with the plugin from this checkout (linked, so edits show on the next start), in a profile of
+# its own; the venv's packages (torch, transformers) are put on QGIS's Python path.
+QGIS_DEV := $(CURDIR)/.cache/qgis-dev
+run: setup
+	$(PY) tools/deploy_plugin.py $(QGIS_DEV)/profiles
+	@[ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] || echo "No display: start QGIS from a desktop session (or under Xvfb)."
+	PYTHONPATH=$$($(PY) -c "import site; print(site.getsitepackages()[0])") \
+	  qgis --noversioncheck --profiles-path $(QGIS_DEV)
+
 bench: setup
 	$(PY) bench/bench_predict.py
 

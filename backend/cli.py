@@ -39,7 +39,8 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world-cell", type=float, default=0.25, metavar="DEG", help="world raster cell (0.25)")
     parser.add_argument("--local-cell", type=float, default=0.01, metavar="DEG", help="local raster cell (0.01)")
     parser.add_argument("--regions", type=int, default=1, metavar="N",
-                        help="local rasters around the N best separate places (1)")
+                        help="local rasters around the N most probable places (1), plus the top-1 answer's "
+                             "own if it lies elsewhere")
     area = parser.add_mutually_exclusive_group()
     area.add_argument("--area", metavar="W,S,E,N",
                       help="only places inside this box (degrees); write --area=-10,35,30,60 when W is negative")

@@ -37,10 +37,10 @@ def accuracy_table(errors_km) -> dict:
 def format_table(table: dict) -> str:
     if not table["photos"]:
         return "no photos with ground truth"
-    head = "  ".join(f"{km:>7} km" for km in THRESHOLDS_KM)
-    cells = "  ".join(f"{table[f'acc_{km}km']:>9.1f}%" for km in THRESHOLDS_KM)
-    return (f"photos {table['photos']}   median error {table['median_km']:.1f} km\n"
-            f"accuracy within {head}\n{'':16}{cells}")
+    head = " ".join(f"{str(km) + ' km':>8}" for km in THRESHOLDS_KM)
+    cells = " ".join(f"{table[f'acc_{km}km']:>7.1f}%" for km in THRESHOLDS_KM)
+    return (f"photos {table['photos']}, median error {table['median_km']:.1f} km\n"
+            f"within {head}\n{'':6} {cells}")
 
 
 @dataclass(frozen=True)

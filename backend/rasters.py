@@ -183,6 +183,14 @@ class SurfaceEvaluator:
             log_mass[~area.contains(centres[:, 0], centres[:, 1])] = -np.inf
         return log_mass.reshape(n, n)
 
+    def _containing(self, origins: list[tuple[int, int]], lat: float, lon: float) -> int | None:
+        row = (90 - lat) / self.world_cell
+        col = (lon + 180) / self.world_cell
+        for index, (r, c) in enumerate(origins):
+            if r <= row < r + self.window_cells and c <= col < c + self.window_cells:
+                return index
+        return None
+
     def _pick_windows(self, seeds: list[tuple[float, float, float]], world_logit: np.ndarray,
                       regions: int) -> list[tuple[int, int]]:
         """Windows around the best seeds (gallery candidates and world cells), none overlapping."""
@@ -215,15 +223,22 @@ class SurfaceEvaluator:
 
         # A centre sample can sit just beside a sharp peak and lose to a broad plateau elsewhere, so
         # several candidate windows are sampled coarsely and the best of them sharpened.
-        windows = [self._window(r, c, query) for r, c in
-                   self._pick_windows(list(seeds), world_logit, max(regions, CANDIDATE_WINDOWS))]
-        masses = []
-        for window in windows:
-            masses.append(self._log_mass(window, area))
-        order = np.argsort([-np.max(m) for m in masses])[:regions]
+        origins = self._pick_windows(list(seeds), world_logit, max(regions, CANDIDATE_WINDOWS))
+        windows = [self._window(r, c, query) for r, c in origins]
+        masses = [self._log_mass(window, area) for window in windows]
+        order = list(np.argsort([-np.max(m) for m in masses])[:regions])
+        if seeds:  # the top-1 answer's own window is always sharpened, so its point sits on a local raster
+            anchor = self._containing(origins, *seeds[0][:2])
+            if anchor is None:
+                windows.append(self._window(*self._window_origin(*seeds[0][:2]), query))
+                masses.append(self._log_mass(windows[-1], area))
+                anchor = len(windows) - 1
+            if anchor not in order:
+                order.append(anchor)
         for index in order:
             self._sharpen(windows[index], query)
             masses[index] = self._log_mass(windows[index], area)
+        order.sort(key=lambda i: -np.max(masses[i]))  # the most probable local raster first
         size = self.window_cells
         for window, mass in zip(windows, masses):  # world cells under a window: the sum of its cells
             blocks = mass.reshape(size, self.sub, size, self.sub)

@@ -32,7 +32,7 @@ CACHE_DIR_ENV = "GEOCLIP_CACHE_DIR"
 
 BACKBONE_REPO = "openai/clip-vit-large-patch14"
 # A commit of BACKBONE_REPO, never a branch: a moving name could serve different files tomorrow.
-BACKBONE_REVISION = "32bd64288804d66eefd0ccbe215aa642df71cc41"
+BACKBONE_REVISION = "32bd64288804d66eefd0ccbe215aa642df71cc41"  # pragma: allowlist secret (a commit id)
 BACKBONE_FOLDER = "clip-vit-large-patch14"
 BACKBONE_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json",
                   "vocab.json", "merges.txt", "special_tokens_map.json", "model.safetensors")

@@ -19,6 +19,7 @@ from qgis.core import (
 )
 from qgis.gui import QgsDockWidget, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtGui import QFontDatabase
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -172,6 +173,7 @@ class GeoCLIPDock(QgsDockWidget):
         self.progress.setRange(0, 100)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.status.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))  # the accuracy table lines up
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
 

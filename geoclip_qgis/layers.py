@@ -38,7 +38,7 @@ MAP_TIP = (
     '[% CASE WHEN "error_km" IS NOT NULL THEN \'<br>EXIF truth: \' || format_number("error_km", 1) || \' km away\' END %]'
     '<br><img src="file:///[% "photo" %]" width="240">'
 )
-NEGLIGIBLE = 1e-3  # raster cells below this share of the peak are drawn transparent
+NEGLIGIBLE = 0.02  # raster cells below this share of the peak are drawn transparent
 
 
 def style_points(layer: QgsVectorLayer) -> None:
@@ -82,7 +82,7 @@ def style_raster(layer: QgsRasterLayer) -> None:
     """Pseudocolour from a negligible share of the peak up to the peak; below that, transparent."""
     stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Stats.Max)
     peak = stats.maximumValue if stats.maximumValue > 0 else 1.0
-    ramp = QgsStyle.defaultStyle().colorRamp("Magma")
+    ramp = QgsStyle.defaultStyle().colorRamp("YlOrRd")  # pale for little belief, deep red for the peak
     shader = QgsColorRampShader(peak * NEGLIGIBLE, peak, ramp, QgsColorRampShader.Type.Interpolated)
     shader.classifyColorRamp(8, -1, QgsRectangle(), None)
     shader.setClip(True)  # values under the minimum are not drawn

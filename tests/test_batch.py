@@ -152,7 +152,7 @@ def test_evaluate_on_a_benchmark_style_csv(engine, tiny_clip, samples, tmp_path)
     errors = sorted(haversine_km(43.4674, 11.8851, float(r["lat"]), float(r["lon"])) for r in answers if r["rank"] == "1")
     assert figures["median_km"] == pytest.approx(errors[len(errors) // 2])
     assert figures["acc_2500km"] == pytest.approx(100 * sum(e <= 2500 for e in errors) / len(errors))
-    assert "accuracy within" in out.stdout
+    assert "within     1 km    25 km" in out.stdout
 
 
 def test_heic_photos_are_read(engine, samples):

@@ -60,7 +60,7 @@ def test_raster_values_are_probability_per_cell(engine, surface):
     rows = round(local.rows * local.cell / world.cell)
     covered = world.values[row0:row0 + rows, col0:col0 + rows].sum()
     assert local.values.sum() == pytest.approx(covered, rel=1e-3)
-    assert len(made.local) == 2
+    assert len(made.local) >= 2
     (a_lat, a_lon, _), (b_lat, b_lon, _) = made.local[0].peak(), made.local[1].peak()
     assert haversine_km(a_lat, a_lon, b_lat, b_lon) > 20  # two separate places, not one twice
 

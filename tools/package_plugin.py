@@ -114,8 +114,8 @@ def scan(zip_path: Path) -> list[str]:
                 where = Path(issue["filename"]).relative_to(tmp)
                 problems.append(f"bandit {issue['test_id']} {issue['issue_severity']}: {where}:"
                                 f"{issue['line_number']}: {issue['issue_text']}")
-        secrets = subprocess.run([sys.executable, "-m", "detect_secrets", "scan", "--all-files", tmp],
-                                 capture_output=True, text=True)
+        secrets = subprocess.run([sys.executable, "-m", "detect_secrets", "scan", "--all-files", "."],
+                                 capture_output=True, text=True, cwd=tmp)  # it scans relative to the cwd
         for name, findings in json.loads(secrets.stdout or "{}").get("results", {}).items():
             for finding in findings:
                 problems.append(f"detect-secrets {finding['type']}: {Path(name).name}:{finding['line_number']}")
