@@ -83,6 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("queries", nargs="+", metavar="QUERY", help='e.g. "a tropical beach with palm trees"')
     _add_query_options(text)
 
+    tune = commands.add_parser("finetune", help="adapt GeoCLIP's heads to your own geotagged photos")
+    tune.add_argument("data", nargs="+", metavar="PHOTOS_OR_CSV",
+                      help="photos/folders with EXIF GPS, or one CSV of photo,lat,lon")
+    tune.add_argument("--out", required=True, metavar="DIR", help="the new heads folder (loads with --heads DIR)")
+    tune.add_argument("--images", metavar="DIR", help="folder the CSV's photo names are relative to")
+    tune.add_argument("--epochs", type=int, default=20)
+    tune.add_argument("--train-batch", type=int, default=256, metavar="N", help="photos per training step (256)")
+    tune.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (1e-4)")
+    tune.add_argument("--queue-size", type=int, default=4096, help="GPS queue of extra negatives (4096, as released)")
+    tune.add_argument("--val-fraction", type=float, default=0.2, help="share of photos held out (0.2)")
+    tune.add_argument("--patience", type=int, default=4, help="epochs without gain at 25 km before stopping (4)")
+    tune.add_argument("--val-candidates", type=int, default=None, metavar="N",
+                      help="rank validation photos over N gallery places (default: the whole gallery)")
+    tune.add_argument("--extend-gallery", action="store_true",
+                      help="add the training photos' positions to the gallery")
+    tune.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    tune.add_argument("--quiet", action="store_true")
+    _add_run_options(tune)
+
     models = commands.add_parser("models", help="where weights are, and how to get them")
     actions = models.add_subparsers(dest="action", required=True)
     status = actions.add_parser("status", help="what was found where, with sizes and checksums")
@@ -267,6 +286,43 @@ def run_evaluate(args) -> int:
     return 0 if table["photos"] else 1
 
 
+def run_finetune(args) -> int:
+    from .engine import Engine
+    from .evaluation import format_table
+    from .finetune import FinetuneSettings, collect_samples, finetune
+
+    engine = Engine(heads=args.heads, clip=args.clip, device=args.device, precision=args.precision,
+                    batch_size=args.batch_size)
+    bars = {}
+
+    def embedded(done, total):  # the bar appears once the number of photos is known
+        bar = bars.setdefault("bar", _progress_bar(total, not args.quiet))
+        if bar:
+            bar.update(done - bar.n)
+
+    source = args.data[0] if len(args.data) == 1 else args.data
+    collected = collect_samples(engine, source, args.images, embedded)
+    if bars.get("bar"):
+        bars["bar"].close()
+    if not args.quiet:
+        print(f"geoclip-qgis: {len(collected.samples)} photos with a position, {collected.without_gps} without, "
+              f"{len(collected.failed)} unreadable", file=sys.stderr)
+    settings = FinetuneSettings(epochs=args.epochs, batch_size=args.train_batch, lr=args.lr,
+                                queue_size=args.queue_size, val_fraction=args.val_fraction, patience=args.patience,
+                                extend_gallery=args.extend_gallery, val_candidates=args.val_candidates)
+
+    def epoch_done(message, epoch, epochs):
+        if not args.quiet:
+            print(f"geoclip-qgis: {message}", file=sys.stderr)
+
+    manifest = finetune(engine, collected.samples, args.out, settings, epoch_done, resume=args.resume)
+    validation = manifest["validation"]
+    print(f"validation before ({validation['candidates']} gallery places):\n{format_table(validation['before'])}")
+    print(f"after (best epoch {validation['best_epoch']}):\n{format_table(validation['after'])}")
+    print(f"heads written to {args.out}: use --heads {args.out}")
+    return 0
+
+
 def _human(size: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1024 or unit == "GB":
@@ -330,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_predict(args)
         if args.command == "text":
             return run_text(args)
+        if args.command == "finetune":
+            return run_finetune(args)
         if args.command == "evaluate":
             args.rasters = None
             args.area = args.area_file = None

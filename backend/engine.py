@@ -306,17 +306,9 @@ class Engine:
                 self.embeddings.put_many(self.backbone_key, {p.sha256: p.embedding for p in todo if p.sha256})
         return np.stack([p.embedding for p in prepared])
 
-    def predict_iter(self, photos: Iterable, top_k: int = 5, area: Area | None = None,
-                     skip: Container[str] = frozenset(), skip_geotagged: bool = False) -> Iterator[PhotoResult]:
-        """Yield one :class:`PhotoResult` per photo, in input order, as batches finish.
-
-        Photos whose content hash is in ``skip`` (answered in an earlier run), and with
-        ``skip_geotagged`` photos that have EXIF GPS, come back with ``skipped`` set to the reason,
-        without being encoded. Stopping the iteration (or closing the generator) stops
-        the work within one batch.
-        """
-        self.load()
-        self.check_top_k(top_k)
+    def _prepared_batches(self, photos: Iterable, skip: Container[str], skip_geotagged: bool
+                          ) -> Iterator[list[tuple[str, "_Prepared | PhotoResult | PhotoError"]]]:
+        """Batches of decoded photos with their CLIP embeddings filled in; decoding runs a batch ahead."""
         labelled = ((item, photo_label(item, n)) for n, item in enumerate(photos, 1))
         pool = ThreadPoolExecutor(max_workers=DECODE_WORKERS, thread_name_prefix="geoclip-decode")
         pending: deque[tuple[str, Future]] = deque()
@@ -332,9 +324,30 @@ class Engine:
                 submit_until(2 * self.batch_size)  # the next batch decodes while this one encodes
                 prepared = [(label, future.result()) for label, future in batch]
                 good = [p for _, p in prepared if isinstance(p, _Prepared)]
-                ranked = iter(())
                 if good:
-                    features = self.heads.image_features(torch.from_numpy(self._embeddings_of(good)).to(self.device))
+                    self._embeddings_of(good)
+                yield prepared
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def predict_iter(self, photos: Iterable, top_k: int = 5, area: Area | None = None,
+                     skip: Container[str] = frozenset(), skip_geotagged: bool = False) -> Iterator[PhotoResult]:
+        """Yield one :class:`PhotoResult` per photo, in input order, as batches finish.
+
+        Photos whose content hash is in ``skip`` (answered in an earlier run), and with
+        ``skip_geotagged`` photos that have EXIF GPS, come back with ``skipped`` set to the reason,
+        without being encoded. Stopping the iteration (or closing the generator) stops
+        the work within one batch.
+        """
+        self.load()
+        self.check_top_k(top_k)
+        batches = self._prepared_batches(photos, skip, skip_geotagged)
+        try:
+            for prepared in batches:
+                good = [p for _, p in prepared if isinstance(p, _Prepared)]
+                if good:
+                    embeddings = torch.from_numpy(np.stack([p.embedding for p in good])).to(self.device)
+                    features = self.heads.image_features(embeddings)
                     ranked = iter(self.answer(features, top_k, area))
                     vectors = iter(features.cpu().numpy())
                 for label, p in prepared:
@@ -345,7 +358,22 @@ class Engine:
                     else:
                         yield PhotoResult(label, error=str(p))
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            batches.close()
+
+    def embed_iter(self, photos: Iterable) -> Iterator[tuple[str, np.ndarray | None, PhotoMetadata | None, str | None]]:
+        """(photo, CLIP embedding (768,), metadata, error) per photo, in order: the frozen part of the
+        model, for fine-tuning. Embeddings come from (and go to) the on-disk cache."""
+        self.load()
+        batches = self._prepared_batches(photos, frozenset(), False)
+        try:
+            for prepared in batches:
+                for label, p in prepared:
+                    if isinstance(p, _Prepared):
+                        yield label, p.embedding, p.metadata, None
+                    else:
+                        yield label, None, None, str(p)
+        finally:
+            batches.close()
 
     def predict(self, photos: Iterable, top_k: int = 5, area: Area | None = None,
                 progress: Callable[[int, int], None] | None = None) -> list[PhotoResult]:

@@ -1,0 +1,276 @@
+"""Fine-tuning GeoCLIP's heads on the user's own geotagged photos, with the paper's training method.
+
+Objective (paper, and the official release's training loop): for a batch of photos with known GPS,
+the logits of each photo against [the batch's GPS + a queue of recent GPS coordinates] go into a
+cross-entropy whose target is the photo's own GPS; the queue (default 4096 entries, as released) adds
+negatives beyond the batch. CLIP stays frozen, so each photo's 768-d CLIP embedding is computed once
+(and cached on disk) and only the image MLP, the location encoder (its random Fourier matrices stay
+fixed) and the logit scale train: minutes on a CPU.
+
+Validation: a seeded share of the photos is held out; after every epoch their top-1 answers over the
+gallery give the accuracy at 25 km, which drives early stopping; the best epoch's heads are written.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import GeoCLIPError
+from .evaluation import THRESHOLDS_KM, accuracy_table, read_truth_csv
+from .gallery import encode_locations, read_gallery_csv
+from .geo import haversine_km
+from .heads import GeoCLIPHeads, save_heads
+from .weights import DEFAULT_GALLERY, sha256_file
+
+CHECKPOINT = "checkpoint.pt"
+MANIFEST = "manifest.json"
+
+
+class GPSQueue:
+    """A ring buffer of recent GPS coordinates, used as extra negatives.
+
+    Same pointer arithmetic as the release's ``dequeue_and_enqueue``: a batch is written at the
+    pointer and wraps around the end; a batch at least as large as the queue replaces it with its last
+    ``size`` rows and resets the pointer. Unlike the release, whose queue starts as random near-(0, 0)
+    coordinates, only entries written so far are handed out as negatives.
+    """
+
+    def __init__(self, size: int = 4096):
+        if size < 1:
+            raise GeoCLIPError("the GPS queue needs at least one entry")
+        self.size = size
+        self.buffer = torch.zeros(size, 2)
+        self.pointer = 0
+        self.filled = 0
+
+    def push(self, gps: torch.Tensor) -> None:
+        gps = gps.detach().to(self.buffer.device, self.buffer.dtype)
+        count = gps.shape[0]
+        if count >= self.size:
+            self.buffer.copy_(gps[-self.size:])
+            self.pointer, self.filled = 0, self.size
+            return
+        end = self.pointer + count
+        if end <= self.size:
+            self.buffer[self.pointer:end] = gps
+        else:
+            first = self.size - self.pointer
+            self.buffer[self.pointer:] = gps[:first]
+            self.buffer[:end - self.size] = gps[first:]
+        self.pointer = end % self.size
+        self.filled = min(self.size, self.filled + count)
+
+    def negatives(self) -> torch.Tensor:
+        """The coordinates written so far (all of them once the queue has wrapped)."""
+        return self.buffer[: self.filled] if self.filled < self.size else self.buffer
+
+    def to(self, device) -> "GPSQueue":
+        self.buffer = self.buffer.to(device)
+        return self
+
+
+@dataclass
+class Sample:
+    photo: str
+    lat: float
+    lon: float
+    embedding: np.ndarray  # (768,) frozen CLIP embedding
+
+
+@dataclass
+class FinetuneSettings:
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    queue_size: int = 4096
+    val_fraction: float = 0.2
+    patience: int = 4
+    extend_gallery: bool = False
+    val_candidates: int | None = None  # rank validation photos over this many gallery places (None: all)
+    seed: int = 0
+
+
+@dataclass
+class Collected:
+    samples: list[Sample] = field(default_factory=list)
+    without_gps: int = 0
+    failed: dict = field(default_factory=dict)  # photo -> reason
+
+
+def collect_samples(engine, source: str | Path, images: str | None = None,
+                    progress: Callable[[int, int], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> Collected:
+    """Photos with known positions and their CLIP embeddings: a CSV of photo,lat,lon, or photos
+    (files or folders) with EXIF GPS (photos without it are counted and left out)."""
+    from .walk import expand_paths
+
+    collected = Collected()
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    if len(sources) == 1 and str(sources[0]).lower().endswith(".csv"):
+        truths = {t.photo: (t.lat, t.lon) for t in read_truth_csv(sources[0], images)}
+        photos = list(truths)
+    else:
+        truths, photos = None, list(expand_paths(sources))
+    for index, (photo, embedding, metadata, error) in enumerate(engine.embed_iter(photos), 1):
+        if error:
+            collected.failed[photo] = error
+        else:
+            position = truths.get(photo) if truths else (
+                (metadata.latitude, metadata.longitude) if metadata and metadata.has_gps else None)
+            if position is None:
+                collected.without_gps += 1
+            else:
+                collected.samples.append(Sample(photo, position[0], position[1], embedding))
+        if progress:
+            progress(index, len(photos))
+        if should_stop and should_stop():
+            break
+    return collected
+
+
+def _split(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(count)
+    held_out = max(1, int(round(count * fraction))) if count > 1 else 0
+    return order[held_out:], order[:held_out]
+
+
+def _trainable(heads: GeoCLIPHeads) -> list[nn.Parameter]:
+    heads.requires_grad_(True)
+    for capsule in heads.location_encoder.capsules:
+        capsule.fourier.b.requires_grad_(False)  # fixed random features, as in the paper
+    return [p for p in heads.parameters() if p.requires_grad]
+
+
+@torch.no_grad()
+def validate(heads: GeoCLIPHeads, embeddings: torch.Tensor, truth: np.ndarray, candidates: torch.Tensor) -> dict:
+    """Top-1 over ``candidates`` for held-out embeddings -> the paper's accuracy table."""
+    heads.eval()
+    locations = encode_locations(heads, candidates)
+    answers = []
+    for start in range(0, embeddings.shape[0], 1024):
+        logits = heads.logits(heads.image_features(embeddings[start:start + 1024]), locations)
+        answers.append(candidates[logits.argmax(dim=-1)].cpu().numpy())
+    answers = np.concatenate(answers) if answers else np.zeros((0, 2))
+    errors = haversine_km(truth[:, 0], truth[:, 1], answers[:, 0], answers[:, 1]) if len(answers) else []
+    return accuracy_table(list(map(float, errors)))
+
+
+def finetune(engine, samples: list[Sample], out_dir: str | Path, settings: FinetuneSettings = FinetuneSettings(),
+             progress: Callable[[str, int, int], None] | None = None,
+             should_stop: Callable[[], bool] | None = None, resume: bool = False) -> dict:
+    """Train from the engine's heads on ``samples``; write a heads folder to ``out_dir``; return its manifest."""
+    if len(samples) < 10:
+        raise GeoCLIPError(f"fine-tuning needs at least 10 photos with GPS, got {len(samples)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = engine.device
+    torch.manual_seed(settings.seed)
+    train_idx, val_idx = _split(len(samples), settings.val_fraction, settings.seed)
+    embeddings = torch.from_numpy(np.stack([s.embedding for s in samples])).float().to(device)
+    gps = torch.tensor([[s.lat, s.lon] for s in samples], dtype=torch.float32, device=device)
+    truth_val = gps[val_idx].cpu().numpy()
+
+    gallery = read_gallery_csv(engine.heads_files.gallery_csv)
+    if settings.extend_gallery:
+        gallery = np.concatenate([gallery, gps[train_idx].cpu().numpy()])
+    candidates = gallery
+    if settings.val_candidates and len(gallery) > settings.val_candidates:
+        pick = np.random.default_rng(settings.seed).choice(len(gallery), settings.val_candidates, replace=False)
+        candidates = gallery[np.sort(pick)]
+    candidates = torch.from_numpy(candidates).to(device)
+
+    heads = copy.deepcopy(engine.heads).to(device)
+    before = validate(heads, embeddings[val_idx], truth_val, candidates)
+    optimizer = torch.optim.Adam(_trainable(heads), lr=settings.lr, weight_decay=settings.weight_decay)
+    queue = GPSQueue(settings.queue_size).to(device)
+    state = {"epoch": 0, "best_acc": -1.0, "best_epoch": 0, "stale": 0, "history": []}
+    best = copy.deepcopy(heads.state_dict())
+    checkpoint = out_dir / CHECKPOINT
+    if resume and checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        heads.load_state_dict(saved["heads"])
+        best = saved["best"]
+        optimizer.load_state_dict(saved["optimizer"])
+        queue.buffer.copy_(saved["queue"])
+        queue.pointer, queue.filled = int(saved["queue_pointer"]), int(saved["queue_filled"])
+        state = json.loads(saved["state"])
+
+    loss_fn = nn.CrossEntropyLoss()
+    started = time.perf_counter()
+    while state["epoch"] < settings.epochs and state["stale"] < settings.patience:
+        if should_stop and should_stop():
+            break
+        heads.train()
+        generator = torch.Generator().manual_seed(settings.seed + state["epoch"])
+        order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=generator)]
+        total_loss, steps = 0.0, 0
+        for start in range(0, len(order), settings.batch_size):
+            batch = order[start:start + settings.batch_size].to(device)
+            batch_gps = gps[batch]
+            # the batch's own positions first (targets 0..n-1), then the queue's as extra negatives
+            candidates_gps = torch.cat([batch_gps, queue.negatives()], dim=0)
+            queue.push(batch_gps)
+            logits = heads.logits(heads.image_features(embeddings[batch]), heads.location_features(candidates_gps))
+            loss = loss_fn(logits, torch.arange(len(batch), device=device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total_loss, steps = total_loss + float(loss), steps + 1
+        state["epoch"] += 1
+        table = validate(heads, embeddings[val_idx], truth_val, candidates)
+        state["history"].append({"epoch": state["epoch"], "loss": total_loss / max(steps, 1), **table})
+        if table["acc_25km"] > state["best_acc"]:
+            state.update(best_acc=table["acc_25km"], best_epoch=state["epoch"], stale=0)
+            best = copy.deepcopy(heads.state_dict())
+        else:
+            state["stale"] += 1
+        torch.save({"heads": heads.state_dict(), "best": best, "optimizer": optimizer.state_dict(),
+                    "queue": queue.buffer, "queue_pointer": queue.pointer, "queue_filled": queue.filled,
+                    "state": json.dumps(state)}, checkpoint)
+        if progress:
+            progress(f"epoch {state['epoch']}: loss {total_loss / max(steps, 1):.3f}, "
+                     f"validation {table['acc_25km']:.1f}% within 25 km", state["epoch"], settings.epochs)
+
+    heads.load_state_dict(best)
+    after = validate(heads, embeddings[val_idx], truth_val, candidates)
+    save_heads(heads.cpu(), out_dir)
+    gallery_dir = out_dir / "gps_gallery"
+    gallery_dir.mkdir(exist_ok=True)
+    with open(gallery_dir / DEFAULT_GALLERY, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["LAT", "LON"])
+        writer.writerows((f"{lat:.6f}", f"{lon:.6f}") for lat, lon in gallery)
+    manifest = {
+        "base_heads": str(engine.heads_files.folder),
+        "base_heads_sha256": {name: sha256_file(engine.heads_files.weight_path(name))
+                              for name in ("image_encoder_mlp_weights.pth", "location_encoder_weights.pth",
+                                           "logit_scale_weights.pth")},
+        "backbone": str(engine.clip_dir),
+        "photos": {"train": len(train_idx), "validation": len(val_idx)},
+        "photo_ids": [hashlib.sha256(samples[i].photo.encode()).hexdigest()[:16] for i in train_idx],
+        "gallery": {"places": int(len(gallery)), "extended_with_training_photos": settings.extend_gallery},
+        "settings": settings.__dict__,
+        "validation": {"candidates": int(len(candidates)), "thresholds_km": list(THRESHOLDS_KM),
+                       "before": before, "after": after, "best_epoch": state["best_epoch"]},
+        "history": state["history"],
+        "seconds": round(time.perf_counter() - started, 1),
+        "stopped_early": bool(should_stop and should_stop()),
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if not manifest["stopped_early"]:
+        checkpoint.unlink(missing_ok=True)  # kept only to resume an interrupted run
+    return manifest
+
+
