@@ -227,7 +227,7 @@ def finetune(engine, samples: list[Sample], out_dir: str | Path, settings: Finet
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total_loss, steps = total_loss + float(loss), steps + 1
+            total_loss, steps = total_loss + loss.item(), steps + 1
         state["epoch"] += 1
         table = validate(heads, embeddings[val_idx], truth_val, candidates)
         state["history"].append({"epoch": state["epoch"], "loss": total_loss / max(steps, 1), **table})

@@ -102,7 +102,7 @@ class ModelsDialog(QDialog):
         actions = QHBoxLayout()
         for text, slot in (("Refresh", self.refresh), ("Import folder…", self.import_folder),
                            ("Import bundle…", self.import_bundle), ("Export bundle…", self.export_bundle),
-                           ("Download backbone", self.download)):
+                           ("Download backbone", self.download), ("Fine-tune…", self.finetune)):
             button = QPushButton(text)
             button.clicked.connect(slot)
             actions.addWidget(button)
@@ -160,6 +160,14 @@ class ModelsDialog(QDialog):
                 QMessageBox.information(self, "GeoCLIP", f"Wrote {path}")
             except Exception as exc:
                 QMessageBox.warning(self, "GeoCLIP", str(exc))
+
+    def finetune(self) -> None:
+        """Processing's own dialog for the fine-tune algorithm: parameters, a background run with
+        progress, a log and Cancel. The new heads folder is then chosen above."""
+        import processing
+
+        processing.execAlgorithmDialog("geoclip:finetune_heads", {})
+        self.refresh()
 
     def download(self) -> None:
         answer = QMessageBox.question(

@@ -24,6 +24,7 @@ from qgis.core import (
     QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
@@ -56,10 +57,6 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
 
     def createInstance(self):  # noqa: N802 - QGIS API
         return type(self)()
-
-    def flags(self):
-        # The engine is shared and loads once; it is not built for several algorithm threads at once.
-        return super().flags() | QgsProcessingAlgorithm.Flag.FlagNoThreading
 
     def _area(self, parameters, context):
         from ..backend.area import Area
@@ -248,3 +245,58 @@ class EvaluatePhotos(_GeoCLIPAlgorithm):
         results = {"OUTPUT": output, "PHOTOS": table["photos"], "MEDIAN_KM": table["median_km"]}
         results.update({f"ACC_{km}KM": table[f"acc_{km}km"] for km in THRESHOLDS})
         return results
+
+
+class FinetuneHeads(_GeoCLIPAlgorithm):
+    def name(self) -> str:
+        return "finetune_heads"
+
+    def displayName(self) -> str:  # noqa: N802 - QGIS API
+        return "Fine-tune on geotagged photos"
+
+    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+        return ("Adapts GeoCLIP to your region or kind of imagery with photos you already have with GPS (EXIF, "
+                "or a CSV of photo,lat,lon), using the paper's contrastive training with a GPS queue; CLIP stays "
+                "frozen. Writes a heads folder (choose it in GeoCLIP's Models dialog) with a manifest holding the "
+                "validation table before and after.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterFile(
+            "FOLDER", "Folder of photos with EXIF GPS", QgsProcessingParameterFile.Behavior.Folder, optional=True))
+        self.addParameter(QgsProcessingParameterFile(
+            "CSV", "Or a CSV of photo,lat,lon", QgsProcessingParameterFile.Behavior.File, "csv", optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            "EPOCHS", "Epochs (at most)", QgsProcessingParameterNumber.Type.Integer, 20, False, 1, 1000))
+        self.addParameter(QgsProcessingParameterBoolean(
+            "EXTEND_GALLERY", "Add the photos' positions to the gallery", True))
+        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "New heads folder"))
+        self.addOutput(QgsProcessingOutputNumber("ACC_25KM_BEFORE", "Validation % within 25 km, before"))
+        self.addOutput(QgsProcessingOutputNumber("ACC_25KM_AFTER", "Validation % within 25 km, after"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        from ..backend.evaluation import format_table
+        from ..backend.finetune import FinetuneSettings, collect_samples, finetune
+        from ..session import get_engine
+
+        data = self.parameterAsFile(parameters, "CSV", context) or self.parameterAsFile(parameters, "FOLDER", context)
+        if not data:
+            raise QgsProcessingException("give a folder of geotagged photos or a CSV of photo,lat,lon")
+        output = self.parameterAsString(parameters, "OUTPUT", context)
+        engine = get_engine(load_settings(), lambda stage, done, total: feedback.setProgressText(stage))
+        feedback.setProgressText("Reading the photos (CLIP embeddings are cached for next time)…")
+        collected = collect_samples(engine, data, progress=lambda done, total: feedback.setProgress(30 * done / total),
+                                    should_stop=feedback.isCanceled)
+        feedback.pushInfo(f"{len(collected.samples)} photos with a position, {collected.without_gps} without, "
+                          f"{len(collected.failed)} unreadable")
+        settings = FinetuneSettings(epochs=self.parameterAsInt(parameters, "EPOCHS", context),
+                                    extend_gallery=self.parameterAsBoolean(parameters, "EXTEND_GALLERY", context))
+
+        def epoch_done(message, epoch, epochs):
+            feedback.pushInfo(message)
+            feedback.setProgress(30 + 70 * epoch / epochs)
+
+        manifest = finetune(engine, collected.samples, output, settings, epoch_done, should_stop=feedback.isCanceled)
+        feedback.pushInfo("before:\n" + format_table(manifest["validation"]["before"]))
+        feedback.pushInfo("after:\n" + format_table(manifest["validation"]["after"]))
+        return {"OUTPUT": output, "ACC_25KM_BEFORE": manifest["validation"]["before"]["acc_25km"],
+                "ACC_25KM_AFTER": manifest["validation"]["after"]["acc_25km"]}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .algorithms import EvaluatePhotos, GeolocatePhotos, GeolocateText
+from .algorithms import EvaluatePhotos, FinetuneHeads, GeolocatePhotos, GeolocateText
 
 
 class GeoCLIPProvider(QgsProcessingProvider):
@@ -22,5 +22,5 @@ class GeoCLIPProvider(QgsProcessingProvider):
         return QIcon(icon_path())
 
     def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
-        for algorithm in (GeolocatePhotos(), GeolocateText(), EvaluatePhotos()):
+        for algorithm in (GeolocatePhotos(), GeolocateText(), EvaluatePhotos(), FinetuneHeads()):
             self.addAlgorithm(algorithm)
