@@ -16,7 +16,7 @@ TORCH_VERSION ?= 2.13.0
 GEOCLIP_RELEASE := geoclip==1.3.0
 CPU_INDEX := https://download.pytorch.org/whl/cpu
 
-.PHONY: setup test run bench package clean
+.PHONY: setup test run bench package wheelhouse clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,12 @@ bench: setup
 
 package: setup
 	$(PY) tools/package_plugin.py --out dist
+
+# Every wheel the plugin's offline install needs, for machines without internet (same Python version and
+# platform as the target QGIS). In QGIS: Install dependencies... > from a folder of wheels.
+wheelhouse: setup
+	PYTHONPATH=$(CURDIR) $(PY) -m geoclip_qgis.installer wheelhouse wheelhouse --python /usr/bin/python3 \
+	  --torch "torch==$(TORCH_VERSION)"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -165,9 +165,13 @@ class GeoCLIPDock(QgsDockWidget):
         self.cancel_button.clicked.connect(self.cancel)
         models = QPushButton("Models…")
         models.clicked.connect(self.open_models_dialog)
+        self.install_button = QPushButton("Install dependencies…")
+        self.install_button.clicked.connect(self.open_install_dialog)
+        self.install_button.setVisible(False)
         run_row.addWidget(self.run_button)
         run_row.addWidget(self.cancel_button)
         run_row.addWidget(models)
+        run_row.addWidget(self.install_button)
         layout.addLayout(run_row)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
@@ -188,16 +192,19 @@ class GeoCLIPDock(QgsDockWidget):
 
     def _check_dependencies(self) -> None:
         missing = deps.missing()
+        self.install_button.setVisible(bool(missing))
+        self.run_button.setEnabled(not missing)
         if missing:
-            self.run_button.setEnabled(False)
             self.status.setText(deps.explanation(missing))
             self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             return
+        self.status.setText("")
         try:
             from .backend.device import available_devices
 
             for device_id, label in available_devices()[2:]:  # auto and cpu are already there
-                self.device_combo.addItem(label, device_id)
+                if self.device_combo.findData(device_id) < 0:
+                    self.device_combo.addItem(label, device_id)
         except Exception as exc:  # a broken torch install: say so, keep the dock usable for settings
             self.run_button.setEnabled(False)
             self.status.setText(f"torch is installed but does not load in this QGIS: {exc}")
@@ -340,6 +347,13 @@ class GeoCLIPDock(QgsDockWidget):
             self.failures.setItem(row, 1, QTableWidgetItem(reason))
             QgsMessageLog.logMessage(f"not answered: {photo}: {reason}", LOG_TAG, Qgis.MessageLevel.Warning)
         self.failures.setVisible(bool(failures))
+
+    def open_install_dialog(self) -> None:
+        from .install_dialog import InstallDialog
+
+        dialog = InstallDialog(self)
+        dialog.installed.connect(self._check_dependencies)
+        dialog.exec()
 
     def open_models_dialog(self) -> None:
         from .models_dialog import ModelsDialog

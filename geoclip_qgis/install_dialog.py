@@ -1,0 +1,111 @@
+"""Install the engine's packages for this QGIS: CPU or CUDA build, or a local folder of wheels, with
+progress, a log and Cancel. The work is :func:`.installer.install` in a QgsTask."""
+
+from __future__ import annotations
+
+from qgis.core import QgsApplication, QgsTask
+from qgis.gui import QgsFileWidget
+from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QButtonGroup,
+    QDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QVBoxLayout,
+)
+
+from . import deps, installer
+
+
+class InstallTask(QgsTask):
+    line = pyqtSignal(str)
+
+    def __init__(self, build: str, wheels: str | None):
+        super().__init__("GeoCLIP: installing torch and transformers", QgsTask.Flag.CanCancel)
+        self.build, self.wheels, self.error = build, wheels, ""
+
+    def run(self) -> bool:
+        try:
+            installer.install(deps.plugin_python_dir(), self.build, self.wheels, self.line.emit, self.isCanceled)
+            return True
+        except Exception as exc:  # shown in the dialog's log
+            self.error = str(exc)
+            return False
+
+
+class InstallDialog(QDialog):
+    installed = pyqtSignal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Install GeoCLIP's Python packages")
+        self.resize(720, 480)
+        layout = QVBoxLayout(self)
+        missing = deps.missing()
+        layout.addWidget(QLabel(
+            f"Missing in this QGIS's Python: {', '.join(missing) or 'nothing'}.\n"
+            f"They go into {deps.plugin_python_dir()} — nothing else on the system changes."))
+        form = QFormLayout()
+        self.cpu = QRadioButton("CPU build of torch (about 200 MB)")
+        self.cuda = QRadioButton("CUDA build of torch (NVIDIA GPU; several GB)")
+        group = QButtonGroup(self)
+        group.addButton(self.cpu)
+        group.addButton(self.cuda)
+        (self.cuda if installer.has_nvidia_gpu() else self.cpu).setChecked(True)
+        builds = QHBoxLayout()
+        builds.addWidget(self.cpu)
+        builds.addWidget(self.cuda)
+        form.addRow("torch", builds)
+        self.wheels = QgsFileWidget()
+        self.wheels.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
+        self.wheels.setToolTip("Offline: a folder made with `make wheelhouse` on a connected machine")
+        form.addRow("From a folder of wheels (offline)", self.wheels)
+        layout.addLayout(form)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        layout.addWidget(self.log)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        layout.addWidget(self.progress)
+        buttons = QHBoxLayout()
+        self.start = QPushButton("Install")
+        self.start.clicked.connect(self.begin)
+        self.stop = QPushButton("Cancel")
+        self.stop.setEnabled(False)
+        close = QPushButton("Close")
+        close.clicked.connect(self.reject)
+        for button in (self.start, self.stop, close):
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+        self.task = None
+
+    def begin(self) -> None:
+        self.task = InstallTask("cuda" if self.cuda.isChecked() else "cpu", self.wheels.filePath() or None)
+        self.task.line.connect(self.log.appendPlainText)
+        self.task.taskCompleted.connect(self._done)
+        self.task.taskTerminated.connect(self._failed)
+        self.stop.clicked.connect(self.task.cancel)
+        self.start.setEnabled(False)
+        self.stop.setEnabled(True)
+        self.progress.setRange(0, 0)  # busy: pip does not say how far it is
+        QgsApplication.taskManager().addTask(self.task)
+
+    def _done(self) -> None:
+        deps.add_plugin_python_dir()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.stop.setEnabled(False)
+        still = deps.missing()
+        self.log.appendPlainText("Ready: GeoCLIP can run." if not still else f"Still missing: {', '.join(still)}")
+        self.installed.emit()
+
+    def _failed(self) -> None:
+        self.progress.setRange(0, 1)
+        self.start.setEnabled(True)
+        self.stop.setEnabled(False)
+        self.log.appendPlainText(f"Not installed: {self.task.error or 'cancelled'}. Nothing was changed.")
