@@ -323,13 +323,6 @@ def run_finetune(args) -> int:
     return 0
 
 
-def _human(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-
-
 def run_models(args) -> int:
     from . import weights
 
@@ -347,7 +340,7 @@ def run_models(args) -> int:
         return 0
     if args.action == "export":
         path = weights.export_bundle(args.path, args.heads, args.clip, with_backbone=not args.heads_only)
-        print(f"wrote {path} ({_human(path.stat().st_size)})")
+        print(f"wrote {path} ({weights.human_size(path.stat().st_size)})")
         return 0
     imported = weights.import_models(args.path)
     print(f"imported {', '.join(imported)} into {weights.models_dir()}")
@@ -357,6 +350,7 @@ def run_models(args) -> int:
 def _print_status(report: dict) -> None:
     import torch
 
+    from . import weights
     from .device import available_devices, choose_device, choose_dtype
 
     print(f"models folder: {report['models_dir']}")
@@ -366,7 +360,7 @@ def _print_status(report: dict) -> None:
         if entry["found"]:
             print(f"{title}: {entry['path']}  (from {entry['source']})")
             for row in entry["files"]:
-                print(f"    {row['file']:<40} {_human(row['bytes']):>10}  {row['sha256']}")
+                print(f"    {row['file']:<40} {weights.human_size(row['bytes']):>10}  {row['sha256']}")
         else:
             print(f"{title}: NOT FOUND")
         for source, path, reason in entry["tried"]:

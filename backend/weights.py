@@ -223,6 +223,13 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+
+
 def describe_files(folder: Path, checksums: bool = True) -> list[dict]:
     rows = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):

@@ -41,6 +41,14 @@ MAP_TIP = (
 NEGLIGIBLE = 0.02  # raster cells below this share of the peak are drawn transparent
 
 
+def label_with(layer: QgsVectorLayer, expression: str) -> None:
+    labels = QgsPalLayerSettings()
+    labels.isExpression = True
+    labels.fieldName = expression
+    layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
+    layer.setLabelsEnabled(True)
+
+
 def style_points(layer: QgsVectorLayer) -> None:
     """Top-1 answers as large red stars, other ranks as orange dots; size grows with probability."""
     size = QgsProperty.fromExpression('scale_linear("probability", 0, maximum("probability"), 2.5, 7)')
@@ -56,11 +64,7 @@ def style_points(layer: QgsVectorLayer) -> None:
         root.appendChild(QgsRuleBasedRenderer.Rule(symbol, 0, 0, expression, label))
     layer.setRenderer(QgsRuleBasedRenderer(root))
 
-    labels = QgsPalLayerSettings()
-    labels.isExpression = True
-    labels.fieldName = "concat(\"rank\", ' · ', format_number(\"probability\" * 100, 1), '%')"
-    layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
-    layer.setLabelsEnabled(True)
+    label_with(layer, "concat(\"rank\", ' · ', format_number(\"probability\" * 100, 1), '%')")
     layer.setMapTipTemplate(MAP_TIP)
     layer.setDisplayExpression('base_file_name("photo")')
     action = QgsAction(QgsAction.ActionType.OpenUrl, "Open photo", '[% "photo" %]', "", False, "Open photo",
@@ -71,11 +75,7 @@ def style_points(layer: QgsVectorLayer) -> None:
 def style_truth_lines(layer: QgsVectorLayer) -> None:
     line = QgsLineSymbol.createSimple({"color": "#2c7bb6", "width": "0.6", "line_style": "dash"})
     layer.setRenderer(QgsSingleSymbolRenderer(line))
-    labels = QgsPalLayerSettings()
-    labels.isExpression = True
-    labels.fieldName = "format_number(\"error_km\", 1) || ' km'"
-    layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
-    layer.setLabelsEnabled(True)
+    label_with(layer, "format_number(\"error_km\", 1) || ' km'")
 
 
 def style_raster(layer: QgsRasterLayer) -> None:

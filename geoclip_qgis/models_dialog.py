@@ -24,13 +24,6 @@ from . import deps
 from .session import EngineSettings, load_settings, save_settings
 
 
-def _human(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-
-
 def status_html(heads: str, clip: str) -> str:
     """The engine's own report of what was found where, as HTML for the dialog."""
     from .backend import weights
@@ -43,8 +36,8 @@ def status_html(heads: str, clip: str) -> str:
         if entry["found"]:
             total = sum(row["bytes"] for row in entry["files"])
             parts.append(f"<p><b>{title}</b>: found in {html.escape(entry['source'])} — "
-                         f"<code>{html.escape(entry['path'])}</code> ({_human(total)})</p><ul>")
-            parts += [f"<li>{html.escape(row['file'])} — {_human(row['bytes'])}</li>" for row in entry["files"][:12]]
+                         f"<code>{html.escape(entry['path'])}</code> ({weights.human_size(total)})</p><ul>")
+            parts += [f"<li>{html.escape(row['file'])} — {weights.human_size(row['bytes'])}</li>" for row in entry["files"][:12]]
             parts.append("</ul>")
         else:
             parts.append(f"<p><b>{title}</b>: <span style='color:#b00'>not found</span></p>")

@@ -251,3 +251,19 @@ def test_processing_finetune_writes_a_heads_folder(plugin, skimage_data, tmp_pat
     assert heads_problem(tmp_path / "heads") is None
     assert (tmp_path / "heads" / "manifest.json").is_file()
     assert 0 <= result["ACC_25KM_AFTER"] <= 100
+
+
+def test_models_and_install_dialogs(plugin, tiny_clip):
+    from qgis.PyQt.QtWidgets import QLabel
+
+    from geoclip_qgis.install_dialog import InstallDialog
+    from geoclip_qgis.models_dialog import ModelsDialog
+
+    dialog = ModelsDialog(plugin.dock)
+    text = dialog.report.toPlainText()
+    assert "GeoCLIP heads: found in geoclip wheel" in text
+    assert "CLIP backbone (ViT-L/14): found in" in text and str(tiny_clip) in text
+    assert "torch " in text and "transformers " in text
+    install = InstallDialog(plugin.dock)
+    assert install.cpu.isChecked()  # no NVIDIA driver on this machine
+    assert "geoclip_qgis/python" in install.findChildren(QLabel)[0].text()

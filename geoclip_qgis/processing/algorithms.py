@@ -75,6 +75,22 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
                                    min(box.xMaximum(), 180), min(box.yMaximum(), 90)))
         return None
 
+    def _add_truth_parameters(self) -> None:
+        """Photos whose position is known: a folder (EXIF GPS) or a CSV of photo,lat,lon."""
+        self.addParameter(QgsProcessingParameterFile(
+            "FOLDER", "Folder of photos with EXIF GPS", QgsProcessingParameterFile.Behavior.Folder, optional=True))
+        self.addParameter(QgsProcessingParameterFile(
+            "CSV", "Or a CSV of photo,lat,lon", QgsProcessingParameterFile.Behavior.File, "csv", optional=True))
+        self.addParameter(QgsProcessingParameterFile(
+            "IMAGES", "Folder the CSV's photo names are relative to", QgsProcessingParameterFile.Behavior.Folder,
+            optional=True))
+
+    def _truth_source(self, parameters, context) -> tuple[str, str | None]:
+        data = self.parameterAsFile(parameters, "CSV", context) or self.parameterAsFile(parameters, "FOLDER", context)
+        if not data:
+            raise QgsProcessingException("give a folder of geotagged photos or a CSV of photo,lat,lon")
+        return data, self.parameterAsFile(parameters, "IMAGES", context) or None
+
     def _add_area_parameters(self) -> None:
         self.addParameter(QgsProcessingParameterExtent("AREA", "Only places inside this extent", optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
@@ -207,13 +223,7 @@ class EvaluatePhotos(_GeoCLIPAlgorithm):
                 "(great-circle, 6371.0088 km sphere).")
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
-        self.addParameter(QgsProcessingParameterFile(
-            "FOLDER", "Folder of photos with EXIF GPS", QgsProcessingParameterFile.Behavior.Folder, optional=True))
-        self.addParameter(QgsProcessingParameterFile(
-            "CSV", "Or a CSV of photo,lat,lon", QgsProcessingParameterFile.Behavior.File, "csv", optional=True))
-        self.addParameter(QgsProcessingParameterFile(
-            "IMAGES", "Folder the CSV's photo names are relative to", QgsProcessingParameterFile.Behavior.Folder,
-            optional=True))
+        self._add_truth_parameters()
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT", "Answers and accuracy table (GeoPackage)", "GeoPackage (*.gpkg)"))
         for km in THRESHOLDS:
@@ -228,15 +238,13 @@ class EvaluatePhotos(_GeoCLIPAlgorithm):
         from ..backend.writers import OgrWriter
         from ..session import get_engine
 
-        data = self.parameterAsFile(parameters, "CSV", context) or self.parameterAsFile(parameters, "FOLDER", context)
-        if not data:
-            raise QgsProcessingException("give a folder of geotagged photos or a CSV of photo,lat,lon")
+        data, images = self._truth_source(parameters, context)
         output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         engine = get_engine(load_settings(), lambda stage, done, total: feedback.setProgressText(stage))
         writer = OgrWriter(Path(output), "GPKG", engine.model_name, datetime.now(timezone.utc).isoformat(timespec="seconds"),
                            batch=engine.batch_size)
         try:
-            table = evaluate(engine, data, writer, self.parameterAsFile(parameters, "IMAGES", context) or None,
+            table = evaluate(engine, data, writer, images,
                              on_result=lambda r: feedback.reportError(f"{r.photo}: {r.error}", False) if r.error else None,
                              should_stop=feedback.isCanceled)
         finally:
@@ -261,10 +269,7 @@ class FinetuneHeads(_GeoCLIPAlgorithm):
                 "validation table before and after.")
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
-        self.addParameter(QgsProcessingParameterFile(
-            "FOLDER", "Folder of photos with EXIF GPS", QgsProcessingParameterFile.Behavior.Folder, optional=True))
-        self.addParameter(QgsProcessingParameterFile(
-            "CSV", "Or a CSV of photo,lat,lon", QgsProcessingParameterFile.Behavior.File, "csv", optional=True))
+        self._add_truth_parameters()
         self.addParameter(QgsProcessingParameterNumber(
             "EPOCHS", "Epochs (at most)", QgsProcessingParameterNumber.Type.Integer, 20, False, 1, 1000))
         self.addParameter(QgsProcessingParameterBoolean(
@@ -278,13 +283,11 @@ class FinetuneHeads(_GeoCLIPAlgorithm):
         from ..backend.finetune import FinetuneSettings, collect_samples, finetune
         from ..session import get_engine
 
-        data = self.parameterAsFile(parameters, "CSV", context) or self.parameterAsFile(parameters, "FOLDER", context)
-        if not data:
-            raise QgsProcessingException("give a folder of geotagged photos or a CSV of photo,lat,lon")
+        data, images = self._truth_source(parameters, context)
         output = self.parameterAsString(parameters, "OUTPUT", context)
         engine = get_engine(load_settings(), lambda stage, done, total: feedback.setProgressText(stage))
         feedback.setProgressText("Reading the photos (CLIP embeddings are cached for next time)…")
-        collected = collect_samples(engine, data, progress=lambda done, total: feedback.setProgress(30 * done / total),
+        collected = collect_samples(engine, data, images, progress=lambda done, total: feedback.setProgress(30 * done / total),
                                     should_stop=feedback.isCanceled)
         feedback.pushInfo(f"{len(collected.samples)} photos with a position, {collected.without_gps} without, "
                           f"{len(collected.failed)} unreadable")
