@@ -16,7 +16,7 @@ TORCH_VERSION ?= 2.13.0
 GEOCLIP_RELEASE := geoclip==1.3.0
 CPU_INDEX := https://download.pytorch.org/whl/cpu
 
-.PHONY: setup test run bench package wheelhouse clean
+.PHONY: setup test test-fast lint run bench package wheelhouse clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,14 @@ $(STAMP): pyproject.toml Makefile
 
 test: setup
 	$(PY) -m pytest -q
+
+# The engine and the command line only (no QGIS, no desktop, nothing slow): the loop while developing.
+test-fast: setup
+	$(PY) -m pytest -q -m "not qgis and not desktop and not slow"
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # QGIS with the plugin from this checkout (linked, so edits show on the next start), in a profile of
 # its own; the venv's packages (torch, transformers) are put on QGIS's Python path.

@@ -1,7 +1,10 @@
 """GeoCLIP engine: photo and text geolocation with GeoCLIP, no Qt, no QGIS.
 
-    from geoclip_qgis.backend import Engine
-    results = Engine().predict(["photo.jpg"], top_k=5)
+    from geoclip_qgis.backend import build_engine
+    results = build_engine().predict(["photo.jpg"], top_k=5)
+
+A whole run (folders, outputs, rasters, fusion, resume) is :func:`.run.execute`, the one pipeline
+behind the command line, the plugin's dock and its Processing algorithms.
 """
 
 import os
@@ -10,9 +13,9 @@ import os
 # asks for a download (which lifts this for that one call).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from .version import __version__  # noqa: E402
+from .version import __version__
 
-__all__ = ["Engine", "PhotoResult", "Candidate", "GeoCLIPError", "__version__"]
+__all__ = ["Engine", "build_engine", "PhotoResult", "Candidate", "GeoCLIPError", "__version__"]
 
 
 def __getattr__(name):  # torch loads only when the engine is actually used
@@ -20,6 +23,10 @@ def __getattr__(name):  # torch loads only when the engine is actually used
         from .engine import Engine
 
         return Engine
+    if name == "build_engine":
+        from .factory import build_engine
+
+        return build_engine
     if name in ("PhotoResult", "Candidate"):
         from . import results
 

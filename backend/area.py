@@ -21,7 +21,7 @@ class Area:
     wkt: str | None = None  # (multi)polygon, lon/lat
 
     @classmethod
-    def from_bbox(cls, text_or_tuple) -> "Area":
+    def from_bbox(cls, text_or_tuple) -> Area:
         try:
             values = [float(v) for v in (text_or_tuple.split(",") if isinstance(text_or_tuple, str) else text_or_tuple)]
         except ValueError:
@@ -34,7 +34,7 @@ class Area:
         return cls(label=f"bbox {west:g},{south:g},{east:g},{north:g}", bbox=(west, south, east, north))
 
     @classmethod
-    def from_wkt(cls, wkt: str, label: str = "polygon") -> "Area":
+    def from_wkt(cls, wkt: str, label: str = "polygon") -> Area:
         from osgeo import ogr
 
         geometry = ogr.CreateGeometryFromWkt(wkt)
@@ -44,7 +44,7 @@ class Area:
         return cls(label=label, bbox=(west, south, east, north), wkt=geometry.ExportToWkt())
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "Area":
+    def from_file(cls, path: str | os.PathLike) -> Area:
         """The union of every polygon in a vector file (any OGR format), reprojected to EPSG:4326."""
         from osgeo import ogr, osr
 

@@ -59,7 +59,8 @@ def load_text_tower(folder: Path, device: torch.device, dtype: torch.dtype):
 
     _quiet_transformers()
     has_tokenizer = (folder / "tokenizer.json").is_file() or all(
-        (folder / name).is_file() for name in ("vocab.json", "merges.txt"))
+        (folder / name).is_file() for name in ("vocab.json", "merges.txt")
+    )
     try:
         if not has_tokenizer:  # transformers would quietly build an empty tokenizer instead
             raise OSError(f"no tokenizer.json, nor vocab.json + merges.txt, in {folder}")

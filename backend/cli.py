@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
-from datetime import datetime, timezone
+from pathlib import Path
 
 from .errors import GeoCLIPError
 from .version import __version__
@@ -26,10 +25,19 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     _add_model_options(parser)
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                        help="CLIP tower precision; auto = bf16/fp16 on GPU, bf16 on CPUs with native bf16")
-    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
-                        help="photos per batch (default: 8 on CPU, by free memory on GPU)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="CLIP tower precision; auto = bf16/fp16 on GPU, bf16 on CPUs with native bf16",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="photos per batch (default: 8 on CPU, by free memory on GPU)",
+    )
 
 
 def _add_query_options(parser: argparse.ArgumentParser) -> None:
@@ -38,12 +46,26 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rasters", metavar="DIR", help="also write probability GeoTIFFs (world + local) here")
     parser.add_argument("--world-cell", type=float, default=0.25, metavar="DEG", help="world raster cell (0.25)")
     parser.add_argument("--local-cell", type=float, default=0.01, metavar="DEG", help="local raster cell (0.01)")
-    parser.add_argument("--regions", type=int, default=1, metavar="N",
-                        help="local rasters around the N most probable places (1), plus the top-1 answer's "
-                             "own if it lies elsewhere")
+    parser.add_argument(
+        "--regions",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local rasters around the N most probable places (1), plus the top-1 answer's own if it lies elsewhere",
+    )
+    parser.add_argument(
+        "--world-rasters",
+        choices=["combined", "each"],
+        default="combined",
+        help="one world raster for the whole run, the mean of its answers (combined, default), "
+        "or one per answer (each)",
+    )
     area = parser.add_mutually_exclusive_group()
-    area.add_argument("--area", metavar="W,S,E,N",
-                      help="only places inside this box (degrees); write --area=-10,35,30,60 when W is negative")
+    area.add_argument(
+        "--area",
+        metavar="W,S,E,N",
+        help="only places inside this box (degrees); write --area=-10,35,30,60 when W is negative",
+    )
     area.add_argument("--area-file", metavar="FILE", help="only places inside the polygons of this vector file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
     _add_run_options(parser)
@@ -56,22 +78,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="top-k locations for photos or folders of photos")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="photo files or folders (walked recursively)")
-    predict.add_argument("--fuse", action="store_true",
-                         help="also give one joint answer for all photos (photos known to show one place)")
-    predict.add_argument("--skip-geotagged", action="store_true",
-                         help="do not answer photos that already have EXIF GPS")
-    predict.add_argument("--redo", action="store_true",
-                         help="answer every photo again, even those a .gpkg --out already holds")
-    predict.add_argument("--ray", metavar="ADDRESS",
-                         help="run on a Ray cluster: 'local' starts one here, 'auto' or ray://host:port joins one")
-    predict.add_argument("--workers", type=int, default=1, metavar="N",
-                         help="engine actors on Ray (one per GPU, or per CPU worker)")
+    predict.add_argument(
+        "--fuse", action="store_true", help="also give one joint answer for all photos (photos known to show one place)"
+    )
+    predict.add_argument(
+        "--skip-geotagged", action="store_true", help="do not answer photos that already have EXIF GPS"
+    )
+    predict.add_argument(
+        "--redo", action="store_true", help="answer every photo again, even those a .gpkg --out already holds"
+    )
+    predict.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run on a Ray cluster: 'local' starts one here, 'auto' or ray://host:port joins one",
+    )
+    predict.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="engine actors on Ray (one per GPU, or per CPU worker)"
+    )
     _add_query_options(predict)
 
     evaluate = commands.add_parser("evaluate", help="accuracy at 1/25/200/750/2500 km against known positions")
-    evaluate.add_argument("data", metavar="CSV_OR_FOLDER",
-                          help="a CSV with photo,lat,lon columns (e.g. Im2GPS3k's IMG_ID,LAT,LON), or a folder "
-                               "of photos with EXIF GPS")
+    evaluate.add_argument(
+        "data",
+        metavar="CSV_OR_FOLDER",
+        help="a CSV with photo,lat,lon columns (e.g. Im2GPS3k's IMG_ID,LAT,LON), or a folder of photos with EXIF GPS",
+    )
     evaluate.add_argument("--images", metavar="DIR", help="folder the CSV's photo names are relative to")
     evaluate.add_argument("--report", metavar="FILE.json", help="also write the table as JSON")
     evaluate.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates kept per photo (default 5)")
@@ -84,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_query_options(text)
 
     tune = commands.add_parser("finetune", help="adapt GeoCLIP's heads to your own geotagged photos")
-    tune.add_argument("data", nargs="+", metavar="PHOTOS_OR_CSV",
-                      help="photos/folders with EXIF GPS, or one CSV of photo,lat,lon")
+    tune.add_argument(
+        "data", nargs="+", metavar="PHOTOS_OR_CSV", help="photos/folders with EXIF GPS, or one CSV of photo,lat,lon"
+    )
     tune.add_argument("--out", required=True, metavar="DIR", help="the new heads folder (loads with --heads DIR)")
     tune.add_argument("--images", metavar="DIR", help="folder the CSV's photo names are relative to")
     tune.add_argument("--epochs", type=int, default=20)
@@ -94,10 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--queue-size", type=int, default=4096, help="GPS queue of extra negatives (4096, as released)")
     tune.add_argument("--val-fraction", type=float, default=0.2, help="share of photos held out (0.2)")
     tune.add_argument("--patience", type=int, default=4, help="epochs without gain at 25 km before stopping (4)")
-    tune.add_argument("--val-candidates", type=int, default=None, metavar="N",
-                      help="rank validation photos over N gallery places (default: the whole gallery)")
-    tune.add_argument("--extend-gallery", action="store_true",
-                      help="add the training photos' positions to the gallery")
+    tune.add_argument(
+        "--val-candidates",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rank validation photos over N gallery places (default: the whole gallery)",
+    )
+    tune.add_argument("--extend-gallery", action="store_true", help="add the training photos' positions to the gallery")
     tune.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     tune.add_argument("--quiet", action="store_true")
     _add_run_options(tune)
@@ -108,214 +144,218 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(status)
     status.add_argument("--no-checksums", action="store_true", help="skip sha256 (faster)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    actions.add_parser("download", help=f"download the CLIP backbone (the only command that uses the network)")
-    importer = actions.add_parser("import", help="copy heads and/or a CLIP folder (or a .zip bundle) into the models folder")
+    actions.add_parser("download", help="download the CLIP backbone (the only command that uses the network)")
+    importer = actions.add_parser(
+        "import", help="copy heads and/or a CLIP folder (or a .zip bundle) into the models folder"
+    )
     importer.add_argument("path", metavar="PATH")
-    exporter = actions.add_parser("export", help="write heads + backbone + sha256 manifest to one .zip for offline machines")
+    exporter = actions.add_parser(
+        "export", help="write heads + backbone + sha256 manifest to one .zip for offline machines"
+    )
     exporter.add_argument("path", metavar="BUNDLE.zip")
     exporter.add_argument("--heads-only", action="store_true", help="leave the CLIP backbone out")
     _add_model_options(exporter)
     return parser
 
 
-def _progress_bar(total: int, enabled: bool):
-    if not enabled or total <= PROGRESS_THRESHOLD:
-        return None
-    from tqdm import tqdm
+class Terminal:
+    """Progress and messages on stderr (stdout carries data only): a bar for each long stage, a line for
+    each step, the reason of each failed photo."""
 
-    return tqdm(total=total, unit="photo", file=sys.stderr, dynamic_ncols=True)
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.stage = None
+        self.bar = None
+
+    def say(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr)
+
+    def progress(self, event) -> None:
+        if self.quiet:
+            return
+        if event.stage != self.stage:
+            self.close()
+            self.stage = event.stage
+            if event.total > PROGRESS_THRESHOLD:
+                from tqdm import tqdm
+
+                self.bar = tqdm(
+                    total=event.total,
+                    desc=event.stage,
+                    unit=f" {event.unit}" if event.unit else "it",
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                )
+            elif event.total == 0:
+                self.say(f"geoclip-qgis: {event.stage}")
+        if self.bar is not None:
+            self.bar.update(event.done - self.bar.n)
+        if event.detail:
+            self.say(f"geoclip-qgis: {event.detail}")
+
+    def on_result(self, result) -> None:
+        if result.error:
+            self.say(f"failed: {result.photo}: {result.error}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.stage = None
 
 
 def _area(args):
     from .area import Area
 
-    if args.area:
+    if getattr(args, "area", None):
         return Area.from_bbox(args.area)
-    if args.area_file:
+    if getattr(args, "area_file", None):
         return Area.from_file(args.area_file)
     return None
 
 
-class _Run:
-    """One command's outputs: rows to the writer, rasters to a folder, progress and a summary."""
+def _engine(args):
+    from .factory import build_engine
 
-    def __init__(self, args, engine, total: int):
-        from .writers import open_writer
-
-        self.args, self.engine = args, engine
-        self.area = _area(args)
-        run_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.writer = open_writer(args.out, engine.model_name, run_at, area=self.area.label if self.area else "",
-                                  batch=engine.batch_size)
-        self.bar = _progress_bar(total, not args.quiet)
-        self.rasters_written = 0
-
-    def say(self, message: str) -> None:
-        if not self.args.quiet:
-            (self.bar.write if self.bar else lambda m: print(m, file=sys.stderr))(message)
-
-    def on_result(self, result) -> None:
-        if result.ok and not result.skipped and self.args.rasters:
-            self.write_rasters(result)
-        if result.error:
-            self.say(f"failed: {result.photo}: {result.error}")
-        if self.bar:
-            self.bar.update(1)
-
-    def write_rasters(self, result) -> None:
-        from pathlib import Path
-
-        from .geotiff import raster_name, write_geotiff
-
-        made = self.engine.rasters(result, self.area, self.args.regions, self.args.world_cell, self.args.local_cell)
-        folder = Path(self.args.rasters)
-        write_geotiff(made.world, folder / raster_name(result.photo, "world"))
-        for index, local in enumerate(made.local):
-            write_geotiff(local, folder / raster_name(result.photo, "local", index))
-        self.rasters_written += 1 + len(made.local)
-
-    def close(self, summary=None) -> None:
-        self.writer.close()
-        if self.bar:
-            self.bar.close()
-        if not self.args.quiet and summary is not None:
-            where = f"written to {self.args.out}" if self.args.out else ""
-            rasters = f"{self.rasters_written} rasters in {self.args.rasters}" if self.rasters_written else ""
-            print("geoclip-qgis: " + summary.text(), file=sys.stderr)
-            if where or rasters:
-                print("geoclip-qgis: " + ", ".join(filter(None, (where, rasters))), file=sys.stderr)
+    return build_engine(
+        heads=args.heads, clip=args.clip, device=args.device, precision=args.precision, batch_size=args.batch_size
+    )
 
 
-def _engine(args, load: bool = True):
-    from .engine import Engine
-    from .writers import output_format
+def _request(args, **fields):
+    from .run import RasterOptions, RunRequest
 
-    if args.out:
-        output_format(args.out)  # refuse an unknown extension before loading a model
-    engine = Engine(heads=args.heads, clip=args.clip, device=args.device, precision=args.precision,
-                    batch_size=args.batch_size)
-    if load:  # on Ray the workers load the model; the driver only resolves weights and writes
-        engine.load()
-        engine.check_top_k(args.top_k)
-    return engine
+    rasters = None
+    if getattr(args, "rasters", None):
+        rasters = RasterOptions(args.rasters, args.world_cell, args.local_cell, args.regions, args.world_rasters)
+    out = getattr(args, "out", None)
+    return RunRequest(top_k=args.top_k, area=_area(args), output=out, rasters=rasters, **fields)
 
 
-def _count(paths) -> int:
-    from .walk import expand_paths
+def _report(terminal: Terminal, outcome) -> None:
+    from .results import OutputKind
 
-    return sum(1 for _ in expand_paths(paths))  # a cheap first walk, so memory stays flat
+    terminal.close()
+    if terminal.quiet:
+        return
+    print("geoclip-qgis: " + outcome.summary.text(), file=sys.stderr)
+    by_path: dict[str, list[str]] = {}
+    for file in outcome.files:
+        if file.layer:
+            by_path.setdefault(file.path, []).append(file.layer)
+    for path, layers in by_path.items():
+        print(f"geoclip-qgis: written to {path} (layers: {', '.join(layers)})", file=sys.stderr)
+    plain = [f for f in outcome.files if not f.layer and f.kind == OutputKind.POINTS]
+    for file in plain:
+        print(f"geoclip-qgis: written to {file.path}", file=sys.stderr)
+    rasters = [f for f in outcome.files if f.kind not in (OutputKind.POINTS,) and not f.layer]
+    if rasters:
+        print(f"geoclip-qgis: {len(rasters)} rasters in {Path(rasters[0].path).parent}", file=sys.stderr)
+
+
+def _execute(args, request):
+    """The run pipeline with this command's engine, progress on stderr; returns the outcome."""
+    from .run import execute
+
+    request.check()  # before loading a model
+    engine = _engine(args)
+    terminal = Terminal(args.quiet)
+    terminal.say(f"geoclip-qgis: {engine.model_name} on {engine.device}")
+    try:
+        outcome = execute(request, engine, terminal.progress, on_result=terminal.on_result)
+    finally:
+        terminal.close()
+    return terminal, outcome
+
+
+def _run(args, request) -> int:
+    terminal, outcome = _execute(args, request)
+    _report(terminal, outcome)
+    summary = outcome.summary
+    return 1 if summary.answered == 0 and summary.failed_count else 0
 
 
 def run_predict(args) -> int:
-    from .batch import run_photos
-    from .walk import expand_paths
+    from .run import RayOptions
 
-    total = _count(args.paths)
-    engine = _engine(args, load=not args.ray)
-    if not args.quiet:
-        print(f"geoclip-qgis: {total} photo(s), {engine.model_name} on {engine.device}", file=sys.stderr)
-    run = _Run(args, engine, total)
-    answered = []
-
-    def on_result(result):
-        run.on_result(result)
-        if args.fuse and result.ok and not result.skipped:
-            answered.append(result)
-
-    summary = None
-    try:
-        if args.ray:
-            from .distributed import run_photos_on_ray
-
-            if run.area or args.rasters:
-                raise GeoCLIPError("--area and --rasters are not available with --ray yet")
-            options = {"heads": args.heads, "clip": str(engine.clip_dir), "device": args.device,
-                       "precision": args.precision, "batch_size": engine.batch_size}
-            summary = run_photos_on_ray(expand_paths(args.paths), run.writer, options, args.top_k,
-                                        None if args.ray == "local" else args.ray, args.workers,
-                                        engine.batch_size, not args.redo, args.skip_geotagged, on_result)
-        else:
-            summary = run_photos(engine, expand_paths(args.paths), run.writer, args.top_k, run.area,
-                                 resume=not args.redo, skip_geotagged=args.skip_geotagged, on_result=on_result)
-        if args.fuse and answered:
-            fused = engine.fuse(answered, args.top_k, run.area)
-            run.writer.write(fused)
-            run.on_result(fused)
-    finally:
-        run.close(summary)
-    if summary is not None and summary.answered == 0 and summary.failed:
-        return 1
-    return 0
+    ray = RayOptions(None if args.ray == "local" else args.ray, args.workers) if args.ray else None
+    request = _request(
+        args,
+        photos=args.paths,
+        fuse=args.fuse,
+        skip_geotagged=args.skip_geotagged,
+        resume=not args.redo,
+        ray=ray,
+        stream=None if args.out else sys.stdout,
+    )
+    return _run(args, request)
 
 
 def run_text(args) -> int:
-    from .batch import RunSummary
-
-    engine = _engine(args)
-    run = _Run(args, engine, len(args.queries))
-    summary = RunSummary()
-    try:
-        for result in engine.predict_text(args.queries, args.top_k, run.area):
-            run.writer.write(result)
-            summary.add(result)
-            run.on_result(result)
-    finally:
-        run.close(summary)
-    return 0
+    return _run(args, _request(args, texts=args.queries, stream=None if args.out else sys.stdout))
 
 
 def run_evaluate(args) -> int:
-    """Top-1 accuracy against known positions: a CSV of (photo, lat, lon), or photos' EXIF GPS."""
-    from .evaluation import evaluate, format_table, read_truth_csv
+    """Top-1 accuracy against known positions: a CSV of (photo, lat, lon), or photos' EXIF GPS. The table
+    goes to stdout; per-photo answers only to --out."""
+    from .evaluation import accuracy_table, format_table
 
-    count = len(read_truth_csv(args.data, args.images)) if args.data.lower().endswith(".csv") else _count([args.data])
-    engine = _engine(args)
-    run = _Run(args, engine, count)
-    try:
-        table = evaluate(engine, args.data, run.writer, args.images, args.top_k, on_result=run.on_result)
-    finally:
-        run.close()
-    table["model"] = engine.model_name
+    csv_truth = args.data.lower().endswith(".csv")
+    request = _request(
+        args, photos=[] if csv_truth else [args.data], truth_csv=args.data if csv_truth else None, images=args.images
+    )
+    _, outcome = _execute(args, request)
+    summary = outcome.summary
+    table = summary.accuracy() or accuracy_table([])
+    table.update(model=outcome.model, failed=summary.failed_count, without_truth=summary.without_truth)
     print(format_table(table))
-    if table["failed"] or table["without_truth"]:
-        print(f"not counted: {table['failed']} failed to decode, {table['without_truth']} without a known position",
-              file=sys.stderr)
+    if summary.failed_count or summary.without_truth:
+        print(
+            f"not counted: {summary.failed_count} failed to decode, {summary.without_truth} without a known position",
+            file=sys.stderr,
+        )
     if args.report:
-        with open(args.report, "w", encoding="utf-8") as handle:
-            json.dump(table, handle, indent=2)
+        _write_text(args.report, json.dumps(table, indent=2))
     return 0 if table["photos"] else 1
 
 
+def _write_text(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise GeoCLIPError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def run_finetune(args) -> int:
-    from .engine import Engine
     from .evaluation import format_table
     from .finetune import FinetuneSettings, collect_samples, finetune
 
-    engine = Engine(heads=args.heads, clip=args.clip, device=args.device, precision=args.precision,
-                    batch_size=args.batch_size)
-    bars = {}
-
-    def embedded(done, total):  # the bar appears once the number of photos is known
-        bar = bars.setdefault("bar", _progress_bar(total, not args.quiet))
-        if bar:
-            bar.update(done - bar.n)
-
+    engine = _engine(args)
+    terminal = Terminal(args.quiet)
     source = args.data[0] if len(args.data) == 1 else args.data
-    collected = collect_samples(engine, source, args.images, embedded)
-    if bars.get("bar"):
-        bars["bar"].close()
-    if not args.quiet:
-        print(f"geoclip-qgis: {len(collected.samples)} photos with a position, {collected.without_gps} without, "
-              f"{len(collected.failed)} unreadable", file=sys.stderr)
-    settings = FinetuneSettings(epochs=args.epochs, batch_size=args.train_batch, lr=args.lr,
-                                queue_size=args.queue_size, val_fraction=args.val_fraction, patience=args.patience,
-                                extend_gallery=args.extend_gallery, val_candidates=args.val_candidates)
-
-    def epoch_done(message, epoch, epochs):
-        if not args.quiet:
-            print(f"geoclip-qgis: {message}", file=sys.stderr)
-
-    manifest = finetune(engine, collected.samples, args.out, settings, epoch_done, resume=args.resume)
+    collected = collect_samples(engine, source, args.images, terminal.progress)
+    terminal.close()
+    terminal.say(
+        f"geoclip-qgis: {len(collected.samples)} photos with a position, {collected.without_gps} without, "
+        f"{len(collected.failed)} unreadable"
+    )
+    settings = FinetuneSettings(
+        epochs=args.epochs,
+        batch_size=args.train_batch,
+        lr=args.lr,
+        queue_size=args.queue_size,
+        val_fraction=args.val_fraction,
+        patience=args.patience,
+        extend_gallery=args.extend_gallery,
+        val_candidates=args.val_candidates,
+    )
+    manifest = finetune(engine, collected.samples, args.out, settings, terminal.progress, resume=args.resume)
+    terminal.close()
     validation = manifest["validation"]
     print(f"validation before ({validation['candidates']} gallery places):\n{format_table(validation['before'])}")
     print(f"after (best epoch {validation['best_epoch']}):\n{format_table(validation['after'])}")
@@ -334,8 +374,11 @@ def run_models(args) -> int:
             _print_status(report)
         return 0 if report["heads"]["found"] and report["backbone"]["found"] else 1
     if args.action == "download":
-        print(f"Downloading {weights.BACKBONE_REPO} at {weights.BACKBONE_REVISION} into "
-              f"{weights.models_dir() / weights.BACKBONE_FOLDER} ...", file=sys.stderr)
+        print(
+            f"Downloading {weights.BACKBONE_REPO} at {weights.BACKBONE_REVISION} into "
+            f"{weights.models_dir() / weights.BACKBONE_FOLDER} ...",
+            file=sys.stderr,
+        )
         print(weights.download_backbone())
         return 0
     if args.action == "export":
@@ -366,8 +409,10 @@ def _print_status(report: dict) -> None:
         for source, path, reason in entry["tried"]:
             print(f"    passed over {source}: {path} ({reason})")
     device = choose_device("auto")
-    print(f"devices: {', '.join(label for _, label in available_devices())}; auto = {device}, "
-          f"precision auto = {str(choose_dtype(device)).replace('torch.', '')}")
+    print(
+        f"devices: {', '.join(label for _, label in available_devices())}; auto = {device}, "
+        f"precision auto = {str(choose_dtype(device)).replace('torch.', '')}"
+    )
     import transformers
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
@@ -383,8 +428,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "finetune":
             return run_finetune(args)
         if args.command == "evaluate":
-            args.rasters = None
-            args.area = args.area_file = None
             return run_evaluate(args)
         return run_models(args)
     except GeoCLIPError as exc:

@@ -50,8 +50,10 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS embeddings (backbone TEXT, photo_sha256 TEXT, "
-                         "embedding BLOB, PRIMARY KEY (backbone, photo_sha256))")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS embeddings (backbone TEXT, photo_sha256 TEXT, "
+            "embedding BLOB, PRIMARY KEY (backbone, photo_sha256))"
+        )
         self._db.commit()
 
     def get_many(self, backbone: str, hashes: list[str]) -> dict[str, np.ndarray]:

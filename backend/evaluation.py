@@ -39,8 +39,7 @@ def format_table(table: dict) -> str:
         return "no photos with ground truth"
     head = " ".join(f"{str(km) + ' km':>8}" for km in THRESHOLDS_KM)
     cells = " ".join(f"{table[f'acc_{km}km']:>7.1f}%" for km in THRESHOLDS_KM)
-    return (f"photos {table['photos']}, median error {table['median_km']:.1f} km\n"
-            f"within {head}\n{'':6} {cells}")
+    return f"photos {table['photos']}, median error {table['median_km']:.1f} km\nwithin {head}\n{'':6} {cells}"
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,11 @@ def read_truth_csv(path: str | os.PathLike, images: str | os.PathLike | None = N
         header = next(reader, None)
         if header is None:
             raise GeoCLIPError(f"{path} is empty")
-        p, la, lo = (_column(header, PHOTO_COLUMNS, "photo", path), _column(header, LAT_COLUMNS, "latitude", path),
-                     _column(header, LON_COLUMNS, "longitude", path))
+        p, la, lo = (
+            _column(header, PHOTO_COLUMNS, "photo", path),
+            _column(header, LAT_COLUMNS, "latitude", path),
+            _column(header, LON_COLUMNS, "longitude", path),
+        )
         for number, row in enumerate(reader, start=2):
             if not row:
                 continue
@@ -82,43 +84,3 @@ def read_truth_csv(path: str | os.PathLike, images: str | os.PathLike | None = N
             photo = Path(row[p])
             rows.append(Truth(str(photo if photo.is_absolute() else base / photo), lat, lon))
     return rows
-
-
-def evaluate(engine, data: str | os.PathLike, writer, images: str | os.PathLike | None = None, top_k: int = 5,
-             on_result=None, should_stop=None) -> dict:
-    """Answer every photo of ``data`` (a truth CSV, or a folder of photos with EXIF GPS) into ``writer``
-    and return the accuracy table, plus the photos that failed or had no known position."""
-    from .geo import haversine_km
-    from .walk import expand_paths
-
-    if str(data).lower().endswith(".csv"):
-        truths = {t.photo: (t.lat, t.lon) for t in read_truth_csv(data, images)}
-        photos = list(truths)
-    else:
-        truths, photos = None, expand_paths([data])
-    errors, failed, without_truth = [], 0, 0
-    stream = engine.predict_iter(photos, top_k)
-    try:
-        for result in stream:
-            writer.write(result)
-            if on_result:
-                on_result(result)
-            if not result.ok:
-                failed += 1
-            else:
-                truth = truths.get(result.photo) if truths else (
-                    (result.exif_lat, result.exif_lon) if result.exif_lat is not None else None)
-                if truth is None:
-                    without_truth += 1
-                else:
-                    top = result.candidates[0]
-                    errors.append(float(haversine_km(truth[0], truth[1], top.lat, top.lon)))
-            if should_stop and should_stop():
-                break
-    finally:
-        stream.close()
-    table = accuracy_table(errors)
-    table.update(failed=failed, without_truth=without_truth)
-    if errors and hasattr(writer, "write_table"):
-        writer.write_table("accuracy", {"run_at": writer.run_at, "model": engine.model_name, **table})
-    return table

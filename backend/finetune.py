@@ -18,9 +18,9 @@ import csv
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from .evaluation import THRESHOLDS_KM, accuracy_table, read_truth_csv
 from .gallery import encode_locations, read_gallery_csv
 from .geo import haversine_km
 from .heads import GeoCLIPHeads, save_heads
+from .progress import ProgressCallback, Stage
 from .weights import DEFAULT_GALLERY, sha256_file
 
 CHECKPOINT = "checkpoint.pt"
@@ -58,16 +59,16 @@ class GPSQueue:
         gps = gps.detach().to(self.buffer.device, self.buffer.dtype)
         count = gps.shape[0]
         if count >= self.size:
-            self.buffer.copy_(gps[-self.size:])
+            self.buffer.copy_(gps[-self.size :])
             self.pointer, self.filled = 0, self.size
             return
         end = self.pointer + count
         if end <= self.size:
-            self.buffer[self.pointer:end] = gps
+            self.buffer[self.pointer : end] = gps
         else:
             first = self.size - self.pointer
-            self.buffer[self.pointer:] = gps[:first]
-            self.buffer[:end - self.size] = gps[first:]
+            self.buffer[self.pointer :] = gps[:first]
+            self.buffer[: end - self.size] = gps[first:]
         self.pointer = end % self.size
         self.filled = min(self.size, self.filled + count)
 
@@ -75,7 +76,7 @@ class GPSQueue:
         """The coordinates written so far (all of them once the queue has wrapped)."""
         return self.buffer[: self.filled] if self.filled < self.size else self.buffer
 
-    def to(self, device) -> "GPSQueue":
+    def to(self, device) -> GPSQueue:
         self.buffer = self.buffer.to(device)
         return self
 
@@ -109,9 +110,13 @@ class Collected:
     failed: dict = field(default_factory=dict)  # photo -> reason
 
 
-def collect_samples(engine, source: str | Path, images: str | None = None,
-                    progress: Callable[[int, int], None] | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> Collected:
+def collect_samples(
+    engine,
+    source: str | Path,
+    images: str | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Collected:
     """Photos with known positions and their CLIP embeddings: a CSV of photo,lat,lon, or photos
     (files or folders) with EXIF GPS (photos without it are counted and left out)."""
     from .walk import expand_paths
@@ -123,18 +128,21 @@ def collect_samples(engine, source: str | Path, images: str | None = None,
         photos = list(truths)
     else:
         truths, photos = None, list(expand_paths(sources))
+    stage = Stage(progress, "Reading photos (CLIP embeddings are cached for next time)", len(photos), "photos")
     for index, (photo, embedding, metadata, error) in enumerate(engine.embed_iter(photos), 1):
         if error:
             collected.failed[photo] = error
         else:
-            position = truths.get(photo) if truths else (
-                (metadata.latitude, metadata.longitude) if metadata and metadata.has_gps else None)
+            position = (
+                truths.get(photo)
+                if truths
+                else ((metadata.latitude, metadata.longitude) if metadata and metadata.has_gps else None)
+            )
             if position is None:
                 collected.without_gps += 1
             else:
                 collected.samples.append(Sample(photo, position[0], position[1], embedding))
-        if progress:
-            progress(index, len(photos))
+        stage.update(index)
         if should_stop and should_stop():
             break
     return collected
@@ -160,16 +168,22 @@ def validate(heads: GeoCLIPHeads, embeddings: torch.Tensor, truth: np.ndarray, c
     locations = encode_locations(heads, candidates)
     answers = []
     for start in range(0, embeddings.shape[0], 1024):
-        logits = heads.logits(heads.image_features(embeddings[start:start + 1024]), locations)
+        logits = heads.logits(heads.image_features(embeddings[start : start + 1024]), locations)
         answers.append(candidates[logits.argmax(dim=-1)].cpu().numpy())
     answers = np.concatenate(answers) if answers else np.zeros((0, 2))
     errors = haversine_km(truth[:, 0], truth[:, 1], answers[:, 0], answers[:, 1]) if len(answers) else []
     return accuracy_table(list(map(float, errors)))
 
 
-def finetune(engine, samples: list[Sample], out_dir: str | Path, settings: FinetuneSettings = FinetuneSettings(),
-             progress: Callable[[str, int, int], None] | None = None,
-             should_stop: Callable[[], bool] | None = None, resume: bool = False) -> dict:
+def finetune(
+    engine,
+    samples: list[Sample],
+    out_dir: str | Path,
+    settings: FinetuneSettings = FinetuneSettings(),
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = False,
+) -> dict:
     """Train from the engine's heads on ``samples``; write a heads folder to ``out_dir``; return its manifest."""
     if len(samples) < 10:
         raise GeoCLIPError(f"fine-tuning needs at least 10 photos with GPS, got {len(samples)}")
@@ -209,6 +223,8 @@ def finetune(engine, samples: list[Sample], out_dir: str | Path, settings: Finet
 
     loss_fn = nn.CrossEntropyLoss()
     started = time.perf_counter()
+    stage = Stage(progress, "Training", settings.epochs, "epochs")
+    stage.update(state["epoch"])
     while state["epoch"] < settings.epochs and state["stale"] < settings.patience:
         if should_stop and should_stop():
             break
@@ -217,7 +233,7 @@ def finetune(engine, samples: list[Sample], out_dir: str | Path, settings: Finet
         order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=generator)]
         total_loss, steps = 0.0, 0
         for start in range(0, len(order), settings.batch_size):
-            batch = order[start:start + settings.batch_size].to(device)
+            batch = order[start : start + settings.batch_size].to(device)
             batch_gps = gps[batch]
             # the batch's own positions first (targets 0..n-1), then the queue's as extra negatives
             candidates_gps = torch.cat([batch_gps, queue.negatives()], dim=0)
@@ -236,12 +252,23 @@ def finetune(engine, samples: list[Sample], out_dir: str | Path, settings: Finet
             best = copy.deepcopy(heads.state_dict())
         else:
             state["stale"] += 1
-        torch.save({"heads": heads.state_dict(), "best": best, "optimizer": optimizer.state_dict(),
-                    "queue": queue.buffer, "queue_pointer": queue.pointer, "queue_filled": queue.filled,
-                    "state": json.dumps(state)}, checkpoint)
-        if progress:
-            progress(f"epoch {state['epoch']}: loss {total_loss / max(steps, 1):.3f}, "
-                     f"validation {table['acc_25km']:.1f}% within 25 km", state["epoch"], settings.epochs)
+        torch.save(
+            {
+                "heads": heads.state_dict(),
+                "best": best,
+                "optimizer": optimizer.state_dict(),
+                "queue": queue.buffer,
+                "queue_pointer": queue.pointer,
+                "queue_filled": queue.filled,
+                "state": json.dumps(state),
+            },
+            checkpoint,
+        )
+        stage.update(
+            state["epoch"],
+            detail=f"epoch {state['epoch']}: loss {total_loss / max(steps, 1):.3f}, "
+            f"validation {table['acc_25km']:.1f}% within 25 km",
+        )
 
     heads.load_state_dict(best)
     after = validate(heads, embeddings[val_idx], truth_val, candidates)
@@ -254,16 +281,22 @@ def finetune(engine, samples: list[Sample], out_dir: str | Path, settings: Finet
         writer.writerows((f"{lat:.6f}", f"{lon:.6f}") for lat, lon in gallery)
     manifest = {
         "base_heads": str(engine.heads_files.folder),
-        "base_heads_sha256": {name: sha256_file(engine.heads_files.weight_path(name))
-                              for name in ("image_encoder_mlp_weights.pth", "location_encoder_weights.pth",
-                                           "logit_scale_weights.pth")},
+        "base_heads_sha256": {
+            name: sha256_file(engine.heads_files.weight_path(name))
+            for name in ("image_encoder_mlp_weights.pth", "location_encoder_weights.pth", "logit_scale_weights.pth")
+        },
         "backbone": str(engine.clip_dir),
         "photos": {"train": len(train_idx), "validation": len(val_idx)},
         "photo_ids": [hashlib.sha256(samples[i].photo.encode()).hexdigest()[:16] for i in train_idx],
         "gallery": {"places": int(len(gallery)), "extended_with_training_photos": settings.extend_gallery},
         "settings": settings.__dict__,
-        "validation": {"candidates": int(len(candidates)), "thresholds_km": list(THRESHOLDS_KM),
-                       "before": before, "after": after, "best_epoch": state["best_epoch"]},
+        "validation": {
+            "candidates": int(len(candidates)),
+            "thresholds_km": list(THRESHOLDS_KM),
+            "before": before,
+            "after": after,
+            "best_epoch": state["best_epoch"],
+        },
         "history": state["history"],
         "seconds": round(time.perf_counter() - started, 1),
         "stopped_early": bool(should_stop and should_stop()),
@@ -272,5 +305,3 @@ def finetune(engine, samples: list[Sample], out_dir: str | Path, settings: Finet
     if not manifest["stopped_early"]:
         checkpoint.unlink(missing_ok=True)  # kept only to resume an interrupted run
     return manifest
-
-

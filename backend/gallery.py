@@ -12,9 +12,9 @@ import csv
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from .weights import cache_dir, sha256_file
 FEATURE_FORMAT = "v1"  # bump when the location encoder's arithmetic changes
 CHUNK = 8192
 
-_memory: dict[tuple[str, str], "Gallery"] = {}
+_memory: dict[tuple[str, str], Gallery] = {}
 
 
 @dataclass
@@ -72,9 +72,12 @@ def gallery_key(files: HeadsFiles) -> str:
 
 
 @torch.inference_mode()
-def encode_locations(heads: GeoCLIPHeads, coordinates: torch.Tensor,
-                     progress: Callable[[int, int], None] | None = None,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def encode_locations(
+    heads: GeoCLIPHeads,
+    coordinates: torch.Tensor,
+    progress: Callable[[int, int], None] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Unit-length location features for (N, 2) coordinates, in chunks to bound memory.
 
     ``dtype`` bfloat16/float16 runs the MLPs under autocast (Fourier phases stay float32) and stores
@@ -85,9 +88,9 @@ def encode_locations(heads: GeoCLIPHeads, coordinates: torch.Tensor,
     out = torch.empty(coordinates.shape[0], 512, dtype=dtype, device=device)
     autocast = dtype != torch.float32
     for start in range(0, coordinates.shape[0], CHUNK):
-        chunk = coordinates[start:start + CHUNK].to(device)
+        chunk = coordinates[start : start + CHUNK].to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-            out[start:start + CHUNK] = heads.location_features(chunk).to(dtype)
+            out[start : start + CHUNK] = heads.location_features(chunk).to(dtype)
         if progress:
             progress(min(start + CHUNK, coordinates.shape[0]), coordinates.shape[0])
     return out
@@ -123,9 +126,14 @@ def _write_disk_cache(path: Path, coordinates: torch.Tensor, features: torch.Ten
         pass  # a read-only cache folder only costs recomputation next time
 
 
-def cached_location_features(heads: GeoCLIPHeads, key: str, make_coordinates: Callable[[], np.ndarray],
-                             device: torch.device, progress: Callable[[int, int], None] | None = None,
-                             dtype: torch.dtype = torch.float32) -> Gallery:
+def cached_location_features(
+    heads: GeoCLIPHeads,
+    key: str,
+    make_coordinates: Callable[[], np.ndarray],
+    device: torch.device,
+    progress: Callable[[int, int], None] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Gallery:
     """Coordinates and their features under ``key``: from memory, else disk, else computed and saved."""
     cached = _memory.get((key, str(device)))
     if cached is not None:
@@ -142,7 +150,9 @@ def cached_location_features(heads: GeoCLIPHeads, key: str, make_coordinates: Ca
     return result
 
 
-def load_gallery(heads: GeoCLIPHeads, files: HeadsFiles, device: torch.device,
-                 progress: Callable[[int, int], None] | None = None) -> Gallery:
-    return cached_location_features(heads, gallery_key(files), lambda: read_gallery_csv(files.gallery_csv),
-                                    device, progress)
+def load_gallery(
+    heads: GeoCLIPHeads, files: HeadsFiles, device: torch.device, progress: Callable[[int, int], None] | None = None
+) -> Gallery:
+    return cached_location_features(
+        heads, gallery_key(files), lambda: read_gallery_csv(files.gallery_csv), device, progress
+    )

@@ -1,7 +1,9 @@
-"""Probability rasters to GeoTIFF through GDAL: EPSG:4326, Float32, NaN as no-data, metadata kept."""
+"""Probability rasters to GeoTIFF through GDAL: EPSG:4326, Float32, NaN as no-data, with metadata
+saying what the values are and where they come from; file names unique per answer."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -9,8 +11,35 @@ from pathlib import Path
 from .errors import GeoCLIPError
 from .rasters import Raster
 
+VALUES_PER_CELL = (
+    "probability per cell: the model's density (softmax score per unit area) integrated over "
+    "each cell; the world raster's cells sum to 1"
+)
+VALUES_COMBINED = "probability per cell, mean over the run's answers; sums to 1"
 
-def write_geotiff(raster: Raster, path: str | os.PathLike) -> Path:
+
+def raster_metadata(
+    raster: Raster,
+    query: str,
+    model: str,
+    world_cell: float,
+    local_cell: float,
+    area: str = "",
+    values: str = VALUES_PER_CELL,
+) -> dict[str, str]:
+    """The ``GEOCLIP_*`` metadata items of one raster: what was asked, by which model, in which units."""
+    return {
+        "GEOCLIP_QUERY": query,
+        "GEOCLIP_MODEL": model,
+        "GEOCLIP_VALUES": values,
+        "GEOCLIP_WORLD_CELL_DEG": str(world_cell),
+        "GEOCLIP_LOCAL_CELL_DEG": str(local_cell),
+        "GEOCLIP_AREA": area or "whole world",
+        "GEOCLIP_RASTER": raster.kind,
+    }
+
+
+def write_geotiff(raster: Raster, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     from osgeo import gdal, osr
 
     path = Path(path)
@@ -24,7 +53,7 @@ def write_geotiff(raster: Raster, path: str | os.PathLike) -> Path:
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(4326)
     dataset.SetProjection(srs.ExportToWkt())
-    dataset.SetMetadata({key: str(value) for key, value in raster.metadata.items()})
+    dataset.SetMetadata({key: str(value) for key, value in (metadata or {}).items()})
     band = dataset.GetRasterBand(1)
     band.SetNoDataValue(float("nan"))
     band.SetDescription("probability per cell")
@@ -35,8 +64,33 @@ def write_geotiff(raster: Raster, path: str | os.PathLike) -> Path:
     return path
 
 
+def _stem(label: str) -> str:
+    stem = label[len("text: ") :] if label.startswith("text: ") else Path(label).stem
+    return re.sub(r"[^\w.-]+", "_", stem).strip("_")[:60] or "query"
+
+
+class RasterNames:
+    """File names for one run's rasters: ``<photo stem>_world.tif``, ``<photo stem>_local1.tif``...
+
+    Two answers with the same stem (``a/IMG_1.jpg`` and ``b/IMG_1.jpg``, or ``IMG_1.jpg`` and
+    ``IMG_1.png``) get the second and later ones a short hash of their full label, so no raster
+    overwrites another's."""
+
+    def __init__(self):
+        self._owner: dict[str, str] = {}  # stem -> the label that has it
+
+    def stem(self, label: str) -> str:
+        stem = _stem(label)
+        owner = self._owner.setdefault(stem, label)
+        if owner != label:
+            stem = f"{stem}_{hashlib.sha256(label.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+            self._owner.setdefault(stem, label)
+        return stem
+
+    def name(self, label: str, kind: str, index: int = 0) -> str:
+        return f"{self.stem(label)}_{kind}{index + 1 if kind == 'local' else ''}.tif"
+
+
 def raster_name(label: str, kind: str, index: int = 0) -> str:
-    """A file name from a photo path or query: its stem, made safe, plus the raster kind."""
-    stem = label[len("text: "):] if label.startswith("text: ") else Path(label).stem
-    stem = re.sub(r"[^\w.-]+", "_", stem).strip("_")[:60] or "query"
-    return f"{stem}_{kind}{index + 1 if kind == 'local' else ''}.tif"
+    """The name of a raster of one answer, without regard to others in the run."""
+    return f"{_stem(label)}_{kind}{index + 1 if kind == 'local' else ''}.tif"

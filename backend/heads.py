@@ -126,14 +126,11 @@ def _load_checked(module: nn.Module, state: object, path: Path) -> None:
     unexpected = sorted(state.keys() - expected.keys())
     if missing or unexpected:
         raise WeightsError(
-            f"{path} does not match GeoCLIP's layout: missing keys {missing[:5]}, "
-            f"unexpected keys {unexpected[:5]}"
+            f"{path} does not match GeoCLIP's layout: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
         )
     for key, tensor in expected.items():
         if state[key].shape != tensor.shape:
-            raise WeightsError(
-                f"{path}: {key} has shape {tuple(state[key].shape)}, expected {tuple(tensor.shape)}"
-            )
+            raise WeightsError(f"{path}: {key} has shape {tuple(state[key].shape)}, expected {tuple(tensor.shape)}")
     module.load_state_dict(state, strict=True)
 
 

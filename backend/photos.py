@@ -101,8 +101,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _bomb_message(pixels: int, size: str = "") -> str:
-    return (f"image refused: {size}{pixels / 1e6:.0f} MP is over the {MAX_PIXELS / 1e6:.0f} MP "
-            "safety limit against decompression bombs")
+    return (
+        f"image refused: {size}{pixels / 1e6:.0f} MP is over the {MAX_PIXELS / 1e6:.0f} MP "
+        "safety limit against decompression bombs"
+    )
 
 
 def _shrink(image: Image.Image) -> Image.Image:
@@ -157,7 +159,6 @@ def open_photo(item: str | os.PathLike | Image.Image, label: str | None = None) 
         raise PhotoError(f"damaged image data: {text}") from None
     except MemoryError:
         raise PhotoError("out of memory while decoding this image") from None
-
 
 
 def read_photo_metadata(path: str | os.PathLike) -> PhotoMetadata:

@@ -21,7 +21,7 @@ How it is evaluated:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,7 +42,6 @@ class Raster:
     north: float
     cell: float
     kind: str  # "world" or "local"
-    metadata: dict = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -109,15 +108,24 @@ def _logsumexp(values: np.ndarray, axis=None) -> np.ndarray:
 class SurfaceEvaluator:
     """Evaluates the model's log-density for query vectors on the world grid and in local windows."""
 
-    def __init__(self, heads, world, world_cell: float, local_cell: float = 0.01, window_cells: int = 2,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        heads,
+        world,
+        world_cell: float,
+        local_cell: float = 0.01,
+        window_cells: int = 2,
+        dtype: torch.dtype = torch.float32,
+    ):
         self.heads = heads
         self.world = world  # Gallery-like: coordinates and features of the world cell centres
         self.world_cell = world_cell
         self.rows, self.cols = world_shape(world_cell)
         ratio = world_cell / local_cell
         if abs(ratio - round(ratio)) > 1e-6 or round(ratio) % COARSE_FACTOR:
-            raise ValueError(f"local cell {local_cell} must divide the world cell {world_cell} into a multiple of {COARSE_FACTOR}")
+            raise ValueError(
+                f"local cell {local_cell} must divide the world cell {world_cell} into a multiple of {COARSE_FACTOR}"
+            )
         self.local_cell = local_cell
         self.sub = round(ratio)  # local cells per world cell, per side
         self.window_cells = window_cells  # world cells per window side
@@ -152,7 +160,7 @@ class SurfaceEvaluator:
         col = math.floor((lon + 180) / self.world_cell - size / 2 + 0.5)
         return min(max(row, 0), self.rows - size), min(max(col, 0), self.cols - size)
 
-    def _window(self, row0: int, col0: int, query: torch.Tensor) -> "_Window":
+    def _window(self, row0: int, col0: int, query: torch.Tensor) -> _Window:
         """One window sampled at the coarse step (5 local cells): cheap, and enough to rank windows."""
         m = self.window_cells * self.sub // COARSE_FACTOR
         step = self.local_cell * COARSE_FACTOR
@@ -161,20 +169,26 @@ class SurfaceEvaluator:
         fine = np.repeat(np.repeat(coarse, COARSE_FACTOR, 0), COARSE_FACTOR, 1)
         return _Window(row0, col0, west, north, coarse, fine)
 
-    def _sharpen(self, window: "_Window", query: torch.Tensor) -> None:
+    def _sharpen(self, window: _Window, query: torch.Tensor) -> None:
         """Evaluate the most probable coarse cells again at the local cell size."""
         step = self.local_cell * COARSE_FACTOR
         best = np.argsort(window.coarse, axis=None)[::-1][:REFINED_COARSE_CELLS]
         blocks = [np.unravel_index(i, window.coarse.shape) for i in best]
-        points = np.concatenate([
-            grid_centres(window.west + c * step, window.north - r * step, self.local_cell, COARSE_FACTOR, COARSE_FACTOR)
-            for r, c in blocks
-        ])
+        points = np.concatenate(
+            [
+                grid_centres(
+                    window.west + c * step, window.north - r * step, self.local_cell, COARSE_FACTOR, COARSE_FACTOR
+                )
+                for r, c in blocks
+            ]
+        )
         exact = self._logits_at(points, query).reshape(len(blocks), COARSE_FACTOR, COARSE_FACTOR)
         for (r, c), block in zip(blocks, exact):
-            window.fine[r * COARSE_FACTOR:(r + 1) * COARSE_FACTOR, c * COARSE_FACTOR:(c + 1) * COARSE_FACTOR] = block
+            window.fine[r * COARSE_FACTOR : (r + 1) * COARSE_FACTOR, c * COARSE_FACTOR : (c + 1) * COARSE_FACTOR] = (
+                block
+            )
 
-    def _log_mass(self, window: "_Window", area: Area | None) -> np.ndarray:
+    def _log_mass(self, window: _Window, area: Area | None) -> np.ndarray:
         """Per local cell: log-density + log-area, -inf outside the area."""
         n = window.fine.shape[0]
         centres = grid_centres(window.west, window.north, self.local_cell, n, n)
@@ -191,19 +205,24 @@ class SurfaceEvaluator:
                 return index
         return None
 
-    def _pick_windows(self, seeds: list[tuple[float, float, float]], world_logit: np.ndarray,
-                      regions: int) -> list[tuple[int, int]]:
+    def _pick_windows(
+        self, seeds: list[tuple[float, float, float]], world_logit: np.ndarray, regions: int
+    ) -> list[tuple[int, int]]:
         """Windows around the best seeds (gallery candidates and world cells), none overlapping."""
         top_cells = np.argsort(world_logit)[::-1][:32]
         lat_lon = self.world.coordinates.float().cpu().numpy()
-        candidates = list(seeds) + [(float(lat_lon[i, 0]), float(lat_lon[i, 1]), float(world_logit[i]))
-                                    for i in top_cells if np.isfinite(world_logit[i])]
+        candidates = list(seeds) + [
+            (float(lat_lon[i, 0]), float(lat_lon[i, 1]), float(world_logit[i]))
+            for i in top_cells
+            if np.isfinite(world_logit[i])
+        ]
         candidates.sort(key=lambda s: -s[2])
         windows: list[tuple[int, int]] = []
         for lat, lon, _ in candidates:
             origin = self._window_origin(lat, lon)
-            if all(abs(origin[0] - r) >= self.window_cells or abs(origin[1] - c) >= self.window_cells
-                   for r, c in windows):
+            if all(
+                abs(origin[0] - r) >= self.window_cells or abs(origin[1] - c) >= self.window_cells for r, c in windows
+            ):
                 windows.append(origin)
             if len(windows) == regions:
                 break
@@ -211,8 +230,13 @@ class SurfaceEvaluator:
 
     # -- the surface -------------------------------------------------------------------------------
 
-    def surface(self, query: torch.Tensor, seeds: list[tuple[float, float, float]] = (),
-                area: Area | None = None, regions: int = 1) -> RasterSet:
+    def surface(
+        self,
+        query: torch.Tensor,
+        seeds: list[tuple[float, float, float]] = (),
+        area: Area | None = None,
+        regions: int = 1,
+    ) -> RasterSet:
         """World and local rasters of probability per cell for one query vector."""
         world_logit = self._logits(self.world.features, query)
         if area is not None:
@@ -242,7 +266,9 @@ class SurfaceEvaluator:
         size = self.window_cells
         for window, mass in zip(windows, masses):  # world cells under a window: the sum of its cells
             blocks = mass.reshape(size, self.sub, size, self.sub)
-            world_log_mass[window.row0:window.row0 + size, window.col0:window.col0 + size] = _logsumexp(blocks, axis=(1, 3))
+            world_log_mass[window.row0 : window.row0 + size, window.col0 : window.col0 + size] = _logsumexp(
+                blocks, axis=(1, 3)
+            )
 
         log_total = _logsumexp(world_log_mass[np.isfinite(world_log_mass)])
         world = np.exp(world_log_mass - log_total).astype(np.float32)

@@ -8,6 +8,7 @@ overlap, so other photo tools read our layers.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 from dataclasses import dataclass, field
 
@@ -18,15 +19,68 @@ from .geo import haversine_km
 
 # The columns of every output, in order. CSV writes all of them; point layers drop ``error``
 # (failed photos go to an errors table instead).
-COLUMNS = ("photo", "rank", "lat", "lon", "probability", "exif_lat", "exif_lon", "error_km",
-           "timestamp", "camera_make", "camera_model", "altitude", "direction", "photo_sha256",
-           "model", "run_at", "area", "error")
+COLUMNS = (
+    "photo",
+    "rank",
+    "lat",
+    "lon",
+    "probability",
+    "exif_lat",
+    "exif_lon",
+    "error_km",
+    "timestamp",
+    "camera_make",
+    "camera_model",
+    "altitude",
+    "direction",
+    "photo_sha256",
+    "model",
+    "run_at",
+    "area",
+    "error",
+)
 POINT_COLUMNS = COLUMNS[:-1]
 ERROR_COLUMNS = ("photo", "error", "photo_sha256", "run_at")
-COLUMN_TYPES = {"photo": str, "rank": int, "lat": float, "lon": float, "probability": float,
-                "exif_lat": float, "exif_lon": float, "error_km": float, "timestamp": str,
-                "camera_make": str, "camera_model": str, "altitude": float, "direction": float,
-                "photo_sha256": str, "model": str, "run_at": str, "area": str, "error": str}
+COLUMN_TYPES = {
+    "photo": str,
+    "rank": int,
+    "lat": float,
+    "lon": float,
+    "probability": float,
+    "exif_lat": float,
+    "exif_lon": float,
+    "error_km": float,
+    "timestamp": str,
+    "camera_make": str,
+    "camera_model": str,
+    "altitude": float,
+    "direction": float,
+    "photo_sha256": str,
+    "model": str,
+    "run_at": str,
+    "area": str,
+    "error": str,
+}
+
+
+class OutputKind(str, enum.Enum):
+    """What a file (or a layer in a GeoPackage) written by a run holds."""
+
+    POINTS = "points"  # candidates, one per (photo, rank)
+    ERRORS = "errors"  # photos that failed, with their reason
+    TRUTH_LINES = "truth_lines"  # a photo's known position -> its top-1 answer
+    ACCURACY = "accuracy"  # the run's accuracy table against known positions
+    WORLD_RASTER = "world_raster"  # one answer's probability over the world
+    LOCAL_RASTER = "local_raster"  # one answer's probability around a likely place, finer cells
+    COMBINED_RASTER = "combined_raster"  # the run's answers' world rasters, averaged
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    kind: OutputKind
+    path: str
+    layer: str = ""  # the layer or table inside a GeoPackage
+    answer: str = ""  # the photo, text query or fused set a raster belongs to
 
 
 SKIP_ANSWERED = "answered in an earlier run"
@@ -74,35 +128,58 @@ class PhotoResult:
         """``model``, ``run_at`` and ``area`` describe the run: the weights, when, and the area of
         interest the answers were restricted to (empty for the whole world)."""
         meta = self.metadata
-        base = {"photo": self.photo, "exif_lat": self.exif_lat, "exif_lon": self.exif_lon,
-                "timestamp": meta.timestamp if meta else None,
-                "camera_make": meta.camera_make if meta else None,
-                "camera_model": meta.camera_model if meta else None,
-                "altitude": meta.altitude if meta else None, "direction": meta.direction if meta else None,
-                "photo_sha256": self.sha256, "model": model, "run_at": run_at, "area": area}
+        base = {
+            "photo": self.photo,
+            "exif_lat": self.exif_lat,
+            "exif_lon": self.exif_lon,
+            "timestamp": meta.timestamp if meta else None,
+            "camera_make": meta.camera_make if meta else None,
+            "camera_model": meta.camera_model if meta else None,
+            "altitude": meta.altitude if meta else None,
+            "direction": meta.direction if meta else None,
+            "photo_sha256": self.sha256,
+            "model": model,
+            "run_at": run_at,
+            "area": area,
+        }
         if not self.ok:
             return [{**dict.fromkeys(COLUMNS), **base, "error": self.error}]
         return [
-            {**base, "rank": c.rank, "lat": c.lat, "lon": c.lon, "probability": c.probability,
-             "error_km": self.error_km(c), "error": None}
+            {
+                **base,
+                "rank": c.rank,
+                "lat": c.lat,
+                "lon": c.lon,
+                "probability": c.probability,
+                "error_km": self.error_km(c),
+                "error": None,
+            }
             for c in self.candidates
         ]
 
 
 def result_to_dict(result: PhotoResult) -> dict:
-    """Plain data (JSON-ready) for sending a result between processes; the query vector stays behind."""
+    """Plain data (JSON-ready) for sending a result between processes, query vector included."""
     return {
-        "photo": result.photo, "error": result.error, "sha256": result.sha256, "skipped": result.skipped,
+        "photo": result.photo,
+        "error": result.error,
+        "sha256": result.sha256,
+        "skipped": result.skipped,
         "candidates": [[c.rank, c.lat, c.lon, c.probability] for c in result.candidates],
         "metadata": dataclasses.asdict(result.metadata) if result.metadata else None,
+        "feature": result.feature.astype(np.float32).tolist() if result.feature is not None else None,
     }
 
 
 def result_from_dict(data: dict) -> PhotoResult:
     return PhotoResult(
-        photo=data["photo"], error=data["error"], sha256=data["sha256"], skipped=data["skipped"],
+        photo=data["photo"],
+        error=data["error"],
+        sha256=data["sha256"],
+        skipped=data["skipped"],
         candidates=[Candidate(int(r), float(la), float(lo), float(p)) for r, la, lo, p in data["candidates"]],
         metadata=PhotoMetadata(**data["metadata"]) if data["metadata"] else None,
+        feature=np.asarray(data["feature"], dtype=np.float32) if data.get("feature") is not None else None,
     )
 
 

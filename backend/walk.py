@@ -9,11 +9,10 @@ files, by their first bytes.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .photos import PHOTO_EXTENSIONS, BadPath
-
 
 # First bytes of the photo formats Pillow (and pillow-heif) read: files without a photo extension
 # (camera dumps, scraped files named by hash) are still found.

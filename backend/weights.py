@@ -34,17 +34,28 @@ BACKBONE_REPO = "openai/clip-vit-large-patch14"
 # A commit of BACKBONE_REPO, never a branch: a moving name could serve different files tomorrow.
 BACKBONE_REVISION = "32bd64288804d66eefd0ccbe215aa642df71cc41"  # pragma: allowlist secret (a commit id)
 BACKBONE_FOLDER = "clip-vit-large-patch14"
-BACKBONE_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json",
-                  "vocab.json", "merges.txt", "special_tokens_map.json", "model.safetensors")
+BACKBONE_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "model.safetensors",
+)
 CLIP_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 DEFAULT_GALLERY = "coordinates_100K.csv"
 REQUIRED_PROJECTION_DIM = 768
 
-FIX_HEADS = ("pass --heads DIR (a folder with weights/*.pth and gps_gallery/*.csv), "
-             "or run: geoclip-qgis models import PATH, or install the geoclip wheel: "
-             "pip install --no-deps geoclip")
-FIX_CLIP = ("pass --clip DIR (a Hugging Face CLIP checkpoint folder), or run: "
-            "geoclip-qgis models import PATH (from a USB stick), or, online: geoclip-qgis models download")
+FIX_HEADS = (
+    "pass --heads DIR (a folder with weights/*.pth and gps_gallery/*.csv), "
+    "or run: geoclip-qgis models import PATH, or install the geoclip wheel: "
+    "pip install --no-deps geoclip"
+)
+FIX_CLIP = (
+    "pass --clip DIR (a Hugging Face CLIP checkpoint folder), or run: "
+    "geoclip-qgis models import PATH (from a USB stick), or, online: geoclip-qgis models download"
+)
 
 
 def models_dir() -> Path:
@@ -80,6 +91,7 @@ class Lookup:
 
 
 # ---------------------------------------------------------------------------------------------- heads
+
 
 def wheel_heads_dir() -> Path | None:
     """The installed geoclip release's model folder, found without importing the package."""
@@ -144,7 +156,30 @@ def resolve_heads(explicit: str | os.PathLike | None = None) -> HeadsFiles:
     return HeadsFiles(folder=folder, gallery_csv=gallery_csv(folder))
 
 
+@dataclass(frozen=True)
+class ModelFiles:
+    """The weights one engine runs on, and where each was found."""
+
+    heads: HeadsFiles
+    heads_source: str
+    clip_dir: Path
+    clip_source: str
+
+    @property
+    def heads_name(self) -> str:
+        return "release" if self.heads_source == "geoclip wheel" else self.heads.folder.name
+
+
+def resolve_model_files(heads: str | os.PathLike | None = None, clip: str | os.PathLike | None = None) -> ModelFiles:
+    """Both halves of the model, or a :class:`WeightsError` naming what is missing and where it was sought."""
+    heads_lookup, clip_lookup = find_heads(heads), find_backbone(clip)
+    folder = heads_lookup.require()
+    clip_dir = clip_lookup.require()
+    return ModelFiles(HeadsFiles(folder, gallery_csv(folder)), heads_lookup.source, clip_dir, clip_lookup.source)
+
+
 # ------------------------------------------------------------------------------------------- backbone
+
 
 def hf_cache_backbone() -> Path | None:
     """The Hugging Face cache's snapshot of the backbone (pinned revision first, then main), offline."""
@@ -164,9 +199,7 @@ def backbone_problem(folder: Path) -> str | None:
     config_path = folder / "config.json"
     if not config_path.is_file():
         return "no config.json"
-    if not any((folder / name).is_file() for name in CLIP_WEIGHT_FILES) and not list(
-        folder.glob("model*.safetensors")
-    ):
+    if not any((folder / name).is_file() for name in CLIP_WEIGHT_FILES) and not list(folder.glob("model*.safetensors")):
         return "no model.safetensors or pytorch_model.bin"
     if not (folder / "preprocessor_config.json").is_file():
         return "no preprocessor_config.json"
@@ -181,8 +214,9 @@ def backbone_problem(folder: Path) -> str | None:
     if projection is None and model_type == "clip":
         projection = config.get("vision_config", {}).get("projection_dim")
     if projection != REQUIRED_PROJECTION_DIM:
-        return (f"its projection is {projection} wide; GeoCLIP's image head needs "
-                f"{REQUIRED_PROJECTION_DIM} (CLIP ViT-L/14)")
+        return (
+            f"its projection is {projection} wide; GeoCLIP's image head needs {REQUIRED_PROJECTION_DIM} (CLIP ViT-L/14)"
+        )
     return None
 
 
@@ -215,6 +249,7 @@ def resolve_backbone(explicit: str | os.PathLike | None = None) -> Path:
 
 # --------------------------------------------------------------------------------- status and copies
 
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -233,11 +268,13 @@ def human_size(size: float) -> str:
 def describe_files(folder: Path, checksums: bool = True) -> list[dict]:
     rows = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rows.append({
-            "file": str(path.relative_to(folder)),
-            "bytes": path.stat().st_size,
-            "sha256": sha256_file(path) if checksums else "",
-        })
+        rows.append(
+            {
+                "file": str(path.relative_to(folder)),
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path) if checksums else "",
+            }
+        )
     return rows
 
 
@@ -247,8 +284,7 @@ def status(heads: str | None = None, clip: str | None = None, checksums: bool = 
     for key, lookup in (("heads", find_heads(heads)), ("backbone", find_backbone(clip))):
         entry = {"found": lookup.path is not None, "tried": lookup.tried}
         if lookup.path is not None:
-            entry.update(path=str(lookup.path), source=lookup.source,
-                         files=describe_files(lookup.path, checksums))
+            entry.update(path=str(lookup.path), source=lookup.source, files=describe_files(lookup.path, checksums))
         report[key] = entry
     return report
 
@@ -292,8 +328,9 @@ BUNDLE_FORMAT = "geoclip-qgis-bundle/1"
 MANIFEST = "manifest.json"
 
 
-def export_bundle(target: str | os.PathLike, heads: str | None = None, clip: str | None = None,
-                  with_backbone: bool = True) -> Path:
+def export_bundle(
+    target: str | os.PathLike, heads: str | None = None, clip: str | None = None, with_backbone: bool = True
+) -> Path:
     """One .zip with ``heads/``, ``clip-vit-large-patch14/`` and a manifest of every file's sha256,
     for carrying models to machines without internet (``models import`` verifies it)."""
     target = Path(target)
@@ -324,8 +361,10 @@ def _verify_bundle(root: Path, archive: Path) -> None:
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise WeightsError(f"{archive} is not a GeoCLIP model bundle (no readable {MANIFEST}); "
-                           "if you trust it, unzip it and import the folder") from None
+        raise WeightsError(
+            f"{archive} is not a GeoCLIP model bundle (no readable {MANIFEST}); "
+            "if you trust it, unzip it and import the folder"
+        ) from None
     if manifest.get("format") != BUNDLE_FORMAT or not isinstance(manifest.get("files"), dict):
         raise WeightsError(f"{archive}: unknown bundle format {manifest.get('format')!r}")
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {MANIFEST}
@@ -338,8 +377,10 @@ def _verify_bundle(root: Path, archive: Path) -> None:
             raise WeightsError(f"{archive}: {name} is listed in the manifest but missing; refusing the bundle")
         actual = sha256_file(path)
         if actual != expected.get("sha256"):
-            raise WeightsError(f"{archive}: {name} fails its checksum (sha256 {actual[:16]}..., "
-                               f"manifest says {str(expected.get('sha256'))[:16]}...); refusing the bundle")
+            raise WeightsError(
+                f"{archive}: {name} fails its checksum (sha256 {actual[:16]}..., "
+                f"manifest says {str(expected.get('sha256'))[:16]}...); refusing the bundle"
+            )
 
 
 def _import_zip(archive: Path) -> list[str]:
@@ -384,8 +425,11 @@ def download_backbone(tqdm_class=None) -> Path:
     constants.HF_HUB_OFFLINE = False
     try:
         info = HfApi().model_info(BACKBONE_REPO, revision=BACKBONE_REVISION, files_metadata=True)
-        expected = {s.rfilename: s.lfs.sha256 for s in info.siblings or []
-                    if s.rfilename in BACKBONE_FILES and getattr(s, "lfs", None)}
+        expected = {
+            s.rfilename: s.lfs.sha256
+            for s in info.siblings or []
+            if s.rfilename in BACKBONE_FILES and getattr(s, "lfs", None)
+        }
         snapshot_download(
             repo_id=BACKBONE_REPO,
             revision=BACKBONE_REVISION,
@@ -414,6 +458,8 @@ def verify_downloaded(folder: Path, expected: dict[str, str]) -> None:
         actual = sha256_file(path) if path.is_file() else "missing"
         if actual != sha:
             path.unlink(missing_ok=True)
-            raise WeightsError(f"downloaded {name} does not match the Hub's sha256 for revision "
-                               f"{BACKBONE_REVISION[:10]} (got {actual[:16]}, expected {sha[:16]}); it was "
-                               "deleted: run the download again")
+            raise WeightsError(
+                f"downloaded {name} does not match the Hub's sha256 for revision "
+                f"{BACKBONE_REVISION[:10]} (got {actual[:16]}, expected {sha[:16]}); it was "
+                "deleted: run the download again"
+            )

@@ -9,24 +9,29 @@ the ``error`` column set (CSV).
 from __future__ import annotations
 
 import csv
-import io
 import os
 from pathlib import Path
 from typing import TextIO
 
 from .errors import GeoCLIPError
-from .results import COLUMN_TYPES, COLUMNS, ERROR_COLUMNS, POINT_COLUMNS, PhotoResult
+from .results import COLUMN_TYPES, COLUMNS, ERROR_COLUMNS, POINT_COLUMNS, OutputFile, OutputKind, PhotoResult
 
 POINTS_LAYER = "predictions"
 ERRORS_LAYER = "errors"
 TRUTH_LAYER = "truth_lines"  # EXIF position -> top-1 answer, for photos that carry GPS
+ACCURACY_LAYER = "accuracy"
 TRUTH_COLUMNS = ("photo", "error_km", "photo_sha256", "run_at")
+LAYER_KINDS = {
+    POINTS_LAYER: OutputKind.POINTS,
+    ERRORS_LAYER: OutputKind.ERRORS,
+    TRUTH_LAYER: OutputKind.TRUTH_LINES,
+    ACCURACY_LAYER: OutputKind.ACCURACY,
+}
 FORMATS = {".csv": "CSV", ".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 
 
 class CsvWriter:
-    def __init__(self, stream: TextIO, model: str = "", run_at: str = "", close_stream: bool = False,
-                 area: str = ""):
+    def __init__(self, stream: TextIO, model: str = "", run_at: str = "", close_stream: bool = False, area: str = ""):
         self._stream, self._close = stream, close_stream
         self._csv = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
         self._csv.writeheader()
@@ -43,6 +48,23 @@ class CsvWriter:
         if self._close:
             self._stream.close()
 
+    def outputs(self) -> list[OutputFile]:
+        name = getattr(self._stream, "name", None)
+        return [OutputFile(OutputKind.POINTS, name)] if self._close and isinstance(name, str) else []
+
+
+class DiscardWriter:
+    """For runs whose per-photo answers are not wanted (an evaluation that only reports its table)."""
+
+    def write(self, result: PhotoResult) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def outputs(self) -> list[OutputFile]:
+        return []
+
 
 def _csv_value(value):
     if value is None:
@@ -55,8 +77,7 @@ def _csv_value(value):
 class OgrWriter:
     """GeoPackage or GeoJSON through OGR. A GeoPackage is appended to, so earlier runs stay."""
 
-    def __init__(self, path: Path, driver_name: str, model: str = "", run_at: str = "", area: str = "",
-                 batch: int = 8):
+    def __init__(self, path: Path, driver_name: str, model: str = "", run_at: str = "", area: str = "", batch: int = 8):
         """``batch``: photos per transaction (the engine's batch size): a crash or kill loses at most
         the photos of one batch, and a rerun answers them again."""
         from osgeo import ogr, osr
@@ -99,7 +120,9 @@ class OgrWriter:
         definition = layer.GetLayerDefn()
         for column in columns:  # also adds columns that a file from an older version lacks
             if definition.GetFieldIndex(column) < 0:
-                kind = {int: self._ogr.OFTInteger, float: self._ogr.OFTReal}.get(COLUMN_TYPES[column], self._ogr.OFTString)
+                kind = {int: self._ogr.OFTInteger, float: self._ogr.OFTReal}.get(
+                    COLUMN_TYPES[column], self._ogr.OFTString
+                )
                 layer.CreateField(self._ogr.FieldDefn(column, kind))
         return layer
 
@@ -127,7 +150,12 @@ class OgrWriter:
             return
         if not result.ok and self._errors is not None:
             feature = ogr.Feature(self._errors.GetLayerDefn())
-            values = {"photo": result.photo, "error": result.error, "photo_sha256": result.sha256, "run_at": self.run_at}
+            values = {
+                "photo": result.photo,
+                "error": result.error,
+                "photo_sha256": result.sha256,
+                "run_at": self.run_at,
+            }
             for key, value in values.items():
                 if value is not None:
                     feature.SetField(key, value)
@@ -158,8 +186,12 @@ class OgrWriter:
         line.AddPoint_2D(result.exif_lon, result.exif_lat)
         line.AddPoint_2D(top.lon, top.lat)
         feature = ogr.Feature(self._truth.GetLayerDefn())
-        for key, value in (("photo", result.photo), ("error_km", result.error_km()),
-                           ("photo_sha256", result.sha256), ("run_at", self.run_at)):
+        for key, value in (
+            ("photo", result.photo),
+            ("error_km", result.error_km()),
+            ("photo_sha256", result.sha256),
+            ("run_at", self.run_at),
+        ):
             if value is not None:
                 feature.SetField(key, value)
         feature.SetGeometry(line)
@@ -176,7 +208,13 @@ class OgrWriter:
         definition = layer.GetLayerDefn()
         for key, value in row.items():
             if definition.GetFieldIndex(key) < 0:
-                kind = ogr.OFTReal if isinstance(value, float) else ogr.OFTInteger if isinstance(value, int) else ogr.OFTString
+                kind = (
+                    ogr.OFTReal
+                    if isinstance(value, float)
+                    else ogr.OFTInteger
+                    if isinstance(value, int)
+                    else ogr.OFTString
+                )
                 layer.CreateField(ogr.FieldDefn(key, kind))
         feature = ogr.Feature(layer.GetLayerDefn())
         for key, value in row.items():
@@ -189,6 +227,20 @@ class OgrWriter:
             self._commit()
             self._ds.FlushCache()
             self._ds = None
+
+    def outputs(self) -> list[OutputFile]:
+        """The layers of this file that hold something, each with its kind (after :meth:`close`)."""
+        if self._errors is None:  # GeoJSON: one layer, the file itself
+            return [OutputFile(OutputKind.POINTS, str(self.path))]
+        source = self._ogr.Open(str(self.path))
+        if source is None:
+            return []
+        found = []
+        for name, kind in LAYER_KINDS.items():
+            layer = source.GetLayerByName(name)
+            if layer is not None and (kind == OutputKind.POINTS or layer.GetFeatureCount() > 0):
+                found.append(OutputFile(kind, str(self.path), layer=name))
+        return found
 
 
 def _gdal_error() -> str:
@@ -204,14 +256,20 @@ def output_format(path: str | os.PathLike) -> str:
     return FORMATS[suffix]
 
 
-def open_writer(path: str | os.PathLike | None, model: str = "", run_at: str = "", stdout: TextIO | None = None,
-                area: str = "", batch: int = 8):
+def open_writer(
+    path: str | os.PathLike | None,
+    model: str = "",
+    run_at: str = "",
+    stdout: TextIO | None = None,
+    area: str = "",
+    batch: int = 8,
+):
     """A writer for ``path`` by its extension; CSV to ``stdout`` when there is no path."""
-    if path is None:
+    if not path:
         import sys
 
         return CsvWriter(stdout or sys.stdout, model, run_at, area=area)
     kind = output_format(path)
     if kind == "CSV":
-        return CsvWriter(io.open(path, "w", newline="", encoding="utf-8"), model, run_at, close_stream=True, area=area)
+        return CsvWriter(open(path, "w", newline="", encoding="utf-8"), model, run_at, close_stream=True, area=area)
     return OgrWriter(Path(path), kind, model, run_at, area, batch)

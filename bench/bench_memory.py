@@ -63,15 +63,28 @@ def main() -> None:
         make_photos(folder, count)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", RUN, "predict", str(folder), "--clip", str(clip),
-                                  "--out", str(Path(tmp) / "out.gpkg"), "--quiet"],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    RUN,
+                    "predict",
+                    str(folder),
+                    "--clip",
+                    str(clip),
+                    "--out",
+                    str(Path(tmp) / "out.gpkg"),
+                    "--quiet",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             seconds = time.perf_counter() - start
         peaks[count] = float(out.stderr.strip().splitlines()[-1])
         print(f"{count:>8} {peaks[count]:>12.0f} {seconds:>9.1f} {seconds / count:>8.3f}")
     first, last = args.photos[0], args.photos[-1]
-    print(f"peak at {last} / peak at {first} = {peaks[last] / peaks[first]:.2f}x "
-          f"for {last / first:.0f}x the photos")
+    print(f"peak at {last} / peak at {first} = {peaks[last] / peaks[first]:.2f}x for {last / first:.0f}x the photos")
 
 
 if __name__ == "__main__":

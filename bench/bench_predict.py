@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -29,7 +28,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-
 from clip_factory import VIT_L_14, make_clip_checkpoint  # noqa: E402
 
 
@@ -37,9 +35,19 @@ def sample_photos() -> list[Path]:
     import importlib.util
 
     skimage = Path(list(importlib.util.find_spec("skimage").submodule_search_locations)[0]) / "data"
-    photos = [skimage / n for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg",
-                                    "motorcycle_left.png", "retina.jpg", "hubble_deep_field.jpg")]
-    photos += sorted((ROOT.parent / "shared" / "samples" / "exif-samples" / "jpg" / "gps").glob("*.jpg"))
+    photos = [
+        skimage / n
+        for n in (
+            "astronaut.png",
+            "coffee.png",
+            "chelsea.png",
+            "rocket.jpg",
+            "motorcycle_left.png",
+            "retina.jpg",
+            "hubble_deep_field.jpg",
+        )
+    ]
+    photos += sorted((ROOT / "tests" / "data" / "gps").glob("*.jpg"))
     return [p for p in photos if p.is_file()]
 
 
@@ -87,25 +95,28 @@ def bench_engine(engine, photos: list[Path], batch_size: int) -> float:
 @torch.inference_mode()
 def bench_bare_tower(engine, photos: list[Path], batch_size: int) -> float:
     """The vision tower alone on already-preprocessed pixels: the floor for any pipeline."""
-    from geoclip_qgis.backend.photos import open_photo
     import numpy as np
+
+    from geoclip_qgis.backend.photos import open_photo
 
     pixels = torch.from_numpy(np.stack([engine.preprocess(open_photo(p).image) for p in photos]))
     vision = engine._vision
     vision(pixel_values=pixels[:batch_size].to(engine.dtype))  # warm-up
     start = time.perf_counter()
     for i in range(0, len(photos), batch_size):
-        vision(pixel_values=pixels[i:i + batch_size].to(engine.dtype)).image_embeds
+        _ = vision(pixel_values=pixels[i : i + batch_size].to(engine.dtype)).image_embeds
     return (time.perf_counter() - start) / len(photos)
 
 
 def bench_cold_start(clip: Path, photo: Path) -> tuple[float, float]:
     """Fresh process to first answer (disk cache warm); returns seconds and peak RSS in MB."""
-    code = ("import resource, sys, time\nstart = time.perf_counter()\n"
-            "from geoclip_qgis.backend import Engine\n"
-            f"r = Engine(clip={str(clip)!r}, embedding_cache=False).predict([{str(photo)!r}], top_k=5)[0]\n"
-            "assert r.ok, r.error\n"
-            "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+    code = (
+        "import resource, sys, time\nstart = time.perf_counter()\n"
+        "from geoclip_qgis.backend import build_engine\n"
+        f"r = build_engine(clip={str(clip)!r}, embedding_cache=False).predict([{str(photo)!r}], top_k=5)[0]\n"
+        "assert r.ok, r.error\n"
+        "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     wall = time.perf_counter() - start
@@ -121,15 +132,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    from geoclip_qgis.backend import Engine
+    from geoclip_qgis.backend import build_engine
 
     clip = full_size_clip(args.cache)
     base = sample_photos()
     photos = [base[i % len(base)] for i in range(args.photos)]
 
-    engine = Engine(clip=clip, embedding_cache=False)  # measure encoding, not the cache
-    print(f"device {engine.device}, precision {engine.precision}, torch threads {torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}", file=sys.stderr)
+    engine = build_engine(clip=clip, embedding_cache=False)  # measure encoding, not the cache
+    print(
+        f"device {engine.device}, precision {engine.precision}, torch threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}",
+        file=sys.stderr,
+    )
     load_start = time.perf_counter()
     engine.load()
     print(f"engine load (gallery cache warm or built): {time.perf_counter() - load_start:.1f} s", file=sys.stderr)
@@ -138,13 +152,18 @@ def main() -> None:
     for batch in (1, 16):
         figures[f"engine_b{batch}_s"] = bench_engine(engine, photos, batch)
         figures[f"tower_b{batch}_s"] = bench_bare_tower(engine, photos, batch)
-        print(f"batch {batch:>2}: engine {figures[f'engine_b{batch}_s']:.3f} s/photo, bare tower "
-              f"{figures[f'tower_b{batch}_s']:.3f} s/photo", file=sys.stderr)
+        print(
+            f"batch {batch:>2}: engine {figures[f'engine_b{batch}_s']:.3f} s/photo, bare tower "
+            f"{figures[f'tower_b{batch}_s']:.3f} s/photo",
+            file=sys.stderr,
+        )
     del engine
 
     figures["cold_start_s"], figures["cold_peak_rss_mb"] = bench_cold_start(clip, base[0])
-    print(f"cold start to first answer: {figures['cold_start_s']:.1f} s, peak RSS {figures['cold_peak_rss_mb']:.0f} MB",
-          file=sys.stderr)
+    print(
+        f"cold start to first answer: {figures['cold_start_s']:.1f} s, peak RSS {figures['cold_peak_rss_mb']:.0f} MB",
+        file=sys.stderr,
+    )
 
     figures["release_s"] = bench_release(clip, [base[i % len(base)] for i in range(args.release_photos)])
 
@@ -158,10 +177,14 @@ def main() -> None:
     for batch in (1, 16):
         figures[f"engine_over_tower_b{batch}"] = figures[f"engine_b{batch}_s"] / figures[f"tower_b{batch}_s"]
         figures[f"release_over_engine_b{batch}"] = figures["release_s"] / figures[f"engine_b{batch}_s"]
-        print(f"batch {batch:>2}: engine / bare tower = {figures[f'engine_over_tower_b{batch}']:.2f}x   "
-              f"release / engine = {figures[f'release_over_engine_b{batch}']:.1f}x faster")
-    print(f"cold start (fresh process, warm disk cache) to first answer: {figures['cold_start_s']:.1f} s; "
-          f"peak memory, image-only work: {figures['cold_peak_rss_mb']:.0f} MB")
+        print(
+            f"batch {batch:>2}: engine / bare tower = {figures[f'engine_over_tower_b{batch}']:.2f}x   "
+            f"release / engine = {figures[f'release_over_engine_b{batch}']:.1f}x faster"
+        )
+    print(
+        f"cold start (fresh process, warm disk cache) to first answer: {figures['cold_start_s']:.1f} s; "
+        f"peak memory, image-only work: {figures['cold_peak_rss_mb']:.0f} MB"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -30,13 +30,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from geoclip_qgis.backend import Engine
+    from geoclip_qgis.backend import build_engine
 
-    engine = Engine(clip=full_size_clip(args.cache), embedding_cache=False, batch_size=1).load()
+    engine = build_engine(clip=full_size_clip(args.cache), embedding_cache=False, batch_size=1).load()
     start = time.perf_counter()
     engine.surface(0.25, 0.01)
-    print(f"world grid features ready in {time.perf_counter() - start:.1f} s (computed once, then cached)",
-          file=sys.stderr)
+    print(
+        f"world grid features ready in {time.perf_counter() - start:.1f} s (computed once, then cached)",
+        file=sys.stderr,
+    )
     photos = sample_photos()[: args.photos]
     warm = engine.predict(photos[:1], top_k=5)[0]
     engine.rasters(warm)  # warm-up
@@ -49,8 +51,12 @@ def main() -> None:
         start = time.perf_counter()
         engine.rasters(result)
         rasters.append(time.perf_counter() - start)
-    figures = {"precision": engine.precision, "photos": len(photos),
-               "encode_s": sum(encode) / len(encode), "rasters_s": sum(rasters) / len(rasters)}
+    figures = {
+        "precision": engine.precision,
+        "photos": len(photos),
+        "encode_s": sum(encode) / len(encode),
+        "rasters_s": sum(rasters) / len(rasters),
+    }
     figures["rasters_over_encode"] = figures["rasters_s"] / figures["encode_s"]
     print(f"answer one photo (warm, batch 1): {figures['encode_s']:.3f} s")
     print(f"world 0.25 deg + local 0.01 deg rasters for it: {figures['rasters_s']:.3f} s")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -38,9 +37,12 @@ def missing() -> list[str]:
 
 def qgis_python() -> str:
     """The Python interpreter QGIS embeds (sys.executable is the QGIS binary itself)."""
-    candidates = [Path(sys.exec_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}",
-                  Path(sys.exec_prefix) / "bin" / "python3", Path(sys.exec_prefix) / "python.exe",
-                  Path(sys.exec_prefix) / "python3.exe"]
+    candidates = [
+        Path(sys.exec_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}",
+        Path(sys.exec_prefix) / "bin" / "python3",
+        Path(sys.exec_prefix) / "python.exe",
+        Path(sys.exec_prefix) / "python3.exe",
+    ]
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate)

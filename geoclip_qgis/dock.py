@@ -10,8 +10,6 @@ from pathlib import Path
 from qgis.core import (
     Qgis,
     QgsApplication,
-    QgsCoordinateTransform,
-    QgsGeometry,
     QgsMapLayerProxyModel,
     QgsMessageLog,
     QgsMimeDataUtils,
@@ -42,9 +40,9 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import deps
-from .layers import WGS84, add_run
+from .inputs import InputError, area_from_extent, area_from_polygons, guess_photo_field, photo_paths
+from .layers import add_run
 from .session import EngineSettings, load_settings, save_settings
-from .runner import RunRequest
 from .tasks import LOG_TAG, GeolocateTask
 
 PHOTO_FILTER = "Photos (*.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp *.heic *.heif);;All files (*)"
@@ -53,7 +51,7 @@ PHOTO_FILTER = "Photos (*.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp *.heic *.he
 class PhotoList(QListWidget):
     """The photos and folders to run; accepts drops from the file manager and the QGIS Browser."""
 
-    pathsDropped = pyqtSignal(list)
+    pathsDropped = pyqtSignal(list)  # noqa: N815 - Qt's naming for signals
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -76,7 +74,7 @@ class PhotoList(QListWidget):
 
 
 class GeoCLIPDock(QgsDockWidget):
-    runFinished = pyqtSignal(object)  # RunOutcome plus the layers added, for whoever listens (tests)
+    runFinished = pyqtSignal(object)  # noqa: N815 - Qt's naming for signals  # RunOutcome plus the layers added, for whoever listens (tests)
 
     def __init__(self, iface, parent=None):
         super().__init__("GeoCLIP", parent)
@@ -99,8 +97,12 @@ class GeoCLIPDock(QgsDockWidget):
         self.photo_list.pathsDropped.connect(self.add_paths)
         photos_layout.addWidget(self.photo_list)
         buttons = QHBoxLayout()
-        for text, slot in (("Add photos…", self._pick_files), ("Add folder…", self._pick_folder),
-                           ("Remove", self._remove_selected), ("Clear", self.photo_list.clear)):
+        for text, slot in (
+            ("Add photos…", self._pick_files),
+            ("Add folder…", self._pick_folder),
+            ("Remove", self._remove_selected),
+            ("Clear", self.photo_list.clear),
+        ):
             button = QPushButton(text)
             button.clicked.connect(slot)
             buttons.addWidget(button)
@@ -240,40 +242,28 @@ class GeoCLIPDock(QgsDockWidget):
 
     def _layer_changed(self, layer) -> None:
         self.field_combo.setLayer(layer)
-        if layer is not None:
-            for name in ("photo", "path", "filepath", "file"):
-                if layer.fields().indexOf(name) >= 0:
-                    self.field_combo.setField(name)
-                    break
+        if layer is not None and guess_photo_field(layer.fields()):
+            self.field_combo.setField(guess_photo_field(layer.fields()))
 
     def add_from_layer(self) -> None:
         layer, field = self.layer_combo.currentLayer(), self.field_combo.currentField()
         if layer is None or not field:
             return
         features = layer.selectedFeatures() or list(layer.getFeatures())
-        self.add_paths([str(f[field]) for f in features if f[field]])
+        self.add_paths(photo_paths(features, field))
 
     def area(self):
         """The area of interest as the engine takes it, in EPSG:4326, or None for the whole world."""
-        from .backend.area import Area
-
         choice = self.area_combo.currentData()
         if choice == "extent":
             canvas = self.iface.mapCanvas()
-            transform = QgsCoordinateTransform(canvas.mapSettings().destinationCrs(), WGS84, QgsProject.instance())
-            box = transform.transformBoundingBox(canvas.extent())
-            west, east = max(box.xMinimum(), -180), min(box.xMaximum(), 180)
-            south, north = max(box.yMinimum(), -90), min(box.yMaximum(), 90)
-            area = Area.from_bbox((west, south, east, north))
-            return Area(f"map extent {west:.3f},{south:.3f},{east:.3f},{north:.3f}", area.bbox)
+            return area_from_extent(canvas.extent(), canvas.mapSettings().destinationCrs())
         if choice == "polygons":
             layer = self.area_layer.currentLayer()
             if layer is None:
-                raise ValueError("choose a polygon layer for the area of interest")
+                raise InputError("choose a polygon layer for the area of interest")
             features = layer.selectedFeatures() or list(layer.getFeatures())
-            union = QgsGeometry.unaryUnion([f.geometry() for f in features if f.hasGeometry()])
-            union.transform(QgsCoordinateTransform(layer.crs(), WGS84, QgsProject.instance()))
-            return Area.from_wkt(union.asWkt(), label=f"{layer.name()} ({len(features)} polygons)")
+            return area_from_polygons(features, layer.crs(), layer.name())
         return None
 
     def default_output(self) -> str:
@@ -284,24 +274,37 @@ class GeoCLIPDock(QgsDockWidget):
     # -- running ---------------------------------------------------------------------------------
 
     def run(self) -> None:
+        from .backend.run import WORLD_COMBINED, WORLD_EACH, RasterOptions, RunRequest, default_raster_folder
+
         texts = [self.text_edit.text().strip()] if self.text_edit.text().strip() else []
         if not self.paths() and not texts:
             self.status.setText("Add photos or a folder, or type a text query, first.")
             return
         try:
             area = self.area()
-        except Exception as exc:
+        except (InputError, Exception) as exc:
             self.status.setText(f"Area of interest: {exc}")
             return
         settings = load_settings()
-        settings = EngineSettings(settings.heads, settings.clip, self.device_combo.currentData() or "auto",
-                                  settings.precision)
+        settings = EngineSettings(
+            settings.heads, settings.clip, self.device_combo.currentData() or "auto", settings.precision
+        )
         save_settings(settings)
-        request = RunRequest(photos=self.paths(), texts=texts, top_k=self.top_k.value(),
-                             gpkg=self.output.filePath() or self.default_output(), rasters=self.rasters_check.isChecked(),
-                             fuse=self.fuse_check.isChecked(), world_per_photo=self.world_per_photo.isChecked(),
-                             area=area, engine=settings)
-        self.task = GeolocateTask(request)
+        output = self.output.filePath() or self.default_output()
+        rasters = None
+        if self.rasters_check.isChecked():
+            world = WORLD_EACH if self.world_per_photo.isChecked() else WORLD_COMBINED
+            rasters = RasterOptions(default_raster_folder(output), world=world)
+        request = RunRequest(
+            photos=self.paths(),
+            texts=texts,
+            top_k=self.top_k.value(),
+            area=area,
+            output=output,
+            rasters=rasters,
+            fuse=self.fuse_check.isChecked(),
+        )
+        self.task = GeolocateTask(request, settings)
         self.task.status.connect(self.status.setText)
         self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
         self.task.done.connect(self._finished)
@@ -318,27 +321,33 @@ class GeoCLIPDock(QgsDockWidget):
             self.status.setText("Cancelling after the current batch…")
             self.task.cancel()
 
-    def _finished(self, outcome) -> None:
+    def _finished(self, result) -> None:
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.task = None
         bar = self.iface.messageBar()
-        if outcome.error:
-            self.status.setText(f"Run failed: {outcome.error}")
-            bar.pushMessage("GeoCLIP", outcome.error.splitlines()[0], Qgis.MessageLevel.Critical, 0)
-            self.runFinished.emit(outcome)
+        outcome = result.outcome
+        if result.error or outcome is None:
+            error = result.error or "the run stopped before it started"
+            self.status.setText(f"Run failed: {error}")
+            bar.pushMessage("GeoCLIP", error.splitlines()[0], Qgis.MessageLevel.Critical, 0)
+            self.runFinished.emit(result)
             return
         title = f"GeoCLIP {datetime.now():%H:%M:%S}" + (" (cancelled)" if outcome.cancelled else "")
-        self.last_layers = add_run(outcome.gpkg, outcome.rasters, title, self.iface.mapCanvas())
-        summary = outcome.summary.text() if outcome.summary else ""
-        self.status.setText(summary + f"\nWritten to {outcome.gpkg}")
+        self.last_layers = add_run(outcome, title, self.iface.mapCanvas())
+        summary = outcome.summary.text()
+        output = next((f.path for f in outcome.files if f.layer), "")
+        self.status.setText(summary + (f"\nWritten to {output}" if output else ""))
         self.progress.setValue(100 if not outcome.cancelled else self.progress.value())
         self._show_failures(outcome.failures)
-        first_line = summary.splitlines()[0] if summary else "done"
         level = Qgis.MessageLevel.Warning if outcome.failures or outcome.cancelled else Qgis.MessageLevel.Success
-        bar.pushMessage("GeoCLIP", first_line + (" — cancelled, answers so far kept" if outcome.cancelled else ""),
-                        level, 10)
-        self.runFinished.emit(outcome)
+        bar.pushMessage(
+            "GeoCLIP",
+            outcome.summary.first_line() + (" — cancelled, answers so far kept" if outcome.cancelled else ""),
+            level,
+            10,
+        )
+        self.runFinished.emit(result)
 
     def _show_failures(self, failures) -> None:
         self.failures.setRowCount(len(failures))

@@ -47,9 +47,12 @@ class InstallDialog(QDialog):
         self.resize(720, 480)
         layout = QVBoxLayout(self)
         missing = deps.missing()
-        layout.addWidget(QLabel(
-            f"Missing in this QGIS's Python: {', '.join(missing) or 'nothing'}.\n"
-            f"They go into {deps.plugin_python_dir()} — nothing else on the system changes."))
+        layout.addWidget(
+            QLabel(
+                f"Missing in this QGIS's Python: {', '.join(missing) or 'nothing'}.\n"
+                f"They go into {deps.plugin_python_dir()} — nothing else on the system changes."
+            )
+        )
         form = QFormLayout()
         self.cpu = QRadioButton("CPU build of torch (about 200 MB)")
         self.cuda = QRadioButton("CUDA build of torch (NVIDIA GPU; several GB)")

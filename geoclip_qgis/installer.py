@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
-import urllib.request
 import shutil
 import subprocess  # nosec B404 - pip is run with a fixed argument list, never through a shell
 import sys
 import tempfile
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .deps import REQUIRED, qgis_python
 
@@ -48,11 +48,23 @@ def qgis_numpy_version() -> str | None:
         return None
 
 
-def pip_steps(target: Path, build: str = "cpu", wheels: str | None = None, python: str | None = None,
-              torch: str | None = None) -> list[list[str]]:
+def pip_steps(
+    target: Path, build: str = "cpu", wheels: str | None = None, python: str | None = None, torch: str | None = None
+) -> list[list[str]]:
     """The pip commands, in order: torch first (from the CPU index for a CPU build), then the rest."""
-    base = [python or qgis_python(), "-m", "pip", "install", "--target", str(target), "--upgrade",
-            "--disable-pip-version-check", "--no-warn-script-location", "--progress-bar", "off"]
+    base = [
+        python or qgis_python(),
+        "-m",
+        "pip",
+        "install",
+        "--target",
+        str(target),
+        "--upgrade",
+        "--disable-pip-version-check",
+        "--no-warn-script-location",
+        "--progress-bar",
+        "off",
+    ]
     if wheels:
         base += ["--no-index", "--find-links", str(wheels)]
     numpy = qgis_numpy_version()
@@ -73,23 +85,34 @@ def cpu_index_reachable() -> bool:
         return False
 
 
-def download_wheels(folder: Path, build: str = "cpu", python: str | None = None,
-                    log: Callable[[str], None] = print, torch: str | None = None) -> None:
+def download_wheels(
+    folder: Path,
+    build: str = "cpu",
+    python: str | None = None,
+    log: Callable[[str], None] = print,
+    torch: str | None = None,
+) -> None:
     """A folder of every wheel an offline install needs (run on a connected machine; same Python version
     and platform as the QGIS it is for)."""
     steps = pip_steps(Path(folder), build, None, python, torch)
     for command in steps:
         command = [c for c in command if c not in ("--upgrade", "--no-warn-script-location")]
         at = command.index("install")
-        command[at:at + 3] = ["download", "--dest", str(folder), "--only-binary", ":all:"]  # replaces --target X
+        command[at : at + 3] = ["download", "--dest", str(folder), "--only-binary", ":all:"]  # replaces --target X
         log("$ " + " ".join(command))
         if subprocess.run(command).returncode != 0:  # nosec B603
             raise InstallError("pip download failed")
 
 
-def install(target: Path, build: str = "cpu", wheels: str | None = None,
-            log: Callable[[str], None] = print, should_stop: Callable[[], bool] = lambda: False,
-            python: str | None = None, torch: str | None = None) -> None:
+def install(
+    target: Path,
+    build: str = "cpu",
+    wheels: str | None = None,
+    log: Callable[[str], None] = print,
+    should_stop: Callable[[], bool] = lambda: False,
+    python: str | None = None,
+    torch: str | None = None,
+) -> None:
     """Run the pip steps, streaming their output to ``log``; raise InstallError on failure.
 
     Packages land in a staging folder first and replace ``target`` only when every step succeeded, so a
@@ -101,14 +124,21 @@ def install(target: Path, build: str = "cpu", wheels: str | None = None,
     try:
         for command in pip_steps(staging, build, wheels, python, torch):
             log("$ " + " ".join(command))
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,  # nosec B603
-                                       text=True, env={**os.environ, "PYTHONNOUSERSITE": "1"})
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,  # nosec B603
+                text=True,
+                env={**os.environ, "PYTHONNOUSERSITE": "1"},
+            )
             for line in process.stdout:
                 log(line.rstrip())
                 if should_stop():
                     process.terminate()
             if process.wait() != 0:
-                raise InstallError("cancelled" if should_stop() else f"pip failed (exit {process.returncode}); see the log")
+                raise InstallError(
+                    "cancelled" if should_stop() else f"pip failed (exit {process.returncode}); see the log"
+                )
         problems = conflicts(staging)
         if problems:
             raise InstallError("; ".join(problems))
@@ -141,8 +171,10 @@ def conflicts(folder: Path) -> list[str]:
     system_numpy = qgis_numpy_version()
     numpy = _version("numpy", folder)
     if numpy and system_numpy and _release(numpy)[:1] != _release(system_numpy)[:1]:
-        problems.append(f"NumPy {numpy} would shadow QGIS's NumPy {system_numpy}; GDAL's bindings need NumPy "
-                        f"{_release(system_numpy)[0]}.x")
+        problems.append(
+            f"NumPy {numpy} would shadow QGIS's NumPy {system_numpy}; GDAL's bindings need NumPy "
+            f"{_release(system_numpy)[0]}.x"
+        )
     torch = _version("torch", folder)
     if torch and _release(torch)[:2] < MIN_TORCH:
         problems.append(f"torch {torch} is older than {MIN_TORCH[0]}.{MIN_TORCH[1]}")

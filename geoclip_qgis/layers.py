@@ -10,10 +10,9 @@ from pathlib import Path
 from qgis.core import (
     QgsAction,
     QgsColorRampShader,
-    QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
-    QgsMarkerSymbol,
     QgsLineSymbol,
+    QgsMarkerSymbol,
     QgsPalLayerSettings,
     QgsProject,
     QgsProperty,
@@ -29,13 +28,15 @@ from qgis.core import (
     QgsVectorLayer,
     QgsVectorLayerSimpleLabeling,
 )
-from qgis.PyQt.QtGui import QColor
 
-WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
+from .backend.results import OutputFile, OutputKind
+from .inputs import WGS84
+
 MAP_TIP = (
     '<b>[% base_file_name("photo") %]</b><br>'
     'rank [% "rank" %] · [% format_number("probability" * 100, 2) %] %'
-    '[% CASE WHEN "error_km" IS NOT NULL THEN \'<br>EXIF truth: \' || format_number("error_km", 1) || \' km away\' END %]'
+    "[% CASE WHEN \"error_km\" IS NOT NULL "
+    "THEN '<br>EXIF truth: ' || format_number(\"error_km\", 1) || ' km away' END %]"
     '<br><img src="file:///[% "photo" %]" width="240">'
 )
 NEGLIGIBLE = 0.02  # raster cells below this share of the peak are drawn transparent
@@ -52,12 +53,16 @@ def label_with(layer: QgsVectorLayer, expression: str) -> None:
 def style_points(layer: QgsVectorLayer) -> None:
     """Top-1 answers as large red stars, other ranks as orange dots; size grows with probability."""
     size = QgsProperty.fromExpression('scale_linear("probability", 0, maximum("probability"), 2.5, 7)')
-    top = QgsMarkerSymbol.createSimple({"name": "star", "color": "#d7191c", "outline_color": "white",
-                                        "outline_width": "0.4", "size": "6"})
-    top.symbolLayer(0).setDataDefinedProperty(QgsSymbolLayer.Property.PropertySize,
-                                              QgsProperty.fromExpression('scale_linear("probability", 0, maximum("probability"), 5, 9)'))
-    other = QgsMarkerSymbol.createSimple({"name": "circle", "color": "#fdae61", "outline_color": "#7f3b08",
-                                          "outline_width": "0.2", "size": "3"})
+    top = QgsMarkerSymbol.createSimple(
+        {"name": "star", "color": "#d7191c", "outline_color": "white", "outline_width": "0.4", "size": "6"}
+    )
+    top.symbolLayer(0).setDataDefinedProperty(
+        QgsSymbolLayer.Property.PropertySize,
+        QgsProperty.fromExpression('scale_linear("probability", 0, maximum("probability"), 5, 9)'),
+    )
+    other = QgsMarkerSymbol.createSimple(
+        {"name": "circle", "color": "#fdae61", "outline_color": "#7f3b08", "outline_width": "0.2", "size": "3"}
+    )
     other.symbolLayer(0).setDataDefinedProperty(QgsSymbolLayer.Property.PropertySize, size)
     root = QgsRuleBasedRenderer.Rule(None)
     for symbol, expression, label in ((other, '"rank" > 1', "other candidates"), (top, '"rank" = 1', "top-1 answer")):
@@ -67,8 +72,9 @@ def style_points(layer: QgsVectorLayer) -> None:
     label_with(layer, "concat(\"rank\", ' · ', format_number(\"probability\" * 100, 1), '%')")
     layer.setMapTipTemplate(MAP_TIP)
     layer.setDisplayExpression('base_file_name("photo")')
-    action = QgsAction(QgsAction.ActionType.OpenUrl, "Open photo", '[% "photo" %]', "", False, "Open photo",
-                       {"Feature", "Canvas"})
+    action = QgsAction(
+        QgsAction.ActionType.OpenUrl, "Open photo", '[% "photo" %]', "", False, "Open photo", {"Feature", "Canvas"}
+    )
     layer.actions().addAction(action)
 
 
@@ -95,40 +101,74 @@ def style_raster(layer: QgsRasterLayer) -> None:
     layer.setRenderer(renderer)
 
 
-def add_run(gpkg: str, rasters: list[str], title: str, canvas=None) -> dict:
-    """Add the run's layers in a new group at the top of the layer tree; zoom the canvas to them."""
+LAYER_NAMES = {
+    OutputKind.POINTS: "GeoCLIP answers",
+    OutputKind.TRUTH_LINES: "EXIF truth → top-1",
+    OutputKind.ERRORS: "Photos not answered",
+}
+VECTOR_KINDS = (OutputKind.POINTS, OutputKind.TRUTH_LINES, OutputKind.ERRORS)
+RASTER_KINDS = (OutputKind.COMBINED_RASTER, OutputKind.WORLD_RASTER, OutputKind.LOCAL_RASTER)
+
+
+def layer_name(file: OutputFile) -> str:
+    if file.kind in LAYER_NAMES:
+        return LAYER_NAMES[file.kind]
+    return Path(file.path).stem
+
+
+def style_layer(layer, kind: OutputKind) -> None:
+    """The same look wherever a run's layer is loaded (the dock, Processing)."""
+    if kind == OutputKind.POINTS:
+        style_points(layer)
+    elif kind == OutputKind.TRUTH_LINES:
+        style_truth_lines(layer)
+    elif kind in RASTER_KINDS:
+        style_raster(layer)
+
+
+def make_layer(file: OutputFile, styled: bool = True):
+    """A QGIS layer for one output of a run (styled unless Processing styles it later on the main thread),
+    or None for outputs that are not layers (or cannot be read)."""
+    if file.kind in VECTOR_KINDS:
+        uri = f"{file.path}|layername={file.layer}" if file.layer else file.path
+        layer = QgsVectorLayer(uri, layer_name(file), "ogr")
+    elif file.kind in RASTER_KINDS:
+        layer = QgsRasterLayer(file.path, layer_name(file))
+    else:
+        return None
+    if not layer.isValid():
+        return None
+    if styled:
+        style_layer(layer, file.kind)
+    return layer
+
+
+def add_run(outcome, title: str, canvas=None) -> dict:
+    """Add a run's layers (from its outcome's files, by kind) in a new group at the top of the layer tree;
+    zoom the canvas to the answers."""
     project = QgsProject.instance()
     group = project.layerTreeRoot().insertGroup(0, title)
-    added = {"points": None, "lines": None, "rasters": []}
-
-    points = QgsVectorLayer(f"{gpkg}|layername=predictions", "GeoCLIP answers", "ogr")
-    if points.isValid():
-        style_points(points)
-        project.addMapLayer(points, False)
-        group.addLayer(points)
-        added["points"] = points
-    lines = QgsVectorLayer(f"{gpkg}|layername=truth_lines", "EXIF truth → top-1", "ogr")
-    if lines.isValid() and lines.featureCount() > 0:
-        style_truth_lines(lines)
-        project.addMapLayer(lines, False)
-        group.addLayer(lines)
-        added["lines"] = lines
+    added = {"points": None, "lines": None, "errors": None, "rasters": []}
+    keys = {OutputKind.POINTS: "points", OutputKind.TRUTH_LINES: "lines", OutputKind.ERRORS: "errors"}
     local_group = None
-    for path in rasters:
-        layer = QgsRasterLayer(path, Path(path).stem)
-        if not layer.isValid():
+    for file in outcome.files:
+        layer = make_layer(file)
+        if layer is None:
             continue
-        style_raster(layer)
         project.addMapLayer(layer, False)
-        if "_local" in Path(path).stem:  # zoomed-in rasters in their own folded group
+        if file.kind == OutputKind.LOCAL_RASTER:  # zoomed-in rasters in their own folded group
             if local_group is None:
                 local_group = group.addGroup("local rasters (0.01°)")
                 local_group.setExpanded(False)
             local_group.addLayer(layer)
         else:
             group.addLayer(layer)
-        added["rasters"].append(layer)
-    if canvas is not None and points is not None and points.isValid() and points.featureCount():
+        if file.kind in keys:
+            added[keys[file.kind]] = layer
+        else:
+            added["rasters"].append(layer)
+    points = added["points"]
+    if canvas is not None and points is not None and points.featureCount():
         zoom_to(canvas, points.extent())
     return added
 

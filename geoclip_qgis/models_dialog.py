@@ -29,26 +29,41 @@ def status_html(heads: str, clip: str) -> str:
     from .backend import weights
 
     report = weights.status(heads or None, clip or None, checksums=False)
-    parts = [f"<p>Models folder: <code>{html.escape(report['models_dir'])}</code><br>"
-             f"Cache folder: <code>{html.escape(report['cache_dir'])}</code></p>"]
+    parts = [
+        f"<p>Models folder: <code>{html.escape(report['models_dir'])}</code><br>"
+        f"Cache folder: <code>{html.escape(report['cache_dir'])}</code></p>"
+    ]
     for key, title in (("heads", "GeoCLIP heads"), ("backbone", "CLIP backbone (ViT-L/14)")):
         entry = report[key]
         if entry["found"]:
             total = sum(row["bytes"] for row in entry["files"])
-            parts.append(f"<p><b>{title}</b>: found in {html.escape(entry['source'])} — "
-                         f"<code>{html.escape(entry['path'])}</code> ({weights.human_size(total)})</p><ul>")
-            parts += [f"<li>{html.escape(row['file'])} — {weights.human_size(row['bytes'])}</li>" for row in entry["files"][:12]]
+            parts.append(
+                f"<p><b>{title}</b>: found in {html.escape(entry['source'])} — "
+                f"<code>{html.escape(entry['path'])}</code> ({weights.human_size(total)})</p><ul>"
+            )
+            parts += [
+                f"<li>{html.escape(row['file'])} — {weights.human_size(row['bytes'])}</li>"
+                for row in entry["files"][:12]
+            ]
             parts.append("</ul>")
         else:
             parts.append(f"<p><b>{title}</b>: <span style='color:#b00'>not found</span></p>")
         if entry["tried"]:
-            parts.append("<ul>" + "".join(f"<li>passed over {html.escape(s)}: <code>{html.escape(p)}</code> "
-                                          f"({html.escape(r)})</li>" for s, p, r in entry["tried"]) + "</ul>")
+            parts.append(
+                "<ul>"
+                + "".join(
+                    f"<li>passed over {html.escape(s)}: <code>{html.escape(p)}</code> ({html.escape(r)})</li>"
+                    for s, p, r in entry["tried"]
+                )
+                + "</ul>"
+            )
     import torch
     import transformers
 
-    parts.append(f"<p>torch {torch.__version__} (CUDA {'available' if torch.cuda.is_available() else 'not available'}), "
-                 f"transformers {transformers.__version__}</p>")
+    parts.append(
+        f"<p>torch {torch.__version__} (CUDA {'available' if torch.cuda.is_available() else 'not available'}), "
+        f"transformers {transformers.__version__}</p>"
+    )
     return "".join(parts)
 
 
@@ -93,9 +108,14 @@ class ModelsDialog(QDialog):
         self.report = QTextBrowser()
         layout.addWidget(self.report)
         actions = QHBoxLayout()
-        for text, slot in (("Refresh", self.refresh), ("Import folder…", self.import_folder),
-                           ("Import bundle…", self.import_bundle), ("Export bundle…", self.export_bundle),
-                           ("Download backbone", self.download), ("Fine-tune…", self.finetune)):
+        for text, slot in (
+            ("Refresh", self.refresh),
+            ("Import folder…", self.import_folder),
+            ("Import bundle…", self.import_bundle),
+            ("Export bundle…", self.export_bundle),
+            ("Download backbone", self.download),
+            ("Fine-tune…", self.finetune),
+        ):
             button = QPushButton(text)
             button.clicked.connect(slot)
             actions.addWidget(button)
@@ -119,8 +139,9 @@ class ModelsDialog(QDialog):
 
     def save(self) -> None:
         current = load_settings()
-        save_settings(EngineSettings(self.heads.filePath(), self.clip.filePath(), current.device,
-                                     self.precision.currentData()))
+        save_settings(
+            EngineSettings(self.heads.filePath(), self.clip.filePath(), current.device, self.precision.currentData())
+        )
         self.accept()
 
     def _import(self, path: str) -> None:
@@ -164,12 +185,16 @@ class ModelsDialog(QDialog):
 
     def download(self) -> None:
         answer = QMessageBox.question(
-            self, "GeoCLIP", "Download the CLIP ViT-L/14 backbone (about 1.7 GB) from the Hugging Face Hub?\n"
-                             "This is the only time GeoCLIP uses the network.")
+            self,
+            "GeoCLIP",
+            "Download the CLIP ViT-L/14 backbone (about 1.7 GB) from the Hugging Face Hub?\n"
+            "This is the only time GeoCLIP uses the network.",
+        )
         if answer != QMessageBox.StandardButton.Yes:
             return
         self._download = DownloadTask()
         self._download.taskCompleted.connect(self.refresh)
         self._download.taskTerminated.connect(
-            lambda: QMessageBox.warning(self, "GeoCLIP", self._download.error or "download cancelled"))
+            lambda: QMessageBox.warning(self, "GeoCLIP", self._download.error or "download cancelled")
+        )
         QgsApplication.taskManager().addTask(self._download)

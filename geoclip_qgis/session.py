@@ -36,18 +36,20 @@ def save_settings(choice: EngineSettings) -> None:
         settings.setValue(PREFIX + key, getattr(choice, key))
 
 
-def get_engine(choice: EngineSettings, progress=None):
-    """The engine for these settings, built and loaded once per QGIS session (safe from task threads)."""
+def get_engine(choice: EngineSettings):
+    """The engine for these settings, built once per QGIS session and kept (safe from task threads);
+    it loads its model on first use."""
     with _lock:
         engine = _engines.get(choice)
         if engine is None:
-            from .backend import Engine
+            from .backend.factory import build_engine
 
-            engine = Engine(heads=choice.heads or None, clip=choice.clip or None, device=choice.device,
-                            precision=choice.precision)
+            engine = build_engine(
+                heads=choice.heads or None, clip=choice.clip or None, device=choice.device, precision=choice.precision
+            )
             _engines.clear()  # one model in memory at a time
             _engines[choice] = engine
-    return engine.load(progress)
+    return engine
 
 
 def loaded_engine(choice: EngineSettings):

@@ -27,16 +27,29 @@ OPENAI_PREPROCESSOR = {
 }
 
 SMALL = dict(
-    vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                patch_size=32, image_size=224),
-    text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-              max_position_embeddings=77),
+    vision=dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=32, image_size=224
+    ),
+    text=dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77
+    ),
 )
 VIT_L_14 = dict(
-    vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                patch_size=14, image_size=224),
-    text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-              max_position_embeddings=77),
+    vision=dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        patch_size=14,
+        image_size=224,
+    ),
+    text=dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+    ),
 )
 
 
@@ -52,8 +65,14 @@ def _tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[]), len(vocab)
 
 
-def make_clip_checkpoint(folder: Path, size: dict = SMALL, projection_dim: int = 768, seed: int = 0,
-                         patch_gain: float = 30.0, with_text: bool = True) -> Path:
+def make_clip_checkpoint(
+    folder: Path,
+    size: dict = SMALL,
+    projection_dim: int = 768,
+    seed: int = 0,
+    patch_gain: float = 30.0,
+    with_text: bool = True,
+) -> Path:
     from transformers import CLIPConfig, CLIPModel
 
     folder = Path(folder)
@@ -62,8 +81,14 @@ def make_clip_checkpoint(folder: Path, size: dict = SMALL, projection_dim: int =
     config = CLIPConfig(
         projection_dim=projection_dim,
         vision_config=dict(size["vision"], projection_dim=projection_dim),
-        text_config=dict(size["text"], projection_dim=projection_dim, vocab_size=vocab_size,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        text_config=dict(
+            size["text"],
+            projection_dim=projection_dim,
+            vocab_size=vocab_size,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
     )
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()

@@ -1,4 +1,5 @@
-"""Shared fixtures: a small generated CLIP, the real GeoCLIP heads from the geoclip wheel, real photos.
+"""Shared fixtures: a small generated CLIP, the real GeoCLIP heads from the geoclip wheel, real photos
+(tests/data, the geoclip wheel's Kauai.png, scikit-image's sample images).
 
 The whole session runs with its models folder and Hugging Face cache in temporary folders, so
 nothing of the developer's is read or changed. Derived caches (gallery and world-grid location
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT.parent / "shared" / "samples" / "exif-samples"
+SAMPLES = ROOT / "tests" / "data"  # real camera files with their licence notice (README.md there)
 sys.path.insert(0, str(Path(__file__).parent))
 
 _session_home = Path(tempfile.mkdtemp(prefix="geoclip-tests-"))
@@ -56,8 +57,7 @@ def skimage_data() -> Path:
 
 @pytest.fixture(scope="session")
 def samples() -> Path:
-    if not SAMPLES.is_dir():
-        pytest.fail(f"sample photos not found at {SAMPLES}")
+    """The repository's own test photos: gps/, orientation/, broken/, exif-quirks/, heic/."""
     return SAMPLES
 
 
@@ -69,9 +69,9 @@ def tiny_clip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def engine(tiny_clip):
     """fp32 engine with the real heads and the small CLIP; loaded once for the session."""
-    from geoclip_qgis.backend import Engine
+    from geoclip_qgis.backend import build_engine
 
-    return Engine(clip=tiny_clip, device="cpu", precision="fp32", batch_size=4, embedding_cache=False).load()
+    return build_engine(clip=tiny_clip, device="cpu", precision="fp32", batch_size=4, embedding_cache=False).load()
 
 
 @pytest.fixture(scope="session")
@@ -95,5 +95,5 @@ def photo_dir(tmp_path, skimage_data, kauai_png, samples) -> Path:
     shutil.copy(skimage_data / "astronaut.png", folder / "astronaut.png")
     shutil.copy(skimage_data / "camera.png", folder / "camera.png")
     shutil.copy(kauai_png, folder / "kauai.png")
-    shutil.copy(samples / "jpg" / "gps" / "DSCN0010.jpg", folder / "DSCN0010.jpg")
+    shutil.copy(samples / "gps" / "DSCN0010.jpg", folder / "DSCN0010.jpg")
     return folder

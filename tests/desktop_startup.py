@@ -42,8 +42,11 @@ def start():
     import qgis.utils
 
     iface.mainWindow().setGeometry(0, 0, 1600, 1000)  # Xvfb has no window manager to maximise it
-    world = QgsVectorLayer(os.path.join(QgsApplication.pkgDataPath(), "resources", "data", "world_map.gpkg")
-                           + "|layername=countries", "Countries", "ogr")
+    world = QgsVectorLayer(
+        os.path.join(QgsApplication.pkgDataPath(), "resources", "data", "world_map.gpkg") + "|layername=countries",
+        "Countries",
+        "ogr",
+    )
     if world.isValid():
         QgsProject.instance().addMapLayer(world)
     plugin = qgis.utils.plugins.get("geoclip_qgis")
@@ -62,10 +65,10 @@ def start():
     dock.run()
 
 
-def finished(outcome):
-    report["error"] = outcome.error
-    report["answered"] = outcome.summary.answered if outcome.summary else 0
-    report["failures"] = outcome.failures
+def finished(result):
+    report["error"] = result.error
+    report["answered"] = result.outcome.summary.answered if result.outcome else 0
+    report["failures"] = result.outcome.failures if result.outcome else []
     report["layers"] = sorted(layer.name() for layer in QgsProject.instance().mapLayers().values())
     report["stages"].append("run finished")
     save()
@@ -82,7 +85,7 @@ def stage_two():
 
     layers = qgis.utils.plugins["geoclip_qgis"].dock.last_layers
     top = [f.geometry().asPoint() for f in layers["points"].getFeatures() if f["rank"] == 1]
-    locals_ = [r for r in layers["rasters"] if "_local" in r.name()]
+    locals_ = [r for r in layers["rasters"] if "_local" in r.name()]  # <photo>_local1, <photo>_local2...
     # a photo whose top-1 answer lies inside its local raster, so both show together
     local = next((r for r in locals_ if any(r.extent().contains(p) for p in top)), locals_[0] if locals_ else None)
     if local is not None:

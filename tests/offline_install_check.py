@@ -43,6 +43,6 @@ outcomes = []
 dock.runFinished.connect(outcomes.append)
 dock.run()
 wait_for(lambda: outcomes, 600)
-report["answered"] = outcomes[0].summary.answered if outcomes[0].summary else 0
+report["answered"] = outcomes[0].outcome.summary.answered if outcomes[0].outcome else 0
 report["error"] = outcomes[0].error
 print("REPORT " + json.dumps(report))

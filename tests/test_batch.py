@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
-
 from test_cli import CLI, run
 from test_photos import png_claiming, truncated_copy
 
@@ -54,12 +50,25 @@ def committed_photos(gpkg: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_and_answers_every_photo_once(engine, tiny_clip, skimage_data, tmp_path):
     sources = [skimage_data / n for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png")]
     photos = variants(sources, tmp_path / "photos", 300)
     gpkg = tmp_path / "run.gpkg"
-    args = [*CLI, "predict", str(tmp_path / "photos"), "--clip", str(tiny_clip), "--out", str(gpkg),
-            "--top-k", "2", "--batch-size", "4", "--quiet"]
+    args = [
+        *CLI,
+        "predict",
+        str(tmp_path / "photos"),
+        "--clip",
+        str(tiny_clip),
+        "--out",
+        str(gpkg),
+        "--top-k",
+        "2",
+        "--batch-size",
+        "4",
+        "--quiet",
+    ]
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while committed_photos(gpkg) < 20 and first.poll() is None and time.monotonic() < deadline:
@@ -70,8 +79,7 @@ def test_killed_run_resumes_and_answers_every_photo_once(engine, tiny_clip, skim
     done_before = committed_photos(gpkg)
     assert 20 <= done_before < len(photos)
 
-    second = run("predict", tmp_path / "photos", "--clip", tiny_clip, "--out", gpkg, "--top-k", 2,
-                 "--batch-size", 4)
+    second = run("predict", tmp_path / "photos", "--clip", tiny_clip, "--out", gpkg, "--top-k", 2, "--batch-size", 4)
     assert f"skipped {done_before}" in second.stderr and "answered in an earlier run" in second.stderr
     with sqlite3.connect(gpkg) as db:
         per_photo = db.execute("SELECT photo_sha256, COUNT(*) FROM predictions GROUP BY photo_sha256").fetchall()
@@ -85,16 +93,39 @@ def test_bad_photos_and_malformed_exif_in_a_folder(engine, tiny_clip, skimage_da
     folder = tmp_path / "mixed"
     folder.mkdir()
     base = skimage_data / "coffee.png"
-    with_gps(base, folder / "zero_denominators.jpg", {
-        GPS.GPSLatitudeRef: "N", GPS.GPSLatitude: (IFDRational(45, 0), IFDRational(0, 0), IFDRational(0, 0)),
-        GPS.GPSLongitudeRef: "E", GPS.GPSLongitude: (IFDRational(10, 1), IFDRational(0, 1), IFDRational(0, 1))})
-    with_gps(base, folder / "latitude_200.jpg", {
-        GPS.GPSLatitudeRef: "N", GPS.GPSLatitude: (200.0, 0.0, 0.0), GPS.GPSLongitudeRef: "E", GPS.GPSLongitude: (10.0, 0.0, 0.0)})
+    with_gps(
+        base,
+        folder / "zero_denominators.jpg",
+        {
+            GPS.GPSLatitudeRef: "N",
+            GPS.GPSLatitude: (IFDRational(45, 0), IFDRational(0, 0), IFDRational(0, 0)),
+            GPS.GPSLongitudeRef: "E",
+            GPS.GPSLongitude: (IFDRational(10, 1), IFDRational(0, 1), IFDRational(0, 1)),
+        },
+    )
+    with_gps(
+        base,
+        folder / "latitude_200.jpg",
+        {
+            GPS.GPSLatitudeRef: "N",
+            GPS.GPSLatitude: (200.0, 0.0, 0.0),
+            GPS.GPSLongitudeRef: "E",
+            GPS.GPSLongitude: (10.0, 0.0, 0.0),
+        },
+    )
     with_gps(base, folder / "no_refs.jpg", {GPS.GPSLatitude: (45.0, 30.0, 0.0), GPS.GPSLongitude: (10.0, 0.0, 0.0)})
-    with_gps(base, folder / "good_gps.jpg", {
-        GPS.GPSLatitudeRef: "S", GPS.GPSLatitude: (33.0, 52.0, 0.0), GPS.GPSLongitudeRef: "E", GPS.GPSLongitude: (151.0, 12.0, 0.0)})
+    with_gps(
+        base,
+        folder / "good_gps.jpg",
+        {
+            GPS.GPSLatitudeRef: "S",
+            GPS.GPSLatitude: (33.0, 52.0, 0.0),
+            GPS.GPSLongitudeRef: "E",
+            GPS.GPSLongitude: (151.0, 12.0, 0.0),
+        },
+    )
     (folder / "empty.jpg").write_bytes(b"")
-    truncated_copy(samples / "jpg" / "gps" / "DSCN0010.jpg", folder / "truncated.jpg")
+    truncated_copy(samples / "gps" / "DSCN0010.jpg", folder / "truncated.jpg")
     (folder / "notes.jpg").write_text("not a photo")
     png_claiming(folder / "bomb.png", 40000, 40000)
     (folder / "loop").symlink_to(folder, target_is_directory=True)
@@ -105,7 +136,9 @@ def test_bad_photos_and_malformed_exif_in_a_folder(engine, tiny_clip, skimage_da
     out = run("predict", folder, "--clip", tiny_clip, "--out", gpkg, "--top-k", 1)
     with sqlite3.connect(gpkg) as db:
         errors = dict((Path(p).name, e) for p, e in db.execute("SELECT photo, error FROM errors"))
-        answered = {Path(p).name: (la, lo) for p, la, lo in db.execute("SELECT photo, exif_lat, exif_lon FROM predictions")}
+        answered = {
+            Path(p).name: (la, lo) for p, la, lo in db.execute("SELECT photo, exif_lat, exif_lon FROM predictions")
+        }
     assert set(errors) == {"empty.jpg", "truncated.jpg", "notes.jpg", "bomb.png", "loop"}
     assert set(answered) == {"zero_denominators.jpg", "latitude_200.jpg", "no_refs.jpg", "good_gps.jpg", "no_extension"}
     for name in ("zero_denominators.jpg", "latitude_200.jpg", "no_refs.jpg"):
@@ -117,14 +150,26 @@ def test_bad_photos_and_malformed_exif_in_a_folder(engine, tiny_clip, skimage_da
 
 def test_skip_geotagged_and_accuracy_table(engine, tiny_clip, samples, tmp_path):
     gpkg = tmp_path / "gps.gpkg"
-    out = run("predict", samples / "jpg" / "gps", samples / "jpg" / "orientation" / "landscape_1.jpg",
-              "--clip", tiny_clip, "--out", gpkg, "--skip-geotagged")
+    out = run(
+        "predict",
+        samples / "gps",
+        samples / "orientation" / "landscape_1.jpg",
+        "--clip",
+        tiny_clip,
+        "--out",
+        gpkg,
+        "--skip-geotagged",
+    )
     assert "answered 1, skipped 9" in out.stderr and "has EXIF GPS already" in out.stderr
-    out = run("predict", samples / "jpg" / "gps", "--clip", tiny_clip, "--out", gpkg)
+    out = run("predict", samples / "gps", "--clip", tiny_clip, "--out", gpkg)
     assert "answered 9" in out.stderr and "median error" in out.stderr
     with sqlite3.connect(gpkg) as db:
-        table = db.execute("SELECT photos, acc_1km, acc_25km, acc_200km, acc_750km, acc_2500km, median_km FROM accuracy").fetchall()
-        camera = db.execute("SELECT DISTINCT camera_make, camera_model FROM predictions WHERE camera_make IS NOT NULL").fetchall()
+        table = db.execute(
+            "SELECT photos, acc_1km, acc_25km, acc_200km, acc_750km, acc_2500km, median_km FROM accuracy"
+        ).fetchall()
+        camera = db.execute(
+            "SELECT DISTINCT camera_make, camera_model FROM predictions WHERE camera_make IS NOT NULL"
+        ).fetchall()
         stamps = db.execute("SELECT timestamp FROM predictions WHERE photo LIKE '%DSCN0010%'").fetchall()
     assert len(table) == 1 and table[0][0] == 9
     accuracies = table[0][1:6]
@@ -136,7 +181,7 @@ def test_skip_geotagged_and_accuracy_table(engine, tiny_clip, samples, tmp_path)
 def test_evaluate_on_a_benchmark_style_csv(engine, tiny_clip, samples, tmp_path):
     from geoclip_qgis.backend.geo import haversine_km
 
-    gps = sorted((samples / "jpg" / "gps").glob("*.jpg"))
+    gps = sorted((samples / "gps").glob("*.jpg"))
     table = tmp_path / "im2gps_like.csv"
     with open(table, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -144,12 +189,24 @@ def test_evaluate_on_a_benchmark_style_csv(engine, tiny_clip, samples, tmp_path)
         for path in gps:
             writer.writerow([path.name, "someone", 43.4674, 11.8851])
     report = tmp_path / "report.json"
-    out = run("evaluate", table, "--images", samples / "jpg" / "gps", "--clip", tiny_clip, "--report", report,
-              "--out", tmp_path / "answers.csv")
+    out = run(
+        "evaluate",
+        table,
+        "--images",
+        samples / "gps",
+        "--clip",
+        tiny_clip,
+        "--report",
+        report,
+        "--out",
+        tmp_path / "answers.csv",
+    )
     figures = json.loads(report.read_text())
     assert figures["photos"] == len(gps) and figures["failed"] == 0
     answers = list(csv.DictReader(open(tmp_path / "answers.csv")))
-    errors = sorted(haversine_km(43.4674, 11.8851, float(r["lat"]), float(r["lon"])) for r in answers if r["rank"] == "1")
+    errors = sorted(
+        haversine_km(43.4674, 11.8851, float(r["lat"]), float(r["lon"])) for r in answers if r["rank"] == "1"
+    )
     assert figures["median_km"] == pytest.approx(errors[len(errors) // 2])
     assert figures["acc_2500km"] == pytest.approx(100 * sum(e <= 2500 for e in errors) / len(errors))
     assert "within     1 km    25 km" in out.stdout
@@ -161,21 +218,36 @@ def test_heic_photos_are_read(engine, samples):
     assert result.ok and result.exif_lat == pytest.approx(39.0513444, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_same_run_on_a_local_ray_cluster(engine, tiny_clip, skimage_data, tmp_path):
     """Ray Data with engine actors gives the local run's rows, schema and resume behaviour."""
     pytest.importorskip("ray.data", reason="Ray is optional: pip install 'ray[data]'")
-    photos = variants([skimage_data / "astronaut.png", skimage_data / "coffee.png"], tmp_path / "p", 12)
+    variants([skimage_data / "astronaut.png", skimage_data / "coffee.png"], tmp_path / "p", 12)
     local, on_ray = tmp_path / "local.gpkg", tmp_path / "ray.gpkg"
     run("predict", tmp_path / "p", "--clip", tiny_clip, "--out", local, "--top-k", 3)
-    out = run("predict", tmp_path / "p", "--clip", tiny_clip, "--out", on_ray, "--top-k", 3,
-              "--ray", "local", "--workers", 2, timeout=900)
+    out = run(
+        "predict",
+        tmp_path / "p",
+        "--clip",
+        tiny_clip,
+        "--out",
+        on_ray,
+        "--top-k",
+        3,
+        "--ray",
+        "local",
+        "--workers",
+        2,
+        timeout=900,
+    )
     assert "answered 12, skipped 0, failed 0" in out.stderr
 
     def rows(path):
         with sqlite3.connect(path) as db:
             names = [r[1] for r in db.execute("PRAGMA table_info(predictions)")]
-            data = db.execute("SELECT photo, rank, lat, lon, probability, photo_sha256 FROM predictions "
-                              "ORDER BY photo, rank").fetchall()
+            data = db.execute(
+                "SELECT photo, rank, lat, lon, probability, photo_sha256 FROM predictions ORDER BY photo, rank"
+            ).fetchall()
         return names, data
 
     (names_local, data_local), (names_ray, data_ray) = rows(local), rows(on_ray)

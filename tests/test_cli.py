@@ -16,8 +16,9 @@ CLI = [sys.executable, "-m", "geoclip_qgis.backend"]
 
 
 def run(*args, check=True, timeout=600):
-    out = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, "COLUMNS": "100"})
+    out = subprocess.run(
+        [*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "100"}
+    )
     if check and out.returncode not in (0,):
         raise AssertionError(f"exit {out.returncode}\n{out.stderr}")
     return out
@@ -30,8 +31,17 @@ def warm(engine):
 
 
 def test_csv_on_stdout(warm, tiny_clip, photo_dir):
-    out = run("predict", photo_dir / "kauai.png", photo_dir / "missing.jpg", "--clip", tiny_clip,
-              "--top-k", 3, "--precision", "fp32")
+    out = run(
+        "predict",
+        photo_dir / "kauai.png",
+        photo_dir / "missing.jpg",
+        "--clip",
+        tiny_clip,
+        "--top-k",
+        3,
+        "--precision",
+        "fp32",
+    )
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert out.stdout.startswith("photo,rank,lat,lon,probability,")
     assert [r["rank"] for r in rows[:3]] == ["1", "2", "3"]
@@ -64,8 +74,17 @@ def test_folder_to_geopackage_and_geojson(warm, tiny_clip, photo_dir, tmp_path):
     assert len(errors) == 1 and errors[0][0].endswith("broken.jpg")
 
     geojson = tmp_path / "out.geojson"
-    run("predict", photo_dir / "kauai.png", photo_dir / "broken.jpg", "--clip", tiny_clip, "--top-k", 1,
-        "--out", geojson)
+    run(
+        "predict",
+        photo_dir / "kauai.png",
+        photo_dir / "broken.jpg",
+        "--clip",
+        tiny_clip,
+        "--top-k",
+        1,
+        "--out",
+        geojson,
+    )
     features = json.loads(geojson.read_text())["features"]
     assert len(features) == 2
     assert features[0]["geometry"]["type"] == "Point"
@@ -102,13 +121,24 @@ def test_truth_lines_join_exif_position_to_top1(warm, tiny_clip, samples, tmp_pa
     from osgeo import ogr
 
     gpkg = tmp_path / "truth.gpkg"
-    run("predict", samples / "jpg" / "gps" / "DSCN0010.jpg", samples / "jpg" / "orientation" / "landscape_1.jpg",
-        "--clip", tiny_clip, "--out", gpkg, "--top-k", 3)
+    run(
+        "predict",
+        samples / "gps" / "DSCN0010.jpg",
+        samples / "orientation" / "landscape_1.jpg",
+        "--clip",
+        tiny_clip,
+        "--out",
+        gpkg,
+        "--top-k",
+        3,
+    )
     ds = ogr.Open(str(gpkg))
     lines = list(ds.GetLayerByName("truth_lines"))
     assert len(lines) == 1  # only the photo with EXIF GPS
     line = lines[0].GetGeometryRef()
-    top1 = [f for f in ds.GetLayerByName("predictions") if f.GetField("rank") == 1 and "DSCN0010" in f.GetField("photo")][0]
+    top1 = [
+        f for f in ds.GetLayerByName("predictions") if f.GetField("rank") == 1 and "DSCN0010" in f.GetField("photo")
+    ][0]
     assert line.GetPoint_2D(0) == pytest.approx((11.8851267, 43.4674483), abs=1e-6)
     assert line.GetPoint_2D(1) == pytest.approx((top1.GetField("lon"), top1.GetField("lat")))
     assert lines[0].GetField("error_km") == pytest.approx(top1.GetField("error_km"))

@@ -19,6 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
+pytestmark = [pytest.mark.qgis, pytest.mark.desktop]
+
 
 def _need(*programs):
     missing = [p for p in programs if shutil.which(p) is None]
@@ -45,8 +47,11 @@ def wait_for(path: Path, qgis: subprocess.Popen, timeout: float) -> None:
 def xvfb():
     _need("Xvfb", "qgis", "xwd", "convert")
     display = f":{90 + os.getpid() % 100}"
-    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["Xvfb", display, "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(2)
     if server.poll() is not None:
         pytest.skip(f"Xvfb could not start on {display}")
@@ -69,23 +74,36 @@ def test_zip_install_dock_run_and_screenshots(xvfb, tiny_clip, engine, samples, 
         archive.extractall(plugins)  # what "Install from ZIP" does
     ini = profiles / "default" / "QGIS" / "QGIS3.ini"
     ini.parent.mkdir(parents=True)
-    ini.write_text("[PythonPlugins]\ngeoclip_qgis=true\n[qgis]\ncheckVersion=false\n"
-                   "[app]\nshowTips=false\n[geoclip_qgis]\nprecision=fp32\n")
+    ini.write_text(
+        "[PythonPlugins]\ngeoclip_qgis=true\n[qgis]\ncheckVersion=false\n"
+        "[app]\nshowTips=false\n[geoclip_qgis]\nprecision=fp32\n"
+    )
     data_home = tmp_path / "xdg"
     (data_home / "QGIS" / "QGIS3").mkdir(parents=True)
     shutil.copy(ROOT / "tests" / "desktop_startup.py", data_home / "QGIS" / "QGIS3" / "startup.py")
 
-    photos = [str(p) for p in sorted((samples / "jpg" / "gps").glob("*.jpg"))[:4]]
+    photos = [str(p) for p in sorted((samples / "gps").glob("*.jpg"))[:4]]
     photos += [str(kauai_png), str(skimage_data / "astronaut.png"), str(skimage_data / "coffee.png")]
     e2e = tmp_path / "e2e"
     e2e.mkdir()
     site = next(p for p in sys.path if p.endswith("site-packages") and ".venv" in p)
-    env = {**os.environ, "DISPLAY": xvfb, "XDG_DATA_HOME": str(data_home), "PYTHONPATH": site,
-           "GEOCLIP_CLIP": str(tiny_clip), "GEOCLIP_E2E_DIR": str(e2e), "GEOCLIP_E2E_PHOTOS": json.dumps(photos)}
+    env = {
+        **os.environ,
+        "DISPLAY": xvfb,
+        "XDG_DATA_HOME": str(data_home),
+        "PYTHONPATH": site,
+        "GEOCLIP_CLIP": str(tiny_clip),
+        "GEOCLIP_E2E_DIR": str(e2e),
+        "GEOCLIP_E2E_PHOTOS": json.dumps(photos),
+    }
     env.pop("QT_QPA_PLATFORM", None)
-    qgis = subprocess.Popen(["qgis", "--nologo", "--noversioncheck",
-                             "--profiles-path", str(config)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    qgis = subprocess.Popen(
+        ["qgis", "--nologo", "--noversioncheck", "--profiles-path", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_for(e2e / "stage1.ready", qgis, 600)
         DOCS.mkdir(exist_ok=True)
@@ -102,7 +120,7 @@ def test_zip_install_dock_run_and_screenshots(xvfb, tiny_clip, engine, samples, 
     report = json.loads((e2e / "report.json").read_text())
     assert report["plugin_loaded"] and report["dock_visible"] and report["run_enabled"]
     assert not report["error"] and report["answered"] == len(photos)
-    assert "GeoCLIP answers" in report["layers"] and "run_world_combined" in report["layers"]
+    assert "GeoCLIP answers" in report["layers"] and "all_answers_world" in report["layers"]
     python_errors = [m for m in report["messages"] if "python error" in m.lower() or "Traceback" in m]
     assert python_errors == []
     assert "_local" in report.get("stage_two_raster", "")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from geoclip_qgis.backend import Engine, GeoCLIPError
+from geoclip_qgis.backend import GeoCLIPError, build_engine
 from geoclip_qgis.backend import gallery as gallery_module
 from geoclip_qgis.backend.walk import expand_paths
 
@@ -31,12 +31,13 @@ def test_candidates_are_ranked_probabilities(engine, photo_dir):
 def test_batching_does_not_change_answers(engine, photo_dir, tiny_clip):
     photos = sorted(photo_dir.iterdir())
     together = engine.predict(photos, top_k=3)
-    single = Engine(clip=tiny_clip, device="cpu", precision="fp32", batch_size=1, embedding_cache=False)
+    single = build_engine(clip=tiny_clip, device="cpu", precision="fp32", batch_size=1, embedding_cache=False)
     one_by_one = single.predict(photos, top_k=3)
     for a, b in zip(together, one_by_one):
         assert [(c.lat, c.lon) for c in a.candidates] == [(c.lat, c.lon) for c in b.candidates]
-        np.testing.assert_allclose([c.probability for c in a.candidates],
-                                   [c.probability for c in b.candidates], rtol=1e-4)
+        np.testing.assert_allclose(
+            [c.probability for c in a.candidates], [c.probability for c in b.candidates], rtol=1e-4
+        )
 
 
 def test_pil_images_and_paths_agree(engine, photo_dir):
@@ -50,7 +51,7 @@ def test_pil_images_and_paths_agree(engine, photo_dir):
 
 
 def test_exif_gps_and_error_km(engine, samples):
-    result = engine.predict([samples / "jpg" / "gps" / "DSCN0010.jpg"], top_k=2)[0]
+    result = engine.predict([samples / "gps" / "DSCN0010.jpg"], top_k=2)[0]
     assert result.exif_lat == pytest.approx(43.4674483, abs=1e-6)
     assert result.exif_lon == pytest.approx(11.8851267, abs=1e-6)
     top = result.candidates[0]
@@ -67,7 +68,7 @@ def test_bad_inputs_in_a_batch(engine, photo_dir, tmp_path, samples):
 
     folder = photo_dir
     (folder / "empty.jpg").write_bytes(b"")
-    truncated_copy(samples / "jpg" / "gps" / "DSCN0012.jpg", folder / "truncated.jpg")
+    truncated_copy(samples / "gps" / "DSCN0012.jpg", folder / "truncated.jpg")
     (folder / "notes.jpg").write_text("not a photo")
     png_claiming(folder / "bomb.png", 40000, 40000)
     (folder / "sub").mkdir()
@@ -103,7 +104,7 @@ def test_gallery_features_are_cached_on_disk(engine, tiny_clip, monkeypatch):
     monkeypatch.setattr(gallery_module, "_memory", {})
     calls = []
     monkeypatch.setattr(gallery_module, "encode_locations", lambda *a, **k: calls.append(1))
-    fresh = Engine(clip=tiny_clip, device="cpu", precision="fp32").load()
+    fresh = build_engine(clip=tiny_clip, device="cpu", precision="fp32").load()
     assert calls == []
     torch.testing.assert_close(fresh.gallery.features, engine.gallery.features)
     assert len(fresh.gallery) == 100_000
@@ -117,7 +118,7 @@ def test_damaged_cache_is_rebuilt(engine, tiny_clip, monkeypatch, tmp_path):
     target.write_bytes(b"garbage")
     small = torch.tensor([[10.0, 20.0], [-30.0, 40.0]])
     monkeypatch.setattr(gallery_module, "read_gallery_csv", lambda path: small.numpy())
-    fresh = Engine(clip=tiny_clip, device="cpu", precision="fp32").load()
+    fresh = build_engine(clip=tiny_clip, device="cpu", precision="fp32").load()
     assert len(fresh.gallery) == 2
     torch.testing.assert_close(fresh.gallery.features, engine.heads.location_features(small))
     assert target.stat().st_size > 1000  # rewritten
@@ -125,7 +126,7 @@ def test_damaged_cache_is_rebuilt(engine, tiny_clip, monkeypatch, tmp_path):
 
 def test_bf16_tracks_fp32(engine, tiny_clip, photo_dir):
     photos = sorted(photo_dir.iterdir())
-    bf16 = Engine(clip=tiny_clip, device="cpu", precision="bf16")
+    bf16 = build_engine(clip=tiny_clip, device="cpu", precision="bf16")
     assert bf16.dtype == torch.bfloat16 and bf16.precision == "bf16"
     fp32_top = [r.candidates[0] for r in engine.predict(photos, top_k=1)]
     bf16_res = bf16.predict(photos, top_k=50)
@@ -137,11 +138,11 @@ def test_top_k_and_device_errors(engine, tiny_clip):
     with pytest.raises(GeoCLIPError, match="top_k must be between 1 and 100000"):
         list(engine.predict_iter(["x.jpg"], top_k=0))
     with pytest.raises(GeoCLIPError, match="CUDA is not available|only"):
-        Engine(clip=tiny_clip, device="cuda:0")
+        build_engine(clip=tiny_clip, device="cuda:0")
     with pytest.raises(GeoCLIPError, match="unknown device"):
-        Engine(clip=tiny_clip, device="tpu9")
+        build_engine(clip=tiny_clip, device="tpu9")
     with pytest.raises(GeoCLIPError, match="unknown precision"):
-        Engine(clip=tiny_clip, precision="fp8")
+        build_engine(clip=tiny_clip, precision="fp8")
 
 
 def test_stopping_early_stops_the_work(engine, photo_dir, monkeypatch):
@@ -161,7 +162,7 @@ def test_embedding_cache_skips_the_vision_tower(tiny_clip, photo_dir, tmp_path, 
     import shutil
 
     monkeypatch.setenv("GEOCLIP_CACHE_DIR", str(tmp_path / "cache"))
-    cached = Engine(clip=tiny_clip, device="cpu", precision="fp32")
+    cached = build_engine(clip=tiny_clip, device="cpu", precision="fp32")
     first = cached.predict(sorted(photo_dir.iterdir()), top_k=3)
     calls = []
     original = cached.clip_embeddings

@@ -9,16 +9,17 @@ import types
 import numpy as np
 import pytest
 import torch
+from test_cli import run
 
 from geoclip_qgis.backend.finetune import FinetuneSettings, GPSQueue, Sample, finetune
 from geoclip_qgis.backend.geo import haversine_km
-from test_cli import run
 
 
 def release_queue(release_module, size):
     """The release's own dequeue_and_enqueue, run on a stand-in holding the same buffers."""
-    stub = types.SimpleNamespace(queue_size=size, gps_queue=torch.zeros(2, size),
-                                 gps_queue_ptr=torch.zeros(1, dtype=torch.long))
+    stub = types.SimpleNamespace(
+        queue_size=size, gps_queue=torch.zeros(2, size), gps_queue_ptr=torch.zeros(1, dtype=torch.long)
+    )
     return stub, lambda gps: release_module.GeoCLIP.dequeue_and_enqueue.__wrapped__(stub, gps)
 
 
@@ -59,9 +60,11 @@ def regional_task(engine):
     places = region[torch.randperm(len(region), generator=generator)[:2500]]
     with torch.inference_mode():
         features = engine.heads.location_features(places)
-    mixing = torch.randn(512, 768, generator=generator) / 512 ** 0.5
+    mixing = torch.randn(512, 768, generator=generator) / 512**0.5
     embeddings = features @ mixing + 0.02 * torch.randn(len(places), 768, generator=generator)
-    return [Sample(f"p{i}", float(lat), float(lon), e.numpy()) for i, ((lat, lon), e) in enumerate(zip(places, embeddings))]
+    return [
+        Sample(f"p{i}", float(lat), float(lon), e.numpy()) for i, ((lat, lon), e) in enumerate(zip(places, embeddings))
+    ]
 
 
 def oracle_top1_km(heads, places, gallery) -> np.ndarray:
@@ -71,6 +74,7 @@ def oracle_top1_km(heads, places, gallery) -> np.ndarray:
     return haversine_km(places[:, 0].numpy(), places[:, 1].numpy(), answers[:, 0].numpy(), answers[:, 1].numpy())
 
 
+@pytest.mark.slow
 def test_finetuning_raises_accuracy_and_keeps_the_rest_of_the_world(engine, regional_task, tmp_path):
     settings = FinetuneSettings(epochs=12, batch_size=256, lr=3e-4, queue_size=1024, patience=4, val_candidates=8000)
     manifest = finetune(engine, regional_task, tmp_path / "tuned", settings)
@@ -79,11 +83,25 @@ def test_finetuning_raises_accuracy_and_keeps_the_rest_of_the_world(engine, regi
     assert after["median_km"] < before["median_km"]
     assert manifest["photos"] == {"train": 2000, "validation": 500}
 
-    from geoclip_qgis.backend import Engine
+    from geoclip_qgis.backend import build_engine
 
-    tuned = Engine(heads=tmp_path / "tuned", clip=engine.clip_dir, device="cpu", precision="fp32", embedding_cache=False)
-    far = torch.tensor([[-33.87, 151.21], [35.68, 139.65], [40.71, -74.0], [-1.29, 36.82], [-12.05, -77.04],
-                        [19.43, -99.13], [-23.55, -46.63], [1.35, 103.82], [30.04, 31.24], [55.75, 37.62]])
+    tuned = build_engine(
+        heads=tmp_path / "tuned", clip=engine.clip_dir, device="cpu", precision="fp32", embedding_cache=False
+    )
+    far = torch.tensor(
+        [
+            [-33.87, 151.21],
+            [35.68, 139.65],
+            [40.71, -74.0],
+            [-1.29, 36.82],
+            [-12.05, -77.04],
+            [19.43, -99.13],
+            [-23.55, -46.63],
+            [1.35, 103.82],
+            [30.04, 31.24],
+            [55.75, 37.62],
+        ]
+    )
     gallery = engine.gallery.coordinates.cpu()[::5]
     released = oracle_top1_km(engine.heads, far, gallery)
     kept = oracle_top1_km(tuned.heads, far, gallery)
@@ -95,9 +113,11 @@ def test_finetuning_raises_accuracy_and_keeps_the_rest_of_the_world(engine, regi
 def test_finetuned_folder_loads_and_changes_answers(engine, regional_task, photo_dir, tmp_path):
     settings = FinetuneSettings(epochs=2, batch_size=256, queue_size=512, val_candidates=2000, extend_gallery=True)
     finetune(engine, regional_task[:600], tmp_path / "tuned", settings)
-    from geoclip_qgis.backend import Engine
+    from geoclip_qgis.backend import build_engine
 
-    tuned = Engine(heads=tmp_path / "tuned", clip=engine.clip_dir, device="cpu", precision="fp32", embedding_cache=False)
+    tuned = build_engine(
+        heads=tmp_path / "tuned", clip=engine.clip_dir, device="cpu", precision="fp32", embedding_cache=False
+    )
     assert len(tuned.gallery) == len(engine.gallery) + 480  # the training photos' places were added
     photos = sorted(photo_dir.iterdir())
     plain = [r.candidates[0].probability for r in engine.predict(photos, top_k=1)]
@@ -105,16 +125,28 @@ def test_finetuned_folder_loads_and_changes_answers(engine, regional_task, photo
     assert plain != changed
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_from_its_checkpoint(engine, regional_task, tmp_path):
     settings = FinetuneSettings(epochs=4, batch_size=256, queue_size=512, val_candidates=2000, patience=10)
     epochs_seen = []
-    finetune(engine, regional_task[:800], tmp_path / "tuned", settings,
-             progress=lambda message, epoch, total: epochs_seen.append(epoch),
-             should_stop=lambda: len(epochs_seen) >= 2)
+    finetune(
+        engine,
+        regional_task[:800],
+        tmp_path / "tuned",
+        settings,
+        progress=lambda event: event.detail and epochs_seen.append(event.done),
+        should_stop=lambda: len(epochs_seen) >= 2,
+    )
     assert epochs_seen == [1, 2] and (tmp_path / "tuned" / "checkpoint.pt").is_file()
     resumed = []
-    manifest = finetune(engine, regional_task[:800], tmp_path / "tuned", settings,
-                        progress=lambda message, epoch, total: resumed.append(epoch), resume=True)
+    manifest = finetune(
+        engine,
+        regional_task[:800],
+        tmp_path / "tuned",
+        settings,
+        progress=lambda event: event.detail and resumed.append(event.done),
+        resume=True,
+    )
     assert resumed == [3, 4]
     assert [h["epoch"] for h in manifest["history"]] == [1, 2, 3, 4]
 
@@ -129,8 +161,24 @@ def test_cli_finetune_on_a_csv(engine, tiny_clip, skimage_data, tmp_path):
         writer.writerow(["photo", "lat", "lon"])
         for n, path in enumerate(photos):
             writer.writerow([path.name, 45 + n * 0.1, 7 + n * 0.1])
-    out = run("finetune", table, "--images", tmp_path / "p", "--clip", tiny_clip, "--out", tmp_path / "heads",
-              "--epochs", 2, "--queue-size", 64, "--val-candidates", 1000, "--precision", "fp32")
+    out = run(
+        "finetune",
+        table,
+        "--images",
+        tmp_path / "p",
+        "--clip",
+        tiny_clip,
+        "--out",
+        tmp_path / "heads",
+        "--epochs",
+        2,
+        "--queue-size",
+        64,
+        "--val-candidates",
+        1000,
+        "--precision",
+        "fp32",
+    )
     assert "14 photos with a position" in out.stderr and "heads written to" in out.stdout
     manifest = json.loads((tmp_path / "heads" / "manifest.json").read_text())
     assert manifest["photos"]["train"] + manifest["photos"]["validation"] == 14

@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 QGIS_PYTHON = "/usr/bin/python3"
 TORCH = "torch==2.13.0"  # the CPU build this workplace holds; any torch>=2.2 wheel works
 
+pytestmark = pytest.mark.slow
+
 
 def no_network_prefix() -> list[str]:
     """A new network namespace (no interfaces but loopback) when this user may create one."""
@@ -30,9 +32,22 @@ def wheelhouse():
     """What `make wheelhouse` makes, downloaded once (this is the connected machine's step)."""
     folder = ROOT / ".cache" / "wheelhouse"
     if not any(folder.glob("torch-*.whl")):
-        subprocess.run([sys.executable, "-m", "geoclip_qgis.installer", "wheelhouse", str(folder),
-                        "--python", QGIS_PYTHON, "--torch", TORCH], check=True, timeout=1800,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "geoclip_qgis.installer",
+                "wheelhouse",
+                str(folder),
+                "--python",
+                QGIS_PYTHON,
+                "--torch",
+                TORCH,
+            ],
+            check=True,
+            timeout=1800,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
     return folder
 
 
@@ -48,16 +63,33 @@ def test_offline_install_from_wheels_then_run(wheelhouse, tiny_clip, wheel_model
     shutil.copytree(wheel_model_dir / "gps_gallery", heads / "gps_gallery")
     prefix = no_network_prefix()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(GEOCLIP_CLIP=str(tiny_clip), GEOCLIP_HEADS=str(heads), GEOCLIP_CACHE_DIR=str(tmp_path / "cache"),
-               QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "qgis"), PATH="/usr/bin:/bin")
+    env.update(
+        GEOCLIP_CLIP=str(tiny_clip),
+        GEOCLIP_HEADS=str(heads),
+        GEOCLIP_CACHE_DIR=str(tmp_path / "cache"),
+        QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "qgis"),
+        PATH="/usr/bin:/bin",
+    )
     if not prefix:  # no namespace: make any connection attempt fail instead
         env.update(HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9", PIP_NO_INDEX="1")
-    out = subprocess.run([*prefix, QGIS_PYTHON, str(ROOT / "tests" / "offline_install_check.py"),
-                          str(plugin_dir.parent), str(wheelhouse), TORCH, str(kauai_png)],
-                         capture_output=True, text=True, env=env, timeout=1800)
+    out = subprocess.run(
+        [
+            *prefix,
+            QGIS_PYTHON,
+            str(ROOT / "tests" / "offline_install_check.py"),
+            str(plugin_dir.parent),
+            str(wheelhouse),
+            TORCH,
+            str(kauai_png),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith("REPORT ")]
     assert lines, out.stdout[-3000:] + out.stderr[-3000:]
-    report = json.loads(lines[-1][len("REPORT "):])
+    report = json.loads(lines[-1][len("REPORT ") :])
     assert "torch" in report["missing_before"] and "transformers" in report["missing_before"]
     assert report["missing_after"] == []
     assert "geoclip_qgis/python/torch" in report["torch"]  # from the plugin's own folder

@@ -35,10 +35,19 @@ def test_checks_catch_what_the_repository_refuses(tmp_path):
                 target.writestr(item, data)
         target.writestr("geoclip_qgis/.hidden", "x")
         target.writestr("geoclip_qgis/x.pyc", "x")
-        target.writestr("geoclip_qgis/unsafe.py", "import pickle\n\ndef load(b):\n    return pickle.loads(b)\n"
-                                                  "password = 'hunter2hunter2'\nAWS_KEY = 'AKIAIOSFODNN7EXAMPLE'\n")
+        target.writestr(
+            "geoclip_qgis/unsafe.py",
+            "import pickle\n\ndef load(b):\n    return pickle.loads(b)\n"
+            "password = 'hunter2hunter2'\nAWS_KEY = 'AKIAIOSFODNN7EXAMPLE'\n",
+        )
     problems = check(bad) + scan(bad)
     text = "\n".join(problems)
-    for expected in ("metadata.txt lacks tracker", "no LICENSE file", "hidden or cache file", "compiled file",
-                     "bandit B301", "detect-secrets"):
+    for expected in (
+        "metadata.txt lacks tracker",
+        "no LICENSE file",
+        "hidden or cache file",
+        "compiled file",
+        "bandit B301",
+        "detect-secrets",
+    ):
         assert expected in text, expected

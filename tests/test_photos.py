@@ -24,8 +24,8 @@ def png_claiming(path: Path, width: int, height: int) -> Path:
     Image.new("RGB", (1, 1)).save(path)
     data = bytearray(path.read_bytes())
     ihdr = 8 + 8  # signature, then length + "IHDR"
-    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
-    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13])))
     path.write_bytes(bytes(data))
     return path
 
@@ -36,12 +36,23 @@ def truncated_copy(source: Path, target: Path) -> Path:
     return target
 
 
+def corrupted_copy(source: Path, target: Path, seed: int = 7) -> Path:
+    """A JPEG whose scan data has runs of bytes overwritten at random: headers intact, pixels garbage."""
+    data = bytearray(source.read_bytes())
+    rng = np.random.default_rng(seed)
+    start = len(data) // 4
+    for offset in rng.integers(start, len(data) - 64, size=40):
+        data[offset : offset + 32] = rng.integers(0, 256, size=32, dtype=np.uint8).tobytes()
+    target.write_bytes(bytes(data))
+    return target
+
+
 @pytest.fixture
 def bad_files(tmp_path, samples):
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "empty.jpg").write_bytes(b"")
-    truncated_copy(samples / "jpg" / "gps" / "DSCN0010.jpg", folder / "truncated.jpg")
+    truncated_copy(samples / "gps" / "DSCN0010.jpg", folder / "truncated.jpg")
     (folder / "notes.jpg").write_text("this is a text file, not a photo\n")
     png_claiming(folder / "bomb.png", 40000, 40000)
     return folder
@@ -71,12 +82,15 @@ def test_unreadable_file(tmp_path, skimage_data):
         photo = folder / "locked.png"
         shutil.copy(skimage_data / "camera.png", photo)
         photo.chmod(0o000)
-        code = ("import sys\nfrom geoclip_qgis.backend.photos import open_photo\n"
-                "from geoclip_qgis.backend.errors import PhotoError\n"
-                "try:\n    open_photo(sys.argv[1])\nexcept PhotoError as e:\n    print(e)\n")
+        code = (
+            "import sys\nfrom geoclip_qgis.backend.photos import open_photo\n"
+            "from geoclip_qgis.backend.errors import PhotoError\n"
+            "try:\n    open_photo(sys.argv[1])\nexcept PhotoError as e:\n    print(e)\n"
+        )
         user = "nobody" if os.geteuid() == 0 else None
-        out = subprocess.run([sys.executable, "-c", code, str(photo)], user=user, capture_output=True,
-                             text=True, timeout=120, cwd="/")
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(photo)], user=user, capture_output=True, text=True, timeout=120, cwd="/"
+        )
         assert "permission denied" in out.stdout, out.stderr
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -92,15 +106,17 @@ def test_missing_and_folder_paths(tmp_path):
         open_photo(tmp_path / "loop.jpg")
 
 
-def test_broken_sample_files_neither_hang_nor_crash(samples):
+def test_broken_sample_files_neither_hang_nor_crash(samples, tmp_path):
     """Files that broke EXIF readers before: each decodes or gives a PhotoError, quickly."""
-    broken = sorted((samples / "jpg" / "invalid").glob("*.jpg")) + sorted((samples / "jpg" / "tests").glob("*.jpg"))
-    broken.append(samples / "jpg" / "corrupted.jpg")
-    code = ("import sys\nfrom geoclip_qgis.backend.photos import open_photo\n"
-            "from geoclip_qgis.backend.errors import PhotoError\n"
-            "for p in sys.argv[1:]:\n"
-            "    try:\n        ph = open_photo(p); print('ok', ph.image.mode, p)\n"
-            "    except PhotoError as e:\n        print('error', p, e)\n")
+    broken = sorted((samples / "broken").glob("*.jpg")) + sorted((samples / "exif-quirks").glob("*.jpg"))
+    broken.append(corrupted_copy(samples / "gps" / "DSCN0021.jpg", tmp_path / "corrupted.jpg"))
+    code = (
+        "import sys\nfrom geoclip_qgis.backend.photos import open_photo\n"
+        "from geoclip_qgis.backend.errors import PhotoError\n"
+        "for p in sys.argv[1:]:\n"
+        "    try:\n        ph = open_photo(p); print('ok', ph.image.mode, p)\n"
+        "    except PhotoError as e:\n        print('error', p, e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code, *map(str, broken)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -111,14 +127,20 @@ def test_broken_sample_files_neither_hang_nor_crash(samples):
 def _exiftool_gps(paths):
     if shutil.which("exiftool") is None:
         pytest.fail("exiftool is missing; `make setup` installs it (libimage-exiftool-perl)")
-    out = subprocess.run(["exiftool", "-n", "-j", "-GPSLatitude", "-GPSLongitude", *map(str, paths)],
-                         capture_output=True, text=True, timeout=120)
-    return {Path(row["SourceFile"]).name: (row.get("GPSLatitude"), row.get("GPSLongitude"))
-            for row in json.loads(out.stdout)}
+    out = subprocess.run(
+        ["exiftool", "-n", "-j", "-GPSLatitude", "-GPSLongitude", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return {
+        Path(row["SourceFile"]).name: (row.get("GPSLatitude"), row.get("GPSLongitude"))
+        for row in json.loads(out.stdout)
+    }
 
 
 def test_exif_gps_reads_as_exiftool_does(samples):
-    paths = sorted((samples / "jpg" / "gps").glob("*.jpg")) + sorted((samples / "jpg" / "tests").glob("*.jpg"))
+    paths = sorted((samples / "gps").glob("*.jpg")) + sorted((samples / "exif-quirks").glob("*.jpg"))
     reference = _exiftool_gps(paths)
     with_gps = 0
     for path in paths:
@@ -149,16 +171,28 @@ def test_gps_signs_and_refs():
         image.save(path, exif=data)
         return Image.open(path)
 
-    G = ExifTags.GPS
-    south_west = photo_with({G.GPSLatitudeRef: "S", G.GPSLatitude: (33.0, 52.0, 7.68),
-                             G.GPSLongitudeRef: "W", G.GPSLongitude: (70.0, 30.0, 0.0)})
+    tags = ExifTags.GPS
+    south_west = photo_with(
+        {
+            tags.GPSLatitudeRef: "S",
+            tags.GPSLatitude: (33.0, 52.0, 7.68),
+            tags.GPSLongitudeRef: "W",
+            tags.GPSLongitude: (70.0, 30.0, 0.0),
+        }
+    )
     meta = read_metadata(south_west)
     assert meta.latitude == pytest.approx(-(33 + 52 / 60 + 7.68 / 3600))
     assert meta.longitude == pytest.approx(-70.5)
-    no_ref = photo_with({G.GPSLatitude: (10.0, 0.0, 0.0), G.GPSLongitude: (10.0, 0.0, 0.0)})
+    no_ref = photo_with({tags.GPSLatitude: (10.0, 0.0, 0.0), tags.GPSLongitude: (10.0, 0.0, 0.0)})
     assert read_metadata(no_ref).latitude is None
-    out_of_range = photo_with({G.GPSLatitudeRef: "N", G.GPSLatitude: (200.0, 0.0, 0.0),
-                               G.GPSLongitudeRef: "E", G.GPSLongitude: (10.0, 0.0, 0.0)})
+    out_of_range = photo_with(
+        {
+            tags.GPSLatitudeRef: "N",
+            tags.GPSLatitude: (200.0, 0.0, 0.0),
+            tags.GPSLongitudeRef: "E",
+            tags.GPSLongitude: (10.0, 0.0, 0.0),
+        }
+    )
     assert read_metadata(out_of_range).latitude is None
 
 
@@ -166,7 +200,7 @@ def test_gps_signs_and_refs():
 def test_all_eight_orientations_come_out_upright(samples, kind):
     """Each file, once its EXIF orientation is applied, matches the upright scene better than any
     flip or rotation of it would."""
-    folder = samples / "jpg" / "orientation"
+    folder = samples / "orientation"
 
     def thumb(image):
         return np.asarray(image.resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float32)
@@ -185,7 +219,7 @@ def test_all_eight_orientations_come_out_upright(samples, kind):
 
 def test_modes_become_rgb(tmp_path, skimage_data):
     base = Image.open(skimage_data / "astronaut.png")
-    grey16 = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))
+    grey16 = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)
     assert grey16.mode.startswith("I;16")
     cases = {
         "L": base.convert("L"),

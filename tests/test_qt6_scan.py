@@ -32,8 +32,13 @@ def test_the_scan_finds_qt5_only_code(tmp_path):
     out = subprocess.run([*SCAN, str(bad)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     found = out.stdout
-    for expected in ("bad.py:1: QRegExp", "bad.py:1: import from qgis.PyQt", "bad.py:10: exec_()",
-                     "bad.py:5: unscoped enum Qt.AlignLeft", "bad.py:7: unscoped enum QMessageBox.Yes",
-                     "bad.py:8: unscoped enum Qgis.Info"):
+    for expected in (
+        "bad.py:1: QRegExp",
+        "bad.py:1: import from qgis.PyQt",
+        "bad.py:10: exec_()",
+        "bad.py:5: unscoped enum Qt.AlignLeft",
+        "bad.py:7: unscoped enum QMessageBox.Yes",
+        "bad.py:8: unscoped enum Qgis.Info",
+    ):
         assert expected in found, expected
     assert ":6:" not in found and ":9:" not in found  # scoped forms pass

@@ -11,10 +11,22 @@ from geoclip_qgis.backend.heads import LOCATION_ENCODER_FILE, HeadsFiles, load_h
 
 # Poles, the antimeridian from both sides, the equator and a few places between.
 SPREAD = [
-    (90.0, 0.0), (-90.0, 0.0), (89.999, 179.9), (-89.5, -179.5),
-    (0.0, 0.0), (0.0, 180.0), (0.0, -180.0), (0.0, 179.999), (0.0, -179.999),
-    (51.5074, -0.1278), (-33.8688, 151.2093), (21.9, -159.5), (64.1466, -21.9426), (-54.8, -68.3),
-    (35.6762, 139.6503), (-1.2921, 36.8219),
+    (90.0, 0.0),
+    (-90.0, 0.0),
+    (89.999, 179.9),
+    (-89.5, -179.5),
+    (0.0, 0.0),
+    (0.0, 180.0),
+    (0.0, -180.0),
+    (0.0, 179.999),
+    (0.0, -179.999),
+    (51.5074, -0.1278),
+    (-33.8688, 151.2093),
+    (21.9, -159.5),
+    (64.1466, -21.9426),
+    (-54.8, -68.3),
+    (35.6762, 139.6503),
+    (-1.2921, 36.8219),
 ]
 
 
@@ -57,7 +69,7 @@ def parity_photos(tmp_path, skimage_data, kauai_png, samples):
     photos = {
         "RGB PNG": skimage_data / "astronaut.png",
         "RGB JPEG": skimage_data / "rocket.jpg",
-        "camera JPEG": samples / "jpg" / "gps" / "DSCN0010.jpg",
+        "camera JPEG": samples / "gps" / "DSCN0010.jpg",
         "RGBA": kauai_png,
         "grayscale": skimage_data / "camera.png",
         "palette": palette,
@@ -66,6 +78,7 @@ def parity_photos(tmp_path, skimage_data, kauai_png, samples):
     return photos
 
 
+@pytest.mark.slow
 def test_top5_matches_release(release_model, engine, parity_photos):
     ours = engine.predict(list(parity_photos.values()), top_k=5)
     top1 = set()

@@ -15,11 +15,20 @@ from geoclip_qgis.backend.geo import haversine_km
 from geoclip_qgis.backend.results import PhotoResult
 
 PLACES = {  # cities on each continent, islands, near the antimeridian and the poles
-    "Paris": (48.8566, 2.3522), "Nairobi": (-1.2921, 36.8219), "Tokyo": (35.6762, 139.6503),
-    "Lima": (-12.0464, -77.0428), "New York": (40.7128, -74.0060), "Sydney": (-33.8688, 151.2093),
-    "Kauai": (22.07, -159.50), "Reykjavik": (64.1466, -21.9426), "Tristan da Cunha": (-37.11, -12.28),
-    "Fiji (179.9 E)": (-16.5, 179.9), "Taveuni side (-179.9)": (-16.8, -179.9),
-    "Svalbard": (78.2232, 15.6267), "McMurdo": (-77.846, 166.676), "Outback": (-25.0, 134.0),
+    "Paris": (48.8566, 2.3522),
+    "Nairobi": (-1.2921, 36.8219),
+    "Tokyo": (35.6762, 139.6503),
+    "Lima": (-12.0464, -77.0428),
+    "New York": (40.7128, -74.0060),
+    "Sydney": (-33.8688, 151.2093),
+    "Kauai": (22.07, -159.50),
+    "Reykjavik": (64.1466, -21.9426),
+    "Tristan da Cunha": (-37.11, -12.28),
+    "Fiji (179.9 E)": (-16.5, 179.9),
+    "Taveuni side (-179.9)": (-16.8, -179.9),
+    "Svalbard": (78.2232, 15.6267),
+    "McMurdo": (-77.846, 166.676),
+    "Outback": (-25.0, 134.0),
 }
 
 
@@ -58,7 +67,7 @@ def test_raster_values_are_probability_per_cell(engine, surface):
     row0 = round((90 - local.north) / world.cell)
     col0 = round((local.west + 180) / world.cell)
     rows = round(local.rows * local.cell / world.cell)
-    covered = world.values[row0:row0 + rows, col0:col0 + rows].sum()
+    covered = world.values[row0 : row0 + rows, col0 : col0 + rows].sum()
     assert local.values.sum() == pytest.approx(covered, rel=1e-3)
     assert len(made.local) >= 2
     (a_lat, a_lon, _), (b_lat, b_lon, _) = made.local[0].peak(), made.local[1].peak()
@@ -66,8 +75,11 @@ def test_raster_values_are_probability_per_cell(engine, surface):
 
 
 def test_area_restriction_never_leaves_the_area(engine, photo_dir):
-    boxes = [Area.from_bbox("-10,35,30,60"), Area.from_bbox("170,-50,-170,-10"),  # the second crosses 180
-             Area.from_wkt("POLYGON((0 0, 40 0, 40 40, 0 0))", "triangle")]
+    boxes = [
+        Area.from_bbox("-10,35,30,60"),
+        Area.from_bbox("170,-50,-170,-10"),  # the second crosses 180
+        Area.from_wkt("POLYGON((0 0, 40 0, 40 40, 0 0))", "triangle"),
+    ]
     photos = sorted(photo_dir.iterdir())
     for area in boxes:
         for result in engine.predict(photos, top_k=20, area=area):
@@ -88,11 +100,13 @@ def test_whole_world_area_equals_no_area(engine, photo_dir):
     photos = sorted(photo_dir.iterdir())
     for plain, restricted in zip(engine.predict(photos, top_k=5), engine.predict(photos, top_k=5, area=world)):
         assert [(c.lat, c.lon) for c in plain.candidates] == [(c.lat, c.lon) for c in restricted.candidates]
-        np.testing.assert_allclose([c.probability for c in plain.candidates],
-                                   [c.probability for c in restricted.candidates], rtol=1e-6)
+        np.testing.assert_allclose(
+            [c.probability for c in plain.candidates], [c.probability for c in restricted.candidates], rtol=1e-6
+        )
     result = engine.predict(photos[:1], top_k=1)[0]
-    np.testing.assert_allclose(engine.rasters(result).world.values, engine.rasters(result, area=world).world.values,
-                               rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(
+        engine.rasters(result).world.values, engine.rasters(result, area=world).world.values, rtol=1e-5, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("base", [(38.5, -98.5), (48.85, 2.35), (-25.0, 134.0), (35.68, 139.69), (-1.29, 36.82)])
@@ -118,8 +132,10 @@ def test_fusion_beats_each_photo_alone(engine):
         return haversine_km(candidates[0].lat, candidates[0].lon, float(place[0]), float(place[1])) <= 25
 
     single = [hit(c, p) for p, feats in zip(places, noisy) for c in engine.answer(feats, 1)]
-    fused = [hit(engine.fuse([PhotoResult("p", feature=f.numpy()) for f in feats], 1).candidates, p)
-             for p, feats in zip(places, noisy)]
+    fused = [
+        hit(engine.fuse([PhotoResult("p", feature=f.numpy()) for f in feats], 1).candidates, p)
+        for p, feats in zip(places, noisy)
+    ]
     single_rate, fused_rate = np.mean(single), np.mean(fused)
     assert 0.05 < single_rate < 0.9, single_rate  # the task is neither trivial nor hopeless
     assert fused_rate > single_rate + 0.1, (single_rate, fused_rate)

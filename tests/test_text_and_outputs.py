@@ -7,16 +7,16 @@ import io
 
 import numpy as np
 import pytest
-
 from clip_factory import make_clip_checkpoint
-from geoclip_qgis.backend import Engine
-from geoclip_qgis.backend.errors import WeightsError
-from geoclip_qgis.backend.geotiff import raster_name, write_geotiff
 from test_cli import run
+
+from geoclip_qgis.backend import build_engine
+from geoclip_qgis.backend.errors import WeightsError
+from geoclip_qgis.backend.geotiff import raster_metadata, raster_name, write_geotiff
 
 
 def test_text_tower_loads_only_for_text(tiny_clip, photo_dir):
-    engine = Engine(clip=tiny_clip, device="cpu", precision="fp32")
+    engine = build_engine(clip=tiny_clip, device="cpu", precision="fp32")
     engine.predict(sorted(photo_dir.iterdir()), top_k=1)
     assert engine._text is None  # image work never loads the text tower
     results = engine.predict_text(["a tropical beach with palm trees", "snowy mountain village"], top_k=4)
@@ -32,7 +32,7 @@ def test_text_tower_loads_only_for_text(tiny_clip, photo_dir):
 
 def test_text_needs_a_tokenizer(tmp_path):
     vision_only = make_clip_checkpoint(tmp_path / "no-tokenizer", with_text=False)
-    engine = Engine(clip=vision_only, device="cpu", precision="fp32")
+    engine = build_engine(clip=vision_only, device="cpu", precision="fp32")
     with pytest.raises(WeightsError, match="text queries need a full CLIP checkpoint"):
         engine.predict_text(["a harbour"], top_k=1)
 
@@ -42,7 +42,11 @@ def test_geotiff_extent_crs_and_metadata(engine, photo_dir, tmp_path):
 
     result = engine.predict([photo_dir / "kauai.png"], top_k=1)[0]
     made = engine.rasters(result)
-    world = write_geotiff(made.world, tmp_path / raster_name(result.photo, "world"))
+    world = write_geotiff(
+        made.world,
+        tmp_path / raster_name(result.photo, "world"),
+        raster_metadata(made.world, result.photo, engine.model_name, 0.25, 0.01),
+    )
     local = write_geotiff(made.local[0], tmp_path / raster_name(result.photo, "local"))
     assert world.name == "kauai_world.tif" and local.name == "kauai_local1.tif"
     ds = gdal.Open(str(world))
@@ -65,8 +69,18 @@ def test_geotiff_extent_crs_and_metadata(engine, photo_dir, tmp_path):
 def test_cli_text_and_rasters(engine, tiny_clip, tmp_path):
     from osgeo import gdal
 
-    out = run("text", "a harbour with fishing boats", "--clip", tiny_clip, "--top-k", 3,
-              "--rasters", tmp_path / "r", "--precision", "fp32")
+    out = run(
+        "text",
+        "a harbour with fishing boats",
+        "--clip",
+        tiny_clip,
+        "--top-k",
+        3,
+        "--rasters",
+        tmp_path / "r",
+        "--precision",
+        "fp32",
+    )
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert len(rows) == 3 and rows[0]["photo"] == "text: a harbour with fishing boats"
     tifs = sorted(p.name for p in (tmp_path / "r").iterdir())
@@ -79,13 +93,16 @@ def test_cli_text_and_rasters(engine, tiny_clip, tmp_path):
     for name in tifs:
         if "_local" in name:
             west, cell, _, north, _, _ = gdal.Open(str(tmp_path / "r" / name)).GetGeoTransform()
-            covering.append(west <= float(top["lon"]) <= west + 50 * cell and north - 50 * cell <= float(top["lat"]) <= north)
+            covering.append(
+                west <= float(top["lon"]) <= west + 50 * cell and north - 50 * cell <= float(top["lat"]) <= north
+            )
     assert any(covering), "the top-1 answer lies on a local raster"
 
 
 def test_cli_area_and_fusion(engine, tiny_clip, photo_dir, tmp_path):
-    out = run("predict", photo_dir, "--clip", tiny_clip, "--top-k", 5, "--area=-30,30,45,72", "--fuse",
-              "--precision", "fp32")
+    out = run(
+        "predict", photo_dir, "--clip", tiny_clip, "--top-k", 5, "--area=-30,30,45,72", "--fuse", "--precision", "fp32"
+    )
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert {r["area"] for r in rows} == {"bbox -30,30,45,72"}
     for r in rows:

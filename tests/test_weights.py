@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from clip_factory import make_clip_checkpoint
+
 from geoclip_qgis.backend import weights
 from geoclip_qgis.backend.errors import WeightsError
 from geoclip_qgis.backend.heads import LOCATION_ENCODER_FILE, HeadsFiles, load_heads
@@ -140,10 +140,10 @@ def test_bundle_round_trip_and_tampering(heads_copy, tiny_clip, kauai_png, tmp_p
     found = weights.find_backbone()
     assert found.source == "models folder"
     assert (found.path / "model.safetensors").read_bytes() == (tiny_clip / "model.safetensors").read_bytes()
-    from geoclip_qgis.backend import Engine  # the imported models run, found with no arguments
+    from geoclip_qgis.backend import build_engine  # the imported models run, found with no arguments
 
-    engine = Engine(device="cpu", precision="fp32", embedding_cache=False)
-    assert engine.heads_source == "models folder" and engine.clip_source == "models folder"
+    engine = build_engine(device="cpu", precision="fp32", embedding_cache=False)
+    assert engine.files.heads_source == "models folder" and engine.files.clip_source == "models folder"
     result = engine.predict([kauai_png], top_k=1)[0]
     assert result.ok and len(engine.gallery) == 2  # heads_copy's own two-point gallery
     shutil.rmtree(weights.models_dir())
@@ -187,8 +187,14 @@ def test_download_is_pinned_verified_and_the_only_network_use(tiny_clip, monkeyp
     class FakeApi:
         def model_info(self, repo, revision=None, files_metadata=False):
             calls["info"] = (repo, revision, constants.HF_HUB_OFFLINE)
-            sibling = type("S", (), {"rfilename": "model.safetensors",
-                                     "lfs": type("L", (), {"sha256": weights.sha256_file(tiny_clip / "model.safetensors")})()})
+            sibling = type(
+                "S",
+                (),
+                {
+                    "rfilename": "model.safetensors",
+                    "lfs": type("L", (), {"sha256": weights.sha256_file(tiny_clip / "model.safetensors")})(),
+                },
+            )
             return type("I", (), {"siblings": [sibling]})()
 
     def fake_snapshot(repo_id, revision, allow_patterns, local_dir, tqdm_class=None):

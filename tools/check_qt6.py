@@ -66,11 +66,17 @@ def check_file(path: Path) -> list[str]:
     tree = ast.parse(text, filename=str(path))
     classes = _imported_classes(tree)
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id in classes and _is_enum_member(classes[node.value.id], node.attr)):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in classes
+            and _is_enum_member(classes[node.value.id], node.attr)
+        ):
             enum_name = type(getattr(classes[node.value.id], node.attr)).__name__
-            problems.append(f"{path}:{node.lineno}: unscoped enum {node.value.id}.{node.attr}: "
-                            f"write {node.value.id}.{enum_name}.{node.attr}")
+            problems.append(
+                f"{path}:{node.lineno}: unscoped enum {node.value.id}.{node.attr}: "
+                f"write {node.value.id}.{enum_name}.{node.attr}"
+            )
     if re.search(r"from\s+qgis\.PyQt\.QtWidgets\s+import[^\n]*\bQAction\b", text) and "QtGui" not in text:
         problems.append(f"{path}: QAction moved to QtGui in Qt6: import it with a QtGui fallback")
     return problems

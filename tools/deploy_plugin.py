@@ -23,8 +23,12 @@ def deploy(profiles: Path, profile: str = "default", copy: bool = False) -> Path
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     entries = [(p, target / p.name) for p in sorted((ROOT / PLUGIN).iterdir()) if p.name != "__pycache__"]
-    entries += [(ROOT / "backend", target / "backend"), (ROOT / "resources", target / "resources"),
-                (ROOT / "metadata.txt", target / "metadata.txt"), (ROOT / "LICENSE", target / "LICENSE")]
+    entries += [
+        (ROOT / "backend", target / "backend"),
+        (ROOT / "resources", target / "resources"),
+        (ROOT / "metadata.txt", target / "metadata.txt"),
+        (ROOT / "LICENSE", target / "LICENSE"),
+    ]
     for source, link in entries:
         if copy:
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, link)
@@ -36,8 +40,12 @@ def deploy(profiles: Path, profile: str = "default", copy: bool = False) -> Path
     ini.optionxform = str  # QGIS keys are case-sensitive
     if ini_path.exists():
         ini.read(ini_path)
-    for section, key, value in (("PythonPlugins", PLUGIN, "true"), ("qgis", "checkVersion", "false"),
-                                ("qgis", "showTips", "false"), ("app", "showTips", "false")):
+    for section, key, value in (
+        ("PythonPlugins", PLUGIN, "true"),
+        ("qgis", "checkVersion", "false"),
+        ("qgis", "showTips", "false"),
+        ("app", "showTips", "false"),
+    ):
         if not ini.has_section(section):
             ini.add_section(section)
         ini.set(section, key, value)

@@ -24,8 +24,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "geoclip_qgis"
 MAX_BYTES = 25 * 1024 * 1024
-MANDATORY = ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email",
-             "repository", "tracker")
+MANDATORY = (
+    "name",
+    "qgisMinimumVersion",
+    "description",
+    "about",
+    "version",
+    "author",
+    "email",
+    "repository",
+    "tracker",
+)
 SKIP_NAMES = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 COMPILED = (".pyc", ".pyo", ".so", ".pyd", ".dll", ".dylib", ".exe")
 
@@ -38,8 +47,11 @@ def version() -> str:
 def plugin_files() -> list[tuple[Path, str]]:
     """(source, name in the ZIP) for everything the plugin needs at run time."""
     pairs = []
-    for source_dir, target in ((ROOT / PLUGIN, PLUGIN), (ROOT / "backend", f"{PLUGIN}/backend"),
-                               (ROOT / "resources", f"{PLUGIN}/resources")):
+    for source_dir, target in (
+        (ROOT / PLUGIN, PLUGIN),
+        (ROOT / "backend", f"{PLUGIN}/backend"),
+        (ROOT / "resources", f"{PLUGIN}/resources"),
+    ):
         for path in sorted(source_dir.rglob("*")):
             parts = path.relative_to(source_dir).parts
             if path.is_dir() or any(p in SKIP_NAMES or p.startswith(".") for p in parts):
@@ -84,7 +96,10 @@ def check(zip_path: Path) -> list[str]:
                 problems.append(f"compiled file in the ZIP: {name}")
         if f"{PLUGIN}/LICENSE" not in names:
             problems.append("no LICENSE file")
-        if f"{PLUGIN}/__init__.py" not in names or "def classFactory" not in archive.read(f"{PLUGIN}/__init__.py").decode():
+        if (
+            f"{PLUGIN}/__init__.py" not in names
+            or "def classFactory" not in archive.read(f"{PLUGIN}/__init__.py").decode()
+        ):
             problems.append("no classFactory in __init__.py")
         parser = configparser.ConfigParser(interpolation=None)
         parser.read_string(archive.read(f"{PLUGIN}/metadata.txt").decode("utf-8"))
@@ -106,16 +121,23 @@ def scan(zip_path: Path) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         with zipfile.ZipFile(zip_path) as archive:
             archive.extractall(tmp)
-        bandit = subprocess.run([sys.executable, "-m", "bandit", "-r", "-f", "json", "-q", tmp],
-                                capture_output=True, text=True)
+        bandit = subprocess.run(
+            [sys.executable, "-m", "bandit", "-r", "-f", "json", "-q", tmp], capture_output=True, text=True
+        )
         report = json.loads(bandit.stdout or "{}")
         for issue in report.get("results", []):
             if issue["issue_severity"] in ("MEDIUM", "HIGH"):
                 where = Path(issue["filename"]).relative_to(tmp)
-                problems.append(f"bandit {issue['test_id']} {issue['issue_severity']}: {where}:"
-                                f"{issue['line_number']}: {issue['issue_text']}")
-        secrets = subprocess.run([sys.executable, "-m", "detect_secrets", "scan", "--all-files", "."],
-                                 capture_output=True, text=True, cwd=tmp)  # it scans relative to the cwd
+                problems.append(
+                    f"bandit {issue['test_id']} {issue['issue_severity']}: {where}:"
+                    f"{issue['line_number']}: {issue['issue_text']}"
+                )
+        secrets = subprocess.run(
+            [sys.executable, "-m", "detect_secrets", "scan", "--all-files", "."],
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+        )  # it scans relative to the cwd
         for name, findings in json.loads(secrets.stdout or "{}").get("results", {}).items():
             for finding in findings:
                 problems.append(f"detect-secrets {finding['type']}: {Path(name).name}:{finding['line_number']}")
@@ -132,8 +154,10 @@ def main() -> int:
     for problem in problems:
         print(f"  BLOCKING: {problem}", file=sys.stderr)
     if not problems:
-        print("  repository checks passed: metadata, icon, licence, size, no compiled or hidden files; "
-              "bandit and detect-secrets clean")
+        print(
+            "  repository checks passed: metadata, icon, licence, size, no compiled or hidden files; "
+            "bandit and detect-secrets clean"
+        )
     return 1 if problems else 0
 
 

@@ -1,0 +1,40 @@
+"""Building an engine: weights found (:mod:`.weights`), device and precision chosen (:mod:`.device`),
+batch size set, embedding cache opened. The engine itself only does inference.
+
+    from geoclip_qgis.backend.factory import build_engine
+    engine = build_engine(clip="~/models/clip-vit-large-patch14", device="auto")
+"""
+
+from __future__ import annotations
+
+import os
+
+from .device import choose_device, choose_dtype, default_batch_size
+from .errors import GeoCLIPError
+
+
+def build_engine(
+    heads: str | os.PathLike | None = None,
+    clip: str | os.PathLike | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    embedding_cache: bool = True,
+):
+    """An :class:`.engine.Engine` for these choices; nothing heavy is loaded until it is first used.
+
+    ``heads``/``clip``: folders, or None for the lookup order of :mod:`.weights`. ``batch_size``: photos
+    per batch (None: 8 on a CPU, by free memory on a GPU). ``embedding_cache``: read and write CLIP
+    embeddings of photos on disk by content hash.
+    """
+    from .embedding_cache import EmbeddingCache
+    from .engine import Engine
+    from .weights import resolve_model_files
+
+    if batch_size is not None and int(batch_size) < 1:
+        raise GeoCLIPError(f"batch size must be 1 or more, got {batch_size}")
+    files = resolve_model_files(heads, clip)
+    chosen = choose_device(device)
+    dtype = choose_dtype(chosen, precision)
+    batch = int(batch_size) if batch_size else default_batch_size(chosen, dtype)
+    return Engine(files, chosen, dtype, batch, EmbeddingCache() if embedding_cache else None)

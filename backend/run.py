@@ -1,0 +1,356 @@
+"""One run, for every door: the command line, the plugin's dock and its Processing algorithms.
+
+A :class:`RunRequest` goes in (photos and folders, text queries, a truth table to score against,
+top-k, area, fusion, rasters, skip rules, the output); results stream to the writer as they come (a
+GeoPackage commits once per engine batch, so a kill loses at most one batch); rasters, the joint
+answer and the accuracy table are made here; a :class:`RunOutcome` comes out naming every file and
+layer written, with its kind. Nothing here knows about Qt, QGIS or the terminal: progress goes to a
+:data:`.progress.ProgressCallback`, each result to an optional ``on_result``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from .area import Area
+from .errors import GeoCLIPError
+from .geotiff import VALUES_COMBINED, RasterNames, raster_metadata, write_geotiff
+from .progress import ProgressCallback, Stage, report_step
+from .rasters import Raster
+from .results import SKIP_ANSWERED, OutputFile, OutputKind, PhotoResult
+from .summary import RunSummary
+
+WORLD_EACH = "each"  # a world raster per answer
+WORLD_COMBINED = "combined"  # one world raster for the run: the mean of its answers'
+FUSE_MINIMUM = 2  # a joint answer needs at least this many answered photos
+
+
+@dataclass
+class RasterOptions:
+    folder: str
+    world_cell: float = 0.25
+    local_cell: float = 0.01
+    regions: int = 1  # local rasters around the N most probable places (plus the top-1 answer's own)
+    world: str = WORLD_COMBINED
+
+    def check(self) -> None:
+        from .rasters import world_shape
+
+        for name, cell in (("world cell", self.world_cell), ("local cell", self.local_cell)):
+            if not (isinstance(cell, (int, float)) and np.isfinite(cell) and 0 < cell <= 10):
+                raise GeoCLIPError(f"the {name} must be a number of degrees above 0 and at most 10, got {cell}")
+        try:
+            world_shape(self.world_cell)
+        except ValueError as exc:
+            raise GeoCLIPError(str(exc)) from None
+        ratio = self.world_cell / self.local_cell
+        if abs(ratio - round(ratio)) > 1e-6 or round(ratio) % 5:
+            raise GeoCLIPError(
+                f"the local cell ({self.local_cell}°) must divide the world cell ({self.world_cell}°) "
+                "into a multiple of 5 (e.g. 0.25 and 0.01)"
+            )
+        if int(self.regions) < 1:
+            raise GeoCLIPError(f"regions must be 1 or more, got {self.regions}")
+        if self.world not in (WORLD_EACH, WORLD_COMBINED):
+            raise GeoCLIPError(f"world rasters must be {WORLD_EACH!r} or {WORLD_COMBINED!r}, got {self.world!r}")
+        if Path(self.folder).exists() and not Path(self.folder).is_dir():
+            raise GeoCLIPError(f"the raster folder {self.folder} is a file, not a folder")
+
+
+@dataclass
+class RayOptions:
+    address: str | None = None  # None: start a local cluster; "auto" or "ray://host:port": join one
+    workers: int = 1
+
+
+@dataclass
+class RunRequest:
+    photos: list = field(default_factory=list)  # photo files and folders (walked recursively), or PIL images
+    texts: list[str] = field(default_factory=list)  # descriptions of places, answered like photos
+    truth_csv: str | None = None  # photo,lat,lon: the photos to answer and score (else EXIF GPS is the truth)
+    images: str | None = None  # the folder the truth CSV's photo names are relative to
+    top_k: int = 5
+    area: Area | None = None
+    output: str | None = None  # .gpkg, .csv or .geojson
+    stream: TextIO | None = None  # without an output file: CSV here (neither: answers are only counted)
+    rasters: RasterOptions | None = None
+    fuse: bool = False  # also one joint answer for all photos (photos known to show one place)
+    skip_geotagged: bool = False
+    resume: bool = True  # skip photos the output GeoPackage already answers
+    ray: RayOptions | None = None
+
+    def check(self) -> None:
+        """Refuse a request that cannot work, before any model is loaded."""
+        from .writers import output_format
+
+        if not self.photos and not self.texts and not self.truth_csv:
+            raise GeoCLIPError("nothing to answer: give photos, folders or text queries")
+        if int(self.top_k) < 1:
+            raise GeoCLIPError(f"top-k must be 1 or more, got {self.top_k}")
+        if self.output:
+            output_format(self.output)
+        if self.rasters is not None:
+            self.rasters.check()
+        if self.ray is not None and self.texts:
+            raise GeoCLIPError("text queries are answered locally, not on Ray: run them without --ray")
+
+
+@dataclass
+class RunOutcome:
+    files: list[OutputFile] = field(default_factory=list)
+    summary: RunSummary = field(default_factory=RunSummary)
+    model: str = ""
+    run_at: str = ""
+    fused: PhotoResult | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.summary.stopped
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        return self.summary.failures
+
+    def of_kind(self, *kinds: OutputKind) -> list[OutputFile]:
+        return [f for f in self.files if f.kind in kinds]
+
+
+def default_raster_folder(output: str | os.PathLike) -> str:
+    """Where a run's rasters go when only the output file is named: ``<name>_rasters`` beside it."""
+    path = Path(output)
+    return str(path.with_name(path.stem + "_rasters"))
+
+
+def count_photos(request: RunRequest) -> int:
+    """How many photos the request names (folders walked once, lazily, so memory stays flat)."""
+    from .walk import expand_paths
+
+    if request.truth_csv:
+        from .evaluation import read_truth_csv
+
+        return len(read_truth_csv(request.truth_csv, request.images))
+    return sum(1 for _ in expand_paths(request.photos))
+
+
+def execute(
+    request: RunRequest,
+    engine,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_result: Callable[[PhotoResult], None] | None = None,
+) -> RunOutcome:
+    """Answer the request into its output; raise :class:`GeoCLIPError` for what stops the whole run.
+
+    Bad photos do not stop it: each is recorded with its reason and the rest go on. ``should_stop`` is
+    checked after every answer; the run then ends within the current batch and what was written stays.
+    """
+    request.check()
+    stop = should_stop or (lambda: False)
+    summary = RunSummary()
+    truths = _truths(request)
+    photos = list(truths) if truths is not None else request.photos
+    total = (len(photos) if truths is not None else count_photos(request)) + len(request.texts)
+
+    if request.ray is not None:
+        engine.load_gallery(progress)  # the workers load the vision tower; the driver scores and writes
+    else:
+        engine.load(progress)
+    engine.check_top_k(request.top_k)
+    if request.rasters is not None:
+        engine.surface(request.rasters.world_cell, request.rasters.local_cell, progress)
+    summary.load_seconds = summary.seconds
+
+    from .writers import DiscardWriter, open_writer
+
+    run_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    area_label = request.area.label if request.area is not None else ""
+    writer = (
+        open_writer(request.output, engine.model_name, run_at, request.stream, area_label, engine.batch_size)
+        if request.output or request.stream
+        else DiscardWriter()
+    )
+    outcome = RunOutcome(summary=summary, model=engine.model_name, run_at=run_at)
+    if truths is not None:
+        summary.truth_source = f"the positions in {Path(request.truth_csv).name}"
+    rasters = _RasterOutputs(request, engine) if request.rasters is not None else None
+    members: list[PhotoResult] = []  # answers that go into the joint answer
+    earlier: list[str] = []  # photos answered by an earlier run: still members of the joint answer
+    skip = writer.answered_hashes() if request.resume and hasattr(writer, "answered_hashes") else frozenset()
+    units = "photos" if not request.texts else "queries" if total == len(request.texts) else "answers"
+    stage = Stage(progress, "Answering " + units, total, unit=units)
+    try:
+        for result in _answers(request, engine, photos, skip):
+            writer.write(result)
+            summary.add(result, truths.get(result.photo) if truths is not None else None)
+            if result.ok and not result.skipped:
+                if rasters is not None:
+                    outcome.files += rasters.add(result)
+                if request.fuse and not result.photo.startswith("text: "):
+                    members.append(result)
+            elif result.skipped == SKIP_ANSWERED and request.fuse:
+                earlier.append(result.photo)
+            stage.advance()
+            if on_result:
+                on_result(result)
+            if stop():
+                summary.stopped = True
+                break
+        if request.fuse and not summary.stopped:
+            outcome.fused = _fuse(request, engine, members, earlier, summary, progress)
+            if outcome.fused is not None:
+                writer.write(outcome.fused)
+                if rasters is not None:
+                    outcome.files += rasters.add(outcome.fused, own_world=True)
+                if on_result:
+                    on_result(outcome.fused)
+        if rasters is not None:
+            outcome.files += rasters.finish()
+        accuracy = summary.accuracy()
+        if accuracy and hasattr(writer, "write_table"):
+            writer.write_table("accuracy", {"run_at": run_at, "model": engine.model_name, **accuracy})
+    finally:
+        writer.close()  # what was answered stays on disk, stopped or not
+        summary.finished = time.perf_counter()
+    outcome.files = writer.outputs() + outcome.files
+    return outcome
+
+
+def _truths(request: RunRequest) -> dict[str, tuple[float, float]] | None:
+    if not request.truth_csv:
+        return None
+    from .evaluation import read_truth_csv
+
+    return {t.photo: (t.lat, t.lon) for t in read_truth_csv(request.truth_csv, request.images)}
+
+
+def _answers(request: RunRequest, engine, photos, skip) -> Iterator[PhotoResult]:
+    """Photos (locally or on Ray), then text queries, as results in input order."""
+    from .walk import expand_paths
+
+    items = photos if request.truth_csv else expand_paths(photos)
+    if request.ray is not None:
+        from .distributed import RayAnswers
+
+        options = {
+            "heads": str(engine.heads_files.folder),
+            "clip": str(engine.clip_dir),
+            "device": str(engine.device),
+            "precision": engine.precision,
+            "batch_size": engine.batch_size,
+        }
+        stream: Iterable[PhotoResult] = RayAnswers(
+            items,
+            options,
+            request.top_k,
+            request.area,
+            request.ray.address,
+            request.ray.workers,
+            engine.batch_size,
+            skip,
+            request.skip_geotagged,
+        )
+        yield from stream
+    elif photos:
+        stream = engine.predict_iter(
+            items, request.top_k, request.area, skip=skip, skip_geotagged=request.skip_geotagged
+        )
+        try:
+            yield from stream
+        finally:
+            stream.close()
+    if request.texts:
+        yield from engine.predict_text(request.texts, request.top_k, request.area)
+
+
+def _fuse(
+    request: RunRequest,
+    engine,
+    members: list[PhotoResult],
+    earlier: list[str],
+    summary: RunSummary,
+    progress: ProgressCallback | None,
+) -> PhotoResult | None:
+    """The joint answer over this run's photos and those an earlier run into the same file answered."""
+    if earlier:  # their query vectors are not stored: answer them again (cached embeddings make it cheap)
+        report_step(progress, f"Reading {len(earlier)} photos answered before, for the joint answer")
+        members = members + [r for r in engine.predict_iter(earlier, 1, request.area) if r.ok]
+    if len(members) < FUSE_MINIMUM:
+        summary.notes.append(
+            f"no joint answer: it needs at least {FUSE_MINIMUM} answered photos, this run has {len(members)}"
+        )
+        return None
+    return engine.fuse(members, request.top_k, request.area)
+
+
+class _RasterOutputs:
+    """Writes each answer's rasters as it comes, and the run's combined world raster at the end."""
+
+    def __init__(self, request: RunRequest, engine):
+        self.options, self.engine, self.area = request.rasters, engine, request.area
+        self.folder = Path(self.options.folder)
+        self.names = RasterNames()
+        self.area_label = request.area.label if request.area is not None else ""
+        self.pending: tuple[PhotoResult, Raster] | None = None  # the first world raster, until a second comes
+        self.total: np.ndarray | None = None
+        self.count = 0
+
+    def _metadata(self, raster: Raster, query: str, **extra) -> dict[str, str]:
+        return raster_metadata(
+            raster,
+            query,
+            self.engine.model_name,
+            self.options.world_cell,
+            self.options.local_cell,
+            self.area_label,
+            **extra,
+        )
+
+    def _write(self, raster: Raster, name: str, kind: OutputKind, answer: str, **extra) -> OutputFile:
+        path = write_geotiff(raster, self.folder / name, self._metadata(raster, answer, **extra))
+        return OutputFile(kind, str(path), answer=answer)
+
+    def add(self, result: PhotoResult, own_world: bool = False) -> list[OutputFile]:
+        made = self.engine.rasters(
+            result, self.area, self.options.regions, self.options.world_cell, self.options.local_cell
+        )
+        files = [
+            self._write(local, self.names.name(result.photo, "local", index), OutputKind.LOCAL_RASTER, result.photo)
+            for index, local in enumerate(made.local)
+        ]
+        if own_world or self.options.world == WORLD_EACH:
+            files.insert(0, self._world(result, made.world))
+        else:
+            files += self._combine(result, made.world)
+        return files
+
+    def _world(self, result: PhotoResult, world: Raster) -> OutputFile:
+        return self._write(world, self.names.name(result.photo, "world"), OutputKind.WORLD_RASTER, result.photo)
+
+    def _combine(self, result: PhotoResult, world: Raster) -> list[OutputFile]:
+        self.count += 1
+        values = world.values.astype(np.float64)
+        self.total = values if self.total is None else self.total + values
+        if self.count == 1:
+            self.pending = (result, world)
+        else:
+            self.pending = None
+        return []
+
+    def finish(self) -> list[OutputFile]:
+        """With one answer, its own world raster; with more, their mean (it still sums to 1)."""
+        if self.pending is not None:
+            return [self._world(*self.pending)]
+        if self.count < 2:
+            return []
+        mean = Raster((self.total / self.count).astype(np.float32), -180.0, 90.0, self.options.world_cell, "world")
+        label = f"mean of {self.count} answers"
+        name = self.names.name("all answers", "world")
+        return [self._write(mean, name, OutputKind.COMBINED_RASTER, label, values=VALUES_COMBINED)]

@@ -1,0 +1,88 @@
+"""What a run did, counted as it goes: answered, skipped and failed photos with reasons, errors against
+known positions (the paper's accuracy table), and where the time went."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .evaluation import accuracy_table, format_table
+from .geo import haversine_km
+from .results import PhotoResult
+
+
+@dataclass
+class RunSummary:
+    answered: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> photos
+    failed: Counter = field(default_factory=Counter)  # reason -> photos
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (photo, reason), in input order
+    errors_km: list[float] = field(default_factory=list)  # top-1 against the known position
+    without_truth: int = 0  # answered photos with no known position
+    truth_source: str = "the photos' own EXIF GPS"
+    notes: list[str] = field(default_factory=list)  # things the run did or did not do, for people
+    started: float = field(default_factory=time.perf_counter)
+    load_seconds: float = 0.0  # model and caches, before the first answer
+    finished: float | None = None
+    stopped: bool = False  # cancelled before the end
+
+    def add(self, result: PhotoResult, truth: tuple[float, float] | None = None) -> None:
+        """Count one result; ``truth`` (lat, lon) overrides the photo's own EXIF position."""
+        if result.skipped:
+            self.skipped[result.skipped] += 1
+        elif result.ok:
+            self.answered += 1
+            if truth is None and result.exif_lat is not None:
+                truth = (result.exif_lat, result.exif_lon)
+            if truth is None or not result.candidates:
+                self.without_truth += 1
+            else:
+                top = result.candidates[0]
+                self.errors_km.append(float(haversine_km(truth[0], truth[1], top.lat, top.lon)))
+        else:
+            self.failed[result.error] += 1
+            self.failures.append((result.photo, result.error))
+
+    @property
+    def failed_count(self) -> int:
+        return sum(self.failed.values())
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(self.skipped.values())
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.perf_counter()) - self.started
+
+    @property
+    def seconds_per_answer(self) -> float | None:
+        done = self.answered + self.failed_count
+        return (self.seconds - self.load_seconds) / done if done else None
+
+    def accuracy(self) -> dict | None:
+        return accuracy_table(self.errors_km) if self.errors_km else None
+
+    def first_line(self) -> str:
+        return f"answered {self.answered}, skipped {self.skipped_count}, failed {self.failed_count}" + (
+            " (stopped early)" if self.stopped else ""
+        )
+
+    def text(self) -> str:
+        lines = [self.first_line()]
+        for reason, count in self.skipped.most_common():
+            lines.append(f"  skipped {count}: {reason}")
+        for reason, count in self.failed.most_common():
+            lines.append(f"  failed {count}: {reason}")
+        lines += [f"  {note}" for note in self.notes]
+        per_answer = self.seconds_per_answer
+        if per_answer:
+            lines.append(
+                f"  {self.seconds:.1f} s in all: {self.load_seconds:.1f} s loading the model and caches, "
+                f"{per_answer:.3f} s per answer"
+            )
+        if self.accuracy():
+            lines.append(f"top-1 error against {self.truth_source}:")
+            lines.append(format_table(self.accuracy()))
+        return "\n".join(lines)
