@@ -10,7 +10,7 @@ work left is the CLIP vision tower, a small MLP and one matrix product.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -335,15 +335,16 @@ class Engine:
         photos: Iterable,
         top_k: int = 5,
         area: Area | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> list[PhotoResult]:
         """All results at once. ``photos``: paths or PIL images (a single one is accepted too)."""
         if isinstance(photos, (str, Path)) or hasattr(photos, "mode"):
             photos = [photos]
         photos = list(photos)
+        stage = Stage(progress, "Answering photos", len(photos), "photos") if progress else None
         results = []
         for result in self.predict_iter(photos, top_k, area):
             results.append(result)
-            if progress:
-                progress(len(results), len(photos))
+            if stage:
+                stage.advance()
         return results
