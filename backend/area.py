@@ -44,23 +44,38 @@ class Area:
         return cls(label=label, bbox=(west, south, east, north), wkt=geometry.ExportToWkt())
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> Area:
-        """The union of every polygon in a vector file (any OGR format), reprojected to EPSG:4326."""
+    def from_file(cls, path: str | os.PathLike, layer: str | None = None) -> Area:
+        """The union of every polygon in one layer of a vector file (any OGR format), reprojected to
+        EPSG:4326. A file with several polygon layers needs ``layer`` to say which."""
         from osgeo import ogr, osr
 
         source = ogr.Open(os.fspath(path))
         if source is None:
             raise GeoCLIPError(f"cannot open area file {path}")
+        polygonal = (ogr.wkbPolygon, ogr.wkbMultiPolygon, ogr.wkbCurvePolygon, ogr.wkbMultiSurface)
+        layers = [source.GetLayer(i) for i in range(source.GetLayerCount())]
+        candidates = [lyr for lyr in layers if ogr.GT_Flatten(lyr.GetGeomType()) in polygonal]
+        if layer is not None:
+            chosen = source.GetLayerByName(layer)
+            if chosen is None:
+                names = ", ".join(lyr.GetName() for lyr in layers) or "none"
+                raise GeoCLIPError(f"area file {path} has no layer {layer!r} (its layers: {names})")
+        elif len(candidates) == 1:
+            chosen = candidates[0]
+        elif not candidates:
+            raise GeoCLIPError(f"area file {path} holds no polygon layer")
+        else:
+            names = ", ".join(lyr.GetName() for lyr in candidates)
+            raise GeoCLIPError(f"area file {path} has {len(candidates)} polygon layers ({names}): choose one")
         wgs84 = osr.SpatialReference()
         wgs84.ImportFromEPSG(4326)
         wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
         union = ogr.Geometry(ogr.wkbMultiPolygon)
-        layer = source.GetLayer(0)
         transform = None
-        if layer.GetSpatialRef() is not None and not layer.GetSpatialRef().IsSame(wgs84):
-            layer.GetSpatialRef().SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-            transform = osr.CoordinateTransformation(layer.GetSpatialRef(), wgs84)
-        for feature in layer:
+        if chosen.GetSpatialRef() is not None and not chosen.GetSpatialRef().IsSame(wgs84):
+            chosen.GetSpatialRef().SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+            transform = osr.CoordinateTransformation(chosen.GetSpatialRef(), wgs84)
+        for feature in chosen:
             geometry = feature.GetGeometryRef()
             if geometry is None:
                 continue
@@ -69,8 +84,9 @@ class Area:
                 geometry.Transform(transform)
             union = union.Union(geometry)
         if union.IsEmpty():
-            raise GeoCLIPError(f"area file {path} holds no polygons")
-        return cls.from_wkt(union.ExportToWkt(), label=os.path.basename(os.fspath(path)))
+            raise GeoCLIPError(f"layer {chosen.GetName()} of area file {path} holds no polygons")
+        label = os.path.basename(os.fspath(path)) + (f" ({chosen.GetName()})" if len(layers) > 1 else "")
+        return cls.from_wkt(union.ExportToWkt(), label=label)
 
     def _in_box(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         west, south, east, north = self.bbox

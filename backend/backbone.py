@@ -47,7 +47,7 @@ def load_vision_tower(folder: Path, device: torch.device, dtype: torch.dtype):
         model = CLIPVisionModelWithProjection.from_pretrained(  # nosec B615
             str(folder), local_files_only=True, use_safetensors=_has_safetensors(folder), dtype=dtype
         )
-    except (OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # unreadable, damaged or refused (a pickle payload in a .bin): never a crash
         raise WeightsError(f"cannot load the CLIP vision tower from {folder}: {exc}") from exc
     _check_projection(model, folder)
     return model.to(device).eval().requires_grad_(False)
@@ -69,7 +69,7 @@ def load_text_tower(folder: Path, device: torch.device, dtype: torch.dtype):
             str(folder), local_files_only=True, use_safetensors=_has_safetensors(folder), dtype=dtype
         )
         tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)  # nosec B615
-    except (OSError, ValueError, RuntimeError, TypeError) as exc:
+    except Exception as exc:
         raise WeightsError(
             f"cannot load the CLIP text tower from {folder} (text queries need a full CLIP checkpoint "
             f"with its tokenizer files vocab.json and merges.txt): {exc}"
@@ -91,5 +91,5 @@ def load_image_processor(folder: Path):
 
     try:
         return Processor.from_pretrained(str(folder), local_files_only=True)  # nosec B615
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
         raise WeightsError(f"cannot read preprocessor_config.json in {folder}: {exc}") from exc

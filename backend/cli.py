@@ -32,6 +32,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="CLIP tower precision; auto = bf16/fp16 on GPU, bf16 on CPUs with native bf16",
     )
     parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not keep the photos' CLIP embeddings on disk (nothing about them is stored)",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=None,
@@ -67,6 +72,7 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
         help="only places inside this box (degrees); write --area=-10,35,30,60 when W is negative",
     )
     area.add_argument("--area-file", metavar="FILE", help="only places inside the polygons of this vector file")
+    parser.add_argument("--area-layer", metavar="NAME", help="the layer of --area-file to use, when it has several")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
     _add_run_options(parser)
 
@@ -138,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--quiet", action="store_true")
     _add_run_options(tune)
 
+    cache = commands.add_parser("cache", help="what the cache folder holds, and clearing it")
+    cache_actions = cache.add_subparsers(dest="action", required=True)
+    cache_actions.add_parser("status", help="the cache folder and the size of each part")
+    clear = cache_actions.add_parser("clear", help="delete the cache (photo embeddings and location features)")
+    clear.add_argument("--photos-only", action="store_true", help="delete only the photos' CLIP embeddings")
+
     models = commands.add_parser("models", help="where weights are, and how to get them")
     actions = models.add_subparsers(dest="action", required=True)
     status = actions.add_parser("status", help="what was found where, with sizes and checksums")
@@ -156,6 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument("--heads-only", action="store_true", help="leave the CLIP backbone out")
     _add_model_options(exporter)
     return parser
+
+
+def printable(text: str) -> str:
+    """Text as the terminal may show it: control characters (newlines, escape sequences) and bytes that
+    are not UTF-8 written as escapes, so a file name cannot fake, hide or garble lines."""
+    shown = []
+    for char in str(text):
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, kept by Python as a surrogate escape
+            shown.append(f"\\x{code - 0xDC00:02x}")
+        elif char.isprintable():
+            shown.append(char)
+        else:
+            shown.append(char.encode("unicode_escape").decode("ascii"))
+    return "".join(shown)
+
+
+def _print_lines(text: str, prefix: str = "geoclip-qgis: ") -> None:
+    for number, line in enumerate(text.splitlines()):
+        print((prefix if number == 0 else "") + printable(line), file=sys.stderr)
 
 
 class Terminal:
@@ -200,7 +232,7 @@ class Terminal:
 
     def on_result(self, result) -> None:
         if result.error:
-            self.say(f"failed: {result.photo}: {result.error}")
+            self.say(f"failed: {printable(result.photo)}: {printable(result.error)}")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -212,10 +244,12 @@ class Terminal:
 def _area(args):
     from .area import Area
 
-    if getattr(args, "area", None):
+    if getattr(args, "area", None) is not None:  # --area= (empty) is an error, never the whole world
         return Area.from_bbox(args.area)
-    if getattr(args, "area_file", None):
-        return Area.from_file(args.area_file)
+    if getattr(args, "area_file", None) is not None:
+        return Area.from_file(args.area_file, args.area_layer)
+    if getattr(args, "area_layer", None):
+        raise GeoCLIPError("--area-layer needs --area-file")
     return None
 
 
@@ -223,7 +257,12 @@ def _engine(args):
     from .factory import build_engine
 
     return build_engine(
-        heads=args.heads, clip=args.clip, device=args.device, precision=args.precision, batch_size=args.batch_size
+        heads=args.heads,
+        clip=args.clip,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        embedding_cache=not args.no_cache,
     )
 
 
@@ -243,19 +282,19 @@ def _report(terminal: Terminal, outcome) -> None:
     terminal.close()
     if terminal.quiet:
         return
-    print("geoclip-qgis: " + outcome.summary.text(), file=sys.stderr)
+    _print_lines(outcome.summary.text())
     by_path: dict[str, list[str]] = {}
     for file in outcome.files:
         if file.layer:
             by_path.setdefault(file.path, []).append(file.layer)
     for path, layers in by_path.items():
-        print(f"geoclip-qgis: written to {path} (layers: {', '.join(layers)})", file=sys.stderr)
-    plain = [f for f in outcome.files if not f.layer and f.kind == OutputKind.POINTS]
-    for file in plain:
-        print(f"geoclip-qgis: written to {file.path}", file=sys.stderr)
-    rasters = [f for f in outcome.files if f.kind not in (OutputKind.POINTS,) and not f.layer]
+        _print_lines(f"written to {path} (layers: {', '.join(layers)})")
+    for file in outcome.files:
+        if not file.layer and file.kind == OutputKind.POINTS:
+            _print_lines(f"written to {file.path}")
+    rasters = [f for f in outcome.files if f.kind != OutputKind.POINTS and not f.layer]
     if rasters:
-        print(f"geoclip-qgis: {len(rasters)} rasters in {Path(rasters[0].path).parent}", file=sys.stderr)
+        _print_lines(f"{len(rasters)} rasters in {Path(rasters[0].path).parent}")
 
 
 def _execute(args, request):
@@ -363,8 +402,23 @@ def run_finetune(args) -> int:
     return 0
 
 
+def run_cache(args) -> int:
+    from .cache import cache_report, clear_caches
+    from .weights import human_size
+
+    if args.action == "clear":
+        removed = clear_caches(photos_only=args.photos_only)
+        print(f"removed {', '.join(removed) if removed else 'nothing (the cache was empty)'}")
+        return 0
+    report = cache_report()
+    print(f"cache folder: {report['folder']}")
+    for name, size in report["parts"].items():
+        print(f"    {name:<28} {human_size(size):>10}")
+    return 0
+
+
 def run_models(args) -> int:
-    from . import weights
+    from . import bundles, weights
 
     if args.action == "status":
         report = weights.status(args.heads, args.clip, checksums=not args.no_checksums)
@@ -382,10 +436,10 @@ def run_models(args) -> int:
         print(weights.download_backbone())
         return 0
     if args.action == "export":
-        path = weights.export_bundle(args.path, args.heads, args.clip, with_backbone=not args.heads_only)
+        path = bundles.export_bundle(args.path, args.heads, args.clip, with_backbone=not args.heads_only)
         print(f"wrote {path} ({weights.human_size(path.stat().st_size)})")
         return 0
-    imported = weights.import_models(args.path)
+    imported = bundles.import_models(args.path)
     print(f"imported {', '.join(imported)} into {weights.models_dir()}")
     return 0
 
@@ -418,8 +472,22 @@ def _print_status(report: dict) -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
 
 
+def _log_to_stderr() -> None:
+    """The engine's warnings (a cache it cannot use, say) as lines on stderr."""
+    import logging
+
+    logger = logging.getLogger("geoclip_qgis")
+    if not any(getattr(h, "geoclip_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("geoclip-qgis: warning: %(message)s"))
+        handler.geoclip_cli = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _log_to_stderr()
     try:
         if args.command == "predict":
             return run_predict(args)
@@ -429,9 +497,15 @@ def main(argv: list[str] | None = None) -> int:
             return run_finetune(args)
         if args.command == "evaluate":
             return run_evaluate(args)
+        if args.command == "cache":
+            return run_cache(args)
         return run_models(args)
     except GeoCLIPError as exc:
-        print(f"geoclip-qgis: error: {exc}", file=sys.stderr)
+        _print_lines(f"error: {exc}")
+        return 2
+    except OSError as exc:  # a file the command names cannot be read or written
+        where = f" ({exc.filename})" if exc.filename else ""
+        _print_lines(f"error: {exc.strerror or exc}{where}")
         return 2
     except KeyboardInterrupt:
         print("geoclip-qgis: interrupted; results written so far are kept", file=sys.stderr)

@@ -14,14 +14,13 @@ from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .embedding_cache import EmbeddingCache, photo_sha256
 from .errors import PhotoError
 from .exif import PhotoMetadata
-from .photos import BadPath, check_file, open_photo, read_photo_metadata
+from .photos import BadPath, open_photo, probe_photo
 from .results import SKIP_ANSWERED, SKIP_GEOTAGGED, PhotoResult, photo_label
 
 DECODE_WORKERS = 1  # one decoder keeps a 2-core CPU busy without starving the encoder's threads
@@ -51,17 +50,15 @@ class PhotoPreparer:
         try:
             sha = None
             if isinstance(item, (str, os.PathLike)) and not isinstance(item, BadPath):
-                check_file(Path(item))
+                metadata = probe_photo(item)  # a file that is no photo is refused before it is hashed
                 sha = photo_sha256(item)
                 if sha in self.skip:
-                    return PhotoResult(label, sha256=sha, skipped=SKIP_ANSWERED)
-                if self.skip_geotagged or self.embeddings is not None:
-                    metadata = read_photo_metadata(item)
-                    if self.skip_geotagged and metadata.has_gps:
-                        return PhotoResult(label, metadata=metadata, sha256=sha, skipped=SKIP_GEOTAGGED)
-                    hit = self.embeddings.get_many(self.backbone_key, [sha]).get(sha) if self.embeddings else None
-                    if hit is not None:  # a photo seen before: no decoding
-                        return Prepared(None, metadata, sha, hit)
+                    return PhotoResult(label, metadata=metadata, sha256=sha, skipped=SKIP_ANSWERED)
+                if self.skip_geotagged and metadata.has_gps:
+                    return PhotoResult(label, metadata=metadata, sha256=sha, skipped=SKIP_GEOTAGGED)
+                hit = self.embeddings.get_many(self.backbone_key, [sha]).get(sha) if self.embeddings else None
+                if hit is not None:  # a photo seen before: no decoding
+                    return Prepared(None, metadata, sha, hit)
             photo = open_photo(item, label)
             if self.skip_geotagged and photo.metadata.has_gps:
                 return PhotoResult(label, metadata=photo.metadata, sha256=sha, skipped=SKIP_GEOTAGGED)

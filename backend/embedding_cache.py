@@ -12,11 +12,12 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
-from .weights import cache_dir
+from .cache import cache_dir, max_embeddings_bytes, private_file, private_folder, warn_once
 
 EMBEDDING_DIM = 768
 
@@ -42,40 +43,105 @@ def backbone_key(clip_dir: Path, precision: str) -> str:
 
 
 class EmbeddingCache:
-    """Thread-safe get/put of embeddings; one SQLite file, written in small transactions."""
+    """Thread-safe get/put of embeddings in one SQLite file, small transactions, least recently used
+    entries dropped beyond the size cap. Any failure (read-only or full folder, damaged file) logs one
+    warning and turns the cache off for the rest of the process: it costs speed, never a run."""
 
-    def __init__(self, path: Path | None = None):
+    ROW_BYTES = EMBEDDING_DIM * 4 + 200  # one entry on disk, keys and page overhead included
+
+    def __init__(self, path: Path | None = None, max_bytes: int | None = None):
         self.path = Path(path) if path else cache_dir() / "image-embeddings.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_rows = (max_embeddings_bytes() if max_bytes is None else max_bytes) // self.ROW_BYTES
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS embeddings (backbone TEXT, photo_sha256 TEXT, "
-            "embedding BLOB, PRIMARY KEY (backbone, photo_sha256))"
+        self._db = None
+        try:
+            private_folder(self.path.parent)
+            private_file(self.path)
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS embeddings (backbone TEXT, photo_sha256 TEXT, embedding BLOB, "
+                "used INTEGER DEFAULT 0, PRIMARY KEY (backbone, photo_sha256))"
+            )
+            columns = [row[1] for row in self._db.execute("PRAGMA table_info(embeddings)")]
+            if "used" not in columns:  # a cache from an earlier version
+                self._db.execute("ALTER TABLE embeddings ADD COLUMN used INTEGER DEFAULT 0")
+            self._db.execute("CREATE INDEX IF NOT EXISTS embeddings_used ON embeddings (used)")
+            self._db.commit()
+        except (sqlite3.Error, OSError) as exc:
+            self._off(exc)
+
+    @property
+    def enabled(self) -> bool:
+        return self._db is not None
+
+    def _off(self, exc: Exception) -> None:
+        warn_once(
+            "embeddings",
+            f"the photo embedding cache {self.path} cannot be used ({exc}); "
+            "running without it (photos are encoded again next time)",
         )
-        self._db.commit()
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+        self._db = None
 
     def get_many(self, backbone: str, hashes: list[str]) -> dict[str, np.ndarray]:
-        if not hashes:
+        if not hashes or self._db is None:
             return {}
         query = "SELECT embedding FROM embeddings WHERE backbone = ? AND photo_sha256 = ?"
         found = {}
         with self._lock:
-            for sha in hashes:
-                row = self._db.execute(query, (backbone, sha)).fetchone()
-                if row is not None and len(row[0]) == EMBEDDING_DIM * 4:
-                    found[sha] = np.frombuffer(row[0], dtype=np.float32).copy()
+            try:
+                for sha in hashes:
+                    row = self._db.execute(query, (backbone, sha)).fetchone()
+                    if row is not None and len(row[0]) == EMBEDDING_DIM * 4:
+                        found[sha] = np.frombuffer(row[0], dtype=np.float32).copy()
+                if found:
+                    now = time.time_ns()
+                    self._db.executemany(
+                        "UPDATE embeddings SET used = ? WHERE backbone = ? AND photo_sha256 = ?",
+                        [(now, backbone, sha) for sha in found],
+                    )
+                    self._db.commit()
+            except sqlite3.Error as exc:
+                self._off(exc)
         return found
 
     def put_many(self, backbone: str, items: dict[str, np.ndarray]) -> None:
-        if not items:
+        if not items or self._db is None:
             return
-        rows = [(backbone, sha, np.asarray(v, dtype=np.float32).tobytes()) for sha, v in items.items()]
+        now = time.time_ns()
+        rows = [(backbone, sha, np.asarray(v, dtype=np.float32).tobytes(), now) for sha, v in items.items()]
         with self._lock:
-            self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", rows)
-            self._db.commit()
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
+                self._db.commit()
+                self._evict()
+            except sqlite3.Error as exc:
+                self._off(exc)
+
+    def _evict(self) -> None:
+        """Drop the least recently used entries beyond the cap (a tenth more, so it is not every put)."""
+        count = self._db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+        if count <= self.max_rows:
+            return
+        excess = count - int(self.max_rows * 0.9)
+        self._db.execute(
+            "DELETE FROM embeddings WHERE rowid IN (SELECT rowid FROM embeddings ORDER BY used LIMIT ?)", (excess,)
+        )
+        self._db.commit()
+
+    def __len__(self) -> int:
+        if self._db is None:
+            return 0
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None

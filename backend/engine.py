@@ -9,6 +9,7 @@ work left is the CLIP vision tower, a small MLP and one matrix product.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from .heads import load_heads
 from .progress import ProgressCallback, Stage, report_step
 from .rasters import RasterSet, SurfaceEvaluator, grid_centres, world_shape
 from .results import Candidate, PhotoResult
-from .weights import ModelFiles
+from .weights import ModelFiles, sha256_file
 
 
 class Engine:
@@ -58,12 +59,24 @@ class Engine:
         self._surfaces: dict[tuple[float, float], SurfaceEvaluator] = {}
         self._area_cache: tuple[Area | None, torch.Tensor | None] = (None, None)
         self._lock = threading.Lock()
+        self._weights_key: str | None = None
 
     # ------------------------------------------------------------------------------------ loading
 
     @property
     def precision(self) -> str:
         return PRECISION_NAMES[self.dtype]
+
+    @property
+    def weights_key(self) -> str:
+        """Identifies the weights answers come from (heads files, gallery, backbone, precision): runs into
+        one GeoPackage resume only when it is the same."""
+        if self._weights_key is None:
+            digest = hashlib.sha256(self.backbone_key.encode())
+            for path in sorted(self.heads_files.weights_dir.glob("*.pth")) + [self.heads_files.gallery_csv]:
+                digest.update(sha256_file(path).encode())
+            self._weights_key = digest.hexdigest()[:24]
+        return self._weights_key
 
     @property
     def model_name(self) -> str:

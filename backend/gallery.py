@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cache import cache_dir, private_folder, warn_once
 from .errors import WeightsError
 from .heads import LOCATION_ENCODER_FILE, GeoCLIPHeads, HeadsFiles
-from .weights import cache_dir, sha256_file
+from .weights import sha256_file
 
 FEATURE_FORMAT = "v1"  # bump when the location encoder's arithmetic changes
 CHUNK = 8192
@@ -116,14 +117,21 @@ def _read_disk_cache(path: Path, device: torch.device) -> tuple[torch.Tensor, to
 def _write_disk_cache(path: Path, coordinates: torch.Tensor, features: torch.Tensor) -> None:
     from safetensors.torch import save_file
 
+    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+        private_folder(path.parent)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")  # created 0600
         os.close(handle)
         save_file({"coordinates": coordinates.cpu().contiguous(), "features": features.cpu().contiguous()}, tmp)
         os.replace(tmp, path)  # readers see the whole file or none of it
-    except OSError:
-        pass  # a read-only cache folder only costs recomputation next time
+    except Exception as exc:  # read-only or full cache folder: only costs recomputation next time
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        warn_once(
+            "features",
+            f"cannot keep location features in the cache folder {path.parent} ({exc}); "
+            "they are computed again next time",
+        )
 
 
 def cached_location_features(

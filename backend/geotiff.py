@@ -8,8 +8,8 @@ import os
 import re
 from pathlib import Path
 
-from .errors import GeoCLIPError
 from .rasters import Raster
+from .results import path_text
 
 VALUES_PER_CELL = (
     "probability per cell: the model's density (softmax score per unit area) integrated over "
@@ -29,7 +29,7 @@ def raster_metadata(
 ) -> dict[str, str]:
     """The ``GEOCLIP_*`` metadata items of one raster: what was asked, by which model, in which units."""
     return {
-        "GEOCLIP_QUERY": query,
+        "GEOCLIP_QUERY": path_text(query)[0],
         "GEOCLIP_MODEL": model,
         "GEOCLIP_VALUES": values,
         "GEOCLIP_WORLD_CELL_DEG": str(world_cell),
@@ -40,28 +40,55 @@ def raster_metadata(
 
 
 def write_geotiff(raster: Raster, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write one raster; it appears under ``path`` only once written whole (never half a file), and a
+    file of that name that GeoCLIP did not write is refused, not replaced."""
     from osgeo import gdal, osr
 
+    from .writers import WriteError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not is_ours(path):
+        raise WriteError(f"{path} exists and was not written by GeoCLIP; refusing to overwrite it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"cannot create the folder {path.parent}: {exc.strerror or exc}") from None
+    partial = path.with_name(path.stem + ".partial.tif")
     driver = gdal.GetDriverByName("GTiff")
     options = ["COMPRESS=DEFLATE", "PREDICTOR=3", "TILED=YES"]
-    dataset = driver.Create(str(path), raster.cols, raster.rows, 1, gdal.GDT_Float32, options=options)
+    dataset = driver.Create(str(partial), raster.cols, raster.rows, 1, gdal.GDT_Float32, options=options)
     if dataset is None:
-        raise GeoCLIPError(f"cannot write {path}: {gdal.GetLastErrorMsg()}")
-    dataset.SetGeoTransform((raster.west, raster.cell, 0.0, raster.north, 0.0, -raster.cell))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(4326)
-    dataset.SetProjection(srs.ExportToWkt())
-    dataset.SetMetadata({key: str(value) for key, value in (metadata or {}).items()})
-    band = dataset.GetRasterBand(1)
-    band.SetNoDataValue(float("nan"))
-    band.SetDescription("probability per cell")
-    band.WriteArray(raster.values)
-    band.ComputeStatistics(False)
-    dataset.FlushCache()
-    dataset = None  # closes the file
+        raise WriteError(f"cannot write {path}: {gdal.GetLastErrorMsg()}")
+    try:
+        dataset.SetGeoTransform((raster.west, raster.cell, 0.0, raster.north, 0.0, -raster.cell))
+        srs = osr.SpatialReference()
+        srs.ImportFromEPSG(4326)
+        dataset.SetProjection(srs.ExportToWkt())
+        marked = {"GEOCLIP_RASTER": raster.kind, **(metadata or {})}  # the mark that makes it ours
+        dataset.SetMetadata({key: str(value) for key, value in marked.items()})
+        band = dataset.GetRasterBand(1)
+        band.SetNoDataValue(float("nan"))
+        band.SetDescription("probability per cell")
+        failed = band.WriteArray(raster.values) != 0
+        band.ComputeStatistics(False)
+        failed = dataset.FlushCache() not in (None, 0) or failed
+        dataset = None  # closes the file
+        if failed or gdal.Open(str(partial)) is None:
+            raise WriteError(f"cannot write {path}: {gdal.GetLastErrorMsg() or 'the file did not read back'}")
+        os.replace(partial, path)
+    except BaseException:
+        dataset = None
+        partial.unlink(missing_ok=True)
+        raise
     return path
+
+
+def is_ours(path: str | os.PathLike) -> bool:
+    """True for a GeoTIFF GeoCLIP wrote (it carries GEOCLIP_* metadata)."""
+    from osgeo import gdal
+
+    dataset = gdal.Open(str(path))
+    return dataset is not None and any(key.startswith("GEOCLIP_") for key in (dataset.GetMetadata() or {}))
 
 
 def _stem(label: str) -> str:

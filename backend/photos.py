@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ PHOTO_EXTENSIONS = frozenset(
 # final bicubic resize still sees more pixels than it keeps.
 DECODE_MIN_SIDE = 448
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_956_970
+MAX_ASPECT = 10  # longer sides are cut (around the centre) to this many times the short side
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,23 @@ def _shrink(image: Image.Image) -> Image.Image:
     return image.reduce(factor) if factor >= 2 else image
 
 
+def _centre(image: Image.Image) -> Image.Image:
+    """Cut an extremely long image to MAX_ASPECT times its short side, around its centre.
+
+    CLIP scales the short side to 224 and keeps the centre square, so the pixels cut here never reach
+    the model (the margin left keeps the resize filter's edge far from that square); without the cut a
+    1 x 10,000 image would be scaled to 224 x 2,240,000 pixels first.
+    """
+    width, height = image.size
+    short, long_ = min(width, height), max(width, height)
+    if long_ <= MAX_ASPECT * short:
+        return image
+    keep = MAX_ASPECT * short
+    start = (long_ - keep) // 2
+    box = (start, 0, start + keep, height) if width > height else (0, start, width, start + keep)
+    return image.crop(box)
+
+
 def _decode(image: Image.Image, source: str) -> Photo:
     width, height = image.size
     if width * height > MAX_PIXELS:
@@ -120,7 +139,7 @@ def _decode(image: Image.Image, source: str) -> Photo:
     image.draft(None, (DECODE_MIN_SIDE, DECODE_MIN_SIDE))  # JPEG: decode at 1/2..1/8 scale; others: no-op
     image.load()
     upright = ImageOps.exif_transpose(image) or image
-    return Photo(source, _to_rgb(_shrink(upright)), metadata, (width, height))
+    return Photo(source, _to_rgb(_shrink(_centre(upright))), metadata, (width, height))
 
 
 def open_photo(item: str | os.PathLike | Image.Image, label: str | None = None) -> Photo:
@@ -136,11 +155,28 @@ def open_photo(item: str | os.PathLike | Image.Image, label: str | None = None) 
         except Exception as exc:
             raise PhotoError(f"cannot use this image: {exc}") from exc
     path = Path(item)
-    source = label or str(item)
     check_file(path)
+    with _photo_errors(path), Image.open(path) as image:
+        return _decode(image, label or str(item))
+
+
+def probe_photo(path: str | os.PathLike) -> PhotoMetadata:
+    """Check that a file is a photo Pillow reads, within the pixel limit, from its header alone, and
+    return its EXIF: cheap, so a large file that is no photo is refused before it is hashed or decoded."""
+    path = Path(path)
+    check_file(path)
+    with _photo_errors(path), Image.open(path) as image:
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise PhotoError(_bomb_message(width * height, f"{width}x{height} pixels, "))
+        return read_metadata(image)
+
+
+@contextmanager
+def _photo_errors(path: Path):
+    """Whatever Pillow raises for one file, as a PhotoError saying what is wrong with it."""
     try:
-        with Image.open(path) as image:
-            return _decode(image, source)
+        yield
     except PhotoError:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own check at open, before ours
@@ -159,12 +195,3 @@ def open_photo(item: str | os.PathLike | Image.Image, label: str | None = None) 
         raise PhotoError(f"damaged image data: {text}") from None
     except MemoryError:
         raise PhotoError("out of memory while decoding this image") from None
-
-
-def read_photo_metadata(path: str | os.PathLike) -> PhotoMetadata:
-    """EXIF of a photo without decoding its pixels (for photos whose embedding is already known)."""
-    try:
-        with Image.open(path) as image:
-            return read_metadata(image)
-    except Exception:
-        return PhotoMetadata()

@@ -37,10 +37,11 @@ COLUMNS = (
     "model",
     "run_at",
     "area",
+    "photo_bytes_hex",
     "error",
 )
 POINT_COLUMNS = COLUMNS[:-1]
-ERROR_COLUMNS = ("photo", "error", "photo_sha256", "run_at")
+ERROR_COLUMNS = ("photo", "error", "photo_sha256", "photo_bytes_hex", "run_at")
 COLUMN_TYPES = {
     "photo": str,
     "rank": int,
@@ -59,8 +60,33 @@ COLUMN_TYPES = {
     "model": str,
     "run_at": str,
     "area": str,
+    "photo_bytes_hex": str,
     "error": str,
 }
+
+
+def path_text(label: str) -> tuple[str, str | None]:
+    """A photo's name as text every format takes, plus, for a name that is not valid UTF-8, its exact
+    bytes in hex (``photo_bytes_hex``), so nothing is lost.
+
+    Such names (Latin-1 from old cameras and USB sticks) reach Python as surrogate escapes; the text
+    form shows each byte that is not UTF-8 as ``\\xNN`` (``caf\\xe9.jpg``). :func:`path_from_text` gives
+    the exact path back.
+    """
+    try:
+        label.encode("utf-8")
+        return label, None
+    except UnicodeEncodeError:
+        try:
+            raw = os.fsencode(label)
+        except UnicodeEncodeError:
+            raw = label.encode("utf-8", "surrogatepass")
+        return raw.decode("utf-8", "backslashreplace"), raw.hex()
+
+
+def path_from_text(photo: str, photo_bytes_hex: str | None) -> str:
+    """The path a row names: from its bytes when the name was not UTF-8, else the text itself."""
+    return os.fsdecode(bytes.fromhex(photo_bytes_hex)) if photo_bytes_hex else photo
 
 
 class OutputKind(str, enum.Enum):
@@ -128,8 +154,10 @@ class PhotoResult:
         """``model``, ``run_at`` and ``area`` describe the run: the weights, when, and the area of
         interest the answers were restricted to (empty for the whole world)."""
         meta = self.metadata
+        photo, photo_bytes_hex = path_text(self.photo)
         base = {
-            "photo": self.photo,
+            "photo": photo,
+            "photo_bytes_hex": photo_bytes_hex,
             "exif_lat": self.exif_lat,
             "exif_lon": self.exif_lon,
             "timestamp": meta.timestamp if meta else None,

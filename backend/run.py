@@ -27,10 +27,12 @@ from .progress import ProgressCallback, Stage, report_step
 from .rasters import Raster
 from .results import SKIP_ANSWERED, OutputFile, OutputKind, PhotoResult
 from .summary import RunSummary
+from .version import __version__
 
 WORLD_EACH = "each"  # a world raster per answer
 WORLD_COMBINED = "combined"  # one world raster for the run: the mean of its answers'
 FUSE_MINIMUM = 2  # a joint answer needs at least this many answered photos
+FUSED_PREFIX = "fused: "  # the label of a joint answer: "fused: 12 photos"
 
 
 @dataclass
@@ -158,69 +160,120 @@ def execute(
     truths = _truths(request)
     photos = list(truths) if truths is not None else request.photos
     total = (len(photos) if truths is not None else count_photos(request)) + len(request.texts)
-
-    if request.ray is not None:
-        engine.load_gallery(progress)  # the workers load the vision tower; the driver scores and writes
-    else:
-        engine.load(progress)
-    engine.check_top_k(request.top_k)
-    if request.rasters is not None:
-        engine.surface(request.rasters.world_cell, request.rasters.local_cell, progress)
-    summary.load_seconds = summary.seconds
-
-    from .writers import DiscardWriter, open_writer
-
     run_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    area_label = request.area.label if request.area is not None else ""
-    writer = (
-        open_writer(request.output, engine.model_name, run_at, request.stream, area_label, engine.batch_size)
-        if request.output or request.stream
-        else DiscardWriter()
-    )
     outcome = RunOutcome(summary=summary, model=engine.model_name, run_at=run_at)
     if truths is not None:
         summary.truth_source = f"the positions in {Path(request.truth_csv).name}"
+
+    # The output first: a locked, foreign or unwritable file is refused before minutes of model loading.
+    writer = _open_writer(request, engine, run_at)
+    try:
+        skip = _resume(request, engine, writer, run_at)
+        if request.ray is not None:
+            engine.load_gallery(progress)  # the workers load the vision tower; the driver scores and writes
+        else:
+            engine.load(progress)
+        engine.check_top_k(request.top_k)
+        if request.rasters is not None:
+            engine.surface(request.rasters.world_cell, request.rasters.local_cell, progress)
+        summary.load_seconds = summary.seconds
+        _answer_all(request, engine, photos, total, skip, writer, truths, outcome, progress, stop, on_result)
+    except BaseException:
+        writer.abort()  # a GeoPackage keeps every whole batch; a half-written GeoJSON is removed
+        raise
+    finally:
+        summary.finished = time.perf_counter()
+    writer.close()
+    outcome.files = writer.outputs() + outcome.files
+    return outcome
+
+
+def _open_writer(request: RunRequest, engine, run_at: str):
+    from .writers import DiscardWriter, open_writer
+
+    if not (request.output or request.stream):
+        return DiscardWriter()
+    area = request.area.label if request.area is not None else ""
+    return open_writer(request.output, engine.model_name, run_at, request.stream, area, engine.batch_size)
+
+
+RESUME_SETTINGS = {"weights_key": "model weights", "top_k": "top-k", "area": "area of interest"}
+
+
+def _resume(request: RunRequest, engine, writer, run_at: str) -> frozenset[str] | set[str]:
+    """The photos to skip because this output already answers them, after checking that it answered them
+    with the same settings (store this run's settings for the next one)."""
+    if not hasattr(writer, "previous_settings"):
+        return frozenset()
+    settings = {
+        "run_at": run_at,
+        "engine_version": __version__,
+        "model": engine.model_name,
+        "weights_key": engine.weights_key,
+        "top_k": int(request.top_k),
+        "area": request.area.label if request.area is not None else "",
+    }
+    previous = writer.previous_settings()
+    skip = writer.answered_hashes() if request.resume else frozenset()
+    if previous and skip:
+        changed = [
+            f"{label}: {_shown(previous.get(key))} then, {_shown(settings[key])} now"
+            for key, label in RESUME_SETTINGS.items()
+            if str(previous.get(key) or "") != str(settings[key] or "")
+        ]
+        if changed:
+            raise GeoCLIPError(
+                f"{request.output} holds answers made with other settings ({'; '.join(changed)}). Resuming would "
+                "mix them. Run with the same settings to resume, answer every photo again with the new ones "
+                "(--redo, or uncheck resume), or write to another file."
+            )
+    writer.record_run(settings)
+    return skip
+
+
+def _shown(value) -> str:
+    return repr(value) if value not in (None, "") else "whole world / none"
+
+
+def _answer_all(request, engine, photos, total, skip, writer, truths, outcome, progress, stop, on_result) -> None:
+    """Every answer to the writer as it comes, with its rasters; then the joint answer and the table."""
+    summary = outcome.summary
     rasters = _RasterOutputs(request, engine) if request.rasters is not None else None
     members: list[PhotoResult] = []  # answers that go into the joint answer
     earlier: list[str] = []  # photos answered by an earlier run: still members of the joint answer
-    skip = writer.answered_hashes() if request.resume and hasattr(writer, "answered_hashes") else frozenset()
     units = "photos" if not request.texts else "queries" if total == len(request.texts) else "answers"
     stage = Stage(progress, "Answering " + units, total, unit=units)
-    try:
-        for result in _answers(request, engine, photos, skip):
-            writer.write(result)
-            summary.add(result, truths.get(result.photo) if truths is not None else None)
-            if result.ok and not result.skipped:
-                if rasters is not None:
-                    outcome.files += rasters.add(result)
-                if request.fuse and not result.photo.startswith("text: "):
-                    members.append(result)
-            elif result.skipped == SKIP_ANSWERED and request.fuse:
-                earlier.append(result.photo)
-            stage.advance()
+    for result in _answers(request, engine, photos, skip):
+        writer.write(result)
+        summary.add(result, truths.get(result.photo) if truths is not None else None)
+        if result.ok and not result.skipped:
+            if rasters is not None:
+                outcome.files += rasters.add(result)
+            if request.fuse and not result.photo.startswith("text: "):
+                members.append(result)
+        elif result.skipped == SKIP_ANSWERED and request.fuse:
+            earlier.append(result.photo)
+        stage.advance()
+        if on_result:
+            on_result(result)
+        if stop():
+            summary.stopped = True
+            break
+    if request.fuse and not summary.stopped:
+        outcome.fused = _fuse(request, engine, members, earlier, summary, progress)
+        if outcome.fused is not None:
+            if earlier and hasattr(writer, "remove_rows"):
+                writer.remove_rows(FUSED_PREFIX)  # the earlier joint answer covered fewer photos
+            writer.write(outcome.fused)
+            if rasters is not None:
+                outcome.files += rasters.add(outcome.fused, own_world=True)
             if on_result:
-                on_result(result)
-            if stop():
-                summary.stopped = True
-                break
-        if request.fuse and not summary.stopped:
-            outcome.fused = _fuse(request, engine, members, earlier, summary, progress)
-            if outcome.fused is not None:
-                writer.write(outcome.fused)
-                if rasters is not None:
-                    outcome.files += rasters.add(outcome.fused, own_world=True)
-                if on_result:
-                    on_result(outcome.fused)
-        if rasters is not None:
-            outcome.files += rasters.finish()
-        accuracy = summary.accuracy()
-        if accuracy and hasattr(writer, "write_table"):
-            writer.write_table("accuracy", {"run_at": run_at, "model": engine.model_name, **accuracy})
-    finally:
-        writer.close()  # what was answered stays on disk, stopped or not
-        summary.finished = time.perf_counter()
-    outcome.files = writer.outputs() + outcome.files
-    return outcome
+                on_result(outcome.fused)
+    if rasters is not None:
+        outcome.files += rasters.finish()
+    accuracy = summary.accuracy()
+    if accuracy and hasattr(writer, "write_table"):
+        writer.write_table("accuracy", {"run_at": outcome.run_at, "model": engine.model_name, **accuracy})
 
 
 def _truths(request: RunRequest) -> dict[str, tuple[float, float]] | None:

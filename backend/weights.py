@@ -10,25 +10,23 @@ Only :func:`download_backbone` uses the network, and only when called.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
 
+from .cache import APP_NAME, cache_dir
 from .errors import WeightsError
 from .heads import WEIGHT_FILES, HeadsFiles
 
-APP_NAME = "geoclip-qgis"
 HEADS_ENV = "GEOCLIP_HEADS"
 CLIP_ENV = "GEOCLIP_CLIP"
 MODELS_DIR_ENV = "GEOCLIP_MODELS_DIR"
-CACHE_DIR_ENV = "GEOCLIP_CACHE_DIR"
 
 BACKBONE_REPO = "openai/clip-vit-large-patch14"
 # A commit of BACKBONE_REPO, never a branch: a moving name could serve different files tomorrow.
@@ -61,11 +59,6 @@ FIX_CLIP = (
 def models_dir() -> Path:
     """The user's models folder (platformdirs), unless $GEOCLIP_MODELS_DIR says otherwise."""
     return Path(os.environ.get(MODELS_DIR_ENV) or platformdirs.user_data_path(APP_NAME) / "models")
-
-
-def cache_dir() -> Path:
-    """Derived data that can be rebuilt (gallery features): platformdirs' cache folder."""
-    return Path(os.environ.get(CACHE_DIR_ENV) or platformdirs.user_cache_path(APP_NAME))
 
 
 @dataclass
@@ -265,17 +258,42 @@ def human_size(size: float) -> str:
         size /= 1024
 
 
-def describe_files(folder: Path, checksums: bool = True) -> list[dict]:
-    rows = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rows.append(
-            {
-                "file": str(path.relative_to(folder)),
-                "bytes": path.stat().st_size,
-                "sha256": sha256_file(path) if checksums else "",
-            }
-        )
-    return rows
+PART_FILES = {  # the files that make a model, per part; nothing else is listed, copied, exported or accepted
+    "heads": ("weights/*.pth", "gps_gallery/*.csv", "manifest.json"),
+    BACKBONE_FOLDER: ("*.json", "*.txt", "*.safetensors", "*.bin"),
+}
+
+
+def model_files(folder: Path, part: str) -> list[Path]:
+    """The model files of a heads or CLIP folder, sorted; refuses a symbolic link that leads out of it.
+
+    A Hugging Face cache snapshot links its files into the repository's ``blobs/`` folder: links are
+    followed there, and nowhere else."""
+    folder = Path(folder)
+    allowed_root = folder.resolve()
+    if folder.parent.name == "snapshots":
+        allowed_root = folder.parent.parent.resolve()
+    found = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if not any(fnmatch.fnmatch(relative, pattern) for pattern in PART_FILES[part]):
+            continue
+        if path.is_symlink() and not path.resolve().is_relative_to(allowed_root):
+            raise WeightsError(f"refusing {path}: a symbolic link to {path.resolve()}, outside the model folder")
+        if path.is_file():
+            found.append(path)
+    return found
+
+
+def describe_files(folder: Path, part: str, checksums: bool = True) -> list[dict]:
+    return [
+        {
+            "file": str(path.relative_to(folder)),
+            "bytes": path.stat().st_size,
+            "sha256": sha256_file(path) if checksums else "",
+        }
+        for path in model_files(folder, part)
+    ]
 
 
 def status(heads: str | None = None, clip: str | None = None, checksums: bool = True) -> dict:
@@ -284,130 +302,12 @@ def status(heads: str | None = None, clip: str | None = None, checksums: bool = 
     for key, lookup in (("heads", find_heads(heads)), ("backbone", find_backbone(clip))):
         entry = {"found": lookup.path is not None, "tried": lookup.tried}
         if lookup.path is not None:
-            entry.update(path=str(lookup.path), source=lookup.source, files=describe_files(lookup.path, checksums))
+            part = "heads" if key == "heads" else BACKBONE_FOLDER
+            entry.update(
+                path=str(lookup.path), source=lookup.source, files=describe_files(lookup.path, part, checksums)
+            )
         report[key] = entry
     return report
-
-
-def import_models(source: str | os.PathLike) -> list[str]:
-    """Copy heads and/or a backbone from a folder or a bundle .zip into the models folder.
-
-    The source may be a heads folder, a CLIP checkpoint folder, a folder holding ``heads/`` and
-    ``clip-vit-large-patch14/``, or a .zip made by :func:`export_bundle`, whose every file is checked
-    against its manifest's sha256 before anything is used. Returns what was imported.
-    """
-    source = Path(source).expanduser()
-    if source.is_file() and zipfile.is_zipfile(source):
-        return _import_zip(source)
-    if not source.is_dir():
-        raise WeightsError(f"cannot import {source}: not a folder or a .zip file")
-    imported = []
-    for name, folder, problem in _importable_parts(source):
-        if problem is None:
-            _copy_tree(folder, models_dir() / name)
-            imported.append(name)
-    if not imported:
-        raise WeightsError(
-            f"nothing to import from {source}: it is neither a heads folder "
-            f"({heads_problem(source)}) nor a CLIP checkpoint folder ({backbone_problem(source)})"
-        )
-    return imported
-
-
-def _importable_parts(source: Path):
-    yield "heads", source, heads_problem(source)
-    yield BACKBONE_FOLDER, source, backbone_problem(source)
-    for name in ("heads", BACKBONE_FOLDER):
-        sub = source / name
-        if sub.is_dir():
-            check = heads_problem if name == "heads" else backbone_problem
-            yield name, sub, check(sub)
-
-
-BUNDLE_FORMAT = "geoclip-qgis-bundle/1"
-MANIFEST = "manifest.json"
-
-
-def export_bundle(
-    target: str | os.PathLike, heads: str | None = None, clip: str | None = None, with_backbone: bool = True
-) -> Path:
-    """One .zip with ``heads/``, ``clip-vit-large-patch14/`` and a manifest of every file's sha256,
-    for carrying models to machines without internet (``models import`` verifies it)."""
-    target = Path(target)
-    parts = {"heads": find_heads(heads).require()}
-    if with_backbone:
-        parts[BACKBONE_FOLDER] = find_backbone(clip).require()
-    files = {}
-    for name, folder in parts.items():
-        for row in describe_files(folder):
-            files[f"{name}/{row['file']}"] = {"bytes": row["bytes"], "sha256": row["sha256"]}
-    manifest = {"format": BUNDLE_FORMAT, "files": files}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    with zipfile.ZipFile(partial, "w", allowZip64=True) as bundle:
-        bundle.writestr(MANIFEST, json.dumps(manifest, indent=2))
-        for name, folder in parts.items():
-            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                arcname = f"{name}/{path.relative_to(folder).as_posix()}"
-                # weights do not compress; text files (gallery CSV, JSON) do
-                method = zipfile.ZIP_DEFLATED if path.suffix in (".csv", ".json", ".txt") else zipfile.ZIP_STORED
-                bundle.write(path, arcname, compress_type=method)
-    partial.replace(target)
-    return target
-
-
-def _verify_bundle(root: Path, archive: Path) -> None:
-    """Every file the manifest lists is present with its checksum, and nothing else is there."""
-    try:
-        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise WeightsError(
-            f"{archive} is not a GeoCLIP model bundle (no readable {MANIFEST}); "
-            "if you trust it, unzip it and import the folder"
-        ) from None
-    if manifest.get("format") != BUNDLE_FORMAT or not isinstance(manifest.get("files"), dict):
-        raise WeightsError(f"{archive}: unknown bundle format {manifest.get('format')!r}")
-    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {MANIFEST}
-    unlisted = sorted(present - manifest["files"].keys())
-    if unlisted:
-        raise WeightsError(f"{archive}: {unlisted[0]} is not in the manifest; refusing the bundle")
-    for name, expected in manifest["files"].items():
-        path = root / name
-        if not path.is_file():
-            raise WeightsError(f"{archive}: {name} is listed in the manifest but missing; refusing the bundle")
-        actual = sha256_file(path)
-        if actual != expected.get("sha256"):
-            raise WeightsError(
-                f"{archive}: {name} fails its checksum (sha256 {actual[:16]}..., "
-                f"manifest says {str(expected.get('sha256'))[:16]}...); refusing the bundle"
-            )
-
-
-def _import_zip(archive: Path) -> list[str]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        with zipfile.ZipFile(archive) as bundle:
-            for member in bundle.infolist():
-                target = (Path(tmp) / member.filename).resolve()
-                if not target.is_relative_to(Path(tmp).resolve()):
-                    raise WeightsError(f"{archive}: refusing entry outside the bundle: {member.filename}")
-            bundle.extractall(tmp)
-        roots = [p for p in Path(tmp).iterdir()]
-        root = roots[0] if len(roots) == 1 and roots[0].is_dir() else Path(tmp)
-        _verify_bundle(root, archive)  # before anything is copied into the models folder
-        return import_models(root)
-
-
-def _copy_tree(source: Path, target: Path) -> None:
-    """Copy into a sibling folder first, then swap, so a failed copy never leaves half a model."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, ignore=shutil.ignore_patterns(".cache", "*.partial"))
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
 
 
 def download_backbone(tqdm_class=None) -> Path:

@@ -4,6 +4,7 @@ choose top-k, device and output, run in the background with progress and cancel,
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from qgis.PyQt.QtWidgets import (
 from . import deps
 from .inputs import InputError, area_from_extent, area_from_polygons, guess_photo_field, photo_paths
 from .layers import add_run
-from .session import EngineSettings, load_settings, save_settings
+from .session import load_settings, save_settings
 from .tasks import LOG_TAG, GeolocateTask
 
 PHOTO_FILTER = "Photos (*.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp *.heic *.heif);;All files (*)"
@@ -285,10 +286,7 @@ class GeoCLIPDock(QgsDockWidget):
         except (InputError, Exception) as exc:
             self.status.setText(f"Area of interest: {exc}")
             return
-        settings = load_settings()
-        settings = EngineSettings(
-            settings.heads, settings.clip, self.device_combo.currentData() or "auto", settings.precision
-        )
+        settings = replace(load_settings(), device=self.device_combo.currentData() or "auto")
         save_settings(settings)
         output = self.output.filePath() or self.default_output()
         rasters = None

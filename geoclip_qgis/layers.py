@@ -35,7 +35,7 @@ from .inputs import WGS84
 MAP_TIP = (
     '<b>[% base_file_name("photo") %]</b><br>'
     'rank [% "rank" %] · [% format_number("probability" * 100, 2) %] %'
-    "[% CASE WHEN \"error_km\" IS NOT NULL "
+    '[% CASE WHEN "error_km" IS NOT NULL '
     "THEN '<br>EXIF truth: ' || format_number(\"error_km\", 1) || ' km away' END %]"
     '<br><img src="file:///[% "photo" %]" width="240">'
 )

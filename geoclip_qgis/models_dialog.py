@@ -4,10 +4,12 @@ import a folder or bundle, export a bundle, download the backbone (the only netw
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 
 from qgis.core import QgsApplication, QgsTask
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -21,7 +23,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import deps
-from .session import EngineSettings, load_settings, save_settings
+from .session import drop_engines, load_settings, save_settings
 
 
 def status_html(heads: str, clip: str) -> str:
@@ -104,6 +106,13 @@ class ModelsDialog(QDialog):
         form.addRow("Heads folder (empty: automatic)", self.heads)
         form.addRow("CLIP folder (empty: automatic)", self.clip)
         form.addRow("Precision", self.precision)
+        self.remember = QCheckBox("Remember photos' CLIP features on disk (faster reruns)")
+        self.remember.setToolTip(
+            "Keeps each answered photo's sha256 and CLIP embedding (no name, no pixels) in the cache folder,\n"
+            "so a rerun skips the vision tower. Off: nothing about the photos is stored."
+        )
+        self.remember.setChecked(settings.embedding_cache)
+        form.addRow("", self.remember)
         layout.addLayout(form)
         self.report = QTextBrowser()
         layout.addWidget(self.report)
@@ -115,6 +124,7 @@ class ModelsDialog(QDialog):
             ("Export bundle…", self.export_bundle),
             ("Download backbone", self.download),
             ("Fine-tune…", self.finetune),
+            ("Clear caches…", self.clear_caches),
         ):
             button = QPushButton(text)
             button.clicked.connect(slot)
@@ -138,17 +148,22 @@ class ModelsDialog(QDialog):
             self.report.setPlainText(str(exc))
 
     def save(self) -> None:
-        current = load_settings()
         save_settings(
-            EngineSettings(self.heads.filePath(), self.clip.filePath(), current.device, self.precision.currentData())
+            replace(
+                load_settings(),
+                heads=self.heads.filePath(),
+                clip=self.clip.filePath(),
+                precision=self.precision.currentData(),
+                embedding_cache=self.remember.isChecked(),
+            )
         )
         self.accept()
 
     def _import(self, path: str) -> None:
-        from .backend import weights
+        from .backend import bundles, weights
 
         try:
-            imported = weights.import_models(path)
+            imported = bundles.import_models(path)
             QMessageBox.information(self, "GeoCLIP", f"Imported {', '.join(imported)} into {weights.models_dir()}")
         except Exception as exc:
             QMessageBox.warning(self, "GeoCLIP", str(exc))
@@ -165,15 +180,30 @@ class ModelsDialog(QDialog):
             self._import(path)
 
     def export_bundle(self) -> None:
-        from .backend import weights
+        from .backend import bundles
 
         path, _ = QFileDialog.getSaveFileName(self, "Write a model bundle", "geoclip-models.zip", "Bundle (*.zip)")
         if path:
             try:
-                weights.export_bundle(path, self.heads.filePath() or None, self.clip.filePath() or None)
+                bundles.export_bundle(path, self.heads.filePath() or None, self.clip.filePath() or None)
                 QMessageBox.information(self, "GeoCLIP", f"Wrote {path}")
             except Exception as exc:
                 QMessageBox.warning(self, "GeoCLIP", str(exc))
+
+    def clear_caches(self) -> None:
+        from .backend.cache import cache_dir, clear_caches
+
+        answer = QMessageBox.question(
+            self,
+            "GeoCLIP",
+            f"Delete everything in the cache folder {cache_dir()}?\n\nThe photos' CLIP embeddings go (photos are "
+            "encoded again next time), and the location features of the gallery and rasters (computed again on "
+            "first use). Your outputs and models are not touched.",
+        )
+        if answer == QMessageBox.StandardButton.Yes:
+            drop_engines()
+            removed = clear_caches()
+            QMessageBox.information(self, "GeoCLIP", "Removed: " + (", ".join(removed) or "nothing, it was empty"))
 
     def finetune(self) -> None:
         """Processing's own dialog for the fine-tune algorithm: parameters, a background run with

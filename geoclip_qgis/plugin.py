@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from qgis.core import QgsApplication
@@ -23,6 +24,16 @@ def icon_path() -> str:
     return ""
 
 
+class _MessageLogHandler(logging.Handler):
+    """The engine's warnings (a cache it cannot use, say) in the GeoCLIP tab of QGIS's message log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from qgis.core import Qgis, QgsMessageLog
+
+        level = Qgis.MessageLevel.Warning if record.levelno >= logging.WARNING else Qgis.MessageLevel.Info
+        QgsMessageLog.logMessage(record.getMessage(), "GeoCLIP", level)
+
+
 class GeoCLIPPlugin:
     def __init__(self, iface):
         self.iface = iface
@@ -30,6 +41,8 @@ class GeoCLIPPlugin:
         self.dock = None
         self.provider = None
         deps.add_plugin_python_dir()  # packages installed for this QGIS by the plugin
+        self.log_handler = _MessageLogHandler()
+        logging.getLogger("geoclip_qgis").addHandler(self.log_handler)
 
     def initGui(self) -> None:  # noqa: N802 - QGIS API
         self.action = QAction(QIcon(icon_path()), "GeoCLIP photo geolocation", self.iface.mainWindow())
@@ -57,6 +70,7 @@ class GeoCLIPPlugin:
         self.dock.setVisible(checked)
 
     def unload(self) -> None:
+        logging.getLogger("geoclip_qgis").removeHandler(self.log_handler)
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
         if self.dock is not None:

@@ -18,6 +18,7 @@ class EngineSettings:
     clip: str = ""
     device: str = "auto"
     precision: str = "auto"
+    embedding_cache: bool = True  # keep photos' CLIP embeddings on disk (faster reruns)
 
 
 def load_settings() -> EngineSettings:
@@ -27,12 +28,13 @@ def load_settings() -> EngineSettings:
         clip=settings.value(PREFIX + "clip", "", type=str),
         device=settings.value(PREFIX + "device", "auto", type=str),
         precision=settings.value(PREFIX + "precision", "auto", type=str),
+        embedding_cache=settings.value(PREFIX + "embedding_cache", True, type=bool),
     )
 
 
 def save_settings(choice: EngineSettings) -> None:
     settings = QgsSettings()
-    for key in ("heads", "clip", "device", "precision"):
+    for key in ("heads", "clip", "device", "precision", "embedding_cache"):
         settings.setValue(PREFIX + key, getattr(choice, key))
 
 
@@ -45,11 +47,24 @@ def get_engine(choice: EngineSettings):
             from .backend.factory import build_engine
 
             engine = build_engine(
-                heads=choice.heads or None, clip=choice.clip or None, device=choice.device, precision=choice.precision
+                heads=choice.heads or None,
+                clip=choice.clip or None,
+                device=choice.device,
+                precision=choice.precision,
+                embedding_cache=choice.embedding_cache,
             )
             _engines.clear()  # one model in memory at a time
             _engines[choice] = engine
     return engine
+
+
+def drop_engines() -> None:
+    """Forget the kept engine (its cache files are about to go); the next run builds a new one."""
+    with _lock:
+        for engine in _engines.values():
+            if engine.embeddings is not None:
+                engine.embeddings.close()
+        _engines.clear()
 
 
 def loaded_engine(choice: EngineSettings):

@@ -254,5 +254,7 @@ def test_same_run_on_a_local_ray_cluster(engine, tiny_clip, skimage_data, tmp_pa
     assert names_local == names_ray
     assert [r[:4] + r[5:] for r in data_local] == [r[:4] + r[5:] for r in data_ray]
     assert [r[4] for r in data_local] == pytest.approx([r[4] for r in data_ray], rel=1e-5)
-    again = run("predict", tmp_path / "p", "--clip", tiny_clip, "--out", on_ray, "--ray", "local", timeout=900)
+    again = run(
+        "predict", tmp_path / "p", "--clip", tiny_clip, "--out", on_ray, "--top-k", 3, "--ray", "local", timeout=900
+    )
     assert "answered 0, skipped 12" in again.stderr

@@ -11,7 +11,7 @@ import pytest
 import torch
 from clip_factory import make_clip_checkpoint
 
-from geoclip_qgis.backend import weights
+from geoclip_qgis.backend import bundles, weights
 from geoclip_qgis.backend.errors import WeightsError
 from geoclip_qgis.backend.heads import LOCATION_ENCODER_FILE, HeadsFiles, load_heads
 
@@ -110,15 +110,15 @@ def test_pickled_objects_are_not_executed(heads_copy, tmp_path):
 
 
 def test_import_folder(heads_copy, tmp_path):
-    assert weights.import_models(heads_copy) == ["heads"]
+    assert bundles.import_models(heads_copy) == ["heads"]
     assert weights.find_heads().source == "models folder"
     shutil.rmtree(weights.models_dir())
     with pytest.raises(WeightsError, match="nothing to import"):
-        weights.import_models(tmp_path / "my-heads" / "weights")
+        bundles.import_models(tmp_path / "my-heads" / "weights")
 
 
 def test_bundle_round_trip_and_tampering(heads_copy, tiny_clip, kauai_png, tmp_path):
-    bundle = weights.export_bundle(tmp_path / "bundle.zip", heads=str(heads_copy), clip=str(tiny_clip))
+    bundle = bundles.export_bundle(tmp_path / "bundle.zip", heads=str(heads_copy), clip=str(tiny_clip))
     with zipfile.ZipFile(bundle) as archive:
         manifest = json.loads(archive.read("manifest.json"))
     assert "heads/weights/location_encoder_weights.pth" in manifest["files"]
@@ -133,10 +133,10 @@ def test_bundle_round_trip_and_tampering(heads_copy, tiny_clip, kauai_png, tmp_p
                 data[len(data) // 2] ^= 0x01
             target.writestr(item, bytes(data))
     with pytest.raises(WeightsError, match="heads/weights/logit_scale_weights.pth fails its checksum"):
-        weights.import_models(tampered)
+        bundles.import_models(tampered)
     assert not weights.models_dir().exists() or not any(weights.models_dir().iterdir())
 
-    assert sorted(weights.import_models(bundle)) == sorted(["heads", weights.BACKBONE_FOLDER])
+    assert sorted(bundles.import_models(bundle)) == sorted(["heads", weights.BACKBONE_FOLDER])
     found = weights.find_backbone()
     assert found.source == "models folder"
     assert (found.path / "model.safetensors").read_bytes() == (tiny_clip / "model.safetensors").read_bytes()
@@ -155,16 +155,21 @@ def test_zip_without_manifest_is_refused(tiny_clip, tmp_path):
         for path in tiny_clip.rglob("*"):
             archive.write(path, f"bundle/{weights.BACKBONE_FOLDER}/{path.relative_to(tiny_clip)}")
     with pytest.raises(WeightsError, match="not a GeoCLIP model bundle"):
-        weights.import_models(plain)
+        bundles.import_models(plain)
 
 
-def test_zip_with_escaping_paths_is_refused(tmp_path):
+@pytest.mark.parametrize("name", ["../../escaped.pth", "heads/../../escaped.pth", "/etc/escaped.pth",
+                                  "heads/weights/run.py"])
+def test_bundle_entries_outside_the_bundle_or_not_model_files_are_refused(tmp_path, name):
+    """Manifest names are checked before a byte is extracted: no '..', no absolute paths, no code."""
     bundle = tmp_path / "evil.zip"
+    manifest = {"format": bundles.BUNDLE_FORMAT, "files": {name: {"bytes": 1, "sha256": "0" * 64}}}
     with zipfile.ZipFile(bundle, "w") as archive:
-        archive.writestr("../../escaped.txt", "x")
-    with pytest.raises(WeightsError, match="outside the bundle"):
-        weights.import_models(bundle)
-    assert not (tmp_path.parent / "escaped.txt").exists()
+        archive.writestr("manifest.json", json.dumps(manifest))
+        archive.writestr(name, "x")
+    with pytest.raises(WeightsError, match="not a model file path"):
+        bundles.import_models(bundle)
+    assert not (tmp_path.parent / "escaped.pth").exists() and not Path("/etc/escaped.pth").exists()
 
 
 def test_status_reports_files_and_checksums(tiny_clip):

@@ -9,6 +9,7 @@ photo layers) go through :mod:`..inputs`, shared with the dock.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from qgis.core import (
@@ -177,7 +178,7 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
         device = (
             DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)] if "DEVICE" in parameters else saved.device
         )
-        return EngineSettings(saved.heads, saved.clip, device, saved.precision)
+        return replace(saved, device=device)
 
     def _output(self, parameters, context) -> str:
         output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
