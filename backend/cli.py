@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import GeoCLIPError
+from .location_cli import LOCATION_COMMANDS, add_location_commands, run_location_command
 from .version import __version__
 
 PROGRESS_THRESHOLD = 3  # show a progress bar for more photos than this
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     tune.add_argument("--quiet", action="store_true")
     _add_run_options(tune)
+
+    add_location_commands(commands)
 
     cache = commands.add_parser("cache", help="what the cache folder holds, and clearing it")
     cache_actions = cache.add_subparsers(dest="action", required=True)
@@ -499,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_evaluate(args)
         if args.command == "cache":
             return run_cache(args)
+        if args.command in LOCATION_COMMANDS:
+            return run_location_command(args)
         return run_models(args)
     except GeoCLIPError as exc:
         _print_lines(f"error: {exc}")

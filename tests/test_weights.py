@@ -158,8 +158,9 @@ def test_zip_without_manifest_is_refused(tiny_clip, tmp_path):
         bundles.import_models(plain)
 
 
-@pytest.mark.parametrize("name", ["../../escaped.pth", "heads/../../escaped.pth", "/etc/escaped.pth",
-                                  "heads/weights/run.py"])
+@pytest.mark.parametrize(
+    "name", ["../../escaped.pth", "heads/../../escaped.pth", "/etc/escaped.pth", "heads/weights/run.py"]
+)
 def test_bundle_entries_outside_the_bundle_or_not_model_files_are_refused(tmp_path, name):
     """Manifest names are checked before a byte is extracted: no '..', no absolute paths, no code."""
     bundle = tmp_path / "evil.zip"

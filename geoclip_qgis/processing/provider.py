@@ -7,6 +7,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .algorithms import EvaluatePhotos, FinetuneHeads, GeolocatePhotos, GeolocateText
+from .location_algorithms import EmbeddingMap, LocationEmbeddings, SimilarPlaces
 
 
 class GeoCLIPProvider(QgsProcessingProvider):
@@ -22,5 +23,13 @@ class GeoCLIPProvider(QgsProcessingProvider):
         return QIcon(icon_path())
 
     def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
-        for algorithm in (GeolocatePhotos(), GeolocateText(), EvaluatePhotos(), FinetuneHeads()):
+        for algorithm in (
+            GeolocatePhotos(),
+            GeolocateText(),
+            EvaluatePhotos(),
+            FinetuneHeads(),
+            LocationEmbeddings(),
+            EmbeddingMap(),
+            SimilarPlaces(),
+        ):
             self.addAlgorithm(algorithm)
