@@ -20,6 +20,7 @@ def build_engine(
     precision: str = "auto",
     batch_size: int | None = None,
     embedding_cache: bool = True,
+    decode_workers: int | None = None,
 ):
     """An :class:`.engine.Engine` for these choices; nothing heavy is loaded until it is first used.
 
@@ -37,4 +38,9 @@ def build_engine(
     chosen = choose_device(device)
     dtype = choose_dtype(chosen, precision)
     batch = int(batch_size) if batch_size else default_batch_size(chosen, dtype)
-    return Engine(files, chosen, dtype, batch, EmbeddingCache() if embedding_cache else None)
+    if decode_workers is not None and int(decode_workers) < 1:
+        raise GeoCLIPError(f"decode workers must be 1 or more, got {decode_workers}")
+    cache = EmbeddingCache() if embedding_cache else None
+    if decode_workers is None:
+        return Engine(files, chosen, dtype, batch, cache)
+    return Engine(files, chosen, dtype, batch, cache, decode_workers=int(decode_workers))
