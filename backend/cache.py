@@ -9,12 +9,14 @@ read-only or is full costs speed, never a run (a warning is logged once). It hol
 - ``features/``: location features of the GPS gallery and of the raster world grids, keyed by the
   weights' checksums (no photo data).
 - ``regions/``: which country and region each gallery place lies in (no photo data).
+- ``checksums.json``: the sha256 of weight files by path, size and time (no photo data).
 
 Folders are created readable by their owner only (0700), files likewise (0600).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -65,6 +67,35 @@ def warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         LOG.warning(message)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, remembered by path, size and modification time (``checksums.json`` in the
+    cache folder), so a 1.7 GB backbone is hashed once, not on every run."""
+    from .weights import sha256_file
+
+    path = Path(path).resolve()
+    info = path.stat()
+    stamp = f"{info.st_size}:{info.st_mtime_ns}"
+    index_path = cache_dir() / "checksums.json"
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
+    except (OSError, ValueError):
+        index = {}
+    entry = index.get(str(path))
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = sha256_file(path)
+    index[str(path)] = {"stamp": stamp, "sha256": digest}
+    try:
+        private_folder(index_path.parent)
+        partial = index_path.with_name(index_path.name + ".partial")
+        private_file(partial)
+        partial.write_text(json.dumps(index), encoding="utf-8")
+        os.replace(partial, index_path)
+    except OSError as exc:
+        warn_once("checksums", f"cannot remember checksums in {index_path.parent} ({exc})")
+    return digest
 
 
 def cache_report() -> dict:

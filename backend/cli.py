@@ -14,6 +14,7 @@ from pathlib import Path
 from .errors import GeoCLIPError
 from .location_cli import LOCATION_COMMANDS, add_location_commands, run_location_command
 from .version import __version__
+from .workbench_cli import WORKBENCH_COMMANDS, add_workbench_commands, run_workbench_command
 
 PROGRESS_THRESHOLD = 3  # show a progress bar for more photos than this
 
@@ -44,6 +45,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="photos per batch (default: 8 on CPU, by free memory on GPU)",
     )
+    parser.add_argument(
+        "--decode-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads decoding and preparing photos (default: one per core with a GPU, 1 per 16 cores on CPU)",
+    )
 
 
 def _add_query_options(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +73,12 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
         default="combined",
         help="one world raster for the whole run, the mean of its answers (combined, default), "
         "or one per answer (each)",
+    )
+    parser.add_argument(
+        "--confidence",
+        action="store_true",
+        help="also each answer's confidence areas: the smallest areas holding 50 %% and 90 %% of its probability, "
+        "as polygons with their size in km² (GeoPackage output)",
     )
     area = parser.add_mutually_exclusive_group()
     area.add_argument(
@@ -146,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(tune)
 
     add_location_commands(commands)
+    add_workbench_commands(commands)
 
     cache = commands.add_parser("cache", help="what the cache folder holds, and clearing it")
     cache_actions = cache.add_subparsers(dest="action", required=True)
@@ -266,6 +281,7 @@ def _engine(args):
         precision=args.precision,
         batch_size=args.batch_size,
         embedding_cache=not args.no_cache,
+        decode_workers=args.decode_workers,
     )
 
 
@@ -276,7 +292,14 @@ def _request(args, **fields):
     if getattr(args, "rasters", None):
         rasters = RasterOptions(args.rasters, args.world_cell, args.local_cell, args.regions, args.world_rasters)
     out = getattr(args, "out", None)
-    return RunRequest(top_k=args.top_k, area=_area(args), output=out, rasters=rasters, **fields)
+    return RunRequest(
+        top_k=args.top_k,
+        area=_area(args),
+        output=out,
+        rasters=rasters,
+        confidence=getattr(args, "confidence", False),
+        **fields,
+    )
 
 
 def _report(terminal: Terminal, outcome) -> None:
@@ -504,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_cache(args)
         if args.command in LOCATION_COMMANDS:
             return run_location_command(args)
+        if args.command in WORKBENCH_COMMANDS:
+            return run_workbench_command(args)
         return run_models(args)
     except GeoCLIPError as exc:
         _print_lines(f"error: {exc}")

@@ -1,9 +1,14 @@
-"""Photos to model input, a batch ahead of the encoder: file checks, content hash, skip rules,
-embedding-cache lookups, decoding and CLIP preprocessing.
+"""Photos to model input, ahead of the encoder: file checks, content hash, skip rules, embedding-cache
+lookups, decoding and CLIP preprocessing.
 
-Decoding runs in worker threads so that reading the next photos overlaps encoding the current ones;
-batches come out in input order and at most two batches are decoded ahead, so memory stays bounded
-whatever the folder's size.
+Preparation runs in a pool of worker threads so that reading the next photos overlaps encoding the
+current ones. Threads, not processes: JPEG decoding, resizing, hashing and the pixel arithmetic run in
+C with the GIL released (the Python between those calls holds it for a few percent of a photo's time,
+measured by bench/bench_pipeline.py), a thread pool starts instantly and needs no picklable state or
+second copy of the libraries, and QGIS's Python cannot start worker processes reliably everywhere. How many: on a GPU one per core (the thread feeding the GPU mostly waits),
+on a CPU few, since the vision tower needs the cores and costs 10 to 30 times what preparing a photo
+does. Batches come out in input order and the photos prepared ahead are bounded
+(:func:`read_ahead`), so memory stays flat whatever the folder's size.
 """
 
 from __future__ import annotations
@@ -23,7 +28,32 @@ from .exif import PhotoMetadata
 from .photos import BadPath, open_photo, probe_photo
 from .results import SKIP_ANSWERED, SKIP_GEOTAGGED, PhotoResult, photo_label
 
-DECODE_WORKERS = 1  # one decoder keeps a 2-core CPU busy without starving the encoder's threads
+DECODE_WORKERS = 1  # the least: on a CPU one preparer keeps up with the vision tower on up to ~16 cores
+CPU_CORES_PER_WORKER = 16  # beyond that, one more preparer per 16 cores (the tower is ~25x a photo's preparation)
+MAX_DECODE_WORKERS = 64
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one, e.g. in a container)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def choose_decode_workers(device_type: str, cores: int | None = None) -> int:
+    """Preparation workers for an encoder on ``device_type``: one per core feeding a GPU (which encodes
+    far faster than one core prepares photos), one per 16 cores on a CPU (never fewer than one)."""
+    cores = usable_cores() if cores is None else max(1, int(cores))
+    if device_type == "cpu":
+        return max(DECODE_WORKERS, cores // CPU_CORES_PER_WORKER)
+    return min(MAX_DECODE_WORKERS, cores)
+
+
+def read_ahead(batch_size: int, workers: int) -> int:
+    """Photos submitted for preparation beyond those handed out: two batches, and at least enough to keep
+    every worker busy while the consumer holds a batch. This bounds the memory of a run."""
+    return max(2 * batch_size, batch_size + 2 * workers)
 
 
 @dataclass
@@ -72,10 +102,13 @@ class PhotoPreparer:
 def prepared_batches(
     photos: Iterable, prepare: Callable, batch_size: int, workers: int = DECODE_WORKERS
 ) -> Iterator[list[tuple[str, object]]]:
-    """Batches of (label, outcome of ``prepare``) in input order; the next batch decodes while the caller
-    works on this one. Closing the iterator stops the work within one batch."""
+    """Batches of (label, outcome of ``prepare``) in input order; later photos are prepared while the
+    caller works on this batch, at most :func:`read_ahead` of them. Closing the iterator stops the work
+    within one batch."""
     labelled = ((item, photo_label(item, n)) for n, item in enumerate(photos, 1))
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="geoclip-decode")
+    workers = max(1, int(workers))
+    limit = read_ahead(batch_size, workers)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geoclip-decode")
     pending: deque[tuple[str, Future]] = deque()
 
     def submit_until(limit: int) -> None:
@@ -83,10 +116,10 @@ def prepared_batches(
             pending.append((label, pool.submit(prepare, item, label)))
 
     try:
-        submit_until(2 * batch_size)
+        submit_until(limit)
         while pending:
             batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
-            submit_until(2 * batch_size)
+            submit_until(limit)
             yield [(label, future.result()) for label, future in batch]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

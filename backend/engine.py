@@ -2,16 +2,20 @@
 out, and the probability rasters, areas of interest and fusion built on the same query vectors.
 
 An engine is built by :func:`.factory.build_engine` (weights, device, precision, batch size). Photos
-reach it through :mod:`.decoding` (checked, hashed, decoded a batch ahead, cached embeddings looked up);
-the gallery's location features are computed once and cached (:mod:`.gallery`). Per new photo the
-work left is the CLIP vision tower, a small MLP and one matrix product.
+reach it through :mod:`.decoding` (checked, hashed, decoded ahead by a pool of workers, cached embeddings
+looked up); the gallery's location features are computed once and cached (:mod:`.gallery`). Per new
+photo the work left is the CLIP vision tower, a small MLP and one matrix product. On a GPU the next
+batch is on its way while the current one computes (:class:`.device.Staging`); out of memory halves
+the batch, and a GPU that fails goes on on the CPU with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
-from collections.abc import Container, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Container, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +23,8 @@ import torch
 
 from . import backbone
 from .area import Area
-from .decoding import DECODE_WORKERS, PhotoPreparer, Prepared, prepared_batches
-from .device import PRECISION_NAMES
+from .decoding import PhotoPreparer, Prepared, choose_decode_workers, prepared_batches
+from .device import PRECISION_NAMES, HalvingBatches, Staging, choose_dtype, is_device_failure
 from .embedding_cache import EmbeddingCache, backbone_key
 from .errors import GeoCLIPError
 from .exif import PhotoMetadata
@@ -30,6 +34,8 @@ from .progress import ProgressCallback, Stage, report_step
 from .rasters import RasterSet, SurfaceEvaluator, grid_centres, world_shape
 from .results import Candidate, PhotoResult
 from .weights import ModelFiles, sha256_file
+
+LOG = logging.getLogger("geoclip_qgis")
 
 
 class Engine:
@@ -43,12 +49,14 @@ class Engine:
         dtype: torch.dtype,
         batch_size: int,
         embeddings: EmbeddingCache | None = None,
-        decode_workers: int = DECODE_WORKERS,
+        decode_workers: int | None = None,
     ):
         self.files = files
         self.heads_files, self.clip_dir = files.heads, files.clip_dir
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
-        self.decode_workers = decode_workers
+        self.decode_workers = decode_workers  # None: chosen for the device (decoding.choose_decode_workers)
+        self._tower_batches = HalvingBatches(device=device)  # photos per forward pass, halved on out-of-memory
+        self._staging = Staging(device)
         self.heads = load_heads(self.heads_files).to(self.device)
         self.embeddings = embeddings
         self.backbone_key = backbone_key(self.clip_dir, self.precision)
@@ -84,14 +92,54 @@ class Engine:
         return f"GeoCLIP {self.files.heads_name} heads + {self.clip_dir.name} ({self.precision})"
 
     def load(self, progress: ProgressCallback | None = None) -> Engine:
-        """Load what image work needs: vision tower, preprocessing, gallery features. Idempotent."""
+        """Load what image work needs: vision tower, preprocessing, gallery features. Idempotent. A GPU
+        that fails here (out of memory, a kernel it cannot run) leaves the engine on the CPU."""
+        try:
+            self._load(progress)
+        except Exception as exc:
+            self._fall_back_to_cpu(exc)
+            self._load(progress)
+        return self
+
+    def _load(self, progress: ProgressCallback | None) -> None:
         with self._lock:
+            if self._processor is None:
+                self._processor = backbone.load_image_processor(self.clip_dir)
             if self._vision is None:
                 report_step(progress, "Loading the CLIP vision tower")
                 self._vision = backbone.load_vision_tower(self.clip_dir, self.device, self.dtype)
-                self._processor = backbone.load_image_processor(self.clip_dir)
         self.load_gallery(progress)
-        return self
+
+    @property
+    def effective_decode_workers(self) -> int:
+        """Photo preparation workers used now: the number asked for, or the choice for the device."""
+        return self.decode_workers or choose_decode_workers(self.device.type)
+
+    def _fall_back_to_cpu(self, exc: BaseException) -> None:
+        """Go on on the CPU after a GPU failure, saying so; re-raise anything else.
+
+        Everything on the device is loaded again from files and caches (a failed CUDA context cannot
+        hand its tensors back). Half precision the CPU has no fast path for becomes fp32."""
+        if self.device.type == "cpu" or not is_device_failure(exc):
+            raise exc
+        failed = self.device
+        cpu = torch.device("cpu")
+        self.dtype = self.dtype if self.dtype == choose_dtype(cpu) else torch.float32
+        LOG.warning(
+            "%s failed (%s: %s); going on on the CPU in %s, which is much slower",
+            failed,
+            type(exc).__name__,
+            str(exc).strip().splitlines()[0] if str(exc).strip() else "no message",
+            self.precision,
+        )
+        with self._lock:
+            self.device = cpu
+            self.backbone_key = backbone_key(self.clip_dir, self.precision)
+            self.heads = load_heads(self.heads_files)
+            self._vision = self._text = self._gallery = None
+            self._surfaces, self._area_cache = {}, (None, None)
+            self._tower_batches = HalvingBatches(device=cpu)
+            self._staging = Staging(cpu)
 
     def load_gallery(self, progress: ProgressCallback | None = None) -> Gallery:
         """The GPS gallery and its location features (encoded once, then read from the disk cache)."""
@@ -116,19 +164,28 @@ class Engine:
 
     def preprocess(self, image) -> np.ndarray:
         """An upright RGB PIL image -> (3, 224, 224) float32 pixels as the checkpoint expects."""
-        return self._processor(images=image, return_tensors="np")["pixel_values"][0]
+        if self._processor is None:
+            self.load()
+        return self._processor(image)
 
     @torch.inference_mode()
     def clip_embeddings(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) pixels -> (B, 768) CLIP projected image embeddings (fp32): the frozen part."""
+        """(B, 3, H, W) pixels -> (B, 768) CLIP projected image embeddings (fp32): the frozen part.
+
+        On a GPU the result may still be computing when this returns (reading it waits); batches that
+        do not fit are split (:class:`.device.HalvingBatches`), and a failing GPU hands over to the CPU."""
         if self._vision is None:
             self.load()
-        batch = torch.as_tensor(pixels)
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        else:
-            batch = batch.to(self.device)
-        return self._vision(pixel_values=batch.to(self.dtype)).image_embeds.float()
+        while True:
+            try:
+                batch = self._staging.upload(torch.as_tensor(pixels))
+                return self._tower_batches(self._tower, batch)
+            except Exception as exc:
+                self._fall_back_to_cpu(exc)
+                self.load()
+
+    def _tower(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._vision(batch.to(self.dtype)).float()
 
     @torch.inference_mode()
     def image_features(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -277,20 +334,42 @@ class Engine:
         return PhotoPreparer(self.preprocess, self.embeddings, self.backbone_key, skip, skip_geotagged)
 
     def _encoded_batches(self, photos: Iterable, preparer: PhotoPreparer) -> Iterator[list[tuple[str, object]]]:
-        """Prepared batches with every photo's CLIP embedding filled in (cache first, then the tower)."""
-        batches = prepared_batches(photos, preparer, self.batch_size, self.decode_workers)
+        """Prepared batches with every photo's CLIP embedding filled in (cache first, then the tower).
+
+        On CUDA one batch more is in flight: batch k+1 is copied and launched before batch k's
+        embeddings are awaited and handed on, so the GPU computes while the caller ranks and writes."""
+        batches = prepared_batches(photos, preparer, self.batch_size, self.effective_decode_workers)
+        in_flight: deque[tuple[list, list[Prepared], Callable[[], np.ndarray] | None]] = deque()
         try:
             for prepared in batches:
                 todo = [p for _, p in prepared if isinstance(p, Prepared) and p.embedding is None]
+                pending = None
                 if todo:
-                    fresh = self.clip_embeddings(np.stack([p.pixels for p in todo])).cpu().numpy()
-                    for p, embedding in zip(todo, fresh):
-                        p.embedding, p.pixels = embedding, None
-                    if self.embeddings is not None:
-                        self.embeddings.put_many(self.backbone_key, {p.sha256: p.embedding for p in todo if p.sha256})
-                yield prepared
+                    fresh = self.clip_embeddings(self._staging.gather([p.pixels for p in todo]))
+                    pending = self._staging.download(fresh)
+                in_flight.append((prepared, todo, pending))
+                while len(in_flight) > self._staging.ahead:
+                    yield self._settle(*in_flight.popleft())
+            while in_flight:
+                yield self._settle(*in_flight.popleft())
         finally:
             batches.close()
+
+    def _settle(self, prepared: list, todo: list[Prepared], pending: Callable[[], np.ndarray] | None) -> list:
+        """Wait for a batch's embeddings, keep them with its photos and in the cache."""
+        if pending is None:
+            return prepared
+        try:
+            fresh = pending()
+        except Exception as exc:  # an asynchronous GPU failure surfaces here: encode the batch again
+            if self.device.type != "cpu" or not is_device_failure(exc):  # else: launched before an earlier fallback
+                self._fall_back_to_cpu(exc)
+            fresh = self.clip_embeddings(np.stack([p.pixels for p in todo])).cpu().numpy()
+        for p, embedding in zip(todo, fresh):
+            p.embedding, p.pixels = embedding.copy(), None
+        if self.embeddings is not None:
+            self.embeddings.put_many(self.backbone_key, {p.sha256: p.embedding for p in todo if p.sha256})
+        return prepared
 
     def predict_iter(
         self,
@@ -361,3 +440,14 @@ class Engine:
             if stage:
                 stage.advance()
         return results
+
+    @torch.inference_mode()
+    def gallery_probabilities(self, feature: np.ndarray, area: Area | None = None) -> np.ndarray:
+        """The whole softmax over the gallery for one query vector (N,), in gallery order: the
+        probability of every place, for summing over regions. With an area, places outside get 0."""
+        query = torch.from_numpy(np.asarray(feature, dtype=np.float32)).to(self.device)
+        logits = self.heads.logits(query[None], self.gallery.features)[0]
+        inside = self._area_mask(area)
+        if inside is not None:
+            logits = logits.masked_fill(~inside, float("-inf"))
+        return logits.softmax(dim=-1).cpu().numpy().astype(np.float64)

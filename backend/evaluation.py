@@ -39,7 +39,9 @@ def format_table(table: dict) -> str:
         return "no photos with ground truth"
     head = " ".join(f"{str(km) + ' km':>8}" for km in THRESHOLDS_KM)
     cells = " ".join(f"{table[f'acc_{km}km']:>7.1f}%" for km in THRESHOLDS_KM)
-    return f"photos {table['photos']}, median error {table['median_km']:.1f} km\nwithin {head}\n{'':6} {cells}"
+    country = table.get("acc_country")
+    same = f", top-1 in the right country {country:.1f}%" if country is not None else ""
+    return f"photos {table['photos']}, median error {table['median_km']:.1f} km{same}\nwithin {head}\n{'':6} {cells}"
 
 
 @dataclass(frozen=True)

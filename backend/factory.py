@@ -26,7 +26,8 @@ def build_engine(
 
     ``heads``/``clip``: folders, or None for the lookup order of :mod:`.weights`. ``batch_size``: photos
     per batch (None: 8 on a CPU, by free memory on a GPU). ``embedding_cache``: read and write CLIP
-    embeddings of photos on disk by content hash.
+    embeddings of photos on disk by content hash. ``decode_workers``: threads preparing photos (None:
+    one per core feeding a GPU, one per 16 cores on a CPU; :func:`.decoding.choose_decode_workers`).
     """
     from .embedding_cache import EmbeddingCache
     from .engine import Engine
@@ -34,13 +35,12 @@ def build_engine(
 
     if batch_size is not None and int(batch_size) < 1:
         raise GeoCLIPError(f"batch size must be 1 or more, got {batch_size}")
+    if decode_workers is not None and int(decode_workers) < 1:
+        raise GeoCLIPError(f"decode workers must be 1 or more, got {decode_workers}")
     files = resolve_model_files(heads, clip)
     chosen = choose_device(device)
     dtype = choose_dtype(chosen, precision)
     batch = int(batch_size) if batch_size else default_batch_size(chosen, dtype)
-    if decode_workers is not None and int(decode_workers) < 1:
-        raise GeoCLIPError(f"decode workers must be 1 or more, got {decode_workers}")
     cache = EmbeddingCache() if embedding_cache else None
-    if decode_workers is None:
-        return Engine(files, chosen, dtype, batch, cache)
-    return Engine(files, chosen, dtype, batch, cache, decode_workers=int(decode_workers))
+    workers = int(decode_workers) if decode_workers is not None else None
+    return Engine(files, chosen, dtype, batch, cache, decode_workers=workers)

@@ -3,7 +3,8 @@
 The release re-encodes all 100K gallery points through the location encoder for every photo (about
 12 s on a 2-core CPU). Here the features are computed once per (location-encoder weights, gallery)
 pair, kept in memory for the process, and on disk in the user's cache folder as safetensors, keyed by
-the sha256 of both files.
+the sha256 of both files. On a CPU the cached file is memory-mapped rather than read: nothing is copied
+at start, and its pages are shared with the page cache (and with other processes using it).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .backbone import read_exactly, safetensors_index
 from .cache import cache_dir, private_folder, warn_once
 from .errors import WeightsError
 from .heads import LOCATION_ENCODER_FILE, GeoCLIPHeads, HeadsFiles
@@ -101,17 +103,38 @@ def _cache_file(key: str) -> Path:
     return cache_dir() / "features" / f"{key}.safetensors"
 
 
-def _read_disk_cache(path: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+# numpy has no bfloat16: its bits are mapped as int16 and viewed as bfloat16 by torch
+_NUMPY_VIEW = {
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.bfloat16: np.int16,
+    torch.float64: np.float64,
+}
 
+
+def _load_tensor(stored, device: torch.device) -> torch.Tensor:
+    """One stored tensor: memory-mapped on a CPU (copy-on-write, so the file is never changed), read
+    into memory elsewhere. Windows keeps a mapped file from being deleted, so it reads there too."""
+    if device.type == "cpu" and os.name != "nt":
+        mapped = np.memmap(stored.path, _NUMPY_VIEW[stored.dtype], mode="c", offset=stored.start, shape=stored.shape)
+        return torch.from_numpy(mapped).view(stored.dtype)
+    tensor = torch.empty(stored.shape, dtype=stored.dtype)
+    with open(stored.path, "rb", buffering=0) as handle:
+        read_exactly(handle, stored.start, tensor)
+    return tensor.to(device)
+
+
+def _read_disk_cache(path: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
     if not path.is_file():
         return None
     try:
-        tensors = load_file(str(path), device=str(device))
-        return tensors["coordinates"], tensors["features"]
-    except (SafetensorError, KeyError, OSError, RuntimeError):
+        index = safetensors_index(path)
+        coordinates, features = (_load_tensor(index[name], device) for name in ("coordinates", "features"))
+    except (WeightsError, KeyError, OSError, ValueError, RuntimeError):
         return None  # a damaged cache is rebuilt, never trusted
+    if coordinates.ndim != 2 or coordinates.shape[1] != 2 or features.shape[0] != coordinates.shape[0]:
+        return None
+    return coordinates, features
 
 
 def _write_disk_cache(path: Path, coordinates: torch.Tensor, features: torch.Tensor) -> None:

@@ -25,6 +25,10 @@ COLUMNS = (
     "lat",
     "lon",
     "probability",
+    "place",
+    "region",
+    "country",
+    "place_km",
     "exif_lat",
     "exif_lon",
     "error_km",
@@ -48,6 +52,10 @@ COLUMN_TYPES = {
     "lat": float,
     "lon": float,
     "probability": float,
+    "place": str,
+    "region": str,
+    "country": str,
+    "place_km": float,
     "exif_lat": float,
     "exif_lon": float,
     "error_km": float,
@@ -96,6 +104,8 @@ class OutputKind(str, enum.Enum):
     ERRORS = "errors"  # photos that failed, with their reason
     TRUTH_LINES = "truth_lines"  # a photo's known position -> its top-1 answer
     ACCURACY = "accuracy"  # the run's accuracy table against known positions
+    REGIONS = "regions"  # each answer's probability by country and first-level region
+    CONFIDENCE_AREAS = "confidence_areas"  # each answer's smallest areas holding 50 % and 90 % of it
     WORLD_RASTER = "world_raster"  # one answer's probability over the world
     LOCAL_RASTER = "local_raster"  # one answer's probability around a likely place, finer cells
     COMBINED_RASTER = "combined_raster"  # the run's answers' world rasters, averaged
@@ -119,6 +129,10 @@ class Candidate:
     lat: float
     lon: float
     probability: float
+    place: str = ""  # the nearest populated place (GeoNames), filled in by the run (see .places)
+    region: str = ""  # its first-level region
+    country: str = ""
+    place_km: float | None = None  # from the candidate to that place
 
 
 @dataclass
@@ -179,6 +193,10 @@ class PhotoResult:
                 "lat": c.lat,
                 "lon": c.lon,
                 "probability": c.probability,
+                "place": c.place or None,
+                "region": c.region or None,
+                "country": c.country or None,
+                "place_km": c.place_km,
                 "error_km": self.error_km(c),
                 "error": None,
             }

@@ -10,6 +10,7 @@ layer written, with its kind. Nothing here knows about Qt, QGIS or the terminal:
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,7 +21,9 @@ from typing import TextIO
 
 import numpy as np
 
+from . import weights
 from .area import Area
+from .cache import warn_once
 from .errors import GeoCLIPError
 from .geotiff import VALUES_COMBINED, RasterNames, raster_metadata, write_geotiff
 from .progress import ProgressCallback, Stage, report_step
@@ -85,6 +88,7 @@ class RunRequest:
     stream: TextIO | None = None  # without an output file: CSV here (neither: answers are only counted)
     rasters: RasterOptions | None = None
     fuse: bool = False  # also one joint answer for all photos (photos known to show one place)
+    confidence: bool = False  # also each answer's confidence areas (50 % and 90 %), GeoPackage only
     skip_geotagged: bool = False
     resume: bool = True  # skip photos the output GeoPackage already answers
     ray: RayOptions | None = None
@@ -212,6 +216,8 @@ def _resume(request: RunRequest, engine, writer, run_at: str) -> frozenset[str] 
         "weights_key": engine.weights_key,
         "top_k": int(request.top_k),
         "area": request.area.label if request.area is not None else "",
+        "parameters": json.dumps(run_parameters(request, engine), sort_keys=True),
+        "weights_sha256": json.dumps(weights.weight_checksums(engine.heads_files, engine.clip_dir), sort_keys=True),
     }
     previous = writer.previous_settings()
     skip = writer.answered_hashes() if request.resume else frozenset()
@@ -231,6 +237,32 @@ def _resume(request: RunRequest, engine, writer, run_at: str) -> frozenset[str] 
     return skip
 
 
+def run_parameters(request: RunRequest, engine) -> dict:
+    """What a run was asked to do and how, for its provenance (the runs table, reports)."""
+    rasters = request.rasters
+    return {
+        "top_k": int(request.top_k),
+        "area": request.area.label if request.area is not None else "whole world",
+        "area_bbox": list(request.area.bbox) if request.area is not None and request.area.bbox else None,
+        "area_wkt": request.area.wkt if request.area is not None else None,
+        "fuse": request.fuse,
+        "skip_geotagged": request.skip_geotagged,
+        "confidence_areas": request.confidence,
+        "rasters": None
+        if rasters is None
+        else {
+            "world_cell": rasters.world_cell,
+            "local_cell": rasters.local_cell,
+            "regions": rasters.regions,
+            "world": rasters.world,
+        },
+        "truth": Path(request.truth_csv).name if request.truth_csv else None,
+        "device": str(engine.device),
+        "precision": engine.precision,
+        "batch_size": engine.batch_size,
+    }
+
+
 def _shown(value) -> str:
     return repr(value) if value not in (None, "") else "whole world / none"
 
@@ -238,19 +270,20 @@ def _shown(value) -> str:
 def _answer_all(request, engine, photos, total, skip, writer, truths, outcome, progress, stop, on_result) -> None:
     """Every answer to the writer as it comes, with its rasters; then the joint answer and the table."""
     summary = outcome.summary
-    rasters = _RasterOutputs(request, engine) if request.rasters is not None else None
+    details = _AnswerDetails(request, engine, writer)
     members: list[PhotoResult] = []  # answers that go into the joint answer
     earlier: list[str] = []  # photos answered by an earlier run: still members of the joint answer
     units = "photos" if not request.texts else "queries" if total == len(request.texts) else "answers"
     stage = Stage(progress, "Answering " + units, total, unit=units)
     for result in _answers(request, engine, photos, skip):
+        answered = result.ok and not result.skipped
+        if answered:  # its details first: the candidates' commit then covers them too
+            result = details.named(result)
+            outcome.files += details.add(result)
         writer.write(result)
         summary.add(result, truths.get(result.photo) if truths is not None else None)
-        if result.ok and not result.skipped:
-            if rasters is not None:
-                outcome.files += rasters.add(result)
-            if request.fuse and not result.photo.startswith("text: "):
-                members.append(result)
+        if answered and request.fuse and not result.photo.startswith("text: "):
+            members.append(result)
         elif result.skipped == SKIP_ANSWERED and request.fuse:
             earlier.append(result.photo)
         stage.advance()
@@ -260,17 +293,16 @@ def _answer_all(request, engine, photos, total, skip, writer, truths, outcome, p
             summary.stopped = True
             break
     if request.fuse and not summary.stopped:
-        outcome.fused = _fuse(request, engine, members, earlier, summary, progress)
-        if outcome.fused is not None:
+        fused = _fuse(request, engine, members, earlier, summary, progress)
+        if fused is not None:
             if earlier and hasattr(writer, "remove_rows"):
                 writer.remove_rows(FUSED_PREFIX)  # the earlier joint answer covered fewer photos
-            writer.write(outcome.fused)
-            if rasters is not None:
-                outcome.files += rasters.add(outcome.fused, own_world=True)
+            outcome.fused = fused = details.named(fused)
+            outcome.files += details.add(fused, own_world=True)
+            writer.write(fused)
             if on_result:
-                on_result(outcome.fused)
-    if rasters is not None:
-        outcome.files += rasters.finish()
+                on_result(fused)
+    outcome.files += details.finish()
     accuracy = summary.accuracy()
     if accuracy and hasattr(writer, "write_table"):
         writer.write_table("accuracy", {"run_at": outcome.run_at, "model": engine.model_name, **accuracy})
@@ -343,6 +375,59 @@ def _fuse(
     return engine.fuse(members, request.top_k, request.area)
 
 
+class _AnswerDetails:
+    """What each answer gets beyond its candidates: place names, its probability by region, its query
+    vector, and when asked its rasters and confidence areas (from one evaluation of its surface)."""
+
+    REGION_ROWS = 10  # per level and answer: the ranking a person reads; the rest is a long tail
+
+    def __init__(self, request: RunRequest, engine, writer):
+        self.request, self.engine, self.writer = request, engine, writer
+        self.cells = request.rasters or RasterOptions(folder="")
+        self.rasters = _RasterOutputs(request, engine) if request.rasters is not None else None
+        self._assignment = None
+
+    def named(self, result: PhotoResult) -> PhotoResult:
+        from .places import name_candidates
+
+        try:
+            return name_candidates(result)
+        except GeoCLIPError as exc:  # no gazetteer: answers without place names, said once
+            warn_once("places", f"place names left out: {exc}")
+            return result
+
+    def _regions(self, result: PhotoResult) -> list:
+        from .regions import gallery_regions, region_probabilities
+
+        try:
+            if self._assignment is None:
+                gallery = self.engine.gallery
+                self._assignment = gallery_regions(gallery.coordinates.cpu().numpy(), gallery.key)
+        except GeoCLIPError as exc:
+            warn_once("regions", f"probability by region left out: {exc}")
+            return []
+        probabilities = self.engine.gallery_probabilities(result.feature, self.request.area)
+        return region_probabilities(probabilities, self._assignment, photo=result.photo, top=self.REGION_ROWS)
+
+    def add(self, result: PhotoResult, own_world: bool = False) -> list[OutputFile]:
+        files, areas = [], []
+        if self.rasters is not None or self.request.confidence:
+            made = self.engine.rasters(
+                result, self.request.area, self.cells.regions, self.cells.world_cell, self.cells.local_cell
+            )
+            if self.rasters is not None:
+                files = self.rasters.add(result, made, own_world)
+            if self.request.confidence:
+                from .confidence import confidence_areas
+
+                areas = confidence_areas(made.world, made.local)
+        self.writer.write_details(result, self._regions(result) if result.feature is not None else [], areas)
+        return files
+
+    def finish(self) -> list[OutputFile]:
+        return self.rasters.finish() if self.rasters is not None else []
+
+
 class _RasterOutputs:
     """Writes each answer's rasters as it comes, and the run's combined world raster at the end."""
 
@@ -370,10 +455,8 @@ class _RasterOutputs:
         path = write_geotiff(raster, self.folder / name, self._metadata(raster, answer, **extra))
         return OutputFile(kind, str(path), answer=answer)
 
-    def add(self, result: PhotoResult, own_world: bool = False) -> list[OutputFile]:
-        made = self.engine.rasters(
-            result, self.area, self.options.regions, self.options.world_cell, self.options.local_cell
-        )
+    def add(self, result: PhotoResult, made, own_world: bool = False) -> list[OutputFile]:
+        """Write an answer's local rasters and its world raster (or keep it for the run's mean)."""
         files = [
             self._write(local, self.names.name(result.photo, "local", index), OutputKind.LOCAL_RASTER, result.photo)
             for index, local in enumerate(made.local)

@@ -7,6 +7,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from .errors import GeoCLIPError
 from .evaluation import accuracy_table, format_table
 from .geo import haversine_km
 from .results import PhotoResult
@@ -19,6 +22,7 @@ class RunSummary:
     failed: Counter = field(default_factory=Counter)  # reason -> photos
     failures: list[tuple[str, str]] = field(default_factory=list)  # (photo, reason), in input order
     errors_km: list[float] = field(default_factory=list)  # top-1 against the known position
+    pairs: list[tuple[float, float, float, float]] = field(default_factory=list)  # truth lat, lon; top-1 lat, lon
     without_truth: int = 0  # answered photos with no known position
     truth_source: str = "the photos' own EXIF GPS"
     notes: list[str] = field(default_factory=list)  # things the run did or did not do, for people
@@ -40,6 +44,7 @@ class RunSummary:
             else:
                 top = result.candidates[0]
                 self.errors_km.append(float(haversine_km(truth[0], truth[1], top.lat, top.lon)))
+                self.pairs.append((truth[0], truth[1], top.lat, top.lon))
         else:
             self.failed[result.error] += 1
             self.failures.append((result.photo, result.error))
@@ -62,7 +67,19 @@ class RunSummary:
         return (self.seconds - self.load_seconds) / done if done else None
 
     def accuracy(self) -> dict | None:
-        return accuracy_table(self.errors_km) if self.errors_km else None
+        """The paper's table (share within 1..2500 km, median) plus the share of top-1 answers in the
+        right country (by nearest populated place, when the gazetteer is installed)."""
+        if not self.errors_km:
+            return None
+        table = accuracy_table(self.errors_km)
+        try:
+            from .regions import country_top1_accuracy
+
+            pairs = np.asarray(self.pairs, dtype=np.float64)
+            table["acc_country"] = 100.0 * country_top1_accuracy(pairs[:, :2], pairs[:, 2:])
+        except GeoCLIPError:
+            pass
+        return table
 
     def first_line(self) -> str:
         return f"answered {self.answered}, skipped {self.skipped_count}, failed {self.failed_count}" + (

@@ -363,3 +363,121 @@ def verify_downloaded(folder: Path, expected: dict[str, str]) -> None:
                 f"{BACKBONE_REVISION[:10]} (got {actual[:16]}, expected {sha[:16]}); it was "
                 "deleted: run the download again"
             )
+
+
+def weight_checksums(heads_files, clip_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """sha256 of the heads' weight files, the GPS gallery and every file of the CLIP folder (remembered
+    in the cache folder by size and time, so the backbone is hashed once)."""
+    from .cache import file_sha256
+    from .heads import WEIGHT_FILES
+
+    sums = {f"heads/weights/{name}": file_sha256(heads_files.weight_path(name)) for name in WEIGHT_FILES}
+    sums[f"heads/gps_gallery/{Path(heads_files.gallery_csv).name}"] = file_sha256(Path(heads_files.gallery_csv))
+    if clip_dir is not None:
+        for path in model_files(Path(clip_dir), BACKBONE_FOLDER):
+            sums[f"clip/{path.relative_to(clip_dir).as_posix()}"] = file_sha256(path)
+    return sums
+
+
+# ------------------------------------------------------------------------------------- model state
+
+VIT_L_14_VISION = {"hidden_size": 1024, "num_hidden_layers": 24, "patch_size": 14, "image_size": 224}
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+
+
+def backbone_architecture(folder: str | os.PathLike) -> dict:
+    """What a CLIP checkpoint folder holds, read from its config.json and file names (no weights
+    loaded): whether it is ViT-L/14 (the backbone GeoCLIP's heads were trained on), a short description,
+    and whether text queries can run on it (a text tower and its tokenizer files)."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    vision = config.get("vision_config", config) if config.get("model_type") == "clip" else config
+    vision = {key: vision.get(key, default) for key, default in VIT_L_14_VISION.items()}
+    projection = config.get("projection_dim") or config.get("vision_config", {}).get("projection_dim")
+    is_vit_l14 = vision == VIT_L_14_VISION and projection == REQUIRED_PROJECTION_DIM
+    size = sum(path.stat().st_size for path in folder.iterdir() if path.suffix in (".safetensors", ".bin"))
+    described = (
+        "CLIP ViT-L/14"
+        if is_vit_l14
+        else f"a CLIP vision transformer with {vision['num_hidden_layers']} layers, {vision['hidden_size']} wide, "
+        f"patch {vision['patch_size']}, {vision['image_size']} px, projection {projection}"
+    )
+    return {
+        "vit_l14": is_vit_l14,
+        "description": described,
+        "weights_bytes": size,
+        "text_tower": config.get("model_type") == "clip",
+        "tokenizer": any(all((folder / name).is_file() for name in names) for names in TOKENIZER_FILES),
+    }
+
+
+def model_state(heads: str | os.PathLike | None = None, clip: str | os.PathLike | None = None) -> dict:
+    """What can run with the weights found, and what stands in the way, in plain words (no commands:
+    each door adds its own way to fix it). ``problems`` hold a ``code`` (heads_missing,
+    backbone_missing, not_vit_l14, no_text), the ``text`` and the capabilities it ``blocks``."""
+    heads_lookup, clip_lookup = find_heads(heads), find_backbone(clip)
+    architecture = backbone_architecture(clip_lookup.path) if clip_lookup.path is not None else None
+    problems = []
+
+    def passed_over(lookup: Lookup) -> str:
+        if lookup.tried and lookup.tried[0][0].startswith(("--", "$")):  # the folder the user named
+            return f" The folder {lookup.tried[0][1]} cannot be used: {lookup.tried[0][2]}."
+        return ""
+
+    if heads_lookup.path is None:
+        problems.append(
+            {
+                "code": "heads_missing",
+                "text": "GeoCLIP's trained heads (image head, location encoder, GPS gallery) were not found."
+                + passed_over(heads_lookup),
+                "blocks": ["photos", "text", "rasters"],
+            }
+        )
+    if clip_lookup.path is None:
+        problems.append(
+            {
+                "code": "backbone_missing",
+                "text": "The CLIP ViT-L/14 backbone, which turns photos into features, was not found."
+                + passed_over(clip_lookup),
+                "blocks": ["photos", "text"],
+            }
+        )
+    elif not architecture["vit_l14"]:
+        problems.append(
+            {
+                "code": "not_vit_l14",
+                "text": f"The CLIP checkpoint in use is not ViT-L/14 but {architecture['description']}. GeoCLIP's "
+                "heads were trained on ViT-L/14's features: its answers will not be meaningful places.",
+                "blocks": [],
+            }
+        )
+    if architecture is not None and not (architecture["text_tower"] and architecture["tokenizer"]):
+        missing = "its text tower" if not architecture["text_tower"] else "its tokenizer (vocab.json and merges.txt)"
+        problems.append(
+            {
+                "code": "no_text",
+                "text": f"The CLIP checkpoint lacks {missing}: text queries cannot run (photos can).",
+                "blocks": ["text"],
+            }
+        )
+    blocked = {capability for problem in problems for capability in problem["blocks"]}
+    return {
+        "heads": {
+            "found": heads_lookup.path is not None,
+            "path": str(heads_lookup.path or ""),
+            "source": heads_lookup.source,
+            "tried": heads_lookup.tried,
+        },
+        "backbone": {
+            "found": clip_lookup.path is not None,
+            "path": str(clip_lookup.path or ""),
+            "source": clip_lookup.source,
+            "tried": clip_lookup.tried,
+            "architecture": architecture,
+        },
+        "can": {capability: capability not in blocked for capability in ("photos", "text", "rasters")},
+        "problems": problems,
+    }

@@ -26,6 +26,8 @@ import os
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
+
 from .errors import GeoCLIPError
 from .filelock import OutputLock
 from .results import (
@@ -44,6 +46,9 @@ POINTS_LAYER = "predictions"
 ERRORS_LAYER = "errors"
 TRUTH_LAYER = "truth_lines"  # EXIF position -> top-1 answer, for photos that carry GPS
 ACCURACY_LAYER = "accuracy"
+REGIONS_LAYER = "regions"
+AREAS_LAYER = "confidence_areas"
+FEATURES_LAYER = "answer_features"  # each answer's query vector: rasters and checks later, without CLIP
 RUNS_LAYER = "runs"  # the settings of every run into the file, for resuming only like with like
 TRUTH_COLUMNS = ("photo", "error_km", "photo_sha256", "photo_bytes_hex", "run_at")
 LAYER_KINDS = {
@@ -51,8 +56,20 @@ LAYER_KINDS = {
     ERRORS_LAYER: OutputKind.ERRORS,
     TRUTH_LAYER: OutputKind.TRUTH_LINES,
     ACCURACY_LAYER: OutputKind.ACCURACY,
+    REGIONS_LAYER: OutputKind.REGIONS,
+    AREAS_LAYER: OutputKind.CONFIDENCE_AREAS,
 }
-OUR_LAYERS = (*LAYER_KINDS, RUNS_LAYER)
+OUR_LAYERS = (*LAYER_KINDS, RUNS_LAYER, FEATURES_LAYER)
+AREA_COLUMNS = {
+    "photo": str,
+    "level": float,
+    "area_km2": float,
+    "mass": float,
+    "cells": int,
+    "parts": int,
+    "photo_sha256": str,
+    "run_at": str,
+}
 FORMATS = {".csv": "CSV", ".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 DATASET_MARK = "GEOCLIP_QGIS"  # dataset metadata item of every GeoPackage we create (the version)
 LAYER_MARK = "GEOCLIP_LAYER"  # layer metadata item of every layer and table we create (its name)
@@ -169,6 +186,9 @@ class CsvWriter:
         except WriteError:
             pass
 
+    def write_details(self, result: PhotoResult, regions=(), areas=()) -> None:
+        pass  # one table per file: regions, areas and query vectors go to GeoPackages only
+
     def outputs(self) -> list[OutputFile]:
         return [OutputFile(OutputKind.POINTS, str(self.path))] if self.path is not None else []
 
@@ -177,6 +197,9 @@ class DiscardWriter:
     """For runs whose per-photo answers are not wanted (an evaluation that only reports its table)."""
 
     def write(self, result: PhotoResult) -> None:
+        pass
+
+    def write_details(self, result: PhotoResult, regions=(), areas=()) -> None:
         pass
 
     def close(self) -> None:
@@ -342,11 +365,13 @@ class OgrWriter:
 
     def remove_rows(self, photo_prefix: str) -> None:
         """Delete this file's answers whose photo label starts with ``photo_prefix`` (a superseded joint
-        answer); only ever in our own points layer."""
+        answer), with their regions, areas and query vectors; only ever in our own layers."""
         if not self.is_gpkg:
             return
         escaped = photo_prefix.replace("'", "''")
-        self._ds.ExecuteSQL(f"DELETE FROM {POINTS_LAYER} WHERE substr(photo, 1, {len(photo_prefix)}) = '{escaped}'")
+        for name in (POINTS_LAYER, REGIONS_LAYER, AREAS_LAYER, FEATURES_LAYER):
+            if self._ds.GetLayerByName(name) is not None:
+                self._ds.ExecuteSQL(f"DELETE FROM {name} WHERE substr(photo, 1, {len(photo_prefix)}) = '{escaped}'")
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -442,6 +467,81 @@ class OgrWriter:
         feature.SetGeometry(line)
         self._create(self._truth, feature)
 
+    def write_details(self, result: PhotoResult, regions=(), areas=()) -> None:
+        """What a GeoPackage keeps beside an answer's candidates: its probability by region
+        (:class:`.regions.RegionRow`), its confidence areas (:class:`.confidence.ConfidenceArea`) and
+        its query vector (so rasters, areas and "how likely here?" can be made later without CLIP)."""
+        if not self.is_gpkg:
+            return
+        photo, _ = path_text(result.photo)
+        for row in regions:
+            self.write_table(
+                REGIONS_LAYER,
+                {
+                    "photo": photo,
+                    "level": row.level,
+                    "region": row.region,
+                    "country": row.country,
+                    "country_code": row.country_code,
+                    "probability": float(row.probability),
+                    "rank": int(row.rank),
+                    "photo_sha256": result.sha256,
+                    "run_at": self.run_at,
+                },
+            )
+        if areas:
+            self._write_areas(photo, result.sha256, areas)
+        if result.feature is not None:
+            vector = np.asarray(result.feature, dtype="<f4")
+            self.write_table(
+                FEATURES_LAYER,
+                {
+                    "photo": photo,
+                    "photo_sha256": result.sha256,
+                    "run_at": self.run_at,
+                    "dimensions": int(vector.size),
+                    "feature": vector.tobytes(),
+                },
+            )
+
+    def _write_areas(self, photo: str, sha256: str | None, areas) -> None:
+        ogr = self._ogr
+        layer = self._ds.GetLayerByName(AREAS_LAYER)
+        if layer is None:
+            from osgeo import osr
+
+            wgs84 = osr.SpatialReference()
+            wgs84.ImportFromEPSG(4326)
+            wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+            layer = self._ds.CreateLayer(AREAS_LAYER, wgs84, ogr.wkbMultiPolygon, options=["FID=fid"])
+            if layer is None:
+                raise WriteError(f"cannot create layer {AREAS_LAYER} in {self.path}: {_gdal_error()}")
+            for column, kind in AREA_COLUMNS.items():
+                kind = {int: ogr.OFTInteger, float: ogr.OFTReal}.get(kind, ogr.OFTString)
+                if layer.CreateField(ogr.FieldDefn(column, kind)) != 0:
+                    raise WriteError(f"cannot add column {column} to {self.path}: {_gdal_error()}")
+            layer.SetMetadataItem(LAYER_MARK, AREAS_LAYER)
+            self._sync(layer)
+        for area in areas:
+            feature = ogr.Feature(layer.GetLayerDefn())
+            values = {
+                "photo": photo,
+                "level": float(area.level),
+                "area_km2": float(area.area_km2),
+                "mass": float(area.mass),
+                "cells": int(area.cells),
+                "parts": int(area.parts),
+                "photo_sha256": sha256,
+                "run_at": self.run_at,
+            }
+            for key, value in values.items():
+                if value is not None:
+                    feature.SetField(key, value)
+            geometry = ogr.CreateGeometryFromWkt(area.wkt)
+            if geometry is not None:
+                feature.SetGeometry(ogr.ForceToMultiPolygon(geometry))
+            self._create(layer, feature)
+
     def write_table(self, name: str, row: dict) -> None:
         """Append one row to a non-spatial table of ours (the run's accuracy, its settings), creating it."""
         if not self.is_gpkg:  # GeoJSON holds one layer only
@@ -462,13 +562,17 @@ class OgrWriter:
                     if isinstance(value, float)
                     else ogr.OFTInteger
                     if isinstance(value, int)
+                    else ogr.OFTBinary
+                    if isinstance(value, bytes)
                     else ogr.OFTString
                 )
                 if layer.CreateField(ogr.FieldDefn(key, kind)) != 0:
                     raise WriteError(f"cannot add column {key} to {self.path}: {_gdal_error()}")
         feature = ogr.Feature(layer.GetLayerDefn())
         for key, value in row.items():
-            if value is not None:
+            if isinstance(value, bytes):
+                feature.SetFieldBinaryFromHexString(key, value.hex())
+            elif value is not None:
                 feature.SetField(key, value)
         self._create(layer, feature)
 

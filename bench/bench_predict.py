@@ -4,10 +4,13 @@ Compares, with a full-size CLIP ViT-L/14 (random weights: the same arithmetic as
 real GeoCLIP heads:
   - the official release's ``GeoCLIP.predict`` per photo,
   - this engine's warm cost per photo at batch 1 and batch 16,
-  - the bare CLIP vision tower in the same precision at the same batch sizes,
-  - cold start: a fresh process to the first answer, with a warm disk cache, and its peak memory.
+  - the bare CLIP vision tower in the same precision at the same batch sizes (the engine's own plain
+    torch tower, and transformers' ``CLIPVisionModelWithProjection`` for reference: same arithmetic),
+  - cold start: a fresh process to the first answer, with a warm disk cache, and its peak memory
+    (repeated; median and range).
 
-    .venv/bin/python bench/bench_predict.py [--release-photos 3] [--photos 32] [--json bench/results/predict.json]
+    .venv/bin/python bench/bench_predict.py [--release-photos 3] [--photos 32] [--cold-runs 3] \
+        [--json bench/results/predict.json]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -93,19 +97,29 @@ def bench_engine(engine, photos: list[Path], batch_size: int) -> float:
 
 
 @torch.inference_mode()
-def bench_bare_tower(engine, photos: list[Path], batch_size: int) -> float:
+def bench_bare_tower(engine, photos: list[Path], batch_size: int, vision=None) -> float:
     """The vision tower alone on already-preprocessed pixels: the floor for any pipeline."""
     import numpy as np
 
     from geoclip_qgis.backend.photos import open_photo
 
     pixels = torch.from_numpy(np.stack([engine.preprocess(open_photo(p).image) for p in photos]))
-    vision = engine._vision
-    vision(pixel_values=pixels[:batch_size].to(engine.dtype))  # warm-up
+    vision = vision or engine._vision
+    vision(pixels[:batch_size].to(engine.dtype))  # warm-up
     start = time.perf_counter()
     for i in range(0, len(photos), batch_size):
-        _ = vision(pixel_values=pixels[i : i + batch_size].to(engine.dtype)).image_embeds
+        _ = vision(pixels[i : i + batch_size].to(engine.dtype))
     return (time.perf_counter() - start) / len(photos)
+
+
+def transformers_tower(clip: Path, dtype: torch.dtype):
+    """transformers' own CLIPVisionModelWithProjection, called the engine's way (pixels -> embeddings)."""
+    from transformers import CLIPVisionModelWithProjection
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    model = CLIPVisionModelWithProjection.from_pretrained(str(clip), dtype=dtype).eval()
+    return lambda pixels: model(pixel_values=pixels).image_embeds
 
 
 def bench_cold_start(clip: Path, photo: Path) -> tuple[float, float]:
@@ -128,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=32, help="photos per engine/tower measurement")
     parser.add_argument("--release-photos", type=int, default=3, help="photos for the release (~14 s each)")
+    parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes for the cold start")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -149,21 +164,25 @@ def main() -> None:
     print(f"engine load (gallery cache warm or built): {time.perf_counter() - load_start:.1f} s", file=sys.stderr)
 
     figures = {"device": str(engine.device), "precision": engine.precision, "photos": len(photos)}
+    reference = transformers_tower(clip, engine.dtype)
     for batch in (1, 16):
         figures[f"engine_b{batch}_s"] = bench_engine(engine, photos, batch)
         figures[f"tower_b{batch}_s"] = bench_bare_tower(engine, photos, batch)
+        figures[f"hf_tower_b{batch}_s"] = bench_bare_tower(engine, photos, batch, reference)
         print(
             f"batch {batch:>2}: engine {figures[f'engine_b{batch}_s']:.3f} s/photo, bare tower "
-            f"{figures[f'tower_b{batch}_s']:.3f} s/photo",
+            f"{figures[f'tower_b{batch}_s']:.3f} s/photo, transformers' tower {figures[f'hf_tower_b{batch}_s']:.3f}",
             file=sys.stderr,
         )
-    del engine
+    del engine, reference
 
-    figures["cold_start_s"], figures["cold_peak_rss_mb"] = bench_cold_start(clip, base[0])
-    print(
-        f"cold start to first answer: {figures['cold_start_s']:.1f} s, peak RSS {figures['cold_peak_rss_mb']:.0f} MB",
-        file=sys.stderr,
-    )
+    colds = [bench_cold_start(clip, base[0]) for _ in range(args.cold_runs)]
+    for seconds, peak in colds:
+        print(f"cold start to first answer: {seconds:.2f} s, peak RSS {peak:.0f} MB", file=sys.stderr)
+    figures["cold_start_runs_s"] = [c[0] for c in colds]
+    figures["cold_peak_rss_runs_mb"] = [c[1] for c in colds]
+    figures["cold_start_s"] = statistics.median(figures["cold_start_runs_s"])
+    figures["cold_peak_rss_mb"] = max(figures["cold_peak_rss_runs_mb"])
 
     figures["release_s"] = bench_release(clip, [base[i % len(base)] for i in range(args.release_photos)])
 
@@ -173,6 +192,7 @@ def main() -> None:
     for batch in (1, 16):
         print(f"{f'engine, warm, batch {batch}':34}{figures[f'engine_b{batch}_s']:>10.3f}")
         print(f"{f'bare vision tower, batch {batch}':34}{figures[f'tower_b{batch}_s']:>10.3f}")
+        print(f"{f'  transformers tower, batch {batch}':34}{figures[f'hf_tower_b{batch}_s']:>10.3f}")
     print()
     for batch in (1, 16):
         figures[f"engine_over_tower_b{batch}"] = figures[f"engine_b{batch}_s"] / figures[f"tower_b{batch}_s"]
@@ -181,8 +201,10 @@ def main() -> None:
             f"batch {batch:>2}: engine / bare tower = {figures[f'engine_over_tower_b{batch}']:.2f}x   "
             f"release / engine = {figures[f'release_over_engine_b{batch}']:.1f}x faster"
         )
+    runs = figures["cold_start_runs_s"]
     print(
-        f"cold start (fresh process, warm disk cache) to first answer: {figures['cold_start_s']:.1f} s; "
+        f"cold start (fresh process, warm disk cache) to first answer: {figures['cold_start_s']:.2f} s "
+        f"(median of {len(runs)}, {min(runs):.2f} - {max(runs):.2f}); "
         f"peak memory, image-only work: {figures['cold_peak_rss_mb']:.0f} MB"
     )
     if args.json:

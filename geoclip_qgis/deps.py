@@ -18,6 +18,12 @@ REQUIRED = {
 }
 
 
+# Installed with the rest; runs work without them (the feature they serve is left out, with a warning).
+OPTIONAL = {
+    "reverse_geocode": "reverse-geocode>=1.6,<1.7",  # offline place names (GeoNames), needs scipy
+}
+
+
 def plugin_python_dir() -> Path:
     """A folder the plugin owns for packages installed into this QGIS (pip --target)."""
     from qgis.core import QgsApplication

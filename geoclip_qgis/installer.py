@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from .deps import REQUIRED, qgis_python
+from .deps import OPTIONAL, REQUIRED, qgis_python
 
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 MIN_TORCH = (2, 2)
@@ -72,7 +72,7 @@ def pip_steps(
     torch_step = base + [torch or REQUIRED["torch"]] + pinned
     if build == "cpu" and not wheels and cpu_index_reachable():
         torch_step += ["--index-url", CPU_INDEX, "--extra-index-url", "https://pypi.org/simple"]
-    rest = [requirement for name, requirement in REQUIRED.items() if name != "torch"]
+    rest = [requirement for name, requirement in REQUIRED.items() if name != "torch"] + list(OPTIONAL.values())
     return [torch_step, base + rest + pinned]
 
 

@@ -1,77 +1,218 @@
 """Result layers on the map: the run's GeoPackage and rasters, styled, grouped, zoomed to.
 
-Main thread only (called from a task's ``finished``).
+Layers are made from a run's outputs by their kind (:class:`..backend.results.OutputKind`), never from
+file names. Each run gets one group named after what was run (a folder, a photo, a query); the time and
+the output file go in its layers' descriptions (their tooltips in the layer tree). Running again into the
+same GeoPackage refreshes that group; earlier runs are folded and hidden. Main thread only.
 """
 
 from __future__ import annotations
 
+import os
+from datetime import datetime
 from pathlib import Path
 
 from qgis.core import (
     QgsAction,
+    QgsApplication,
     QgsColorRampShader,
     QgsCoordinateTransform,
+    QgsEditorWidgetSetup,
+    QgsFeatureRequest,
+    QgsField,
+    QgsFillSymbol,
+    QgsLayerTreeLayer,
     QgsLineSymbol,
+    QgsMapLayerLegendUtils,
+    QgsMarkerLineSymbolLayer,
     QgsMarkerSymbol,
     QgsPalLayerSettings,
     QgsProject,
     QgsProperty,
-    QgsRasterBandStats,
     QgsRasterLayer,
     QgsRasterShader,
     QgsRectangle,
+    QgsRuleBasedLabeling,
     QgsRuleBasedRenderer,
     QgsSingleBandPseudoColorRenderer,
     QgsSingleSymbolRenderer,
-    QgsStyle,
     QgsSymbolLayer,
+    QgsTemplatedLineSymbolLayerBase,
+    QgsTextBufferSettings,
+    QgsTextFormat,
     QgsVectorLayer,
     QgsVectorLayerSimpleLabeling,
 )
+from qgis.PyQt.QtGui import QColor, QFont
 
 from .backend.results import OutputFile, OutputKind
 from .inputs import WGS84
 
+# -- names -------------------------------------------------------------------------------------------
+
+TEXT_PREFIX, FUSED_PREFIX = "text: ", "fused: "
+SHORT_NAME = (  # a row's answer in a few words: the photo's name without folder and extension, or the query
+    "CASE WHEN \"photo\" LIKE 'text: %' THEN '“' || left(substr(\"photo\", 7), 28) "
+    "|| CASE WHEN length(\"photo\") > 34 THEN '…' ELSE '' END || '”' "
+    'WHEN "photo" LIKE \'fused: %\' THEN "photo" ELSE base_file_name("photo") END'
+)
+IS_FILE = "\"photo\" NOT LIKE 'text: %' AND \"photo\" NOT LIKE 'fused: %'"
+
+
+def short_name(answer: str) -> str:
+    """What :data:`SHORT_NAME` says, in Python: 'IMG_0001', '“a harbour with fishing…”', 'fused: 4 photos'."""
+    if answer.startswith(TEXT_PREFIX):
+        text = answer[len(TEXT_PREFIX) :]
+        return f"“{text[:28]}{'…' if len(text) > 28 else ''}”"
+    if answer.startswith(FUSED_PREFIX):
+        return answer
+    return Path(answer).stem or answer
+
+
+def run_title(items, texts=(), photos: int | None = None) -> str:
+    """A run named after what it answers: 'holiday — 20 photos', 'IMG_0001.jpg', '“a tropical beach…”',
+    'IMG_0001.jpg and 2 more — 7 photos'."""
+    names = [Path(str(item)).name or str(item) for item in items]
+    names += [short_name(TEXT_PREFIX + text) for text in texts]
+    if not names:
+        return "GeoCLIP"
+    title = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more"
+    single_photo = len(names) == 1 and items and Path(str(items[0])).is_file()
+    if photos is not None and not single_photo and items:
+        title += f" — {photos} photo{'s' if photos != 1 else ''}"
+    return title
+
+
+# -- styles ------------------------------------------------------------------------------------------
+
 MAP_TIP = (
-    '<b>[% base_file_name("photo") %]</b><br>'
+    f"<b>[% {SHORT_NAME} %]</b><br>"
     'rank [% "rank" %] · [% format_number("probability" * 100, 2) %] %'
     '[% CASE WHEN "error_km" IS NOT NULL '
     "THEN '<br>EXIF truth: ' || format_number(\"error_km\", 1) || ' km away' END %]"
-    '<br><img src="file:///[% "photo" %]" width="240">'
+    f'[% CASE WHEN {IS_FILE} THEN \'<br><img src="file:///\' || "photo" || \'" width="240">\' END %]'
 )
-NEGLIGIBLE = 0.02  # raster cells below this share of the peak are drawn transparent
+TOP_COLOUR, OTHER_COLOUR, TRUTH_COLOUR = "#d7191c", "#fdae61", "#2c7bb6"
+# Probability rasters: the smallest areas holding 90, 75, 50 and 25 % of the raster's probability, in blues
+# (the points are red and orange, so they stay visible on them); the rest is not drawn.
+MASS_SHARES = ((0.9, "#74a9cf"), (0.75, "#2b8cbe"), (0.5, "#045a8d"), (0.25, "#023858"))
+RASTER_LEGEND_TITLE = "most likely areas, holding"
+FIELD_FORMATS = {  # field: (decimals shown, alias)
+    "lat": (5, "latitude"),
+    "lon": (5, "longitude"),
+    "exif_lat": (5, "EXIF latitude"),
+    "exif_lon": (5, "EXIF longitude"),
+    "error_km": (1, "distance to EXIF position (km)"),
+    "place_km": (1, "distance to the place (km)"),
+    "altitude": (1, "altitude (m)"),
+    "direction": (1, "direction (°)"),
+}
+PERCENT_FIELD = "probability_pct"
 
 
-def label_with(layer: QgsVectorLayer, expression: str) -> None:
+def _text_format(size: float, colour: str = "#202020", bold: bool = False) -> QgsTextFormat:
+    text = QgsTextFormat()
+    font = QFont()
+    font.setBold(bold)
+    text.setFont(font)
+    text.setSize(size)
+    text.setColor(QColor(colour))
+    buffer = QgsTextBufferSettings()
+    buffer.setEnabled(True)
+    buffer.setSize(0.8)
+    buffer.setColor(QColor("white"))
+    text.setBuffer(buffer)
+    return text
+
+
+def _labels(expression: str, text: QgsTextFormat, priority: int, placement) -> QgsPalLayerSettings:
     labels = QgsPalLayerSettings()
     labels.isExpression = True
     labels.fieldName = expression
+    labels.setFormat(text)
+    labels.placement = placement
+    labels.dist = 1.2
+    labels.priority = priority
+    return labels
+
+
+def label_with(layer: QgsVectorLayer, expression: str) -> None:
+    """One label expression for every feature (tables and simple layers)."""
+    labels = _labels(expression, _text_format(8), 5, QgsPalLayerSettings.Placement.AroundPoint)
     layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
     layer.setLabelsEnabled(True)
 
 
+def _double_field(name: str) -> QgsField:
+    try:
+        from qgis.PyQt.QtCore import QVariant
+
+        return QgsField(name, QVariant.Type.Double)
+    except (ImportError, AttributeError):  # Qt6: QVariant has no type enum
+        from qgis.PyQt.QtCore import QMetaType
+
+        return QgsField(name, QMetaType.Type.Double)
+
+
+def format_fields(layer: QgsVectorLayer) -> None:
+    """Identify and forms show coordinates to 5 decimals, distances to 0.1 km and probability in %."""
+    for name, (decimals, alias) in FIELD_FORMATS.items():
+        index = layer.fields().indexOf(name)
+        if index >= 0:
+            layer.setEditorWidgetSetup(index, QgsEditorWidgetSetup("Range", {"Precision": decimals}))
+            layer.setFieldAlias(index, alias)
+    probability = layer.fields().indexOf("probability")
+    if probability >= 0 and layer.fields().indexOf(PERCENT_FIELD) < 0:
+        layer.addExpressionField('"probability" * 100', _double_field(PERCENT_FIELD))
+        index = layer.fields().indexOf(PERCENT_FIELD)
+        layer.setEditorWidgetSetup(index, QgsEditorWidgetSetup("Range", {"Precision": 3}))
+        layer.setFieldAlias(index, "probability (%)")
+        layer.setEditorWidgetSetup(probability, QgsEditorWidgetSetup("Hidden", {}))  # shown in % instead
+
+
 def style_points(layer: QgsVectorLayer) -> None:
-    """Top-1 answers as large red stars, other ranks as orange dots; size grows with probability."""
-    size = QgsProperty.fromExpression('scale_linear("probability", 0, maximum("probability"), 2.5, 7)')
+    """Top-1 answers as large red stars drawn above every other rank; other ranks as orange dots; size
+    grows with probability. Top-1 labelled with the photo's name and probability, ranks 2 and 3 with
+    theirs when there is room."""
     top = QgsMarkerSymbol.createSimple(
-        {"name": "star", "color": "#d7191c", "outline_color": "white", "outline_width": "0.4", "size": "6"}
+        {"name": "star", "color": TOP_COLOUR, "outline_color": "white", "outline_width": "0.5", "size": "6"}
     )
     top.symbolLayer(0).setDataDefinedProperty(
         QgsSymbolLayer.Property.PropertySize,
         QgsProperty.fromExpression('scale_linear("probability", 0, maximum("probability"), 5, 9)'),
     )
     other = QgsMarkerSymbol.createSimple(
-        {"name": "circle", "color": "#fdae61", "outline_color": "#7f3b08", "outline_width": "0.2", "size": "3"}
+        {"name": "circle", "color": OTHER_COLOUR, "outline_color": "#3d1f00", "outline_width": "0.35", "size": "3"}
     )
-    other.symbolLayer(0).setDataDefinedProperty(QgsSymbolLayer.Property.PropertySize, size)
+    other.symbolLayer(0).setDataDefinedProperty(
+        QgsSymbolLayer.Property.PropertySize,
+        QgsProperty.fromExpression('scale_linear("probability", 0, maximum("probability"), 2.5, 6)'),
+    )
     root = QgsRuleBasedRenderer.Rule(None)
     for symbol, expression, label in ((other, '"rank" > 1', "other candidates"), (top, '"rank" = 1', "top-1 answer")):
         root.appendChild(QgsRuleBasedRenderer.Rule(symbol, 0, 0, expression, label))
-    layer.setRenderer(QgsRuleBasedRenderer(root))
+    renderer = QgsRuleBasedRenderer(root)
+    # Top-1 stars last, above every other photo's dots at the same place; other ranks largest first, so a
+    # smaller dot on the same spot stays visible on a larger one.
+    clause = QgsFeatureRequest.OrderByClause
+    order = [clause('"rank" = 1', True), clause('"probability"', False)]
+    renderer.setOrderBy(QgsFeatureRequest.OrderBy(order))
+    renderer.setOrderByEnabled(True)
+    layer.setRenderer(renderer)
 
-    label_with(layer, "concat(\"rank\", ' · ', format_number(\"probability\" * 100, 1), '%')")
+    percent = "format_number(\"probability\" * 100, 1) || ' %'"
+    rules = QgsRuleBasedLabeling.Rule(None)
+    placement = QgsPalLayerSettings.Placement.OrderedPositionsAroundPoint
+    top_labels = _labels(f"{SHORT_NAME} || '\\n' || {percent}", _text_format(9, bold=True), 10, placement)
+    other_labels = _labels(f"'#' || \"rank\" || ' · ' || {percent}", _text_format(7, "#505050"), 2, placement)
+    rules.appendChild(QgsRuleBasedLabeling.Rule(top_labels, 0, 0, '"rank" = 1', "top-1: photo and probability"))
+    rules.appendChild(QgsRuleBasedLabeling.Rule(other_labels, 0, 0, '"rank" IN (2, 3)', "ranks 2 and 3"))
+    layer.setLabeling(QgsRuleBasedLabeling(rules))
+    layer.setLabelsEnabled(True)
+
     layer.setMapTipTemplate(MAP_TIP)
-    layer.setDisplayExpression('base_file_name("photo")')
+    layer.setDisplayExpression(SHORT_NAME)
+    format_fields(layer)
     action = QgsAction(
         QgsAction.ActionType.OpenUrl, "Open photo", '[% "photo" %]', "", False, "Open photo", {"Feature", "Canvas"}
     )
@@ -79,26 +220,84 @@ def style_points(layer: QgsVectorLayer) -> None:
 
 
 def style_truth_lines(layer: QgsVectorLayer) -> None:
-    line = QgsLineSymbol.createSimple({"color": "#2c7bb6", "width": "0.6", "line_style": "dash"})
-    layer.setRenderer(QgsSingleSymbolRenderer(line))
-    label_with(layer, "format_number(\"error_km\", 1) || ' km'")
+    """A dashed blue line from the EXIF position (a blue dot) to the top-1 answer, labelled with the
+    photo's name and the distance."""
+    line = QgsLineSymbol.createSimple({"color": TRUTH_COLOUR, "width": "0.6", "line_style": "dash"})
+    start = QgsMarkerLineSymbolLayer()
+    start.setPlacement(QgsTemplatedLineSymbolLayerBase.Placement.FirstVertex)
+    start.setSubSymbol(
+        QgsMarkerSymbol.createSimple(
+            {"name": "circle", "color": TRUTH_COLOUR, "outline_color": "white", "outline_width": "0.4", "size": "2.8"}
+        )
+    )
+    line.appendSymbolLayer(start)
+    renderer = QgsSingleSymbolRenderer(line)
+    layer.setRenderer(renderer)
+    labels = _labels(
+        f"{SHORT_NAME} || ': ' || format_number(\"error_km\", 0) || ' km'",
+        _text_format(8, TRUTH_COLOUR, bold=True),
+        8,
+        QgsPalLayerSettings.Placement.Line,
+    )
+    labels.placementFlags = (
+        QgsPalLayerSettings.LinePlacementFlags.AboveLine | QgsPalLayerSettings.LinePlacementFlags.OnLine
+    )
+    layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
+    layer.setLabelsEnabled(True)
+    layer.setDisplayExpression(SHORT_NAME)
+    format_fields(layer)
+
+
+def mass_thresholds(path: str, shares=tuple(share for share, _ in MASS_SHARES)) -> dict | None:
+    """For each share, the value above which the raster's most probable cells hold that share of its
+    probability (its 'peak' too); None for a raster with nothing in it."""
+    import numpy as np
+    from osgeo import gdal
+
+    source = gdal.Open(path)
+    if source is None:
+        return None
+    values = source.GetRasterBand(1).ReadAsArray().astype(np.float64).ravel()
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size == 0:
+        return None
+    values = -np.sort(-values)  # most probable first
+    held = np.cumsum(values)
+    found = {"peak": float(values[0]), "total": float(held[-1])}
+    for share in shares:
+        found[share] = float(values[min(int(np.searchsorted(held, share * held[-1])), values.size - 1)])
+    return found
 
 
 def style_raster(layer: QgsRasterLayer) -> None:
-    """Pseudocolour from a negligible share of the peak up to the peak; below that, transparent."""
-    stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Stats.Max)
-    peak = stats.maximumValue if stats.maximumValue > 0 else 1.0
-    ramp = QgsStyle.defaultStyle().colorRamp("YlOrRd")  # pale for little belief, deep red for the peak
-    shader = QgsColorRampShader(peak * NEGLIGIBLE, peak, ramp, QgsColorRampShader.Type.Interpolated)
-    shader.classifyColorRamp(8, -1, QgsRectangle(), None)
-    shader.setClip(True)  # values under the minimum are not drawn
+    """The smallest areas holding 90, 75, 50 and 25 % of the raster's probability, lighter to darker
+    blue: broad where the model hesitates, tight where it is sure, visible at world scale. The rest is
+    not drawn. The legend reads in those shares (see :func:`place_layer` for its title)."""
+    found = mass_thresholds(layer.source())
+    if found is None:
+        return
+    transparent = QColor(0, 0, 0, 0)
+    items = [QgsColorRampShader.ColorRampItem(found[MASS_SHARES[0][0]], transparent, "less likely: not drawn")]
+    bounds = [found[share] for share, _ in MASS_SHARES[1:]] + [found["peak"]]
+    for (share, colour), bound in zip(MASS_SHARES, bounds):
+        label = f"{100 * share:g} % of the probability" if share == MASS_SHARES[0][0] else f"{100 * share:g} %"
+        items.append(QgsColorRampShader.ColorRampItem(bound, QColor(colour), label))
+    shader = QgsColorRampShader(found[MASS_SHARES[0][0]], found["peak"])
+    shader.setColorRampType(QgsColorRampShader.Type.Discrete)
+    shader.setColorRampItemList(items)
     raster_shader = QgsRasterShader()
     raster_shader.setRasterShaderFunction(shader)
     renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, raster_shader)
-    renderer.setClassificationMin(peak * NEGLIGIBLE)
-    renderer.setClassificationMax(peak)
-    renderer.setOpacity(0.75)
+    renderer.setClassificationMin(found[MASS_SHARES[0][0]])
+    renderer.setClassificationMax(found["peak"])
+    renderer.setOpacity(0.85)
     layer.setRenderer(renderer)
+    layer.setCustomProperty("geoclip/peak", found["peak"])
+
+
+def style_basemap(layer: QgsVectorLayer) -> None:
+    fill = QgsFillSymbol.createSimple({"color": "#f1eee8", "outline_color": "#a39d93", "outline_width": "0.2"})
+    layer.setRenderer(QgsSingleSymbolRenderer(fill))
 
 
 LAYER_NAMES = {
@@ -108,6 +307,15 @@ LAYER_NAMES = {
 }
 VECTOR_KINDS = (OutputKind.POINTS, OutputKind.TRUTH_LINES, OutputKind.ERRORS)
 RASTER_KINDS = (OutputKind.COMBINED_RASTER, OutputKind.WORLD_RASTER, OutputKind.LOCAL_RASTER)
+ORDER = {  # top to bottom in a run's group
+    OutputKind.POINTS: 0,
+    OutputKind.TRUTH_LINES: 1,
+    OutputKind.ERRORS: 2,
+    OutputKind.COMBINED_RASTER: 3,
+    OutputKind.WORLD_RASTER: 4,
+    OutputKind.LOCAL_RASTER: 5,
+}
+PER_PHOTO_GROUP = "Rasters per photo"
 
 
 def layer_name(file: OutputFile) -> str:
@@ -143,42 +351,202 @@ def make_layer(file: OutputFile, styled: bool = True):
     return layer
 
 
-def add_run(outcome, title: str, canvas=None) -> dict:
-    """Add a run's layers (from its outcome's files, by kind) in a new group at the top of the layer tree;
-    zoom the canvas to the answers."""
+# -- the layer tree ----------------------------------------------------------------------------------
+
+RUN_PROPERTY, OUTPUT_PROPERTY, ORDER_PROPERTY = "geoclip/run", "geoclip/output", "geoclip/order"
+BASEMAP_PROPERTY = "geoclip/basemap"
+
+
+def _runs(root) -> list:
+    return [node for node in root.children() if node.customProperty(RUN_PROPERTY)]
+
+
+def run_group(project: QgsProject, title: str, output: str, run_at: str):
+    """The group for a run: a new one at the top of the layer tree, or, for a run into a GeoPackage
+    already on the map, that group emptied, renamed and moved to the top. Earlier runs are folded and
+    hidden."""
+    root = project.layerTreeRoot()
+    key = os.path.abspath(output) if output else ""
+    for group in _runs(root):
+        if key and group.customProperty(OUTPUT_PROPERTY) == key:
+            for node in group.findLayers():
+                if node.layer() is not None:
+                    project.removeMapLayer(node.layer().id())
+            root.removeChildNode(group)
+            break
+    for group in _runs(root):
+        group.setItemVisibilityChecked(False)
+        group.setExpanded(False)
+    group = root.insertGroup(0, title)
+    group.setCustomProperty(RUN_PROPERTY, run_at or datetime.now().isoformat(timespec="seconds"))
+    group.setCustomProperty(OUTPUT_PROPERTY, key)
+    group.setExpanded(True)
+    return group
+
+
+def _insert_sorted(group, layer, order: int, legend_title: str = ""):
+    """Add a layer to a group before the first node of a higher order (Processing loads in any order).
+    A raster's legend gets its title and loses the 'not drawn' class before the node is in the tree."""
+    index = len(group.children())
+    for position, child in enumerate(group.children()):
+        if int(child.customProperty(ORDER_PROPERTY, 99)) > order:
+            index = position
+            break
+    node = QgsLayerTreeLayer(layer)
+    node.setCustomProperty(ORDER_PROPERTY, order)
+    if legend_title:
+        QgsMapLayerLegendUtils.setLegendNodeUserLabel(node, 0, legend_title)
+        QgsMapLayerLegendUtils.setLegendNodeOrder(node, [0] + list(range(2, len(MASS_SHARES) + 2)))
+    group.insertChildNode(index, node)
+    return node
+
+
+def _photo_group(group, answer: str):
+    """The folded group of one answer's rasters, inside the run's folded 'Rasters per photo'."""
+    per_photo = group.findGroup(PER_PHOTO_GROUP)
+    if per_photo is None:
+        per_photo = group.addGroup(PER_PHOTO_GROUP)
+        per_photo.setCustomProperty(ORDER_PROPERTY, 9)
+        per_photo.setExpanded(False)
+    name = short_name(answer) if answer else "answer"
+    sub = per_photo.findGroup(name)
+    if sub is None:
+        sub = per_photo.addGroup(name)
+        sub.setExpanded(False)
+    return sub
+
+
+def place_layer(project: QgsProject, group, layer, file: OutputFile, answers: int, run_at: str = ""):
+    """Put one of a run's layers in its place in the run's group, with its legend and description."""
+    own_group = file.kind == OutputKind.LOCAL_RASTER or (file.kind == OutputKind.WORLD_RASTER and answers > 1)
+    target = _photo_group(group, file.answer) if own_group else group
+    raster = file.kind in RASTER_KINDS and layer.customProperty("geoclip/peak") is not None
+    node = _insert_sorted(target, layer, ORDER[file.kind], RASTER_LEGEND_TITLE if raster else "")
+    layer.setCustomProperty(RUN_PROPERTY, run_at or "yes")
+    about = f"GeoCLIP run {_local_time(run_at)}: {group.name()}\nWritten to {file.path}"
+    if raster:
+        peak = float(layer.customProperty("geoclip/peak"))
+        about += f"\nMost probable cell: {100 * peak:.2g} % of the world's probability"
+    layer.setAbstract(about)
+    if file.kind in RASTER_KINDS:
+        node.setExpanded(target is group)
+        if file.kind == OutputKind.WORLD_RASTER and answers > 1:
+            node.setItemVisibilityChecked(False)  # one world raster at a time; the run's mean is on top
+    return node
+
+
+def _local_time(run_at: str) -> str:
+    try:
+        return datetime.fromisoformat(run_at).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError):
+        return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def answers_in(outcome_files) -> int:
+    return len({f.answer for f in outcome_files if f.kind in (OutputKind.WORLD_RASTER, OutputKind.LOCAL_RASTER)})
+
+
+def world_map_path() -> str:
+    return os.path.join(QgsApplication.pkgDataPath(), "resources", "data", "world_map.gpkg")
+
+
+def add_basemap(project: QgsProject):
+    """QGIS's own offline world map (Natural Earth countries) at the bottom of the layer tree, when the
+    project has no layer of its own to put the answers on; None otherwise."""
+    own = [layer for layer in project.mapLayers().values() if not layer.customProperty(RUN_PROPERTY)]
+    if own or not os.path.isfile(world_map_path()):
+        return None
+    layer = QgsVectorLayer(world_map_path() + "|layername=countries", "World (QGIS's offline map)", "ogr")
+    if not layer.isValid():
+        return None
+    style_basemap(layer)
+    layer.setCustomProperty(BASEMAP_PROPERTY, True)
+    project.addMapLayer(layer, False)
+    project.layerTreeRoot().addLayer(layer)
+    return layer
+
+
+def add_run(outcome, title: str, canvas=None, basemap: bool = True, output: str = "") -> dict:
+    """Add a run's layers (from its outcome's files, by kind) in its group at the top of the layer tree;
+    add a world map when the project has none; zoom the canvas to the answers."""
     project = QgsProject.instance()
-    group = project.layerTreeRoot().insertGroup(0, title)
-    added = {"points": None, "lines": None, "errors": None, "rasters": []}
+    output = output or next((f.path for f in outcome.files if f.kind == OutputKind.POINTS), "")
+    group = run_group(project, title, output, outcome.run_at)
+    added = {"points": None, "lines": None, "errors": None, "rasters": [], "group": group, "basemap": None}
     keys = {OutputKind.POINTS: "points", OutputKind.TRUTH_LINES: "lines", OutputKind.ERRORS: "errors"}
-    local_group = None
+    answers = answers_in(outcome.files)
     for file in outcome.files:
+        if file.kind == OutputKind.ERRORS and not outcome.failures:
+            continue  # failures of earlier runs into this file: not this run's news
         layer = make_layer(file)
         if layer is None:
             continue
         project.addMapLayer(layer, False)
-        if file.kind == OutputKind.LOCAL_RASTER:  # zoomed-in rasters in their own folded group
-            if local_group is None:
-                local_group = group.addGroup("local rasters (0.01°)")
-                local_group.setExpanded(False)
-            local_group.addLayer(layer)
-        else:
-            group.addLayer(layer)
+        place_layer(project, group, layer, file, answers, outcome.run_at)
         if file.kind in keys:
             added[keys[file.kind]] = layer
         else:
             added["rasters"].append(layer)
+    if basemap:
+        added["basemap"] = add_basemap(project)
     points = added["points"]
     if canvas is not None and points is not None and points.featureCount():
         zoom_to(canvas, points.extent())
     return added
 
 
-def zoom_to(canvas, extent_wgs84: QgsRectangle) -> None:
+def padded(extent_wgs84: QgsRectangle) -> QgsRectangle:
+    """The answers' extent with room around it for symbols and labels: a quarter of its size on each
+    side, and at least 4° across."""
     extent = QgsRectangle(extent_wgs84)
-    extent.grow(max(0.5, 0.1 * max(extent.width(), extent.height())))  # a single point still shows context
+    margin = max(2.0, 0.25 * max(extent.width(), extent.height()))
+    extent.grow(margin)
+    return extent
+
+
+def zoom_to(canvas, extent_wgs84: QgsRectangle) -> None:
+    extent = padded(extent_wgs84)
     transform = QgsCoordinateTransform(WGS84, canvas.mapSettings().destinationCrs(), QgsProject.instance())
     try:
         canvas.setExtent(transform.transformBoundingBox(extent))
     except Exception:  # outside the map projection's domain: leave the view as it is
         return
     canvas.refresh()
+
+
+class RunPlacement:
+    """Processing loads a run's layers one by one once the algorithm ends (on the main thread, wherever
+    the layer tree's insertion point is): this moves each into the run's group as the dock places it,
+    styles it, and once all are in adds the world map and zooms, when QGIS's window is there."""
+
+    def __init__(self, title: str, output: str, run_at: str, files: list[OutputFile], basemap: bool = True):
+        self.title, self.output, self.run_at, self.files, self.basemap = title, output, run_at, files, basemap
+        self.answers = answers_in(files)
+        self.group = None
+        self.placed = 0
+        self.points = None
+
+    def place(self, layer, file: OutputFile) -> None:
+        project = QgsProject.instance()
+        if self.group is None:
+            self.group = run_group(project, self.title, self.output, self.run_at)
+        old = project.layerTreeRoot().findLayer(layer.id())
+        style_layer(layer, file.kind)
+        place_layer(project, self.group, layer, file, self.answers, self.run_at)
+        if old is not None and old.parent() is not None:
+            old.parent().removeChildNode(old)  # the layer stays: it has its node in the run's group
+        if file.kind == OutputKind.POINTS:
+            self.points = layer
+        self.placed += 1
+        if self.placed == len(self.files):
+            self.finish(project)
+
+    def finish(self, project: QgsProject) -> None:
+        if self.basemap:
+            add_basemap(project)
+        try:
+            from qgis.utils import iface
+        except ImportError:
+            iface = None
+        if iface is not None and self.points is not None and self.points.featureCount():
+            zoom_to(iface.mapCanvas(), self.points.extent())

@@ -1,13 +1,20 @@
-"""Models and settings: where each weight file was found, device and versions; choose folders,
-import a folder or bundle, export a bundle, download the backbone (the only network use)."""
+"""Models and settings: what can run with the weights found, what is missing and the button that fixes
+it; where each weight file was found, its size and checksum; choose folders, precision and decoding;
+import a folder or bundle, export a bundle, download the backbone (the only network use).
+
+The engine's :func:`.backend.weights.model_state` says what is missing; the words here say how to fix
+it inside QGIS (dialogs and buttons, never command-line options)."""
 
 from __future__ import annotations
 
 import html
+import threading
 from dataclasses import replace
+from pathlib import Path
 
-from qgis.core import QgsApplication, QgsTask
+from qgis.core import QgsApplication, QgsMessageLog, QgsTask
 from qgis.gui import QgsFileWidget
+from qgis.PyQt.QtCore import QObject, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -15,58 +22,180 @@ from qgis.PyQt.QtWidgets import (
     QDialogButtonBox,
     QFileDialog,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
+    QLabel,
     QMessageBox,
     QPushButton,
+    QSpinBox,
     QTextBrowser,
     QVBoxLayout,
 )
 
 from . import deps
-from .session import drop_engines, load_settings, save_settings
+from .session import EngineSettings, drop_engines, load_settings, save_settings
+
+LOG_TAG = "GeoCLIP"
+
+# Where a weight file was found, in the words of someone using QGIS.
+SOURCE_WORDS = {
+    "--heads": "the heads folder chosen in Models…",
+    "--clip": "the CLIP folder chosen in Models…",
+    "$GEOCLIP_HEADS": "the folder in the GEOCLIP_HEADS environment variable",
+    "$GEOCLIP_CLIP": "the folder in the GEOCLIP_CLIP environment variable",
+    "models folder": "GeoCLIP's models folder",
+    "geoclip wheel": "the installed geoclip package",
+    "Hugging Face cache": "the Hugging Face cache",
+}
+
+# How to fix each problem the engine names, with this dialog's buttons.
+FIXES = {
+    "heads_missing": "In Models…, press Import folder… and choose a heads folder (weights/*.pth and "
+    "gps_gallery/*.csv) or Import bundle… for a GeoCLIP model bundle (.zip).",
+    "backbone_missing": "In Models…, press Import folder… and choose a CLIP ViT-L/14 checkpoint folder (from a "
+    "USB stick, say), Import bundle… for a GeoCLIP model bundle (.zip), or Download backbone (about 1.7 GB, the "
+    "only time GeoCLIP uses the network).",
+    "not_vit_l14": "For real answers, import the CLIP ViT-L/14 checkpoint in Models… (Import folder…, Import "
+    "bundle… or Download backbone) and leave the CLIP folder empty, or choose the ViT-L/14 folder there.",
+    "no_text": "Import the full CLIP checkpoint (with vocab.json and merges.txt) in Models…, or use photos.",
+}
+CAPABILITIES = (
+    ("photos", "Answer photos", "the heads and a CLIP backbone"),
+    ("text", "Text queries", "the heads and a CLIP checkpoint with its text tower and tokenizer"),
+    ("rasters", "Probability rasters, location embeddings", "the heads"),
+)
+SHORT_PROBLEMS = {
+    "heads_missing": "GeoCLIP's heads are missing",
+    "backbone_missing": "the CLIP backbone is missing",
+    "not_vit_l14": "the CLIP checkpoint is not ViT-L/14: answers are not meaningful",
+    "no_text": "this CLIP checkpoint cannot answer text queries",
+}
 
 
-def status_html(heads: str, clip: str) -> str:
-    """The engine's own report of what was found where, as HTML for the dialog."""
+def source_words(source: str) -> str:
+    return SOURCE_WORDS.get(source, source)
+
+
+def current_state(settings: EngineSettings | None = None) -> dict:
+    """The engine's model state for the plugin's chosen folders."""
     from .backend import weights
 
-    report = weights.status(heads or None, clip or None, checksums=False)
-    parts = [
-        f"<p>Models folder: <code>{html.escape(report['models_dir'])}</code><br>"
-        f"Cache folder: <code>{html.escape(report['cache_dir'])}</code></p>"
-    ]
-    for key, title in (("heads", "GeoCLIP heads"), ("backbone", "CLIP backbone (ViT-L/14)")):
-        entry = report[key]
-        if entry["found"]:
-            total = sum(row["bytes"] for row in entry["files"])
-            parts.append(
-                f"<p><b>{title}</b>: found in {html.escape(entry['source'])} — "
-                f"<code>{html.escape(entry['path'])}</code> ({weights.human_size(total)})</p><ul>"
-            )
-            parts += [
-                f"<li>{html.escape(row['file'])} — {weights.human_size(row['bytes'])}</li>"
-                for row in entry["files"][:12]
-            ]
-            parts.append("</ul>")
-        else:
-            parts.append(f"<p><b>{title}</b>: <span style='color:#b00'>not found</span></p>")
-        if entry["tried"]:
-            parts.append(
-                "<ul>"
-                + "".join(
-                    f"<li>passed over {html.escape(s)}: <code>{html.escape(p)}</code> ({html.escape(r)})</li>"
-                    for s, p, r in entry["tried"]
-                )
-                + "</ul>"
-            )
-    import torch
-    import transformers
+    settings = settings or load_settings()
+    return weights.model_state(settings.heads or None, settings.clip or None)
 
-    parts.append(
-        f"<p>torch {torch.__version__} (CUDA {'available' if torch.cuda.is_available() else 'not available'}), "
-        f"transformers {transformers.__version__}</p>"
-    )
+
+def blocking_problem(state: dict, capabilities=("photos",)) -> dict | None:
+    """The first problem that stops any of these capabilities, or None when they can all run."""
+    return next((p for p in state["problems"] if set(p["blocks"]) & set(capabilities)), None)
+
+
+def plain_weights_message(settings: EngineSettings | None = None, detail: str = "") -> str:
+    """A weights failure in QGIS's words: what is missing and the button that fixes it. ``detail``
+    (the engine's own message) goes to the log, not here."""
+    try:
+        state = current_state(settings)
+    except Exception:  # the report itself failed: say what we can
+        state = {"problems": []}
+    problem = blocking_problem(state, ("photos", "text", "rasters"))
+    if problem is None:
+        return "The model could not be loaded. Open Models… to check the weights (details in the GeoCLIP log)."
+    return f"{problem['text']} {FIXES[problem['code']]}"
+
+
+def state_html(state: dict, checksums: dict | None = None, versions: str = "") -> str:
+    """The model state as HTML for the dialog: what runs, then each part's weight files."""
+    checksums = checksums or {}
+    parts = ["<h3>What can run</h3><table cellspacing='2' cellpadding='2'>"]
+    for key, label, needs in CAPABILITIES:
+        ok = state["can"][key]
+        mark = "<span style='color:#1a7f37'>✔ ready</span>" if ok else "<span style='color:#b00'>✘ not yet</span>"
+        parts.append(f"<tr><td><b>{label}</b></td><td>{mark}</td><td>needs {html.escape(needs)}</td></tr>")
+    parts.append("</table>")
+    for problem in state["problems"]:
+        colour = "#b00" if problem["blocks"] else "#a15c00"
+        parts.append(
+            f"<p style='color:{colour}'>⚠ {html.escape(problem['text'])}<br>"
+            f"<i>{html.escape(FIXES[problem['code']])}</i></p>"
+        )
+    for key, title in (("heads", "GeoCLIP heads"), ("backbone", "CLIP backbone")):
+        entry = state[key]
+        parts.append(f"<h3><a name='{key}'></a>{title}</h3>")
+        if not entry["found"]:
+            parts.append("<p style='color:#b00'>not found. Looked in:</p><ul>")
+            for source, path, reason in entry["tried"]:
+                where = html.escape(source_words(source))
+                if path.startswith("("):  # nothing to point at: "(no openai/... in the cache)"
+                    parts.append(f"<li>{where}: {html.escape(path.strip('()'))}</li>")
+                else:
+                    parts.append(f"<li>{where}: <code>{html.escape(path)}</code> ({html.escape(reason)})</li>")
+            parts.append("</ul>")
+            continue
+        parts.append(
+            f"<p>Found in {html.escape(source_words(entry['source']))}:<br><code>{html.escape(entry['path'])}</code>"
+        )
+        architecture = entry.get("architecture")
+        if architecture:
+            text = "yes" if architecture["text_tower"] and architecture["tokenizer"] else "no"
+            parts.append(f"<br>Checkpoint: {html.escape(architecture['description'])}; text queries: {text}")
+        parts.append("</p><table cellspacing='2' cellpadding='2'><tr><th align='left'>weight file</th>")
+        parts.append("<th align='right'>size</th><th align='left'>sha256</th></tr>")
+        for row in weight_files(entry["path"], key):
+            digest = checksums.get(row["path"], "computing…")
+            parts.append(
+                f"<tr><td>{html.escape(row['file'])}</td><td align='right'>{row['size']}</td>"
+                f"<td><code>{html.escape(digest[:16])}</code></td></tr>"
+            )
+        parts.append("</table>")
+    if versions:
+        parts.append(f"<p>{html.escape(versions)}</p>")
     return "".join(parts)
+
+
+def weight_files(folder: str, part: str) -> list[dict]:
+    """The files that hold weights (not configuration): the heads' .pth files and gallery, the
+    backbone's .safetensors or .bin."""
+    from .backend import weights
+
+    if not folder:
+        return []
+    kind = "heads" if part == "heads" else weights.BACKBONE_FOLDER
+    rows = []
+    for path in weights.model_files(Path(folder), kind):
+        if path.suffix in (".pth", ".csv", ".safetensors", ".bin"):
+            rows.append(
+                {
+                    "file": path.relative_to(folder).as_posix(),
+                    "path": str(path),
+                    "size": weights.human_size(path.stat().st_size),
+                }
+            )
+    return rows
+
+
+def _sha256(path: str) -> str:
+    try:
+        from .backend.cache import file_sha256  # remembered by size and time: a backbone is hashed once
+    except ImportError:
+        from .backend.weights import sha256_file as file_sha256
+    return file_sha256(Path(path))
+
+
+class _Checksums(QObject):
+    """sha256 of the weight files, computed on a worker thread (a backbone takes seconds)."""
+
+    ready = pyqtSignal(dict)
+
+    def start(self, paths: list[str]) -> None:
+        def work():
+            sums = {}
+            for path in paths:
+                try:
+                    sums[path] = _sha256(path)
+                except OSError as exc:
+                    sums[path] = f"unreadable: {exc}"
+            self.ready.emit(sums)
+
+        threading.Thread(target=work, name="geoclip-checksums", daemon=True).start()
 
 
 class DownloadTask(QgsTask):
@@ -86,26 +215,70 @@ class DownloadTask(QgsTask):
 
 
 class ModelsDialog(QDialog):
-    def __init__(self, parent=None):
+    """``focus``: a problem code (backbone_missing...) to open at, its fix buttons first."""
+
+    def __init__(self, parent=None, focus: str = ""):
         super().__init__(parent)
         self.setWindowTitle("GeoCLIP models")
-        self.resize(720, 560)
+        self.resize(760, 640)
+        self.focus_code = focus
+        self.state: dict | None = None
+        self.checksums: dict = {}
+        self.checksums_done = False
+        self._checksum_worker = _Checksums(self)
+        self._checksum_worker.ready.connect(self._checksums_ready)
         settings = load_settings()
         layout = QVBoxLayout(self)
+
+        self.fix_box = QGroupBox("To fix")
+        self.fix_box.setStyleSheet("QGroupBox { border: 2px solid #d08000; border-radius: 4px; margin-top: 1.2em; }")
+        fix_layout = QVBoxLayout(self.fix_box)
+        self.fix_text = QLabel()
+        self.fix_text.setWordWrap(True)
+        fix_layout.addWidget(self.fix_text)
+        fix_buttons = QHBoxLayout()
+        self.fix_import = QPushButton("Import folder…")
+        self.fix_import.clicked.connect(self.import_folder)
+        self.fix_bundle = QPushButton("Import bundle…")
+        self.fix_bundle.clicked.connect(self.import_bundle)
+        self.fix_download = QPushButton("Download backbone")
+        self.fix_download.clicked.connect(self.download)
+        for button in (self.fix_import, self.fix_bundle, self.fix_download):
+            fix_buttons.addWidget(button)
+        fix_buttons.addStretch(1)
+        fix_layout.addLayout(fix_buttons)
+        layout.addWidget(self.fix_box)
+
+        self.report = QTextBrowser()
+        layout.addWidget(self.report, 1)
+
         form = QFormLayout()
         self.heads = QgsFileWidget()
         self.heads.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.heads.setFilePath(settings.heads)
+        self.heads.fileChanged.connect(lambda _: self.refresh())
         self.clip = QgsFileWidget()
         self.clip.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.clip.setFilePath(settings.clip)
+        self.clip.fileChanged.connect(lambda _: self.refresh())
         self.precision = QComboBox()
-        for value in ("auto", "fp32", "bf16", "fp16"):
-            self.precision.addItem(value, value)
+        for value, label in (
+            ("auto", "Automatic"),
+            ("fp32", "fp32 (exact, slowest)"),
+            ("bf16", "bf16"),
+            ("fp16", "fp16 (GPU)"),
+        ):
+            self.precision.addItem(label, value)
         self.precision.setCurrentIndex(max(self.precision.findData(settings.precision), 0))
+        self.decode_workers = QSpinBox()
+        self.decode_workers.setRange(0, 64)
+        self.decode_workers.setSpecialValueText("Automatic")
+        self.decode_workers.setValue(settings.decode_workers)
+        self.decode_workers.setToolTip("Threads that read and decode photos while the model works (0: automatic)")
         form.addRow("Heads folder (empty: automatic)", self.heads)
         form.addRow("CLIP folder (empty: automatic)", self.clip)
         form.addRow("Precision", self.precision)
+        form.addRow("Photo decoding threads", self.decode_workers)
         self.remember = QCheckBox("Remember photos' CLIP features on disk (faster reruns)")
         self.remember.setToolTip(
             "Keeps each answered photo's sha256 and CLIP embedding (no name, no pixels) in the cache folder,\n"
@@ -114,11 +287,8 @@ class ModelsDialog(QDialog):
         self.remember.setChecked(settings.embedding_cache)
         form.addRow("", self.remember)
         layout.addLayout(form)
-        self.report = QTextBrowser()
-        layout.addWidget(self.report)
         actions = QHBoxLayout()
         for text, slot in (
-            ("Refresh", self.refresh),
             ("Import folder…", self.import_folder),
             ("Import bundle…", self.import_bundle),
             ("Export bundle…", self.export_bundle),
@@ -137,26 +307,73 @@ class ModelsDialog(QDialog):
         self._download = None
         self.refresh()
 
+    def chosen(self) -> EngineSettings:
+        return replace(
+            load_settings(),
+            heads=self.heads.filePath(),
+            clip=self.clip.filePath(),
+            precision=self.precision.currentData(),
+            decode_workers=self.decode_workers.value(),
+            embedding_cache=self.remember.isChecked(),
+        )
+
     def refresh(self) -> None:
         missing = deps.missing()
         if missing:
+            self.fix_box.setVisible(False)
             self.report.setPlainText(deps.explanation(missing))
             return
         try:
-            self.report.setHtml(status_html(self.heads.filePath(), self.clip.filePath()))
+            self.state = current_state(self.chosen())
         except Exception as exc:
-            self.report.setPlainText(str(exc))
+            self.fix_box.setVisible(False)
+            self.report.setPlainText(f"The weights could not be checked: {exc}")
+            return
+        self._show_fix()
+        self._render()
+        paths = [
+            row["path"]
+            for key in ("heads", "backbone")
+            for row in weight_files(self.state[key]["path"], key)
+            if row["path"] not in self.checksums
+        ]
+        if paths:
+            self.checksums_done = False
+            self._checksum_worker.start(paths)
+        else:
+            self.checksums_done = True
+
+    def _versions(self) -> str:
+        try:
+            import torch
+            import transformers
+        except ImportError:
+            return ""
+        cuda = "available" if torch.cuda.is_available() else "not available"
+        return f"torch {torch.__version__} (CUDA {cuda}), transformers {transformers.__version__}"
+
+    def _render(self) -> None:
+        self.report.setHtml(state_html(self.state, self.checksums, self._versions()))
+
+    def _show_fix(self) -> None:
+        problems = self.state["problems"]
+        focused = next((p for p in problems if p["code"] == self.focus_code), None)
+        problem = focused or (problems[0] if problems else None)
+        self.fix_box.setVisible(problem is not None)
+        if problem is None:
+            return
+        self.fix_text.setText(f"<b>{html.escape(problem['text'])}</b><br>{html.escape(FIXES[problem['code']])}")
+        self.fix_download.setVisible(problem["code"] in ("backbone_missing", "not_vit_l14"))
+        self.fix_import.setFocus()
+
+    def _checksums_ready(self, sums: dict) -> None:
+        self.checksums.update(sums)
+        self.checksums_done = True
+        if self.state is not None:
+            self._render()
 
     def save(self) -> None:
-        save_settings(
-            replace(
-                load_settings(),
-                heads=self.heads.filePath(),
-                clip=self.clip.filePath(),
-                precision=self.precision.currentData(),
-                embedding_cache=self.remember.isChecked(),
-            )
-        )
+        save_settings(self.chosen())
         self.accept()
 
     def _import(self, path: str) -> None:
@@ -164,9 +381,17 @@ class ModelsDialog(QDialog):
 
         try:
             imported = bundles.import_models(path)
-            QMessageBox.information(self, "GeoCLIP", f"Imported {', '.join(imported)} into {weights.models_dir()}")
         except Exception as exc:
             QMessageBox.warning(self, "GeoCLIP", str(exc))
+            self.refresh()
+            return
+        # A folder chosen above that cannot be used would hide what was just imported: use the models folder.
+        if self.clip.filePath() and weights.backbone_problem(Path(self.clip.filePath())):
+            self.clip.setFilePath("")
+        if self.heads.filePath() and weights.heads_problem(Path(self.heads.filePath())):
+            self.heads.setFilePath("")
+        save_settings(self.chosen())
+        QMessageBox.information(self, "GeoCLIP", f"Imported {', '.join(imported)} into {weights.models_dir()}")
         self.refresh()
 
     def import_folder(self) -> None:
@@ -223,8 +448,15 @@ class ModelsDialog(QDialog):
         if answer != QMessageBox.StandardButton.Yes:
             return
         self._download = DownloadTask()
-        self._download.taskCompleted.connect(self.refresh)
+        self._download.taskCompleted.connect(self._downloaded)
         self._download.taskTerminated.connect(
             lambda: QMessageBox.warning(self, "GeoCLIP", self._download.error or "download cancelled")
         )
         QgsApplication.taskManager().addTask(self._download)
+
+    def _downloaded(self) -> None:
+        if self.clip.filePath():  # the download went to the models folder: let the lookup find it
+            self.clip.setFilePath("")
+            save_settings(self.chosen())
+        QgsMessageLog.logMessage("CLIP backbone downloaded", LOG_TAG)
+        self.refresh()

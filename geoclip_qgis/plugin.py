@@ -11,6 +11,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from . import deps
 from .compat import QAction
+from .session import load_dock_settings, save_dock_settings
 
 MENU = "&GeoCLIP"
 
@@ -51,6 +52,9 @@ class GeoCLIPPlugin:
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToMenu(MENU, self.action)
         self.initProcessing()
+        if load_dock_settings().dock_open:  # it was open when QGIS last closed
+            self.action.setChecked(True)
+        self.action.toggled.connect(self._remember_open)
 
     def initProcessing(self) -> None:  # noqa: N802 - QGIS API: also called by qgis_process, without a GUI
         if self.provider is not None or deps.missing():
@@ -69,7 +73,14 @@ class GeoCLIPPlugin:
             self.dock.visibilityChanged.connect(self.action.setChecked)
         self.dock.setVisible(checked)
 
+    def _remember_open(self, checked: bool) -> None:
+        from dataclasses import replace
+
+        save_dock_settings(replace(load_dock_settings(), dock_open=checked))
+
     def unload(self) -> None:
+        if self.action is not None:
+            self.action.toggled.disconnect(self._remember_open)  # closing QGIS hides the dock: not the user's choice
         logging.getLogger("geoclip_qgis").removeHandler(self.log_handler)
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)

@@ -1,9 +1,11 @@
-"""Settings the user chose in the plugin, and the engine kept loaded for the QGIS session."""
+"""Settings the user chose in the plugin (kept in QGIS's settings, so they survive restarts), and the
+engine kept loaded for the QGIS session."""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 from qgis.core import QgsSettings
 
@@ -19,23 +21,63 @@ class EngineSettings:
     device: str = "auto"
     precision: str = "auto"
     embedding_cache: bool = True  # keep photos' CLIP embeddings on disk (faster reruns)
+    decode_workers: int = 0  # threads decoding photos ahead of the model; 0: automatic
+
+
+@dataclass(frozen=True)
+class DockSettings:
+    """The dock's choices, restored when QGIS starts again."""
+
+    top_k: int = 5
+    area: str = "world"  # world, extent, polygons
+    rasters: bool = False
+    world_per_photo: bool = False
+    fuse: bool = False
+    output_folder: str = ""  # empty: the project's folder, else the user data folder
+    basemap: bool = True  # add a world map when the project has no layers
+    dock_open: bool = False
+    map_tips_hint_shown: bool = False
+
+
+def _load(cls, group: str = ""):
+    settings = QgsSettings()
+    values = {}
+    for field in fields(cls):
+        default = field.default
+        values[field.name] = settings.value(PREFIX + group + field.name, default, type=type(default))
+    return cls(**values)
+
+
+def _save(choice, group: str = "") -> None:
+    settings = QgsSettings()
+    for field in fields(choice):
+        settings.setValue(PREFIX + group + field.name, getattr(choice, field.name))
 
 
 def load_settings() -> EngineSettings:
-    settings = QgsSettings()
-    return EngineSettings(
-        heads=settings.value(PREFIX + "heads", "", type=str),
-        clip=settings.value(PREFIX + "clip", "", type=str),
-        device=settings.value(PREFIX + "device", "auto", type=str),
-        precision=settings.value(PREFIX + "precision", "auto", type=str),
-        embedding_cache=settings.value(PREFIX + "embedding_cache", True, type=bool),
-    )
+    return _load(EngineSettings)
 
 
 def save_settings(choice: EngineSettings) -> None:
-    settings = QgsSettings()
-    for key in ("heads", "clip", "device", "precision", "embedding_cache"):
-        settings.setValue(PREFIX + key, getattr(choice, key))
+    _save(choice)
+
+
+def load_dock_settings() -> DockSettings:
+    return _load(DockSettings, "dock/")
+
+
+def save_dock_settings(choice: DockSettings) -> None:
+    _save(choice, "dock/")
+
+
+def runs_folder() -> Path:
+    """Where runs go when neither the user nor a saved project names a folder: the user data folder
+    (``~/.local/share/geoclip-qgis/runs`` on Linux), never a temporary folder that vanishes."""
+    import platformdirs
+
+    from .backend.cache import APP_NAME
+
+    return platformdirs.user_data_path(APP_NAME) / "runs"
 
 
 def get_engine(choice: EngineSettings):
@@ -52,6 +94,7 @@ def get_engine(choice: EngineSettings):
                 device=choice.device,
                 precision=choice.precision,
                 embedding_cache=choice.embedding_cache,
+                decode_workers=choice.decode_workers or None,
             )
             _engines.clear()  # one model in memory at a time
             _engines[choice] = engine

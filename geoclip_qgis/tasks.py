@@ -1,5 +1,5 @@
 """The dock's background run: the engine's one run pipeline (:func:`.backend.run.execute`) in a
-QgsTask, with progress, stage labels and cancel.
+QgsTask, with progress per stage and cancel.
 
 ``run()`` happens in a worker thread; ``finished()`` on the main thread hands the outcome to the dock,
 which makes the layers (see :mod:`.layers`).
@@ -10,7 +10,7 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass
 
-from qgis.core import QgsMessageLog, QgsTask
+from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from .session import EngineSettings, get_engine
@@ -21,16 +21,21 @@ LOG_TAG = "GeoCLIP"
 @dataclass
 class TaskResult:
     outcome: object = None  # backend.run.RunOutcome, when the run got that far
-    error: str = ""  # the run as a whole failed (weights missing, disk full...)
+    error: str = ""  # the run as a whole failed (weights missing, disk full...), in QGIS's words
+    detail: str = ""  # the engine's own message, for the log
     cancelled: bool = False
+    total: int = 0  # photos and queries asked for
+    description: str = ""  # the task's description once it ended (what QGIS's own notice says)
 
 
-def task_name(request) -> str:
-    """'GeoCLIP: 20 photos', 'GeoCLIP: 1 text query', 'GeoCLIP: 3 photos and 1 text query'."""
+def task_name(request, photos: int | None = None) -> str:
+    """'GeoCLIP: 20 photos', 'GeoCLIP: 1 text query', 'GeoCLIP: 3 photos and 1 text query'.
+    ``photos``: the count when the caller knows it already (folders need not be walked again)."""
     from .backend.run import count_photos
 
     parts = []
-    photos = count_photos(request) if (request.photos or request.truth_csv) else 0
+    if photos is None:
+        photos = count_photos(request) if (request.photos or request.truth_csv) else 0
     if photos:
         parts.append(f"{photos} photo{'s' if photos != 1 else ''}")
     if request.texts:
@@ -38,22 +43,34 @@ def task_name(request) -> str:
     return "GeoCLIP: " + (" and ".join(parts) or "nothing to answer")
 
 
+def cancelled_text(kept: int, total: int) -> str:
+    """'Cancelled — 4 of 40 kept'."""
+    return f"Cancelled — {kept} of {total} kept"
+
+
 class GeolocateTask(QgsTask):
     status = pyqtSignal(str)  # short progress text for the dock
+    progress = pyqtSignal(object)  # backend.progress.Progress, every event, for the dock's bar and line
     done = pyqtSignal(object)  # TaskResult, emitted on the main thread from finished()
 
-    def __init__(self, request, settings: EngineSettings):
-        super().__init__(task_name(request), QgsTask.Flag.CanCancel)
+    def __init__(self, request, settings: EngineSettings, photos: int | None = None):
+        super().__init__(task_name(request, photos), QgsTask.Flag.CanCancel)
         self.request, self.settings = request, settings
         self.result = TaskResult()
+        if photos is None and (request.photos or request.truth_csv):
+            from .backend.run import count_photos
+
+            photos = count_photos(request)
+        self.result.total = (photos or 0) + len(request.texts)
 
     def _progress(self, event) -> None:
         if event.fraction is not None:
             self.setProgress(100.0 * event.fraction)
+        self.progress.emit(event)
         self.status.emit(event.text())
 
     def run(self) -> bool:  # worker thread
-        from .backend.errors import GeoCLIPError
+        from .backend.errors import GeoCLIPError, WeightsError
         from .backend.run import execute
 
         try:
@@ -61,14 +78,22 @@ class GeolocateTask(QgsTask):
             self.result.outcome = execute(self.request, engine, self._progress, self.isCanceled)
             self.result.cancelled = self.result.outcome.cancelled
             return True
+        except WeightsError as exc:  # said with the Models dialog's buttons, not the command line's options
+            from .models_dialog import plain_weights_message
+
+            self.result.error, self.result.detail = plain_weights_message(self.settings), str(exc)
         except GeoCLIPError as exc:  # reported to the user in finished(), never raised into QGIS
-            self.result.error = str(exc)
+            self.result.error = self.result.detail = str(exc)
         except Exception as exc:
-            self.result.error = f"{type(exc).__name__}: {exc}"
-            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG)
+            self.result.error = self.result.detail = f"{type(exc).__name__}: {exc}"
+            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.MessageLevel.Critical)
         return False
 
-    def finished(self, ok: bool) -> None:  # main thread
+    def finished(self, ok: bool) -> None:  # main thread, before QGIS's own "Task complete" notice
         if not ok and not self.result.error:
             self.result.cancelled = True
+        if self.result.cancelled:
+            answered = self.result.outcome.summary.answered if self.result.outcome is not None else 0
+            self.setDescription(f"GeoCLIP: {cancelled_text(answered, self.result.total).lower()}")
+        self.result.description = self.description()
         self.done.emit(self.result)

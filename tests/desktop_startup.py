@@ -1,19 +1,34 @@
 """Runs inside the real QGIS desktop (as the profile's python/startup.py) for the end-to-end test.
 
-Once QGIS has started: checks the plugin loaded, opens its dock, runs real photos through it, then
-walks through the stages the test photographs, talking to the test through files in $GEOCLIP_E2E_DIR.
+A new user's first hour, in stages the test photographs (talking to it through files in
+$GEOCLIP_E2E_DIR: ``<stage>.ready`` when the screen shows it, ``<stage>.done`` once photographed):
+
+1. first-run: the dock opened from the toolbar before any CLIP backbone is there: Run is off, the
+   dock says why and offers Fix….
+2. models: Fix… opens the Models dialog at the fix; the CLIP folder is chosen there and saved.
+3. run: photos and a folder with broken files, rasters on; the dock's Results and the map.
+4. raster: one photo's local raster with its answers.
+5. cancelled: a long run cancelled after a few photos.
+6. embedding: Processing's embedding map of the world at 0.25°, with the Processing toolbox open.
+7. quit: a long run, then Quit: QGIS asks once, the run stops, QGIS quits.
 """
 
+import faulthandler
 import json
 import os
+import time
 from pathlib import Path
 
-from qgis.core import Qgis, QgsApplication, QgsProject, QgsRectangle, QgsVectorLayer
+from qgis.core import Qgis, QgsApplication, QgsProject, QgsRectangle
 from qgis.PyQt.QtCore import QTimer
+from qgis.PyQt.QtWidgets import QApplication, QDockWidget, QMessageBox
 from qgis.utils import iface
 
 E2E = Path(os.environ["GEOCLIP_E2E_DIR"])
-report = {"messages": [], "stages": []}
+WIDTH, HEIGHT = (int(v) for v in os.environ.get("GEOCLIP_E2E_SCREEN", "1366x768").split("x"))
+report = {"messages": [], "stages": [], "quit_boxes": []}
+_faults = open(E2E / "faults.log", "w")
+faulthandler.enable(_faults)
 _keep = []
 
 
@@ -26,82 +41,253 @@ def save():
     (E2E / "report.json").write_text(json.dumps(report, indent=2, default=str))
 
 
-def wait_for_file(name, then):
-    def poll():
-        if (E2E / name).exists():
+def later(ms, then):
+    QTimer.singleShot(ms, then)
+
+
+def poll(condition, then, every=200):
+    def check():
+        if condition():
             timer.stop()
             then()
 
     timer = QTimer()
-    timer.timeout.connect(poll)
-    timer.start(200)
+    timer.timeout.connect(check)
+    timer.start(every)
     _keep.append(timer)
 
 
-def start():
+def stage(name, then):
+    """The screen shows this stage: let the test photograph it, then go on."""
+    report["stages"].append(name)
+    save()
+    (E2E / f"{name}.ready").write_text(name)
+    poll(lambda: (E2E / f"{name}.done").exists(), then)
+
+
+def plugin():
     import qgis.utils
 
-    iface.mainWindow().setGeometry(0, 0, 1600, 1000)  # Xvfb has no window manager to maximise it
-    world = QgsVectorLayer(
-        os.path.join(QgsApplication.pkgDataPath(), "resources", "data", "world_map.gpkg") + "|layername=countries",
-        "Countries",
-        "ogr",
-    )
-    if world.isValid():
-        QgsProject.instance().addMapLayer(world)
-    plugin = qgis.utils.plugins.get("geoclip_qgis")
-    report["plugin_loaded"] = plugin is not None
-    if plugin is None:
+    return qgis.utils.plugins.get("geoclip_qgis")
+
+
+def dock():
+    return plugin().dock
+
+
+def bar_texts():
+    bar = iface.messageBar()
+    return [f"{item.title()}: {item.text()}" for item in bar.items()]
+
+
+def start():
+    iface.mainWindow().setGeometry(0, 0, WIDTH, HEIGHT)  # Xvfb has no window manager to maximise it
+    report["plugin_loaded"] = plugin() is not None
+    if plugin() is None:
         save()
         return
-    plugin.action.trigger()  # the toolbar button
-    dock = plugin.dock
-    report["dock_visible"] = dock.isVisible()
-    report["run_enabled"] = dock.run_button.isEnabled()
-    dock.add_paths(json.loads(os.environ["GEOCLIP_E2E_PHOTOS"]))
-    dock.output.setFilePath(str(E2E / "desktop_run.gpkg"))
-    dock.rasters_check.setChecked(True)
-    dock.runFinished.connect(finished)
-    dock.run()
+    plugin().action.trigger()  # the toolbar button
+    report["dock_visible"] = dock().isVisible()
+    later(2000, first_run)
 
 
-def finished(result):
+def first_run():
+    report["first_run"] = {
+        "run_enabled": dock().run_button.isEnabled(),
+        "run_tooltip": dock().run_button.toolTip(),
+        "model": dock().model_label.text(),
+        "button": dock().models_button.text(),
+    }
+    stage("first-run", open_models)
+
+
+def open_models():
+    later(2500, models_shown)
+    dock().models_button.click()  # Fix…: the Models dialog, modal; timers keep running in its loop
+    report["after_models"] = {
+        "run_enabled": dock().run_button.isEnabled(),
+        "model": dock().model_label.text(),
+    }
+    later(500, run_photos)
+
+
+def models_shown():
+    dialog = dock().models_dialog
+    report["models_dialog"] = {
+        "fix": dialog.fix_text.text(),
+        "fix_visible": dialog.fix_box.isVisible(),
+        "report": dialog.report.toPlainText(),
+    }
+    stage("models", choose_clip)
+
+
+def choose_clip():
+    dialog = dock().models_dialog
+    dialog.clip.setFilePath(os.environ["GEOCLIP_E2E_CLIP"])  # what choosing the folder with "…" does
+    poll(lambda: dialog.checksums_done, lambda: finish_models(dialog))
+
+
+def finish_models(dialog):
+    report["models_dialog"]["after_choosing"] = dialog.report.toPlainText()
+    dialog.save()
+
+
+def run_photos():
+    d = dock()
+    d.add_paths(json.loads(os.environ["GEOCLIP_E2E_PHOTOS"]))
+    d.output.setFilePath(str(E2E / "holiday.gpkg"))
+    d.rasters_check.setChecked(True)
+    d.runFinished.connect(run_finished)
+    report["run_started"] = time.time()
+    d.run_button.click()
+
+
+def run_finished(result):
+    d = dock()
+    d.runFinished.disconnect(run_finished)
     report["error"] = result.error
     report["answered"] = result.outcome.summary.answered if result.outcome else 0
     report["failures"] = result.outcome.failures if result.outcome else []
     report["layers"] = sorted(layer.name() for layer in QgsProject.instance().mapLayers().values())
-    report["stages"].append("run finished")
-    save()
-    QTimer.singleShot(3000, stage_one)  # let the canvas render
+    report["tree"] = [node.name() for node in QgsProject.instance().layerTreeRoot().children()]
+    report["status"] = d.status.text()
+    report["bar"] = bar_texts()
+    later(4000, lambda: stage("run", raster_stage))
 
 
-def stage_one():
-    (E2E / "stage1.ready").write_text("dock and answers on the map")
-    wait_for_file("stage1.done", stage_two)
-
-
-def stage_two():
-    import qgis.utils
-
-    layers = qgis.utils.plugins["geoclip_qgis"].dock.last_layers
+def raster_stage():
+    layers = dock().last_layers
     top = [f.geometry().asPoint() for f in layers["points"].getFeatures() if f["rank"] == 1]
     locals_ = [r for r in layers["rasters"] if "_local" in r.name()]  # <photo>_local1, <photo>_local2...
     # a photo whose top-1 answer lies inside its local raster, so both show together
     local = next((r for r in locals_ if any(r.extent().contains(p) for p in top)), locals_[0] if locals_ else None)
     if local is not None:
+        root = QgsProject.instance().layerTreeRoot()
         for raster in layers["rasters"]:  # show one photo's local raster with its points
-            node = QgsProject.instance().layerTreeRoot().findLayer(raster.id())
-            node.setItemVisibilityChecked(raster is local)
-        node = QgsProject.instance().layerTreeRoot().findLayer(local.id())
-        node.parent().setItemVisibilityChecked(True)
+            root.findLayer(raster.id()).setItemVisibilityChecked(raster is local)
+        node = root.findLayer(local.id())
+        node.setExpanded(True)
+        parent = node.parent()
+        while parent is not None:
+            parent.setItemVisibilityChecked(True)
+            parent.setExpanded(True)
+            parent = parent.parent()
         box = QgsRectangle(local.extent())
         box.grow(0.3)
         iface.mapCanvas().setExtent(box)
         iface.mapCanvas().refresh()
         report["stage_two_raster"] = local.name()
-    report["stages"].append("zoomed to a local raster")
+    later(4000, lambda: stage("raster", cancel_stage))
+
+
+def cancel_stage():
+    d = dock()
+    d.clear_paths()
+    d.add_paths([os.environ["GEOCLIP_E2E_MANY"]])
+    d.output.setFilePath(str(E2E / "long_run.gpkg"))
+    d.runFinished.connect(cancel_finished)
+    started = time.monotonic()
+    report["cancel_progress"] = []
+
+    def answered_some():
+        text = d.status.text()
+        report["cancel_progress"].append(text)
+        return (
+            time.monotonic() - started > 7
+            and text.startswith("Answering")
+            and not text.startswith("Answering photos: 0 ")
+        )
+
+    poll(lambda: d.task is not None, lambda: poll(answered_some, d.cancel_button.click, every=100))
+    d.run_button.click()
+
+
+def cancel_finished(result):
+    d = dock()
+    d.runFinished.disconnect(cancel_finished)
+    report["cancelled"] = {
+        "cancelled": result.cancelled,
+        "answered": result.outcome.summary.answered if result.outcome else None,
+        "total": result.total,
+        "status": d.status.text(),
+        "progress": d.progress.value(),
+        "description": result.description,
+    }
+    later(4000, cancel_shown)
+
+
+def cancel_shown():
+    report["cancelled"]["bar"] = bar_texts()
+    stage("cancelled", embedding_stage)
+
+
+def embedding_stage():
+    import processing
+
+    root = QgsProject.instance().layerTreeRoot()
+    for node in root.children():
+        if node.customProperty("geoclip/run"):
+            node.setItemVisibilityChecked(False)
+            node.setExpanded(False)
+    started = time.monotonic()
+    outputs = processing.runAndLoadResults(
+        "geoclip:embedding_map", {"CELL": 0.25, "BANDS": 0, "OUTPUT": str(E2E / "embedding_map.tif")}
+    )
+    report["embedding"] = {"seconds": time.monotonic() - started, "output": outputs.get("OUTPUT")}
+    layer = next((lay for lay in QgsProject.instance().mapLayers().values() if lay.name() == "Embedding map"), None)
+    if layer is not None:
+        report["embedding"]["bands"] = layer.bandCount()
+        report["embedding"]["renderer"] = type(layer.renderer()).__name__
+    toolbox = next((w for w in iface.mainWindow().findChildren(QDockWidget) if "Processing" in w.windowTitle()), None)
+    if toolbox is not None:
+        toolbox.setVisible(True)
+        toolbox.raise_()
+    report["embedding"]["run_visible"] = dock().run_button.isVisible()
+    iface.mapCanvas().setExtent(QgsRectangle(-180, -90, 180, 90))
+    iface.mapCanvas().refresh()
+    later(5000, lambda: stage("embedding", quit_stage))
+
+
+def quit_stage():
+    d = dock()
+    # A saved project of the user's own: quitting asks nothing about it. (The test's layers are under /tmp,
+    # which QGIS calls temporary and asks about, so they go first.)
+    QgsProject.instance().clear()
+    QgsProject.instance().write(str(E2E / "project.qgz"))
+    d.clear_paths()
+    d.add_paths([os.environ["GEOCLIP_E2E_MANY"]])
+    d.output.setFilePath(str(E2E / "quit_run.gpkg"))
+    d.rasters_check.setChecked(False)
+    QgsApplication.instance().aboutToQuit.connect(quitting)
+    poll(lambda: d.task is not None and d.status.text().startswith("Answering"), press_quit)
+    d.run_button.click()
+
+
+def press_quit():
+    report["quit_pressed"] = time.time()
+    report["quit_tasks"] = QgsApplication.taskManager().countActiveTasks()
     save()
-    QTimer.singleShot(3000, lambda: (E2E / "stage2.ready").write_text("a photo's raster and points"))
+    watcher = QTimer()
+    watcher.timeout.connect(answer_boxes)
+    watcher.start(250)
+    _keep.append(watcher)
+    iface.actionExit().trigger()  # Project → Exit QGIS (Ctrl+Q)
+
+
+def answer_boxes():
+    box = QApplication.activeModalWidget()
+    if not isinstance(box, QMessageBox) or getattr(box, "_answered", False):
+        return
+    box._answered = True
+    report["quit_boxes"].append(f"{box.windowTitle()}: {box.text()}")
+    save()
+    yes = box.button(QMessageBox.StandardButton.Yes)
+    (yes or box.button(QMessageBox.StandardButton.Discard) or box.buttons()[-1]).click()
+
+
+def quitting():
+    report["quit"] = {"seconds": time.time() - report["quit_pressed"], "bar": bar_texts()}
+    save()
 
 
 QgsApplication.messageLog().messageReceived.connect(log_message)

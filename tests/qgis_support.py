@@ -42,6 +42,13 @@ class StandInInterface:
         self.docks = []
         self.toolbar_actions = []
         self.menus = []
+        from geoclip_qgis.compat import QAction
+
+        self.exit_action = QAction("Exit", self.window)  # triggered: counted, QGIS's would quit
+        self.exits = []
+        self.exit_action.triggered.connect(lambda: self.exits.append(True))
+        self.map_tips_action = QAction("Show Map Tips", self.window)
+        self.map_tips_action.setCheckable(True)
 
     def mainWindow(self):  # noqa: N802
         return self.window
@@ -51,6 +58,12 @@ class StandInInterface:
 
     def messageBar(self):  # noqa: N802
         return self.bar
+
+    def actionExit(self):  # noqa: N802
+        return self.exit_action
+
+    def actionMapTips(self):  # noqa: N802
+        return self.map_tips_action
 
     def addDockWidget(self, area, dock):  # noqa: N802
         self.docks.append(dock)

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_batch import variants
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -43,12 +44,23 @@ def wait_for(path: Path, qgis: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.5)
 
 
+SCREEN = (1366, 768)  # a common laptop screen: everything must fit and stay reachable there
+STAGES = (  # (stage the startup script reaches, screenshot for docs/)
+    ("first-run", "qgis-dock-first-run.png"),
+    ("models", "qgis-models-dialog.png"),
+    ("run", "qgis-dock-run.png"),
+    ("raster", "qgis-photo-raster.png"),
+    ("cancelled", "qgis-dock-cancelled.png"),
+    ("embedding", "qgis-embedding-map.png"),
+)
+
+
 @pytest.fixture
 def xvfb():
     _need("Xvfb", "qgis", "xwd", "convert")
     display = f":{90 + os.getpid() % 100}"
     server = subprocess.Popen(
-        ["Xvfb", display, "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+        ["Xvfb", display, "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -60,7 +72,22 @@ def xvfb():
     server.wait(timeout=30)
 
 
-def test_zip_install_dock_run_and_screenshots(xvfb, tiny_clip, engine, samples, skimage_data, kauai_png, tmp_path):
+def _photos(tmp_path, samples, skimage_data, kauai_png) -> tuple[list[str], Path]:
+    """What a user might pick: camera photos with EXIF GPS, other photos, a folder holding a truncated
+    download and a file that is no photo; and a folder of 200 photos for the long runs."""
+    photos = [str(p) for p in sorted((samples / "gps").glob("*.jpg"))[:4]]
+    photos += [str(kauai_png), str(skimage_data / "astronaut.png"), str(skimage_data / "coffee.png")]
+    odd = tmp_path / "from_the_card"
+    odd.mkdir()
+    (odd / "IMG_0007.jpg").write_bytes((samples / "gps" / "DSCN0027.jpg").read_bytes()[:1500])  # cut short
+    (odd / "notes.jpg").write_text("shopping list, not a photo")
+    shutil.copy(skimage_data / "rocket.jpg", odd / "rocket.jpg")
+    many = tmp_path / "two_hundred"
+    variants([skimage_data / "chelsea.png", skimage_data / "coffee.png", skimage_data / "rocket.jpg"], many, 200)
+    return photos + [str(odd)], many
+
+
+def test_zip_install_first_hour_and_screenshots(xvfb, tiny_clip, engine, samples, skimage_data, kauai_png, tmp_path):
     sys.path.insert(0, str(ROOT / "tools"))
     from package_plugin import build, check
 
@@ -82,8 +109,7 @@ def test_zip_install_dock_run_and_screenshots(xvfb, tiny_clip, engine, samples, 
     (data_home / "QGIS" / "QGIS3").mkdir(parents=True)
     shutil.copy(ROOT / "tests" / "desktop_startup.py", data_home / "QGIS" / "QGIS3" / "startup.py")
 
-    photos = [str(p) for p in sorted((samples / "gps").glob("*.jpg"))[:4]]
-    photos += [str(kauai_png), str(skimage_data / "astronaut.png"), str(skimage_data / "coffee.png")]
+    photos, many = _photos(tmp_path, samples, skimage_data, kauai_png)
     e2e = tmp_path / "e2e"
     e2e.mkdir()
     site = next(p for p in sys.path if p.endswith("site-packages") and ".venv" in p)
@@ -92,37 +118,79 @@ def test_zip_install_dock_run_and_screenshots(xvfb, tiny_clip, engine, samples, 
         "DISPLAY": xvfb,
         "XDG_DATA_HOME": str(data_home),
         "PYTHONPATH": site,
-        "GEOCLIP_CLIP": str(tiny_clip),
+        "GEOCLIP_E2E_CLIP": str(tiny_clip),  # not where GeoCLIP looks: the user chooses it in Models…
         "GEOCLIP_E2E_DIR": str(e2e),
         "GEOCLIP_E2E_PHOTOS": json.dumps(photos),
+        "GEOCLIP_E2E_MANY": str(many),
+        "GEOCLIP_E2E_SCREEN": f"{SCREEN[0]}x{SCREEN[1]}",
     }
-    env.pop("QT_QPA_PLATFORM", None)
+    for name in ("QT_QPA_PLATFORM", "GEOCLIP_CLIP", "GEOCLIP_HEADS"):
+        env.pop(name, None)
+    log = open(tmp_path / "qgis.log", "wb")
     qgis = subprocess.Popen(
         ["qgis", "--nologo", "--noversioncheck", "--profiles-path", str(config)],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
-        wait_for(e2e / "stage1.ready", qgis, 600)
         DOCS.mkdir(exist_ok=True)
-        screenshot(xvfb, DOCS / "qgis-dock-run.png")
-        (e2e / "stage1.done").write_text("ok")
-        wait_for(e2e / "stage2.ready", qgis, 120)
-        screenshot(xvfb, DOCS / "qgis-photo-raster.png")
-    finally:
-        os.killpg(qgis.pid, signal.SIGTERM)
-        try:
-            qgis.wait(timeout=30)
+        for name, png in STAGES:
+            wait_for(e2e / f"{name}.ready", qgis, 900)
+            screenshot(xvfb, DOCS / png)
+            (e2e / f"{name}.done").write_text("ok")
+        try:  # the last stage quits QGIS from inside, mid-run
+            quit_status = qgis.wait(timeout=180)
         except subprocess.TimeoutExpired:
-            os.killpg(qgis.pid, signal.SIGKILL)
+            screenshot(xvfb, tmp_path / "stuck.png")
+            quit_status = None
+    finally:
+        if qgis.poll() is None:
+            os.killpg(qgis.pid, signal.SIGTERM)
+            try:
+                qgis.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(qgis.pid, signal.SIGKILL)
+        log.close()
     report = json.loads((e2e / "report.json").read_text())
-    assert report["plugin_loaded"] and report["dock_visible"] and report["run_enabled"]
-    assert not report["error"] and report["answered"] == len(photos)
-    assert "GeoCLIP answers" in report["layers"] and "all_answers_world" in report["layers"]
+    assert report["plugin_loaded"] and report["dock_visible"]
     python_errors = [m for m in report["messages"] if "python error" in m.lower() or "Traceback" in m]
     assert python_errors == []
+
+    # Before any backbone: Run is off and the dock says why, in QGIS's words, with the way to fix it.
+    first = report["first_run"]
+    assert not first["run_enabled"] and "backbone" in first["run_tooltip"]
+    assert "CLIP backbone is missing" in first["model"] and first["button"] == "Fix…"
+    models = report["models_dialog"]
+    assert models["fix_visible"] and "Import folder…" in models["fix"] and "--clip" not in models["fix"]
+    assert "not ViT-L/14" in models["after_choosing"]  # the tests' small CLIP is said to be what it is
+    assert report["after_models"]["run_enabled"]
+
+    # The run: every photo answered or listed with its reason; named layers; the world map under them.
+    assert not report["error"] and report["answered"] == 8  # seven photos and rocket.jpg from the folder
+    assert sorted(Path(p).name for p, _ in report["failures"]) == ["IMG_0007.jpg", "notes.jpg"]
+    assert report["tree"][0].startswith("DSCN0010.jpg and 7 more") and "World (QGIS's offline map)" in report["tree"]
+    assert "GeoCLIP answers" in report["layers"] and "all_answers_world" in report["layers"]
+    assert "Photos not answered" in report["layers"]
     assert "_local" in report.get("stage_two_raster", "")
-    for name in ("qgis-dock-run.png", "qgis-photo-raster.png"):
-        assert (DOCS / name).stat().st_size > 20_000  # a real screen, not a blank one
+
+    # Cancel: what was kept, not "Task complete" and not a full bar.
+    cancelled = report["cancelled"]
+    assert cancelled["cancelled"] and 0 < cancelled["answered"] < 200 and cancelled["total"] == 200
+    assert cancelled["status"].startswith(f"Cancelled — {cancelled['answered']} of 200 kept")
+    assert cancelled["progress"] < 100
+    assert any(f"Cancelled — {cancelled['answered']} of 200 kept" in text for text in cancelled["bar"])
+    assert not any(text.startswith("Task complete") for text in cancelled["bar"]), cancelled["bar"]
+
+    # The embedding map: an RGB raster of the world, beside the dock, with the toolbox open and Run in view.
+    embedding = report["embedding"]
+    assert embedding["bands"] == 3 and embedding["renderer"] == "QgsMultiBandColorRenderer"
+    assert embedding["run_visible"]
+
+    # Quitting mid-run: one question, then QGIS quits by itself.
+    assert quit_status == 0, f"QGIS did not quit ({quit_status}); questions: {report['quit_boxes']}"
+    assert len(report["quit_boxes"]) == 1 and "GeoCLIP: 200 photos" in report["quit_boxes"][0]
+    assert report["quit"]["seconds"] < 60
+    for _, png in STAGES:
+        assert (DOCS / png).stat().st_size > 20_000  # a real screen, not a blank one

@@ -31,7 +31,11 @@ def no_network_prefix() -> list[str]:
 def wheelhouse():
     """What `make wheelhouse` makes, downloaded once (this is the connected machine's step)."""
     folder = ROOT / ".cache" / "wheelhouse"
-    if not any(folder.glob("torch-*.whl")):
+    from geoclip_qgis.deps import OPTIONAL, REQUIRED
+
+    wanted = [name.replace("-", "_").lower() for name in (*REQUIRED, *OPTIONAL) if name != "PIL"]
+    present = {p.name.split("-")[0].lower() for p in folder.glob("*.whl")}
+    if not set(wanted) <= present:  # a package added since the folder was made: fetch what is missing
         subprocess.run(
             [
                 sys.executable,

@@ -42,17 +42,19 @@ THRESHOLDS = (1, 25, 200, 750, 2500)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-class _StyleLayer(QgsProcessingLayerPostProcessorInterface):
-    """Styles a run's layer once Processing has loaded it, on the main thread, as the dock does."""
+_post_processors: list = []  # Processing keeps only pointers to them
 
-    def __init__(self, kind):
+
+class _PlaceLayer(QgsProcessingLayerPostProcessorInterface):
+    """Once Processing has loaded one of a run's layers (on the main thread): style it and put it in the
+    run's group, as the dock does; the last one adds the world map and zooms (see ``layers.RunPlacement``)."""
+
+    def __init__(self, placement, file):
         super().__init__()
-        self.kind = kind
+        self.placement, self.file = placement, file
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802 - QGIS API
-        from ..layers import style_layer
-
-        style_layer(layer, self.kind)
+        self.placement.place(layer, self.file)
 
 
 class _FeedbackProgress:
@@ -195,39 +197,55 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
     # -- running -----------------------------------------------------------------------------------
 
     def _execute(self, request, parameters, context, feedback):
-        from ..backend.errors import GeoCLIPError
+        from ..backend.errors import GeoCLIPError, WeightsError
         from ..backend.run import execute
+        from ..models_dialog import plain_weights_message
 
         def on_result(result):
             if result.error:
                 feedback.reportError(f"not answered: {result.photo}: {result.error}", False)
 
+        settings = self._settings(parameters, context)
         try:
-            engine = get_engine(self._settings(parameters, context))
+            engine = get_engine(settings)
             outcome = execute(request, engine, _FeedbackProgress(feedback), feedback.isCanceled, on_result)
+        except WeightsError as exc:  # in QGIS's words (the Models dialog), the engine's own in the log
+            feedback.pushInfo(str(exc))
+            raise QgsProcessingException(plain_weights_message(settings)) from None
         except GeoCLIPError as exc:
             raise QgsProcessingException(str(exc)) from None
         feedback.pushInfo(outcome.summary.text())
         return outcome
 
-    def _load_layers(self, outcome, context) -> dict:
-        """Every layer of the run, loaded into the project when the algorithm ends, styled as in the dock."""
+    def _load_layers(self, outcome, request, context) -> dict:
+        """Every layer of the run, loaded into the project when the algorithm ends, styled and grouped as
+        the dock does it (a group named after the run, earlier runs folded, the map zoomed to the answers)."""
         from ..backend.results import OutputKind
-        from ..layers import RASTER_KINDS, VECTOR_KINDS, layer_name, make_layer
+        from ..layers import RASTER_KINDS, VECTOR_KINDS, RunPlacement, layer_name, make_layer, run_title
 
         results = {"POINTS": None, "TRUTH_LINES": None, "RASTER_LAYERS": [], "RASTER_FOLDER": None}
-        self._stylers = []  # kept: Processing holds only pointers to them
+        loaded = []
         for file in outcome.files:
             if file.kind not in VECTOR_KINDS + RASTER_KINDS:
                 continue
+            if file.kind == OutputKind.ERRORS and not outcome.failures:
+                continue  # failures of earlier runs into the same file
             layer = make_layer(file, styled=False)
-            if layer is None:
-                continue
+            if layer is not None:
+                loaded.append((file, layer))
+        title = run_title(
+            [p for p in request.photos if isinstance(p, str)] or ([request.truth_csv] if request.truth_csv else []),
+            request.texts,
+            outcome.summary.answered + outcome.summary.failed_count + outcome.summary.skipped_count,
+        )
+        placement = RunPlacement(title, request.output or "", outcome.run_at, [file for file, _ in loaded])
+        del _post_processors[:-100]  # those of earlier runs are done
+        for file, layer in loaded:
             context.temporaryLayerStore().addMapLayer(layer)
             details = QgsProcessingContext.LayerDetails(layer_name(file), context.project(), file.kind.value)
-            styler = _StyleLayer(file.kind)
-            self._stylers.append(styler)
-            details.setPostProcessor(styler)
+            post = _PlaceLayer(placement, file)
+            _post_processors.append(post)
+            details.setPostProcessor(post)
             context.addLayerToLoadOnCompletion(layer.id(), details)
             if file.kind == OutputKind.POINTS:
                 results["POINTS"] = layer.id()
@@ -240,7 +258,7 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
 
     def _run(self, request, parameters, context, feedback) -> dict:
         outcome = self._last_outcome = self._execute(request, parameters, context, feedback)
-        results = self._load_layers(outcome, context)
+        results = self._load_layers(outcome, request, context)
         results.update(OUTPUT=request.output, ANSWERED=outcome.summary.answered, FAILED=len(outcome.failures))
         return results
 
