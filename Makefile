@@ -9,9 +9,10 @@ STAMP := $(VENV)/.setup-done
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # System packages: QGIS and its Python (GDAL, PyQt5 come with it), venv, exiftool (test oracle for
-# EXIF GPS), Xvfb + xwd + ImageMagick (the real QGIS desktop in tests and screenshots).
+# EXIF GPS), Xvfb + xwd + ImageMagick (the real QGIS desktop in tests and screenshots), poppler-utils
+# (the case report's PDF turned back into pictures and text in tests).
 APT_PACKAGES := python3-venv python3-pip python3-qgis qgis qgis-providers python3-gdal gdal-bin \
-                libimage-exiftool-perl xvfb x11-apps imagemagick
+                libimage-exiftool-perl xvfb x11-apps imagemagick poppler-utils
 TORCH_VERSION ?= 2.13.0
 GEOCLIP_RELEASE := geoclip==1.3.0
 CPU_INDEX := https://download.pytorch.org/whl/cpu

@@ -157,3 +157,10 @@ def how_likely_many(
     """The same for a list of hypotheses ``(id, lat, lon)``, in order; call ``.row()`` for table rows."""
     prepared = LikelihoodMap(world, local, radii_km)
     return [prepared.at(lat, lon, id) for id, lat, lon in points]
+
+
+def for_answer(engine, result, points: Iterable[tuple[str, float, float]], area=None) -> list[Likelihood]:
+    """"How likely here?" for an answer (a photo, text or fused result with its query vector): its
+    rasters are made again from the vector (the location encoder only), then each point is judged."""
+    made = engine.rasters(result, area)
+    return how_likely_many(made.world, points, made.local)

@@ -66,7 +66,7 @@ def _report(args) -> int:
 
 def _likely(args) -> int:
     from .factory import build_engine
-    from .likelihood import how_likely_many
+    from .likelihood import for_answer
     from .location_embeddings import read_points
     from .run_file import read_answers, read_provenance, run_area
 
@@ -85,8 +85,7 @@ def _likely(args) -> int:
     rows = csv.writer(sys.stdout, lineterminator="\n")
     header = None
     for answer in answers:
-        made = engine.rasters(answer.result, area)
-        for found in how_likely_many(made.world, points, made.local):
+        for found in for_answer(engine, answer.result, points, area):
             row = found.row()
             if header is None:
                 header = ["photo", *row]

@@ -160,11 +160,14 @@ class _QuitWatcher(QObject):
         self.dock = dock
 
     def eventFilter(self, watched, event):  # noqa: N802 - Qt API
-        if event.type() == QEvent.Type.ChildPolished:
-            box = event.child()
-            task = self.dock.task
-            if isinstance(box, QMessageBox) and task is not None and task.description() in box.text():
-                box.buttonClicked.connect(lambda button: self._answered(box, button))
+        try:
+            if event.type() == QEvent.Type.ChildPolished:
+                box = event.child()
+                task = self.dock.task
+                if isinstance(box, QMessageBox) and task is not None and task.description() in box.text():
+                    box.buttonClicked.connect(lambda button: self._answered(box, button))
+        except RuntimeError:  # the dock is going (QGIS closing): nothing to watch
+            pass
         return False
 
     def _answered(self, box, button) -> None:
@@ -199,6 +202,7 @@ class GeoCLIPDock(QgsDockWidget):
         self.iface = iface
         self.task: GeolocateTask | None = None
         self.last_layers: dict = {}
+        self.state: dict | None = None  # the weights' state (models_dialog.current_state)
         self.model_problem: dict | None = None
         self.error_item = None  # the message bar's notice of the last failed run, gone with the next success
         self.quitting = False  # QGIS is quitting: stop the run and let it quit
@@ -543,7 +547,7 @@ class GeoCLIPDock(QgsDockWidget):
         """Run is on when the weights can answer what is asked; its tooltip says why not."""
         if deps.missing() or self.task is not None:
             return
-        state = getattr(self, "state", None)
+        state = self.state
         needs = ["photos"] + (["text"] if self.text_edit.text().strip() else [])
         problem = None if state is None else next((p for p in state["problems"] if set(p["blocks"]) & set(needs)), None)
         self.model_problem = problem
@@ -559,6 +563,8 @@ class GeoCLIPDock(QgsDockWidget):
         self.run_button.setToolTip(f"Run is off: {reason}. Press Fix… above." if reason else "Answer in the background")
         if reason and problem is not None and problem["code"] == "no_text":
             self._say(f"Run is off: {reason}. Press Models… to import a full checkpoint, or clear the text.")
+        elif self.status.text().startswith("Run is off"):
+            self._say("")
 
     # -- inputs ----------------------------------------------------------------------------------
 
@@ -916,7 +922,7 @@ class GeoCLIPDock(QgsDockWidget):
         from .models_dialog import ModelsDialog
 
         focus = self.model_problem["code"] if self.model_problem else ""
-        if not focus and getattr(self, "state", None) and self.state["problems"]:
+        if not focus and self.state and self.state["problems"]:
             focus = self.state["problems"][0]["code"]
         self.models_dialog = ModelsDialog(self, focus=focus)
         self.models_dialog.exec()

@@ -495,10 +495,15 @@ def test_processing_places_its_layers_like_the_dock_and_zooms(plugin, photo_dir,
     project.layerTreeRegistryBridge().setLayerInsertionPoint(QgsLayerTreeRegistryBridge.InsertionPoint(old, 0))
     monkeypatch.setattr(qgis.utils, "iface", plugin.iface)
     plugin.iface.canvas.setExtent(QgsRectangle(100, -10, 101, -9))
-    outputs = processing.runAndLoadResults(
-        "geoclip:geolocate_photos",
-        {"FOLDER": str(photo_dir), "TOP_K": 3, "RASTERS": True, "DEVICE": 1, "OUTPUT": str(tmp_path / "p.gpkg")},
-    )
+    try:
+        outputs = processing.runAndLoadResults(
+            "geoclip:geolocate_photos",
+            {"FOLDER": str(photo_dir), "TOP_K": 3, "RASTERS": True, "DEVICE": 1, "OUTPUT": str(tmp_path / "p.gpkg")},
+        )
+    finally:  # the bridge would keep pointing into this project's tree after the next test clears it
+        project.layerTreeRegistryBridge().setLayerInsertionPoint(
+            QgsLayerTreeRegistryBridge.InsertionPoint(project.layerTreeRoot(), 0)
+        )
     root = project.layerTreeRoot()
     group = root.children()[0]
     assert group.name() == "photos — 4 photos" and group.customProperty("geoclip/run")
