@@ -2,9 +2,11 @@
 
     geoclip-qgis report run.gpkg --out report.html            # a self-contained HTML case report
     geoclip-qgis likely run.gpkg villages.gpkg > likely.csv   # "which of these places?" per answer
+    geoclip-qgis zones run.gpkg districts.gpkg > zones.csv    # "which of these districts?" per answer
 
-Both read the file back (:mod:`.run_file`); ``likely`` makes each answer's probability rasters again
-from the query vector the file keeps (the location encoder only: no photo is read, no CLIP runs).
+All read the file back (:mod:`.run_file`); ``likely`` and ``zones`` judge each answer from the query
+vector the file keeps, in the run's area (:mod:`.judging`, shared with the plugin's Processing
+algorithms): the location encoder only, no photo is read, no CLIP runs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 
 from .errors import GeoCLIPError
 
-WORKBENCH_COMMANDS = ("report", "likely")
+WORKBENCH_COMMANDS = ("report", "likely", "zones")
 
 
 def add_workbench_commands(subparsers) -> None:
@@ -34,20 +36,48 @@ def add_workbench_commands(subparsers) -> None:
     )
     likely.add_argument("answers", metavar="RUN.gpkg", help="a GeoPackage written by a run")
     likely.add_argument("points", metavar="PLACES", help="the places to test: a point layer or a CSV of lat/lon")
-    likely.add_argument("--photo", action="append", metavar="NAME", help="only this answer; repeat for more")
+    likely.add_argument(
+        "--photo", action="append", metavar="NAME", help="only this answer (its photo, or file name); repeat for more"
+    )
     likely.add_argument("--layer", help="the layer of PLACES, when it has several")
     likely.add_argument("--id-field", help="the field naming each place (default: its feature id)")
     likely.add_argument("--lat-column", help="latitude column of a CSV")
     likely.add_argument("--lon-column", help="longitude column of a CSV")
-    likely.add_argument("--heads", metavar="DIR", help="GeoCLIP heads folder (the ones the run used)")
-    likely.add_argument("--clip", metavar="DIR", help="Hugging Face CLIP checkpoint folder")
-    likely.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    _add_model_arguments(likely)
+
+    zones = subparsers.add_parser(
+        "zones",
+        help="probability by region: each answer's probability inside each polygon of a layer, ranked "
+        "(CSV photo,zone,probability,rank on stdout)",
+    )
+    zones.add_argument("answers", metavar="RUN.gpkg", help="a GeoPackage written by a run")
+    zones.add_argument("polygons", metavar="POLYGONS", help="the regions: a polygon layer (any OGR format, any CRS)")
+    zones.add_argument(
+        "--photo", action="append", metavar="NAME", help="only this answer (its photo, or file name); repeat for more"
+    )
+    zones.add_argument("--layer", help="the layer of POLYGONS, when it has several")
+    zones.add_argument("--name-field", help="the field naming each polygon (default: its feature id)")
+    _add_model_arguments(zones)
+
+
+def _add_model_arguments(parser) -> None:
+    parser.add_argument("--heads", metavar="DIR", help="GeoCLIP heads folder (the ones the run used)")
+    parser.add_argument("--clip", metavar="DIR", help="Hugging Face CLIP checkpoint folder")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
 
 
 def run_workbench_command(args: argparse.Namespace) -> int:
     if args.command == "report":
         return _report(args)
+    if args.command == "zones":
+        return _zones(args)
     return _likely(args)
+
+
+def _engine(args):
+    from .factory import build_engine
+
+    return build_engine(heads=args.heads, clip=args.clip, device=args.device, precision="fp32", embedding_cache=False)
 
 
 def _report(args) -> int:
@@ -65,30 +95,36 @@ def _report(args) -> int:
 
 
 def _likely(args) -> int:
-    from .factory import build_engine
-    from .likelihood import for_answer
+    from .judging import answers_with_vectors, area_of_run, likely_for_answers
     from .location_embeddings import read_points
-    from .run_file import read_answers, read_provenance, run_area
 
-    answers = [a for a in read_answers(args.answers, args.photo) if a.result.feature is not None]
-    if not answers:
-        raise GeoCLIPError(
-            f"{args.answers} keeps no query vector{' for those photos' if args.photo else ''}; "
-            "answer the photos again into a GeoPackage"
-        )
+    answers = answers_with_vectors(args.answers, args.photo)
     table = read_points(args.points, args.layer, args.lat_column, args.lon_column, args.id_field)
     if not len(table):
         raise GeoCLIPError(f"{args.points} holds no place with a position")
     points = [(str(i), float(a), float(b)) for i, a, b in zip(table.ids, table.lat, table.lon)]
-    engine = build_engine(heads=args.heads, clip=args.clip, device=args.device, precision="fp32", embedding_cache=False)
-    area = run_area(read_provenance(args.answers))  # the same area of interest as the run
+    engine = _engine(args)
     rows = csv.writer(sys.stdout, lineterminator="\n")
     header = None
-    for answer in answers:
-        for found in for_answer(engine, answer.result, points, area):
-            row = found.row()
+    for answer, found in likely_for_answers(engine, answers, points, area_of_run(args.answers)):
+        for place in found:
+            row = place.row()
             if header is None:
                 header = ["photo", *row]
                 rows.writerow(header)
             rows.writerow([answer.photo, *("" if v is None else v for v in row.values())])
+    return 0
+
+
+def _zones(args) -> int:
+    from .judging import ZONE_COLUMNS, answers_with_vectors, area_of_run, read_polygons, zonal_for_answers
+
+    answers = answers_with_vectors(args.answers, args.photo)
+    wkts, names = read_polygons(args.polygons, args.layer, args.name_field)
+    engine = _engine(args)
+    rows = csv.writer(sys.stdout, lineterminator="\n")
+    rows.writerow(ZONE_COLUMNS)
+    for judged in zonal_for_answers(engine, answers, wkts, names, area_of_run(args.answers)):
+        for row in judged.rows:
+            rows.writerow([row.photo, row.region, row.probability, row.rank])
     return 0

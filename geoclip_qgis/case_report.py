@@ -15,7 +15,6 @@ from pathlib import Path
 from qgis.core import (
     QgsApplication,
     QgsFeatureRequest,
-    QgsFillSymbol,
     QgsLayoutExporter,
     QgsLayoutItemLabel,
     QgsLayoutItemMap,
@@ -27,8 +26,6 @@ from qgis.core import (
     QgsPrintLayout,
     QgsProject,
     QgsRectangle,
-    QgsRuleBasedRenderer,
-    QgsSingleSymbolRenderer,
     QgsUnitTypes,
     QgsVectorLayer,
     QgsWkbTypes,
@@ -124,30 +121,6 @@ def _extent(layers) -> QgsRectangle:
     return QgsRectangle(max(west - pad, -180), max(south - pad, -90), min(east + pad, 180), min(north + pad, 90))
 
 
-def style_confidence_areas(layer: QgsVectorLayer) -> None:
-    """Confidence areas as outlines, no fill: the 50 % area solid, the 90 % area dashed."""
-    root = QgsRuleBasedRenderer.Rule(None)
-    for level, style, label in ((0.9, "dash", "90 % confidence area"), (0.5, "solid", "50 % confidence area")):
-        symbol = QgsFillSymbol.createSimple(
-            {
-                "style": "no",
-                "outline_color": "#b2182b" if level == 0.5 else "#ef8a62",
-                "outline_width": "0.6" if level == 0.5 else "0.4",
-                "outline_style": style,
-            }
-        )
-        root.appendChild(QgsRuleBasedRenderer.Rule(symbol, 0, 0, f'"level" = {level}', label))
-    layer.setRenderer(QgsRuleBasedRenderer(root))
-
-
-def style_basemap(layer: QgsVectorLayer) -> None:
-    layer.setRenderer(
-        QgsSingleSymbolRenderer(
-            QgsFillSymbol.createSimple({"color": "#eeeeee", "outline_color": "#bbbbbb", "outline_width": "0.15"})
-        )
-    )
-
-
 def _fit(extent: QgsRectangle, ratio: float) -> QgsRectangle:
     """The extent widened (never cut) to the map frame's width/height ratio, around its centre."""
     width, height = extent.width(), extent.height()
@@ -163,7 +136,7 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
     """A two-page print layout for one answer of a run's GeoPackage, and the layers it shows (in the
     project but not in its layer tree: remove them when the layout is done with)."""
     from .backend.report import report_from_geopackage
-    from .layers import style_points
+    from .layers import style_basemap, style_confidence_areas, style_points
 
     project = project or QgsProject.instance()
     data = report_from_geopackage(gpkg, [photo])

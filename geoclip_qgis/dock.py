@@ -194,7 +194,9 @@ def _scrolling(widget: QWidget) -> QScrollArea:
 
 
 class GeoCLIPDock(QgsDockWidget):
-    runFinished = pyqtSignal(object)  # noqa: N815 - Qt's naming for signals  # TaskResult, for whoever listens (tests)
+    runFinished = pyqtSignal(object)  # noqa: N815 - Qt's naming for signals
+    resultsWanted = pyqtSignal(str)  # noqa: N815 - the user asked for the results panel on this GeoPackage
+    resultsUpdated = pyqtSignal(str)  # noqa: N815 - a run wrote this GeoPackage (an open panel follows it)
 
     def __init__(self, iface, parent=None):
         super().__init__("GeoCLIP", parent)
@@ -349,10 +351,16 @@ class GeoCLIPDock(QgsDockWidget):
         self.world_per_photo = QCheckBox("One world raster per photo (else one for the run)")
         self.rasters_check.toggled.connect(self.world_per_photo.setEnabled)
         self.fuse_check = QCheckBox("Also one joint answer (photos of one place)")
+        self.confidence_check = QCheckBox("Confidence areas (where 50 % and 90 % of the probability lie)")
+        self.confidence_check.setToolTip(
+            "Outlines of the smallest areas holding half and nine tenths of each answer's probability, with "
+            "their size in km²: a small area is a confident answer. A second or two per answer."
+        )
         self.basemap_check = QCheckBox("Add a world map when the project has none")
         form.addRow(self.rasters_check)
         form.addRow(self.world_per_photo)
         form.addRow(self.fuse_check)
+        form.addRow(self.confidence_check)
         form.addRow(self.basemap_check)
         self.output = QgsFileWidget()
         self.output.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
@@ -377,6 +385,14 @@ class GeoCLIPDock(QgsDockWidget):
         self.summary.setOpenExternalLinks(False)
         self.summary.linkActivated.connect(lambda link: QDesktopServices.openUrl(QUrl(link)))
         layout.addWidget(self.summary)
+        self.judge_button = QPushButton("Look at each answer…")
+        self.judge_button.setToolTip(
+            "The results panel: each photo with its EXIF, candidates and place names, regions, confidence areas; "
+            "how likely a spot is; a PDF case report"
+        )
+        self.judge_button.setEnabled(False)
+        self.judge_button.clicked.connect(lambda: self.resultsWanted.emit(self._last_output))
+        layout.addWidget(self.judge_button)
 
         self.failures_box = QGroupBox("Photos not answered")
         failures_layout = QVBoxLayout(self.failures_box)
@@ -423,6 +439,7 @@ class GeoCLIPDock(QgsDockWidget):
         self.world_per_photo.setChecked(saved.world_per_photo)
         self.world_per_photo.setEnabled(saved.rasters)
         self.fuse_check.setChecked(saved.fuse)
+        self.confidence_check.setChecked(saved.confidence)
         self.basemap_check.setChecked(saved.basemap)
         if saved.output_folder:
             self.output.setDefaultRoot(saved.output_folder)
@@ -434,6 +451,7 @@ class GeoCLIPDock(QgsDockWidget):
             self.rasters_check.toggled,
             self.world_per_photo.toggled,
             self.fuse_check.toggled,
+            self.confidence_check.toggled,
             self.basemap_check.toggled,
         ):
             signal.connect(lambda *_: self.remember())
@@ -449,6 +467,7 @@ class GeoCLIPDock(QgsDockWidget):
                 rasters=self.rasters_check.isChecked(),
                 world_per_photo=self.world_per_photo.isChecked(),
                 fuse=self.fuse_check.isChecked(),
+                confidence=self.confidence_check.isChecked(),
                 basemap=self.basemap_check.isChecked(),
                 output_folder=self._output_folder,
             )
@@ -687,6 +706,7 @@ class GeoCLIPDock(QgsDockWidget):
             output=output,
             rasters=rasters,
             fuse=self.fuse_check.isChecked(),
+            confidence=self.confidence_check.isChecked(),
         )
         self.task = GeolocateTask(request, settings, self.photo_list.total() if self.paths() else 0)
         photos = self.task.result.total - len(texts)
@@ -749,6 +769,8 @@ class GeoCLIPDock(QgsDockWidget):
             outcome, title, self.iface.mapCanvas(), basemap=self.basemap_check.isChecked(), output=self._last_output
         )
         self._show_results(result)
+        self.judge_button.setEnabled(True)
+        self.resultsUpdated.emit(self._last_output)
         bar = self.iface.messageBar()
         if outcome.cancelled:
             self.progress.setRange(0, 100)  # stays where the run stopped

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from qgis.core import (
+    Qgis,
     QgsAction,
     QgsApplication,
     QgsColorRampShader,
@@ -21,6 +22,7 @@ from qgis.core import (
     QgsFeatureRequest,
     QgsField,
     QgsFillSymbol,
+    QgsGeometryGeneratorSymbolLayer,
     QgsLayerTreeLayer,
     QgsLineSymbol,
     QgsMapLayerLegendUtils,
@@ -36,6 +38,7 @@ from qgis.core import (
     QgsRuleBasedRenderer,
     QgsSingleBandPseudoColorRenderer,
     QgsSingleSymbolRenderer,
+    QgsSymbol,
     QgsSymbolLayer,
     QgsTemplatedLineSymbolLayerBase,
     QgsTextBufferSettings,
@@ -300,20 +303,82 @@ def style_basemap(layer: QgsVectorLayer) -> None:
     layer.setRenderer(QgsSingleSymbolRenderer(fill))
 
 
+def style_confidence_areas(layer: QgsVectorLayer) -> None:
+    """Confidence areas as outlines, no fill (the map stays readable under them): the 50 % area solid
+    dark red, the 90 % area dashed orange; labelled with the photo and the area in km²."""
+    root = QgsRuleBasedRenderer.Rule(None)
+    for level, colour, width, style, label in (
+        (0.9, "#ef8a62", "0.45", "dash", "90 % confidence area"),
+        (0.5, "#b2182b", "0.7", "solid", "50 % confidence area"),
+    ):
+        symbol = QgsFillSymbol.createSimple(
+            {"style": "no", "outline_color": colour, "outline_width": width, "outline_style": style}
+        )
+        root.appendChild(QgsRuleBasedRenderer.Rule(symbol, 0, 0, f'"level" = {level}', label))
+    layer.setRenderer(QgsRuleBasedRenderer(root))
+    layer.setDisplayExpression(
+        f"{SHORT_NAME} || ': ' || format_number(\"level\" * 100, 0) || ' % in ' "
+        "|| format_number(\"area_km2\", 0) || ' km²'"
+    )
+    format_fields(layer)
+
+
+def add_time_and_direction(layer: QgsVectorLayer) -> None:
+    """Photo time and direction: the answers play in QGIS's temporal controller by EXIF time, and a
+    photo whose EXIF says where the camera faced gets an arrow at its EXIF position."""
+    properties = layer.temporalProperties()
+    properties.setMode(Qgis.VectorTemporalMode.FeatureDateTimeStartAndEndFromExpressions)
+    properties.setStartExpression('to_datetime("timestamp")')
+    properties.setEndExpression('to_datetime("timestamp")')
+    properties.setIsActive(
+        layer.fields().indexOf("timestamp") >= 0
+        and layer.featureCount() > 0
+        and any(f["timestamp"] for f in layer.getFeatures(QgsFeatureRequest().setLimit(200)))
+    )
+    renderer = layer.renderer()
+    if not isinstance(renderer, QgsRuleBasedRenderer):
+        return
+    arrow = QgsMarkerSymbol.createSimple(
+        {
+            "name": "arrowhead",
+            "color": TRUTH_COLOUR,
+            "outline_color": TRUTH_COLOUR,
+            "outline_width": "0.6",
+            "size": "4",
+            "angle": "0",
+        }
+    )
+    arrow.symbolLayer(0).setDataDefinedProperty(
+        QgsSymbolLayer.Property.PropertyAngle, QgsProperty.fromExpression('"direction"')
+    )
+    generator = QgsGeometryGeneratorSymbolLayer.create({"geometryModifier": 'make_point("exif_lon", "exif_lat")'})
+    generator.setSymbolType(QgsSymbol.SymbolType.Marker)
+    generator.setSubSymbol(arrow)
+    symbol = QgsMarkerSymbol()
+    symbol.changeSymbolLayer(0, generator)
+    renderer.rootRule().appendChild(
+        QgsRuleBasedRenderer.Rule(
+            symbol, 0, 0, '"rank" = 1 AND "direction" IS NOT NULL AND "exif_lat" IS NOT NULL', "camera direction (EXIF)"
+        )
+    )
+
+
 LAYER_NAMES = {
     OutputKind.POINTS: "GeoCLIP answers",
     OutputKind.TRUTH_LINES: "EXIF truth → top-1",
     OutputKind.ERRORS: "Photos not answered",
+    OutputKind.CONFIDENCE_AREAS: "Confidence areas (50 %, 90 %)",
 }
-VECTOR_KINDS = (OutputKind.POINTS, OutputKind.TRUTH_LINES, OutputKind.ERRORS)
+VECTOR_KINDS = (OutputKind.POINTS, OutputKind.TRUTH_LINES, OutputKind.ERRORS, OutputKind.CONFIDENCE_AREAS)
 RASTER_KINDS = (OutputKind.COMBINED_RASTER, OutputKind.WORLD_RASTER, OutputKind.LOCAL_RASTER)
 ORDER = {  # top to bottom in a run's group
     OutputKind.POINTS: 0,
     OutputKind.TRUTH_LINES: 1,
-    OutputKind.ERRORS: 2,
-    OutputKind.COMBINED_RASTER: 3,
-    OutputKind.WORLD_RASTER: 4,
-    OutputKind.LOCAL_RASTER: 5,
+    OutputKind.CONFIDENCE_AREAS: 2,
+    OutputKind.ERRORS: 3,
+    OutputKind.COMBINED_RASTER: 4,
+    OutputKind.WORLD_RASTER: 5,
+    OutputKind.LOCAL_RASTER: 6,
 }
 PER_PHOTO_GROUP = "Rasters per photo"
 
@@ -328,6 +393,9 @@ def style_layer(layer, kind: OutputKind) -> None:
     """The same look wherever a run's layer is loaded (the dock, Processing)."""
     if kind == OutputKind.POINTS:
         style_points(layer)
+        add_time_and_direction(layer)
+    elif kind == OutputKind.CONFIDENCE_AREAS:
+        style_confidence_areas(layer)
     elif kind == OutputKind.TRUTH_LINES:
         style_truth_lines(layer)
     elif kind in RASTER_KINDS:
@@ -354,6 +422,13 @@ def make_layer(file: OutputFile, styled: bool = True):
 # -- the layer tree ----------------------------------------------------------------------------------
 
 RUN_PROPERTY, OUTPUT_PROPERTY, ORDER_PROPERTY = "geoclip/run", "geoclip/output", "geoclip/order"
+ANSWER_PROPERTY = "geoclip/answer"  # a raster's answer (photo, query or joint answer), for the results panel
+
+
+def _output_of(group) -> str:
+    return group.customProperty(OUTPUT_PROPERTY) or ""
+
+
 BASEMAP_PROPERTY = "geoclip/basemap"
 
 
@@ -423,6 +498,9 @@ def place_layer(project: QgsProject, group, layer, file: OutputFile, answers: in
     raster = file.kind in RASTER_KINDS and layer.customProperty("geoclip/peak") is not None
     node = _insert_sorted(target, layer, ORDER[file.kind], RASTER_LEGEND_TITLE if raster else "")
     layer.setCustomProperty(RUN_PROPERTY, run_at or "yes")
+    layer.setCustomProperty(OUTPUT_PROPERTY, os.path.abspath(_output_of(group)))
+    if file.answer:
+        layer.setCustomProperty(ANSWER_PROPERTY, file.answer)
     about = f"GeoCLIP run {_local_time(run_at)}: {group.name()}\nWritten to {file.path}"
     if raster:
         peak = float(layer.customProperty("geoclip/peak"))
@@ -472,8 +550,21 @@ def add_run(outcome, title: str, canvas=None, basemap: bool = True, output: str 
     project = QgsProject.instance()
     output = output or next((f.path for f in outcome.files if f.kind == OutputKind.POINTS), "")
     group = run_group(project, title, output, outcome.run_at)
-    added = {"points": None, "lines": None, "errors": None, "rasters": [], "group": group, "basemap": None}
-    keys = {OutputKind.POINTS: "points", OutputKind.TRUTH_LINES: "lines", OutputKind.ERRORS: "errors"}
+    added = {
+        "points": None,
+        "lines": None,
+        "errors": None,
+        "areas": None,
+        "rasters": [],
+        "group": group,
+        "basemap": None,
+    }
+    keys = {
+        OutputKind.POINTS: "points",
+        OutputKind.TRUTH_LINES: "lines",
+        OutputKind.ERRORS: "errors",
+        OutputKind.CONFIDENCE_AREAS: "areas",
+    }
     answers = answers_in(outcome.files)
     for file in outcome.files:
         if file.kind == OutputKind.ERRORS and not outcome.failures:

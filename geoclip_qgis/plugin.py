@@ -39,7 +39,9 @@ class GeoCLIPPlugin:
     def __init__(self, iface):
         self.iface = iface
         self.action = None
+        self.results_action = None
         self.dock = None
+        self.results = None
         self.provider = None
         deps.add_plugin_python_dir()  # packages installed for this QGIS by the plugin
         self.log_handler = _MessageLogHandler()
@@ -51,6 +53,9 @@ class GeoCLIPPlugin:
         self.action.toggled.connect(self.toggle_dock)
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToMenu(MENU, self.action)
+        self.results_action = QAction("GeoCLIP results panel", self.iface.mainWindow())
+        self.results_action.triggered.connect(lambda: self.show_results(""))
+        self.iface.addPluginToMenu(MENU, self.results_action)
         self.initProcessing()
         if load_dock_settings().dock_open:  # it was open when QGIS last closed
             self.action.setChecked(True)
@@ -70,8 +75,28 @@ class GeoCLIPPlugin:
 
             self.dock = GeoCLIPDock(self.iface, self.iface.mainWindow())
             self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
-            self.dock.visibilityChanged.connect(self.action.setChecked)
-        self.dock.setVisible(checked)
+            # closed or opened by the user; a dock that is merely tabbed away (behind the results panel) stays on
+            self.dock.closedStateChanged.connect(lambda closed: self.action.setChecked(not closed))
+            self.dock.resultsWanted.connect(self.show_results)
+            self.dock.resultsUpdated.connect(self._follow_run)
+        self.dock.setUserVisible(checked)
+
+    def show_results(self, gpkg: str) -> None:
+        """The results panel, on a run's GeoPackage (or as it was, for an empty path)."""
+        if self.results is None:
+            from .results_panel import ResultsPanel
+
+            self.results = ResultsPanel(self.iface, self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.results)
+            if self.dock is not None and self.iface.mainWindow() is not None:  # tabs beside the dock: full height
+                self.iface.mainWindow().tabifyDockWidget(self.dock, self.results)
+        if gpkg:
+            self.results.show_run(gpkg)
+        self.results.setUserVisible(True)
+
+    def _follow_run(self, gpkg: str) -> None:
+        if self.results is not None and self.results.isUserVisible():
+            self.results.show_run(gpkg)
 
     def _remember_open(self, checked: bool) -> None:
         from dataclasses import replace
@@ -89,5 +114,11 @@ class GeoCLIPPlugin:
                 self.dock.task.cancel()
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
+        if self.results is not None:
+            self.results.likely_button.setChecked(False)  # gives the map its tool back
+            self.iface.removeDockWidget(self.results)
+            self.results.deleteLater()
+        if self.results_action is not None:
+            self.iface.removePluginMenu(MENU, self.results_action)
         self.iface.removePluginMenu(MENU, self.action)
         self.iface.removeToolBarIcon(self.action)

@@ -32,6 +32,7 @@ from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
     QApplication,
     QFileDialog,
+    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -46,9 +47,8 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .inputs import WGS84
+from .layers import ANSWER_PROPERTY, OUTPUT_PROPERTY
 
-ANSWER_PROPERTY = "geoclip/answer"  # custom property of a raster layer: the answer it belongs to
-RUN_PROPERTY = "geoclip/run"  # custom property of every layer of a run: its GeoPackage
 THUMBNAIL = 72  # px, list icons
 PHOTO_HEIGHT = 220  # px, the selected photo
 
@@ -129,17 +129,19 @@ class ResultsPanel(QgsDockWidget):
         top = QHBoxLayout()
         self.source = QLabel("No run loaded")
         self.source.setWordWrap(True)
-        open_button = QPushButton("Open answers…")
-        open_button.setToolTip("A GeoPackage written by a GeoCLIP run")
+        open_button = QPushButton("Open…")
+        open_button.setToolTip("The answers of another GeoCLIP run (a GeoPackage it wrote)")
         open_button.clicked.connect(self._pick_file)
         top.addWidget(self.source, 1)
-        top.addWidget(open_button)
+        top.addWidget(open_button, 0)
         layout.addLayout(top)
 
         self.list = QListWidget()
         self.list.setIconSize(QSize(THUMBNAIL, THUMBNAIL))
         self.list.setMinimumHeight(150)
         self.list.setMaximumHeight(220)
+        self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.list.currentRowChanged.connect(self._select)
         layout.addWidget(self.list)
 
@@ -153,7 +155,8 @@ class ResultsPanel(QgsDockWidget):
         layout.addWidget(self.info)
 
         self.candidates = QTableWidget(0, 4)
-        self.candidates.setHorizontalHeaderLabels(["#", "Probability", "Nearest place", "km from EXIF"])
+        self.candidates.setHorizontalHeaderLabels(["#", "Prob.", "Nearest place", "km off"])
+        self.candidates.horizontalHeaderItem(3).setToolTip("Distance from the photo's EXIF position, when it has one")
         header = self.candidates.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
@@ -163,6 +166,7 @@ class ResultsPanel(QgsDockWidget):
         self.candidates.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.candidates.setWordWrap(False)
         self.candidates.setMinimumHeight(140)
+        self.candidates.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.candidates.itemSelectionChanged.connect(self._candidate_chosen)
         layout.addWidget(self.candidates)
 
@@ -170,7 +174,7 @@ class ResultsPanel(QgsDockWidget):
         self.regions.setWordWrap(True)
         layout.addWidget(self.regions)
 
-        buttons = QHBoxLayout()
+        buttons = QGridLayout()  # two columns: the panel stays usable at a laptop's dock width
         self.copy_button = QPushButton("Copy coordinates")
         self.copy_button.clicked.connect(self.copy_coordinates)
         self.open_button = QPushButton("Open photo")
@@ -179,10 +183,6 @@ class ResultsPanel(QgsDockWidget):
         self.only_button.setCheckable(True)
         self.only_button.setToolTip("Show only this answer's points, areas and rasters on the map")
         self.only_button.toggled.connect(self.show_only_this)
-        for button in (self.copy_button, self.open_button, self.only_button):
-            buttons.addWidget(button)
-        layout.addLayout(buttons)
-        more = QHBoxLayout()
         self.likely_button = QPushButton("How likely here?")
         self.likely_button.setCheckable(True)
         self.likely_button.setToolTip("Click the map: the probability near that spot, for this answer")
@@ -190,9 +190,12 @@ class ResultsPanel(QgsDockWidget):
         self.report_button = QPushButton("Export report…")
         self.report_button.setToolTip("A PDF (QGIS print layout) and a self-contained HTML file of this answer")
         self.report_button.clicked.connect(self.export_report)
-        more.addWidget(self.likely_button)
-        more.addWidget(self.report_button)
-        layout.addLayout(more)
+        buttons.addWidget(self.copy_button, 0, 0)
+        buttons.addWidget(self.open_button, 0, 1)
+        buttons.addWidget(self.only_button, 1, 0)
+        buttons.addWidget(self.likely_button, 1, 1)
+        buttons.addWidget(self.report_button, 2, 0, 1, 2)
+        layout.addLayout(buttons)
         self.likely = QLabel()
         self.likely.setWordWrap(True)
         self.likely.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -201,6 +204,7 @@ class ResultsPanel(QgsDockWidget):
 
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # widgets fit the dock
         scroll.setWidget(body)
         self.setWidget(scroll)
         self._enable(False)
@@ -290,6 +294,7 @@ class ResultsPanel(QgsDockWidget):
                 else "(the photo is not at this path any more)"
             )
         self.info.setText(self._info_html(stored))
+        self.info.setToolTip(stored.path)
         self.candidates.setRowCount(len(result.candidates))
         for index, c in enumerate(result.candidates):
             truth = result.error_km(c)
@@ -316,7 +321,8 @@ class ResultsPanel(QgsDockWidget):
         import html
 
         meta = stored.result.metadata
-        rows = [f"<b>{html.escape(stored.photo)}</b>"]
+        name = stored.photo if stored.photo.startswith(("text: ", "fused: ")) else Path(stored.photo).name
+        rows = [f"<b>{html.escape(name)}</b>"]
         if stored.result.error:
             rows.append(f"Not answered: {html.escape(stored.result.error)}")
         if meta is not None:
@@ -380,8 +386,11 @@ class ResultsPanel(QgsDockWidget):
     # -- only this answer on the map -------------------------------------------------------------
 
     def _run_layers(self):
+        """The layers of this run on the map: tagged with its output when the plugin added them, or read
+        from its GeoPackage when someone added them by hand."""
+        key = os.path.abspath(self.gpkg)
         for layer in QgsProject.instance().mapLayers().values():
-            if layer.customProperty(RUN_PROPERTY) == self.gpkg or str(layer.source()).startswith(self.gpkg):
+            if layer.customProperty(OUTPUT_PROPERTY) == key or str(layer.source()).startswith(self.gpkg + "|"):
                 yield layer
 
     def show_only_this(self, on: bool) -> None:

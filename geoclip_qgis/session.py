@@ -33,6 +33,7 @@ class DockSettings:
     rasters: bool = False
     world_per_photo: bool = False
     fuse: bool = False
+    confidence: bool = False  # each answer's 50 % and 90 % confidence areas
     output_folder: str = ""  # empty: the project's folder, else the user data folder
     basemap: bool = True  # add a world map when the project has no layers
     dock_open: bool = False

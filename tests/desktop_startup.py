@@ -137,6 +137,7 @@ def run_photos():
     d.add_paths(json.loads(os.environ["GEOCLIP_E2E_PHOTOS"]))
     d.output.setFilePath(str(E2E / "holiday.gpkg"))
     d.rasters_check.setChecked(True)
+    d.confidence_check.setChecked(True)
     d.runFinished.connect(run_finished)
     report["run_started"] = time.time()
     d.run_button.click()
@@ -177,7 +178,47 @@ def raster_stage():
         iface.mapCanvas().setExtent(box)
         iface.mapCanvas().refresh()
         report["stage_two_raster"] = local.name()
-    later(4000, lambda: stage("raster", cancel_stage))
+    later(4000, lambda: stage("raster", judge_stage))
+
+
+def judge_stage():
+    """The results panel beside the dock, a photo with EXIF selected, its confidence areas on the map;
+    then its case report as a PDF."""
+    d = dock()
+    d.judge_button.click()  # as the user does, from the dock's Results tab
+    panel = plugin().results  # tabbed beside the dock by the plugin
+    root = QgsProject.instance().layerTreeRoot()
+    for raster in d.last_layers["rasters"]:
+        root.findLayer(raster.id()).setItemVisibilityChecked(False)
+    names = [panel.list.item(i).text().splitlines()[0] for i in range(panel.list.count())]
+    panel.list.setCurrentRow(names.index("DSCN0010.jpg"))
+    panel.only_button.setChecked(True)
+    panel.candidates.selectRow(0)
+    top = panel.current().result.candidates[0]
+    panel.zoom_to(top.lat, top.lon, half_side=25)
+    report["judge"] = {
+        "answers": names,
+        "info": panel.info.text(),
+        "regions": panel.regions.text(),
+        "candidates": [panel.candidates.item(r, 2).text() for r in range(panel.candidates.rowCount())],
+        "photo": not panel.photo.pixmap().isNull() if panel.photo.pixmap() is not None else False,
+        "areas": [
+            layer.name()
+            for layer in QgsProject.instance().mapLayers().values()
+            if layer.name().startswith("Confidence areas")
+        ],
+    }
+    made = panel.export_report(str(E2E / "case_report.pdf"))
+    report["judge"]["report"] = [str(path) for path in made] if made else []
+    later(4000, lambda: stage("judge", leave_judging))
+
+
+def leave_judging():
+    panel = plugin().results
+    panel.only_button.setChecked(False)
+    panel.close()  # as a user closes it; the dock's tab comes back
+    dock().raise_()
+    cancel_stage()
 
 
 def cancel_stage():

@@ -50,6 +50,7 @@ STAGES = (  # (stage the startup script reaches, screenshot for docs/)
     ("models", "qgis-models-dialog.png"),
     ("run", "qgis-dock-run.png"),
     ("raster", "qgis-photo-raster.png"),
+    ("judge", "qgis-results-panel.png"),
     ("cancelled", "qgis-dock-cancelled.png"),
     ("embedding", "qgis-embedding-map.png"),
 )
@@ -58,15 +59,19 @@ STAGES = (  # (stage the startup script reaches, screenshot for docs/)
 @pytest.fixture
 def xvfb():
     _need("Xvfb", "qgis", "xwd", "convert")
-    display = f":{90 + os.getpid() % 100}"
+    read_end, write_end = os.pipe()  # Xvfb picks a free display and writes its number here
     server = subprocess.Popen(
-        ["Xvfb", display, "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
+        ["Xvfb", "-displayfd", str(write_end), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        pass_fds=(write_end,),
     )
-    time.sleep(2)
-    if server.poll() is not None:
-        pytest.skip(f"Xvfb could not start on {display}")
+    os.close(write_end)
+    with os.fdopen(read_end) as chosen:
+        number = chosen.readline().strip()
+    if server.poll() is not None or not number:
+        pytest.fail("Xvfb could not start (installed by `make setup`)")
+    display = f":{number}"
     yield display
     server.terminate()
     server.wait(timeout=30)
@@ -174,6 +179,20 @@ def test_zip_install_first_hour_and_screenshots(xvfb, tiny_clip, engine, samples
     assert "GeoCLIP answers" in report["layers"] and "all_answers_world" in report["layers"]
     assert "Photos not answered" in report["layers"]
     assert "_local" in report.get("stage_two_raster", "")
+
+    # Judging one answer: the results panel beside the dock, its confidence areas, its PDF case report.
+    judge = report["judge"]
+    assert "DSCN0010.jpg" in judge["answers"] and judge["photo"]
+    assert "NIKON" in judge["info"] and "confidence area" in judge["info"] and "Countries:" in judge["regions"]
+    assert judge["areas"] == ["Confidence areas (50 %, 90 %)"] and all(judge["candidates"])
+    pdf = Path(judge["report"][0])
+    subprocess.run(
+        ["pdftoppm", "-r", "70", "-png", "-f", "1", "-l", "1", str(pdf), str(tmp_path / "report")],
+        check=True,
+        timeout=120,
+    )
+    shutil.copy(next(tmp_path.glob("report*.png")), DOCS / "qgis-case-report.png")
+    assert (DOCS / "qgis-case-report.png").stat().st_size > 20_000
 
     # Cancel: what was kept, not "Task complete" and not a full bar.
     cancelled = report["cancelled"]

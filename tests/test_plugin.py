@@ -52,6 +52,7 @@ def run_dock(dock, paths, timeout=600, **options):
     dock.world_per_photo.setChecked(options.get("world_per_photo", False))
     dock.basemap_check.setChecked(options.get("basemap", True))
     dock.fuse_check.setChecked(options.get("fuse", False))
+    dock.confidence_check.setChecked(options.get("confidence", False))
     dock.top_k.setValue(options.get("top_k", 5))
     dock.area_combo.setCurrentIndex(dock.area_combo.findData(options.get("area", "world")))
     outcomes = []
@@ -463,6 +464,8 @@ def test_processing_algorithms(plugin, samples, photo_dir, tmp_path):
         "geoclip:location_embeddings",
         "geoclip:embedding_map",
         "geoclip:similar_places",
+        "geoclip:probability_by_region",
+        "geoclip:how_likely_here",
     }
     result = processing.run(
         "geoclip:geolocate_photos", {"FOLDER": str(photo_dir), "TOP_K": 2, "OUTPUT": str(tmp_path / "alg.gpkg")}
@@ -475,6 +478,7 @@ def test_processing_algorithms(plugin, samples, photo_dir, tmp_path):
     )
     assert evaluated["PHOTOS"] == 9 and evaluated["MEDIAN_KM"] > 0
     assert evaluated["ACC_1KM"] <= evaluated["ACC_25KM"] <= evaluated["ACC_2500KM"]
+    assert 0 <= evaluated["ACC_COUNTRY"] <= 100
     text = processing.run(
         "geoclip:geolocate_text", {"TEXT": "snowy mountain village", "TOP_K": 3, "OUTPUT": str(tmp_path / "text.gpkg")}
     )
@@ -859,3 +863,55 @@ def test_cli_dock_and_processing_write_the_same_files(plugin, photo_dir, tiny_cl
     assert dock_layers == proc_layers
     assert "GeoCLIP answers" in proc_layers and "EXIF truth → top-1" in proc_layers
     assert outputs["ANSWERED"] == 4 and outputs["RASTER_FOLDER"] == str(tmp_path / "processing" / "answers_rasters")
+
+
+def test_confidence_areas_time_direction_and_the_results_panel(plugin, samples, skimage_data, tmp_path):
+    """A run with confidence areas: outlined areas in the run's group, answers that play by EXIF time,
+    an arrow where EXIF says where the camera faced, and the results panel on the run's file."""
+    from PIL import ExifTags, Image
+    from qgis.core import QgsRuleBasedRenderer
+    from test_batch import with_gps
+
+    gps = ExifTags.GPS
+    facing = with_gps(
+        skimage_data / "coffee.png",
+        tmp_path / "facing.jpg",
+        {
+            gps.GPSLatitudeRef: "N",
+            gps.GPSLatitude: (48.0, 51.0, 0.0),
+            gps.GPSLongitudeRef: "E",
+            gps.GPSLongitude: (2.0, 21.0, 0.0),
+            gps.GPSImgDirectionRef: "T",
+            gps.GPSImgDirection: 135.0,
+        },
+    )
+    with Image.open(facing) as image:
+        assert image.getexif().get_ifd(ExifTags.IFD.GPSInfo)[gps.GPSImgDirection] == 135.0
+    out = tmp_path / "judged.gpkg"
+    result = run_dock(plugin.dock, [samples / "gps" / "DSCN0010.jpg", facing], out=out, confidence=True, top_k=3)
+    assert not result.error
+    layers = plugin.dock.last_layers
+    group = layers["group"]
+    areas = [n.layer() for n in group.findLayers() if n.layer().name().startswith("Confidence areas")]
+    assert len(areas) == 1 and areas[0].featureCount() == 4  # 50 % and 90 % for each photo
+    rules = {r.label(): r for r in areas[0].renderer().rootRule().children()}
+    assert set(rules) == {"50 % confidence area", "90 % confidence area"}
+    assert all(r.symbol().symbolLayer(0).brushStyle() == 0 for r in rules.values())  # outlines, no fill
+    points = layers["points"]
+    assert points.temporalProperties().isActive()  # DSCN0010 has an EXIF time
+    labels = [r.label() for r in points.renderer().rootRule().children()]
+    assert "camera direction (EXIF)" in labels
+    assert isinstance(points.renderer(), QgsRuleBasedRenderer)
+
+    assert plugin.dock.judge_button.isEnabled()
+    plugin.dock.judge_button.click()
+    panel = plugin.results
+    assert panel is not None and panel in plugin.iface.docks and not panel.isHidden()
+    assert panel.list.count() == 2 and panel.gpkg == str(out)
+    panel.list.setCurrentRow(1)
+    assert "Facing 135°" in panel.info.text() and "confidence area" in panel.info.text()
+    panel.only_button.setChecked(True)
+    assert {f["photo"] for f in points.getFeatures()} == {str(facing)}
+    assert {f["photo"] for f in areas[0].getFeatures()} == {str(facing)}
+    panel.only_button.setChecked(False)
+    assert points.featureCount() == 6

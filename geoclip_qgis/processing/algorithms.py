@@ -106,6 +106,13 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
             )
         )
 
+    def _add_confidence_parameter(self) -> None:
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                "CONFIDENCE", "Also confidence areas (where 50 % and 90 % of each answer's probability lie)", False
+            )
+        )
+
     def _add_raster_parameters(self) -> None:
         self.addParameter(QgsProcessingParameterBoolean("RASTERS", "Also write probability rasters", False))
         self.addParameter(
@@ -310,6 +317,7 @@ class GeolocatePhotos(_GeoCLIPAlgorithm):
         )
         self._add_area_parameters()
         self._add_raster_parameters()
+        self._add_confidence_parameter()
         self.addParameter(QgsProcessingParameterBoolean("FUSE", "Also one joint answer for all photos", False))
         self.addParameter(QgsProcessingParameterBoolean("SKIP_GEOTAGGED", "Skip photos that have EXIF GPS", False))
         self._add_device_parameter()
@@ -340,6 +348,7 @@ class GeolocatePhotos(_GeoCLIPAlgorithm):
             area=self._area(parameters, context),
             output=output,
             rasters=self._rasters(parameters, context, output),
+            confidence=self.parameterAsBoolean(parameters, "CONFIDENCE", context),
             fuse=self.parameterAsBoolean(parameters, "FUSE", context),
             skip_geotagged=self.parameterAsBoolean(parameters, "SKIP_GEOTAGGED", context),
         )
@@ -368,6 +377,7 @@ class GeolocateText(_GeoCLIPAlgorithm):
         )
         self._add_area_parameters()
         self._add_raster_parameters()
+        self._add_confidence_parameter()
         self._add_device_parameter()
         self.addParameter(
             QgsProcessingParameterFileDestination("OUTPUT", "Answers (GeoPackage)", "GeoPackage (*.gpkg)")
@@ -387,6 +397,7 @@ class GeolocateText(_GeoCLIPAlgorithm):
             area=self._area(parameters, context),
             output=output,
             rasters=self._rasters(parameters, context, output),
+            confidence=self.parameterAsBoolean(parameters, "CONFIDENCE", context),
         )
         return self._run(request, parameters, context, feedback)
 
@@ -418,6 +429,7 @@ class EvaluatePhotos(_GeoCLIPAlgorithm):
         for km in THRESHOLDS:
             self.addOutput(QgsProcessingOutputNumber(f"ACC_{km}KM", f"% within {km} km"))
         self.addOutput(QgsProcessingOutputNumber("MEDIAN_KM", "Median error (km)"))
+        self.addOutput(QgsProcessingOutputNumber("ACC_COUNTRY", "% of top-1 answers in the right country"))
         self.addOutput(QgsProcessingOutputNumber("PHOTOS", "Photos with a known position"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
@@ -435,7 +447,7 @@ class EvaluatePhotos(_GeoCLIPAlgorithm):
         results = self._run(request, parameters, context, feedback)
         table = self._last_outcome.summary.accuracy() or accuracy_table([])
         feedback.pushInfo(format_table(table))
-        results.update(PHOTOS=table["photos"], MEDIAN_KM=table["median_km"])
+        results.update(PHOTOS=table["photos"], MEDIAN_KM=table["median_km"], ACC_COUNTRY=table.get("acc_country"))
         results.update({f"ACC_{km}KM": table[f"acc_{km}km"] for km in THRESHOLDS})
         return results
 

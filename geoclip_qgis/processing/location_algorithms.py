@@ -90,7 +90,7 @@ def _qgs_field(name: str, kind: str) -> QgsField:
     try:
         from qgis.PyQt.QtCore import QVariant
 
-        types = {"integer": QVariant.Int, "real": QVariant.Double}
+        types = {"integer": QVariant.Type.Int, "real": QVariant.Type.Double}
     except (ImportError, AttributeError):  # Qt6: QVariant has no type enum
         from qgis.PyQt.QtCore import QMetaType
 

@@ -7,6 +7,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .algorithms import EvaluatePhotos, FinetuneHeads, GeolocatePhotos, GeolocateText
+from .judging_algorithms import HowLikelyHere, ProbabilityByRegion
 from .location_algorithms import EmbeddingMap, LocationEmbeddings, SimilarPlaces
 
 
@@ -31,5 +32,7 @@ class GeoCLIPProvider(QgsProcessingProvider):
             LocationEmbeddings(),
             EmbeddingMap(),
             SimilarPlaces(),
+            ProbabilityByRegion(),
+            HowLikelyHere(),
         ):
             self.addAlgorithm(algorithm)
