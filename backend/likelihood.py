@@ -160,7 +160,7 @@ def how_likely_many(
 
 
 def for_answer(engine, result, points: Iterable[tuple[str, float, float]], area=None) -> list[Likelihood]:
-    """"How likely here?" for an answer (a photo, text or fused result with its query vector): its
+    """\"How likely here?\" for an answer (a photo, text or fused result with its query vector): its
     rasters are made again from the vector (the location encoder only), then each point is judged."""
     made = engine.rasters(result, area)
     return how_likely_many(made.world, points, made.local)

@@ -159,7 +159,7 @@ def _say(args, message: str) -> None:
 
 
 def _model(args):
-    from .location_embeddings import load_location_model
+    from .location_features import load_location_model
 
     model = load_location_model(args.heads, args.device)
     _say(args, f"{model.label} on {model.device}")
@@ -167,7 +167,7 @@ def _model(args):
 
 
 def _run_embed(args, progress) -> int:
-    from .location_embeddings import embed_file
+    from .point_embeddings import embed_file
 
     outcome = embed_file(
         _model(args),
@@ -192,7 +192,7 @@ def _run_embed(args, progress) -> int:
 
 
 def _run_embedmap(args, progress) -> int:
-    from .location_embeddings import embedding_map
+    from .embedding_maps import embedding_map
 
     made = embedding_map(
         _model(args),
@@ -214,7 +214,7 @@ def _run_embedmap(args, progress) -> int:
 
 
 def _run_similar(args, progress) -> int:
-    from .location_embeddings import PLACE_COLUMNS, similar_places, write_places_gpkg
+    from .embedding_maps import PLACE_COLUMNS, similar_places, write_places_gpkg
 
     found = similar_places(
         _model(args),

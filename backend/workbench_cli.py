@@ -96,7 +96,7 @@ def _report(args) -> int:
 
 def _likely(args) -> int:
     from .judging import answers_with_vectors, area_of_run, likely_for_answers
-    from .location_embeddings import read_points
+    from .point_embeddings import read_points
 
     answers = answers_with_vectors(args.answers, args.photo)
     table = read_points(args.points, args.layer, args.lat_column, args.lon_column, args.id_field)

@@ -371,7 +371,8 @@ class OgrWriter:
         escaped = photo_prefix.replace("'", "''")
         for name in (POINTS_LAYER, REGIONS_LAYER, AREAS_LAYER, FEATURES_LAYER):
             if self._ds.GetLayerByName(name) is not None:
-                self._ds.ExecuteSQL(f"DELETE FROM {name} WHERE substr(photo, 1, {len(photo_prefix)}) = '{escaped}'")
+                sql = f"DELETE FROM {name} WHERE substr(photo, 1, {len(photo_prefix)}) = '{escaped}'"  # nosec B608
+                self._ds.ExecuteSQL(sql)  # our own layer names; the one value is quoted above
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -598,10 +599,9 @@ class OgrWriter:
             return
         for name in OUR_LAYERS:
             if source.GetLayerByName(name) is not None:
-                source.ExecuteSQL(
-                    f'UPDATE gpkg_ogr_contents SET feature_count = (SELECT COUNT(*) FROM "{name}") '
-                    f"WHERE lower(table_name) = lower('{name}')"
-                )
+                count = f'(SELECT COUNT(*) FROM "{name}")'  # nosec B608 - our own layer names, constants
+                where = f"lower(table_name) = lower('{name}')"
+                source.ExecuteSQL(f"UPDATE gpkg_ogr_contents SET feature_count = {count} WHERE {where}")  # nosec B608
         source = None
 
     def _release(self) -> None:

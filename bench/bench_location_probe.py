@@ -155,7 +155,7 @@ def main() -> None:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
 
-    from geoclip_qgis.backend.location_embeddings import load_location_model
+    from geoclip_qgis.backend.location_features import load_location_model
 
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     started = time.perf_counter()

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from qgis.core import (
+    Qgis,
     QgsApplication,
     QgsFeatureRequest,
     QgsLayoutExporter,
@@ -291,7 +292,11 @@ def export_case_report(gpkg: str, photo: str, pdf: str, html: str | None = None)
     pdf_path = Path(pdf)
     pdf_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        result = QgsLayoutExporter(layout).exportToPdf(str(pdf_path), QgsLayoutExporter.PdfExportSettings())
+        settings = QgsLayoutExporter.PdfExportSettings()
+        # Text as text, not outlines (newer QGIS defaults to outlines): the report stays searchable and
+        # its names and coordinates can be copied into a case file.
+        settings.textRenderFormat = Qgis.TextRenderFormat.AlwaysText
+        result = QgsLayoutExporter(layout).exportToPdf(str(pdf_path), settings)
     finally:
         for layer in layers:
             QgsProject.instance().removeMapLayer(layer.id())

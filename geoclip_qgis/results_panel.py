@@ -119,6 +119,9 @@ class ResultsPanel(QgsDockWidget):
         self.tool = None
         self.task = None
         self._thumbs: list[tuple[QListWidgetItem, str]] = []
+        self._thumb_timer = QTimer(self)  # owned by the panel: it stops when the panel goes
+        self._thumb_timer.setInterval(0)
+        self._thumb_timer.timeout.connect(self._next_thumbnails)
         self._build()
 
     # -- layout ----------------------------------------------------------------------------------
@@ -250,7 +253,8 @@ class ResultsPanel(QgsDockWidget):
             if os.path.isfile(stored.path):
                 self._thumbs.append((item, stored.path))
         self.list.blockSignals(False)
-        QTimer.singleShot(0, self._next_thumbnails)  # icons arrive a few at a time: the panel stays responsive
+        if self._thumbs:
+            self._thumb_timer.start()  # icons arrive a few at a time: the panel stays responsive
         if answers:
             self.list.setCurrentRow(0)
 
@@ -260,8 +264,8 @@ class ResultsPanel(QgsDockWidget):
             pixmap = _pixmap(path, THUMBNAIL)
             if pixmap is not None:
                 item.setIcon(QIcon(pixmap))
-        if self._thumbs:
-            QTimer.singleShot(0, self._next_thumbnails)
+        if not self._thumbs:
+            self._thumb_timer.stop()
 
     def current(self):
         row = self.list.currentRow()

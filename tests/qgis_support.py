@@ -28,6 +28,24 @@ def qgis_app():
     return _app
 
 
+_provider = None
+
+
+def geoclip_provider():
+    """The plugin's Processing provider registered as QGIS loads it, once per test process. Kept here:
+    a provider whose Python object is collected leaves algorithms with empty ids behind."""
+    global _provider
+    from qgis.core import QgsApplication
+
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("geoclip") is None:
+        from geoclip_qgis.processing.provider import GeoCLIPProvider
+
+        _provider = GeoCLIPProvider()
+        assert registry.addProvider(_provider)
+    return registry.providerById("geoclip")
+
+
 class StandInInterface:
     """What the plugin uses of QgisInterface, backed by real widgets."""
 

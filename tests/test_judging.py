@@ -148,14 +148,11 @@ def qgis_processing(tiny_clip):
     from qgis_support import qgis_app
 
     qgis_app()
-    from qgis.core import QgsApplication
+    from qgis_support import geoclip_provider
 
-    from geoclip_qgis.processing.provider import GeoCLIPProvider
     from geoclip_qgis.session import EngineSettings, load_settings, save_settings
 
-    registry = QgsApplication.processingRegistry()
-    if registry.providerById("geoclip") is None:  # the plugin's provider, as QGIS loads it
-        assert registry.addProvider(GeoCLIPProvider())
+    geoclip_provider()  # the plugin's provider, as QGIS loads it
     saved = load_settings()
     save_settings(EngineSettings(clip=str(tiny_clip), device="cpu", precision="fp32", embedding_cache=False))
     import processing

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from geoclip_qgis.backend import embedding_maps, location_features, point_embeddings
 from geoclip_qgis.backend import gallery as gallery_module
-from geoclip_qgis.backend import location_embeddings as le
 from geoclip_qgis.backend.geo import haversine_km
 from geoclip_qgis.backend.heads import HeadsFiles, load_heads
 from geoclip_qgis.backend.weights import gallery_csv
@@ -26,9 +26,9 @@ MERCATOR_RADIUS = 6378137.0
 
 
 @pytest.fixture(scope="module")
-def model(wheel_model_dir) -> le.LocationModel:
+def model(wheel_model_dir) -> location_features.LocationModel:
     files = HeadsFiles(wheel_model_dir, gallery_csv(wheel_model_dir))
-    return le.LocationModel(load_heads(files), files, torch.device("cpu"), "release heads")
+    return location_features.LocationModel(load_heads(files), files, torch.device("cpu"), "release heads")
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -76,12 +76,12 @@ def test_poles_are_finite_unit_vectors(model):
 
 
 def test_encode_points_in_chunks_equals_the_model_in_one_go(model, monkeypatch):
-    monkeypatch.setattr(le, "CHUNK", 256)  # small chunks, so a few hundred points take two
+    monkeypatch.setattr(location_features, "CHUNK", 256)  # small chunks, so a few hundred points take two
     rng = np.random.default_rng(3)
     count = 256 + 100
     points = np.stack([rng.uniform(-89, 89, count), rng.uniform(-179, 179, count)], axis=1)
     calls = []
-    vectors = le.encode_points(model.heads, points, "cpu", lambda *a: calls.append(a))
+    vectors = location_features.encode_points(model.heads, points, "cpu", lambda *a: calls.append(a))
     with torch.inference_mode():
         direct = model.heads.location_features(torch.from_numpy(points.astype(np.float32))).numpy()
     assert vectors.dtype == np.float32 and vectors.shape == (len(points), 512)
@@ -89,12 +89,12 @@ def test_encode_points_in_chunks_equals_the_model_in_one_go(model, monkeypatch):
     np.testing.assert_allclose(unit_rows(vectors), 1.0, atol=1e-5)
     assert calls[-1] == ("Encoding locations", len(points), len(points)) and len(calls) == 2
 
-    with pytest.raises(le.RunCancelledError):
-        le.encode_points(model.heads, points, "cpu", should_stop=lambda: True)
-    with pytest.raises(le.LocationError, match="latitude"):
-        le.encode_points(model.heads, [[91.0, 0.0]])
-    with pytest.raises(le.LocationError, match="not a number"):
-        le.encode_points(model.heads, [[np.nan, 0.0]])
+    with pytest.raises(location_features.RunCancelledError):
+        location_features.encode_points(model.heads, points, "cpu", should_stop=lambda: True)
+    with pytest.raises(location_features.LocationError, match="latitude"):
+        location_features.encode_points(model.heads, [[91.0, 0.0]])
+    with pytest.raises(location_features.LocationError, match="not a number"):
+        location_features.encode_points(model.heads, [[np.nan, 0.0]])
 
 
 # ----------------------------------------------------------------------------------- point files
@@ -146,7 +146,7 @@ def test_vector_file_round_trip(model, tmp_path):
         (-13630000.0, 4540000.0),
     ]
     fids = _mercator_gpkg(tmp_path / "sites.gpkg", points)
-    outcome = le.embed_file(
+    outcome = point_embeddings.embed_file(
         model, tmp_path / "sites.gpkg", tmp_path / "out.gpkg", tmp_path / "out.npz", pca_components=2
     )
     assert outcome.points == len(points) and outcome.skipped == 1
@@ -154,17 +154,19 @@ def test_vector_file_round_trip(model, tmp_path):
     assert not list(tmp_path.glob("*.partial*"))
 
     expected_positions = np.array([_inverse_mercator(x, y) for x, y in points])
-    expected = le.encode_points(model.heads, expected_positions)
+    expected = location_features.encode_points(model.heads, expected_positions)
 
     dataset = ogr.Open(str(tmp_path / "out.gpkg"))
-    layer = dataset.GetLayerByName(le.POINTS_LAYER)
+    layer = dataset.GetLayerByName(point_embeddings.POINTS_LAYER)
     assert layer.GetSpatialRef().GetAuthorityCode(None) == "4326"
     defn = layer.GetLayerDefn()
-    embedding_field = defn.GetFieldDefn(defn.GetFieldIndex(le.EMBEDDING_FIELD))
+    embedding_field = defn.GetFieldDefn(defn.GetFieldIndex(point_embeddings.EMBEDDING_FIELD))
     assert embedding_field.GetType() == ogr.OFTString and embedding_field.GetSubType() == ogr.OFSTJSON
     rows = list(layer)
     assert len(rows) == len(points)
-    vectors = np.stack([le.embedding_from_json(f.GetField(le.EMBEDDING_FIELD)) for f in rows])
+    vectors = np.stack(
+        [point_embeddings.embedding_from_json(f.GetField(point_embeddings.EMBEDDING_FIELD)) for f in rows]
+    )
     positions = np.array([(f.GetGeometryRef().GetY(), f.GetGeometryRef().GetX()) for f in rows])
     np.testing.assert_allclose(positions, expected_positions, atol=1e-7)
     np.testing.assert_allclose(vectors, expected, atol=2e-6)
@@ -192,16 +194,16 @@ def test_point_files_that_cannot_be_used_are_refused(model, tmp_path):
         '{"type":"FeatureCollection","features":[{"type":"Feature","properties":{},'
         '"geometry":{"type":"LineString","coordinates":[[0,0],[1,1]]}}]}'
     )
-    with pytest.raises(le.LocationError, match="points"):
-        le.read_points(path)
+    with pytest.raises(location_features.LocationError, match="points"):
+        point_embeddings.read_points(path)
     table = tmp_path / "no_position.csv"
     table.write_text("name,x\na,1\n")
-    with pytest.raises(le.LocationError, match="latitude/longitude"):
-        le.read_points(table)
+    with pytest.raises(location_features.LocationError, match="latitude/longitude"):
+        point_embeddings.read_points(table)
     clash = tmp_path / "clash.csv"
     clash.write_text("lat,lon,embedding\n1,2,x\n")
-    with pytest.raises(le.LocationError, match="embedding"):
-        le.embed_file(model, clash, gpkg=tmp_path / "clash.gpkg")
+    with pytest.raises(location_features.LocationError, match="embedding"):
+        point_embeddings.embed_file(model, clash, gpkg=tmp_path / "clash.gpkg")
     assert not (tmp_path / "clash.gpkg").exists()
 
 
@@ -211,7 +213,7 @@ SMALL = (5.0, 44.0, 7.0, 46.5)  # 8 x 10 cells of 0.25 deg
 
 
 def test_embedding_map_rgb_geotiff(model, tmp_path):
-    made = le.embedding_map(model, tmp_path / "map.tif", SMALL, 0.25)
+    made = embedding_maps.embedding_map(model, tmp_path / "map.tif", SMALL, 0.25)
     dataset = gdal.Open(str(made.path))
     assert (dataset.RasterXSize, dataset.RasterYSize, dataset.RasterCount) == (8, 10, 3)
     assert dataset.GetGeoTransform() == pytest.approx((5.0, 0.25, 0.0, 46.5, 0.0, -0.25))
@@ -228,7 +230,9 @@ def test_embedding_map_rgb_geotiff(model, tmp_path):
 
     # The bytes are the scaled principal components of the cell centres' features.
     grid = made.grid
-    features = le.encode_points(model.heads, grid.centres(), dtype=le.grid_dtype(model.device))
+    features = location_features.encode_points(
+        model.heads, grid.centres(), dtype=location_features.grid_dtype(model.device)
+    )
     scores = made.pca.project(features)
     low, high = made.byte_ranges[:, 0], made.byte_ranges[:, 1]
     expected = np.clip(np.rint((scores - low) / (high - low) * 255), 0, 255).T.reshape(3, 10, 8)
@@ -236,9 +240,9 @@ def test_embedding_map_rgb_geotiff(model, tmp_path):
 
 
 def test_embedding_map_streams_tiles_to_the_same_raster(model, tmp_path):
-    one = le.embedding_map(model, tmp_path / "one.tif", SMALL, 0.25, tile_rows=1000)
+    one = embedding_maps.embedding_map(model, tmp_path / "one.tif", SMALL, 0.25, tile_rows=1000)
     tiles = []
-    many = le.embedding_map(
+    many = embedding_maps.embedding_map(
         model,
         tmp_path / "many.tif",
         SMALL,
@@ -252,19 +256,19 @@ def test_embedding_map_streams_tiles_to_the_same_raster(model, tmp_path):
 
 
 def test_embedding_map_float_bands_hold_components_and_features(model, tmp_path):
-    pca = le.embedding_map(
+    pca = embedding_maps.embedding_map(
         model, tmp_path / "pca.tif", SMALL, 0.25, bands="pca", components=5, precision="fp32", tile_rows=4
     )
-    features = le.encode_points(model.heads, pca.grid.centres())
+    features = location_features.encode_points(model.heads, pca.grid.centres())
     values = gdal.Open(str(pca.path)).ReadAsArray()
     assert values.shape == (5, 10, 8) and values.dtype == np.float32
     np.testing.assert_allclose(values, pca.pca.project(features).T.reshape(5, 10, 8), atol=1e-4)
 
     tiny = (5.0, 44.0, 5.5, 44.5)
-    every = le.embedding_map(model, tmp_path / "all.tif", tiny, 0.25, bands="all", precision="fp32")
+    every = embedding_maps.embedding_map(model, tmp_path / "all.tif", tiny, 0.25, bands="all", precision="fp32")
     values = gdal.Open(str(every.path)).ReadAsArray()
     assert values.shape == (512, 2, 2)
-    expected = le.encode_points(model.heads, every.grid.centres())
+    expected = location_features.encode_points(model.heads, every.grid.centres())
     np.testing.assert_allclose(values.reshape(512, 4).T, expected, atol=2e-5)
 
 
@@ -274,8 +278,8 @@ def test_cancelled_map_leaves_no_finished_looking_file(model, tmp_path):
     def stop_after_first_tile():
         return any(stage == "Embedding map" for stage, _, _ in seen)
 
-    with pytest.raises(le.RunCancelledError):
-        le.embedding_map(
+    with pytest.raises(location_features.RunCancelledError):
+        embedding_maps.embedding_map(
             model,
             tmp_path / "map.tif",
             SMALL,
@@ -292,21 +296,23 @@ def test_world_map_reuses_the_rasters_cached_world_grid(model, tmp_path):
     cell = 30.0
     rows, cols = 6, 12
     key = gallery_module.features_key(model.files, f"world-{cell}", "bf16")
-    coordinates = torch.from_numpy(le.Grid.over(le.WORLD, cell).centres())
+    coordinates = torch.from_numpy(embedding_maps.Grid.over(embedding_maps.WORLD, cell).centres())
     marked = torch.nn.functional.normalize(
         torch.randn(rows * cols, 512, generator=torch.Generator().manual_seed(1)), dim=-1
     ).to(torch.bfloat16)
     gallery_module._memory[(key, "cpu")] = gallery_module.Gallery(coordinates, marked, key)  # stands in for the cache
     try:
-        reused = le.embedding_map(model, tmp_path / "reused.tif", le.WORLD, cell, bands="all")
-        encoded = le.embedding_map(model, tmp_path / "encoded.tif", le.WORLD, cell, bands="all", precision="fp32")
+        reused = embedding_maps.embedding_map(model, tmp_path / "reused.tif", embedding_maps.WORLD, cell, bands="all")
+        encoded = embedding_maps.embedding_map(
+            model, tmp_path / "encoded.tif", embedding_maps.WORLD, cell, bands="all", precision="fp32"
+        )
     finally:
         del gallery_module._memory[(key, "cpu")]
     assert "cached" in reused.features and "encoded" in encoded.features
     values = gdal.Open(str(reused.path)).ReadAsArray().reshape(512, -1).T
     assert np.array_equal(values, marked.float().numpy())
     fresh = gdal.Open(str(encoded.path)).ReadAsArray().reshape(512, -1).T
-    np.testing.assert_allclose(fresh, le.encode_points(model.heads, coordinates.numpy()), atol=2e-5)
+    np.testing.assert_allclose(fresh, location_features.encode_points(model.heads, coordinates.numpy()), atol=2e-5)
 
 
 # --------------------------------------------------------------------------------- similar places
@@ -314,7 +320,9 @@ def test_world_map_reuses_the_rasters_cached_world_grid(model, tmp_path):
 
 def test_similar_places(model, tmp_path):
     lat, lon = 48.875, 2.375  # a cell centre of the 0.25 deg grid below
-    found = le.similar_places(model, lat, lon, tmp_path / "similar.tif", (0.0, 47.0, 5.0, 51.0), 0.25, top=15)
+    found = embedding_maps.similar_places(
+        model, lat, lon, tmp_path / "similar.tif", (0.0, 47.0, 5.0, 51.0), 0.25, top=15
+    )
     values = gdal.Open(str(found.raster)).ReadAsArray()
     row, col = found.grid.cell_of(lat, lon)
     assert np.unravel_index(np.argmax(values), values.shape) == (row, col)
@@ -324,24 +332,24 @@ def test_similar_places(model, tmp_path):
     similarity = [p.similarity for p in found.places]
     assert len(found.places) == 15 and similarity == sorted(similarity, reverse=True)
     assert [p.rank for p in found.places] == list(range(1, 16))
-    assert min(p.distance_km for p in found.places) >= le.EXCLUDE_KM
-    query = le.encode_points(model.heads, [[lat, lon]])[0]
-    recomputed = le.encode_points(model.heads, [[p.lat, p.lon] for p in found.places]) @ query
+    assert min(p.distance_km for p in found.places) >= embedding_maps.EXCLUDE_KM
+    query = location_features.encode_points(model.heads, [[lat, lon]])[0]
+    recomputed = location_features.encode_points(model.heads, [[p.lat, p.lon] for p in found.places]) @ query
     np.testing.assert_allclose(recomputed, similarity, atol=1e-4)
 
-    unexcluded = le.similar_places(model, lat, lon, top=15, exclude_km=0.0)
+    unexcluded = embedding_maps.similar_places(model, lat, lon, top=15, exclude_km=0.0)
     assert unexcluded.raster is None
-    assert unexcluded.places[0].distance_km < le.EXCLUDE_KM  # the exclusion is what kept the list away
+    assert unexcluded.places[0].distance_km < embedding_maps.EXCLUDE_KM  # the exclusion is what kept the list away
     assert unexcluded.places[0].similarity > found.places[0].similarity
 
-    spread = le.similar_places(model, lat, lon, top=6, spread_km=200.0)
+    spread = embedding_maps.similar_places(model, lat, lon, top=6, spread_km=200.0)
     places = np.array([[p.lat, p.lon] for p in spread.places])
     apart = haversine_km(places[:, None, 0], places[:, None, 1], places[None, :, 0], places[None, :, 1])
     assert (apart[~np.eye(len(places), dtype=bool)] >= 200.0).all()
 
-    le.write_places_gpkg(found, tmp_path / "places.gpkg")
+    embedding_maps.write_places_gpkg(found, tmp_path / "places.gpkg")
     dataset = ogr.Open(str(tmp_path / "places.gpkg"))  # kept open while its layer is read
-    layer = dataset.GetLayerByName(le.PLACES_LAYER)
+    layer = dataset.GetLayerByName(embedding_maps.PLACES_LAYER)
     written = [(f.GetField("rank"), f.GetField("similarity"), f.GetGeometryRef().GetX()) for f in layer]
     assert written == [(p.rank, pytest.approx(p.similarity), pytest.approx(p.lon)) for p in found.places]
 
@@ -409,7 +417,7 @@ def test_embedmap_and_similar_commands(wheel_model_dir, tmp_path):
     )
     assert status == 0, err
     rows = list(csv.reader(io.StringIO(out)))
-    assert tuple(rows[0]) == le.PLACE_COLUMNS and len(rows) == 5
+    assert tuple(rows[0]) == embedding_maps.PLACE_COLUMNS and len(rows) == 5
     similarity = [float(r[3]) for r in rows[1:]]
     assert similarity == sorted(similarity, reverse=True)
     assert all(float(r[4]) >= 25.0 for r in rows[1:])
@@ -462,12 +470,10 @@ def test_processing_algorithms(tmp_path):
         QgsRasterLayer,
         QgsVectorLayer,
     )
+    from qgis_support import geoclip_provider
 
-    from geoclip_qgis.processing.provider import GeoCLIPProvider
-
+    geoclip_provider()  # the plugin's provider, as QGIS loads it
     registry = QgsApplication.processingRegistry()
-    if registry.providerById("geoclip") is None:  # the plugin's provider, as QGIS loads it
-        assert registry.addProvider(GeoCLIPProvider())
     context = QgsProcessingContext()
     context.setProject(QgsProject.instance())
     feedback = QgsProcessingFeedback()
@@ -492,7 +498,7 @@ def test_processing_algorithms(tmp_path):
         expected = np.array([_inverse_mercator(x, y) for x, y in points])
         np.testing.assert_allclose(np.stack([arrays["lat"], arrays["lon"]], axis=1), expected, atol=1e-6)
         vectors = arrays["embeddings"]
-    written = QgsVectorLayer(f"{tmp_path / 'e.gpkg'}|layername={le.POINTS_LAYER}", "e", "ogr")
+    written = QgsVectorLayer(f"{tmp_path / 'e.gpkg'}|layername={point_embeddings.POINTS_LAYER}", "e", "ogr")
     assert [f["name"] for f in written.getFeatures()] == ["site 0", "site 1"]
     # QGIS reads the JSON field as an array of numbers, usable in expressions.
     assert np.array_equal(np.array([f["embedding"] for f in written.getFeatures()], dtype=np.float32), vectors)

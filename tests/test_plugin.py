@@ -98,7 +98,11 @@ def test_run_makes_styled_layers_from_a_geopackage(plugin, photo_dir, samples, t
         assert field in names, field
     renderer = points.renderer()
     assert isinstance(renderer, QgsRuleBasedRenderer)
-    assert sorted(rule.filterExpression() for rule in renderer.rootRule().children()) == ['"rank" = 1', '"rank" > 1']
+    assert sorted(rule.filterExpression() for rule in renderer.rootRule().children()) == [
+        '"rank" = 1',
+        '"rank" = 1 AND "direction" IS NOT NULL AND "exif_lat" IS NOT NULL',  # camera-direction arrows
+        '"rank" > 1',
+    ]
     assert points.labelsEnabled() and "<img" in points.mapTipTemplate()
     assert [a.name() for a in points.actions().actions()] == ["Open photo"]
     top = [f for f in points.getFeatures() if f["rank"] == 1]

@@ -2,8 +2,9 @@
 similar places.
 
 They read parameters, reproject with QGIS's transforms, call the engine's
-:mod:`..backend.location_embeddings` functions and load what those write; the model work is the
-engine's. Only GeoCLIP's heads are loaded (no CLIP backbone), on the device chosen in the plugin.
+:mod:`..backend.point_embeddings` and :mod:`..backend.embedding_maps` functions (the model from
+:mod:`..backend.location_features`) and load what those write; the model work is the engine's.
+Only GeoCLIP's heads are loaded (no CLIP backbone), on the device chosen in the plugin.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def _plain(value, kind: str):
 def location_model(progress=None):
     """The heads of the plugin's chosen settings: those of the loaded engine when there is one, else
     loaded once per QGIS session (safe from task threads)."""
-    from ..backend.location_embeddings import LocationModel, load_location_model
+    from ..backend.location_features import LocationModel, load_location_model
     from ..session import load_settings, loaded_engine
 
     settings = load_settings()
@@ -198,7 +199,7 @@ class _LocationAlgorithm(QgsProcessingAlgorithm):
     def _call(self, feedback, work):
         """Run engine work; its errors become Processing errors, a cancel says nothing was written."""
         from ..backend.errors import GeoCLIPError
-        from ..backend.location_embeddings import RunCancelledError
+        from ..backend.location_features import RunCancelledError
 
         try:
             return work(location_model(feedback.setProgressText))
@@ -216,7 +217,7 @@ class _LocationAlgorithm(QgsProcessingAlgorithm):
         )
 
     def _extent(self, parameters, context) -> tuple[float, float, float, float]:
-        from ..backend.location_embeddings import WORLD
+        from ..backend.embedding_maps import WORLD
 
         if not parameters.get("EXTENT"):
             return WORLD
@@ -278,7 +279,7 @@ class LocationEmbeddings(_LocationAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("SKIPPED", "Points without a usable position"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        from ..backend.location_embeddings import embed_table, points_from_arrays, write_npz, write_points_gpkg
+        from ..backend.point_embeddings import embed_table, points_from_arrays, write_npz, write_points_gpkg
 
         source = self.parameterAsSource(parameters, "INPUT", context)
         if source is None:
@@ -386,7 +387,7 @@ class EmbeddingMap(_LocationAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Embedding map"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        from ..backend.location_embeddings import embedding_map
+        from ..backend.embedding_maps import embedding_map
 
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         bands = BAND_CHOICES[self.parameterAsEnum(parameters, "BANDS", context)][0]
@@ -466,7 +467,7 @@ class SimilarPlaces(_LocationAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("PEAK_SIMILARITY", "Highest similarity in the raster"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        from ..backend.location_embeddings import PLACE_COLUMNS, similar_places
+        from ..backend.embedding_maps import PLACE_COLUMNS, similar_places
 
         point = self.parameterAsPoint(parameters, "POINT", context, WGS84)
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
