@@ -5,10 +5,12 @@ Preparation runs in a pool of worker threads so that reading the next photos ove
 current ones. Threads, not processes: JPEG decoding, resizing, hashing and the pixel arithmetic run in
 C with the GIL released (the Python between those calls holds it for a few percent of a photo's time,
 measured by bench/bench_pipeline.py), a thread pool starts instantly and needs no picklable state or
-second copy of the libraries, and QGIS's Python cannot start worker processes reliably everywhere. How many: on a GPU one per core (the thread feeding the GPU mostly waits),
-on a CPU few, since the vision tower needs the cores and costs 10 to 30 times what preparing a photo
-does. Batches come out in input order and the photos prepared ahead are bounded
-(:func:`read_ahead`), so memory stays flat whatever the folder's size.
+second copy of the libraries, and QGIS's Python cannot start worker processes reliably everywhere.
+
+How many: on a GPU one per core (the thread feeding the GPU mostly waits), on a CPU few, since the
+vision tower needs the cores and costs 10 to 30 times what preparing a photo does. Batches come out in
+input order and the photos prepared ahead are bounded (:func:`read_ahead`), so memory stays flat
+whatever the folder's size.
 """
 
 from __future__ import annotations

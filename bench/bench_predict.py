@@ -118,6 +118,7 @@ def transformers_tower(clip: Path, dtype: torch.dtype):
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     model = CLIPVisionModelWithProjection.from_pretrained(str(clip), dtype=dtype).eval()
     return lambda pixels: model(pixel_values=pixels).image_embeds
 
