@@ -9,38 +9,17 @@ refuses anything but tensors and plain containers, and every key and shape is ch
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import WeightsError
+from .heads_files import IMAGE_MLP_FILE, LOCATION_ENCODER_FILE, LOGIT_SCALE_FILE, HeadsFiles
 from .location_encoder import LocationEncoder
 
 CLIP_PROJECTION_DIM = 768
 IMAGE_FEATURE_DIM = 512
-
-IMAGE_MLP_FILE = "image_encoder_mlp_weights.pth"
-LOCATION_ENCODER_FILE = "location_encoder_weights.pth"
-LOGIT_SCALE_FILE = "logit_scale_weights.pth"
-WEIGHT_FILES = (IMAGE_MLP_FILE, LOCATION_ENCODER_FILE, LOGIT_SCALE_FILE)
-
-
-@dataclass(frozen=True)
-class HeadsFiles:
-    """Where one set of heads lives: ``folder/weights/*.pth`` and its GPS gallery CSV."""
-
-    folder: Path
-    gallery_csv: Path
-
-    @property
-    def weights_dir(self) -> Path:
-        return self.folder / "weights"
-
-    def weight_path(self, name: str) -> Path:
-        return self.weights_dir / name
-
 
 class GeoCLIPHeads(nn.Module):
     """Everything GeoCLIP trains on top of the frozen CLIP: image MLP, location encoder, logit scale."""

@@ -22,7 +22,7 @@ import platformdirs
 
 from .cache import APP_NAME, cache_dir
 from .errors import WeightsError
-from .heads import WEIGHT_FILES, HeadsFiles
+from .heads_files import WEIGHT_FILES, HeadsFiles
 
 HEADS_ENV = "GEOCLIP_HEADS"
 CLIP_ENV = "GEOCLIP_CLIP"
@@ -310,58 +310,84 @@ def status(heads: str | None = None, clip: str | None = None, checksums: bool = 
     return report
 
 
-def download_backbone(tqdm_class=None) -> Path:
+def download_backbone(tqdm_class=None, *, progress=None, should_stop=None, proxies=None) -> Path:
     """Fetch the backbone at the pinned revision into the models folder: the only network use.
 
-    Interrupted downloads resume (huggingface_hub keeps partial files); progress goes through
-    ``tqdm_class`` (huggingface_hub's bars when None). Every large file is checked against the sha256
-    the Hub publishes for that revision, and a file that does not match is deleted and reported.
+    Files go first into a hidden staging folder beside it (``.clip-vit-large-patch14.partial``), each
+    as ``NAME.incomplete`` until complete; a cancelled or failed download keeps them there and the next
+    call resumes them with HTTP Range requests. (Not through huggingface_hub's cache: its recent releases
+    delete a failed download's partial file.) Every file is checked against the checksum the Hub
+    publishes for the revision, and the backbone takes its place in the models folder only then, so a
+    half download is never found as a backbone.
+
+    ``progress(done_bytes, total_bytes)``: after each chunk, over all files; None draws a tqdm bar
+    (``tqdm_class``) on stderr. ``should_stop()``: polled after each chunk; True raises
+    :class:`~.hub_download.DownloadCancelledError`. ``proxies``: {"http": URL, "https": URL} for this download
+    only, ``{}`` for none; None leaves it to ``HTTPS_PROXY``/``HTTP_PROXY`` and the system's settings.
+    Failures are :class:`~.hub_download.DownloadError` subclasses with a plain message.
     """
-    from huggingface_hub import HfApi, constants, snapshot_download
+    from . import hub_download as hub
 
     target = models_dir() / BACKBONE_FOLDER
-    # The engine runs with HF_HUB_OFFLINE=1; this is the one call the user asked to be online.
-    was_offline = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = False
+    staging = target.with_name(f".{BACKBONE_FOLDER}.partial")
+    files = hub.list_files(BACKBONE_REPO, BACKBONE_REVISION, BACKBONE_FILES, proxies)
+    bar = None
+    if progress is None:
+        from tqdm import tqdm
+
+        bar = (tqdm_class or tqdm)(total=sum(f.size for f in files), unit="B", unit_scale=True, desc=BACKBONE_FOLDER)
+
+        def progress(done, total):
+            bar.update(done - bar.n)
+
     try:
-        info = HfApi().model_info(BACKBONE_REPO, revision=BACKBONE_REVISION, files_metadata=True)
-        expected = {
-            s.rfilename: s.lfs.sha256
-            for s in info.siblings or []
-            if s.rfilename in BACKBONE_FILES and getattr(s, "lfs", None)
-        }
-        snapshot_download(
-            repo_id=BACKBONE_REPO,
-            revision=BACKBONE_REVISION,
-            allow_patterns=list(BACKBONE_FILES),
-            local_dir=str(target),
-            tqdm_class=tqdm_class,
+        hub.download_files(
+            files,
+            lambda name: hub.file_url(BACKBONE_REPO, BACKBONE_REVISION, name),
+            staging,
+            proxies=proxies,
+            progress=progress,
+            should_stop=should_stop,
         )
-    except Exception as exc:
-        raise WeightsError(
-            f"download of {BACKBONE_REPO}@{BACKBONE_REVISION[:10]} failed: {exc}\n"
-            f"Run the command again to resume, or, offline: geoclip-qgis models import PATH"
-        ) from exc
     finally:
-        constants.HF_HUB_OFFLINE = was_offline
-    verify_downloaded(target, expected)
-    problem = backbone_problem(target)
+        if bar is not None:
+            bar.close()
+    verify_downloaded(staging, files)
+    problem = backbone_problem(staging)
     if problem:
-        raise WeightsError(f"downloaded backbone in {target} is not usable: {problem}")
+        raise WeightsError(f"downloaded backbone in {staging} is not usable: {problem}")
+    _put_in_place(staging, target)
     return target
 
 
-def verify_downloaded(folder: Path, expected: dict[str, str]) -> None:
-    """Compare downloaded files with the sha256 the Hub lists; remove and report any mismatch."""
-    for name, sha in expected.items():
-        path = folder / name
-        actual = sha256_file(path) if path.is_file() else "missing"
-        if actual != sha:
-            path.unlink(missing_ok=True)
+def _put_in_place(staging: Path, target: Path) -> None:
+    """Replace ``target`` (an older copy, if any) by ``staging``: renames only, never a half-copied folder."""
+    import shutil
+
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    try:
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+    except OSError as exc:
+        raise WeightsError(
+            f"the backbone was downloaded into {staging} but could not be moved to {target}: {exc}"
+        ) from exc
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def verify_downloaded(folder: Path, files) -> None:
+    """Compare downloaded files with the checksums the Hub lists; remove and report any mismatch."""
+    from .hub_download import mismatch
+
+    for remote in files:
+        what = mismatch(folder / remote.name, remote)
+        if what:
+            (folder / remote.name).unlink(missing_ok=True)
             raise WeightsError(
-                f"downloaded {name} does not match the Hub's sha256 for revision "
-                f"{BACKBONE_REVISION[:10]} (got {actual[:16]}, expected {sha[:16]}); it was "
-                "deleted: run the download again"
+                f"downloaded {remote.name} does not match the Hub's {what} for revision "
+                f"{BACKBONE_REVISION[:10]}; it was deleted: run the download again"
             )
 
 
@@ -369,7 +395,7 @@ def weight_checksums(heads_files, clip_dir: str | os.PathLike | None = None) -> 
     """sha256 of the heads' weight files, the GPS gallery and every file of the CLIP folder (remembered
     in the cache folder by size and time, so the backbone is hashed once)."""
     from .cache import file_sha256
-    from .heads import WEIGHT_FILES
+    from .heads_files import WEIGHT_FILES
 
     sums = {f"heads/weights/{name}": file_sha256(heads_files.weight_path(name)) for name in WEIGHT_FILES}
     sums[f"heads/gps_gallery/{Path(heads_files.gallery_csv).name}"] = file_sha256(Path(heads_files.gallery_csv))

@@ -211,6 +211,7 @@ class GeoCLIPDock(QgsDockWidget):
         self._cancel_asked = False
         self._last_output = ""
         self._quit_watcher = _QuitWatcher(self)
+        self._devices_listed = False  # GPUs are listed on demand (list_devices)
         self._build()
         self._restore()
         self._check_dependencies()
@@ -246,6 +247,7 @@ class GeoCLIPDock(QgsDockWidget):
         self.tabs.addTab(_scrolling(self._options_tab()), "Options")
         self.tabs.addTab(_scrolling(self._results_tab()), "Results")
         layout.addWidget(self.tabs, 1)
+        self.tabs.currentChanged.connect(lambda index: index == 1 and self.list_devices())
 
         run_row = QHBoxLayout()
         self.run_button = QPushButton("Run")
@@ -514,21 +516,38 @@ class GeoCLIPDock(QgsDockWidget):
             self._say(deps.explanation(missing))
             return
         self._say("")
-        try:
-            from .backend.device import available_devices
-
-            for device_id, label in available_devices()[2:]:  # auto and cpu are already there
-                if self.device_combo.findData(device_id) < 0:
-                    self.device_combo.addItem(label, device_id)
-        except Exception as exc:  # a broken torch install: say so, keep the dock usable for settings
-            self.run_button.setEnabled(False)
-            self._say(f"torch is installed but does not load in this QGIS: {exc}")
-            return
         saved = load_settings().device
+        if saved not in ("auto", "cpu") and self.device_combo.findData(saved) < 0:
+            self.device_combo.addItem(saved, saved)  # named properly once the devices are listed
         self.device_combo.blockSignals(True)
         self.device_combo.setCurrentIndex(max(self.device_combo.findData(saved), 0))
         self.device_combo.blockSignals(False)
         self.refresh_model_state()
+
+    def list_devices(self) -> bool:
+        """Add each GPU to the device picker. Asked for when the Options tab is first opened or a run
+        starts, not when the dock opens: listing them imports torch (a second or more), which QGIS's
+        start should not wait for. False (and the reason said) when torch does not load."""
+        if self._devices_listed:
+            return True
+        try:
+            from .backend.device import available_devices
+
+            devices = available_devices()[2:]  # auto and cpu are already there
+        except Exception as exc:  # a broken torch install: say so, keep the dock usable for settings
+            self.run_button.setEnabled(False)
+            self._say(f"torch is installed but does not load in this QGIS: {exc}")
+            return False
+        self._devices_listed = True
+        self.device_combo.blockSignals(True)
+        for device_id, label in devices:
+            index = self.device_combo.findData(device_id)
+            if index < 0:
+                self.device_combo.addItem(label, device_id)
+            else:
+                self.device_combo.setItemText(index, label)
+        self.device_combo.blockSignals(False)
+        return True
 
     def refresh_model_state(self) -> None:
         """Say what the weights allow, before any run, and keep Run off (with the reason) while they
@@ -688,6 +707,8 @@ class GeoCLIPDock(QgsDockWidget):
         except (InputError, Exception) as exc:
             self._say(f"Area of interest: {exc}")
             self.tabs.setCurrentIndex(1)
+            return
+        if not self.list_devices():
             return
         settings = replace(load_settings(), device=self.device_combo.currentData() or "auto")
         save_settings(settings)

@@ -919,3 +919,42 @@ def test_confidence_areas_time_direction_and_the_results_panel(plugin, samples, 
     assert {f["photo"] for f in areas[0].getFeatures()} == {str(facing)}
     panel.only_button.setChecked(False)
     assert points.featureCount() == 6
+
+
+START_WITH_DOCK_OPEN = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from qgis_support import StandInInterface, qgis_app
+
+qgis_app()
+from qgis.core import QgsSettings
+
+QgsSettings().setValue("geoclip_qgis/dock/dock_open", True)  # open when QGIS last closed
+import geoclip_qgis
+
+plugin = geoclip_qgis.classFactory(StandInInterface())
+plugin.initGui()
+dock = plugin.dock
+print("AT START", dock is not None and plugin.action.isChecked(), "torch" in sys.modules, dock.device_combo.count())
+dock.tabs.setCurrentIndex(1)  # the Options tab, where the device is picked
+print("OPTIONS", "torch" in sys.modules, dock.device_combo.count() >= 2)
+plugin.unload()
+QgsSettings().setValue("geoclip_qgis/dock/dock_open", False)
+"""
+
+
+def test_qgis_starts_without_torch_even_with_the_dock_open(tmp_path):
+    """torch costs a second or more to import: QGIS's start must not wait for it, not even when the
+    dock reopens itself; it is imported when the device list is wanted."""
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", HOME=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", START_WITH_DOCK_OPEN, str(ROOT / "tests")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line[:2] in ("AT", "OP")}
+    assert lines["AT"] == ["START", "True", "False", "2"]  # dock shown, no torch, Automatic + CPU
+    assert lines["OPTIONS"] == ["True", "True"]
