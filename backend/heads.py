@@ -21,6 +21,7 @@ from .location_encoder import LocationEncoder
 CLIP_PROJECTION_DIM = 768
 IMAGE_FEATURE_DIM = 512
 
+
 class GeoCLIPHeads(nn.Module):
     """Everything GeoCLIP trains on top of the frozen CLIP: image MLP, location encoder, logit scale."""
 

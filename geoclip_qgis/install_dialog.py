@@ -1,11 +1,12 @@
 """Install the engine's packages for this QGIS: CPU or CUDA build, or a local folder of wheels, with
-progress, a log and Cancel. The work is :func:`.installer.install` in a QgsTask."""
+progress, a log and Cancel. The work is :func:`.installer.install` in a QgsTask. A failure is explained
+in plain words above pip's own output (:mod:`.install_failures`)."""
 
 from __future__ import annotations
 
 from qgis.core import QgsApplication, QgsTask
 from qgis.gui import QgsFileWidget
-from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QButtonGroup,
     QDialog,
@@ -20,6 +21,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import deps, installer
+from .install_failures import explain
 
 
 class InstallTask(QgsTask):
@@ -69,6 +71,13 @@ class InstallDialog(QDialog):
         self.wheels.setToolTip("Offline: a folder made with `make wheelhouse` on a connected machine")
         form.addRow("From a folder of wheels (offline)", self.wheels)
         layout.addLayout(form)
+        self.failure = QLabel()
+        self.failure.setWordWrap(True)
+        self.failure.setTextFormat(Qt.TextFormat.PlainText)  # pip's words hold "<...>"
+        self.failure.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.failure.setStyleSheet("QLabel { border: 2px solid #b00; border-radius: 4px; padding: 6px; }")
+        self.failure.setVisible(False)
+        layout.addWidget(self.failure)
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         layout.addWidget(self.log)
@@ -86,6 +95,7 @@ class InstallDialog(QDialog):
             buttons.addWidget(button)
         layout.addLayout(buttons)
         self.task = None
+        self._output_from = 0
 
     def begin(self) -> None:
         self.task = InstallTask("cuda" if self.cuda.isChecked() else "cpu", self.wheels.filePath() or None)
@@ -95,6 +105,8 @@ class InstallDialog(QDialog):
         self.stop.clicked.connect(self.task.cancel)
         self.start.setEnabled(False)
         self.stop.setEnabled(True)
+        self.failure.setVisible(False)
+        self._output_from = len(self.log.toPlainText())  # an earlier attempt's output is not this one's cause
         self.progress.setRange(0, 0)  # busy: pip does not say how far it is
         QgsApplication.taskManager().addTask(self.task)
 
@@ -111,4 +123,9 @@ class InstallDialog(QDialog):
         self.progress.setRange(0, 1)
         self.start.setEnabled(True)
         self.stop.setEnabled(False)
-        self.log.appendPlainText(f"Not installed: {self.task.error or 'cancelled'}. Nothing was changed.")
+        error = self.task.error or "cancelled"
+        if error != "cancelled":  # pip's output is in the log above; the cause goes on top, in plain words
+            words = explain(f"{self.log.toPlainText()[self._output_from :]}\n{error}")
+            self.failure.setText(f"Not installed. {words}\n(pip's full output is below.)")
+            self.failure.setVisible(True)
+        self.log.appendPlainText(f"Not installed: {error}. Nothing was changed.")

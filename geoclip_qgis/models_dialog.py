@@ -1,6 +1,7 @@
 """Models and settings: what can run with the weights found, what is missing and the button that fixes
 it; where each weight file was found, its size and checksum; choose folders, precision and decoding;
-import a folder or bundle, export a bundle, download the backbone (the only network use).
+import a folder or bundle, export a bundle, download the backbone (the only network use); diagnostics
+for a bug report.
 
 The engine's :func:`.backend.weights.model_state` says what is missing; the words here say how to fix
 it inside QGIS (dialogs and buttons, never command-line options)."""
@@ -14,8 +15,10 @@ from pathlib import Path
 
 from qgis.core import QgsApplication, QgsMessageLog, QgsTask
 from qgis.gui import QgsFileWidget
-from qgis.PyQt.QtCore import QObject, pyqtSignal
+from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
+from qgis.PyQt.QtGui import QFontDatabase
 from qgis.PyQt.QtWidgets import (
+    QApplication,
     QCheckBox,
     QComboBox,
     QDialog,
@@ -26,13 +29,14 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMessageBox,
+    QPlainTextEdit,
     QPushButton,
     QSpinBox,
     QTextBrowser,
     QVBoxLayout,
 )
 
-from . import deps
+from . import deps, diagnostics
 from .session import EngineSettings, drop_engines, load_settings, save_settings
 
 LOG_TAG = "GeoCLIP"
@@ -199,19 +203,83 @@ class _Checksums(QObject):
 
 
 class DownloadTask(QgsTask):
-    def __init__(self):
-        super().__init__("GeoCLIP: downloading the CLIP backbone", QgsTask.Flag.CanCancel)
+    """The backbone download on QGIS's task manager: progress in percent, "MB of MB" in the description,
+    Cancel stops it within a chunk and keeps the partial files, so the next download resumes them.
+    ``proxies``: the engine's mapping (see :meth:`proxies_from_settings`), read on the main thread."""
+
+    TITLE = "GeoCLIP: downloading the CLIP backbone"
+    status_text = pyqtSignal(str)  # not `status`: QgsTask.status() is the task's state
+
+    def __init__(self, proxies: dict | None = None):
+        super().__init__(self.TITLE, QgsTask.Flag.CanCancel)
         self.error = ""
+        self.cancelled = False
+        self.proxies = proxies
+        self._shown = (-1, 0.0)
+        # Queued to the main thread, where the task object lives: descriptions are not set from workers.
+        self.status_text.connect(self._show_status)
+
+    @staticmethod
+    def proxies_from_settings(url: str = "") -> dict | None:
+        """QGIS's proxy (Settings › Options › Network) for ``url`` (the Hub), as the engine takes it:
+        None when QGIS uses none or the system's (the engine then reads the system's, as before), ``{}``
+        for a URL QGIS reaches without a proxy, else {"http": URL, "https": URL}."""
+        from urllib.parse import quote
+
+        from qgis.core import QgsSettings
+
+        from .backend.hub_download import hub_endpoint
+
+        settings, url = QgsSettings(), url or hub_endpoint()
+
+        def listed(key: str) -> bool:
+            entries = settings.value(key, [])
+            entries = [entries] if isinstance(entries, str) else list(entries or [])
+            return any(entry.strip() and url.startswith(entry.strip()) for entry in entries)
+
+        if not settings.value("proxy/proxyEnabled", False, type=bool):
+            return None
+        if listed("proxy/noProxyUrls"):
+            return {}
+        kind = settings.value("proxy/proxyType", "DefaultProxy", type=str) or "DefaultProxy"
+        host = settings.value("proxy/proxyHost", "", type=str).strip()
+        # DefaultProxy is the system's; QGIS sends excluded URLs through the system's proxy too.
+        if kind in ("DefaultProxy", "FtpCachingProxy") or not host or listed("proxy/proxyExcludedUrls"):
+            return None
+        port = settings.value("proxy/proxyPort", "", type=str).strip()
+        user = settings.value("proxy/proxyUser", "", type=str)
+        password = settings.value("proxy/proxyPassword", "", type=str)
+        credentials = f"{quote(user, safe='')}:{quote(password, safe='')}@" if user else ""
+        scheme = "socks5" if kind == "Socks5Proxy" else "http"
+        address = f"{scheme}://{credentials}{host}" + (f":{port}" if port else "")
+        return {"http": address, "https": address}
 
     def run(self) -> bool:
         from .backend import weights
+        from .backend.hub_download import DownloadCancelledError
 
         try:
-            weights.download_backbone()
+            weights.download_backbone(progress=self._progress, should_stop=self.isCanceled, proxies=self.proxies)
             return True
+        except DownloadCancelledError as exc:
+            self.cancelled, self.error = True, str(exc)
         except Exception as exc:
             self.error = str(exc)
-            return False
+        return False
+
+    def _progress(self, done: int, total: int) -> None:
+        import time
+
+        percent = 100.0 * done / total if total else 100.0
+        now = time.monotonic()
+        if done < total and int(percent * 10) == self._shown[0] and now - self._shown[1] < 0.5:
+            return  # a 1.7 GB download reports thousands of chunks
+        self._shown = (int(percent * 10), now)
+        self.setProgress(percent)
+        self.status_text.emit(f"{done / 1e6:,.1f} MB of {total / 1e6:,.1f} MB")
+
+    def _show_status(self, text: str) -> None:
+        self.setDescription(f"{self.TITLE}: {text}")
 
 
 class ModelsDialog(QDialog):
@@ -303,6 +371,9 @@ class ModelsDialog(QDialog):
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Close)
         buttons.accepted.connect(self.save)
         buttons.rejected.connect(self.reject)
+        self.diagnostics_button = buttons.addButton("Diagnostics…", QDialogButtonBox.ButtonRole.ActionRole)
+        self.diagnostics_button.setToolTip("Versions, folders, caches and the last errors, to paste in a bug report")
+        self.diagnostics_button.clicked.connect(self.show_diagnostics)
         layout.addWidget(buttons)
         self._download = None
         self.refresh()
@@ -430,6 +501,14 @@ class ModelsDialog(QDialog):
             removed = clear_caches()
             QMessageBox.information(self, "GeoCLIP", "Removed: " + (", ".join(removed) or "nothing, it was empty"))
 
+    def show_diagnostics(self) -> None:
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # importing torch takes a moment
+        try:
+            text = diagnostics.report(self.chosen())
+        finally:
+            QApplication.restoreOverrideCursor()
+        DiagnosticsDialog(text, self).exec()
+
     def finetune(self) -> None:
         """Processing's own dialog for the fine-tune algorithm: parameters, a background run with
         progress, a log and Cancel. The new heads folder is then chosen above."""
@@ -439,20 +518,36 @@ class ModelsDialog(QDialog):
         self.refresh()
 
     def download(self) -> None:
+        running = (QgsTask.TaskStatus.Queued, QgsTask.TaskStatus.OnHold, QgsTask.TaskStatus.Running)
+        try:
+            busy = self._download is not None and self._download.status() in running
+        except RuntimeError:  # the task manager already deleted the finished task
+            busy = False
+        if busy:
+            QMessageBox.information(self, "GeoCLIP", "The backbone is already downloading (see QGIS's task bar).")
+            return
         answer = QMessageBox.question(
             self,
             "GeoCLIP",
             "Download the CLIP ViT-L/14 backbone (about 1.7 GB) from the Hugging Face Hub?\n"
-            "This is the only time GeoCLIP uses the network.",
+            "This is the only time GeoCLIP uses the network, through the proxy set in QGIS's options. "
+            "If it is cancelled or interrupted, Download backbone continues where it stopped.",
         )
         if answer != QMessageBox.StandardButton.Yes:
             return
-        self._download = DownloadTask()
-        self._download.taskCompleted.connect(self._downloaded)
-        self._download.taskTerminated.connect(
-            lambda: QMessageBox.warning(self, "GeoCLIP", self._download.error or "download cancelled")
-        )
-        QgsApplication.taskManager().addTask(self._download)
+        task = self._download = DownloadTask(DownloadTask.proxies_from_settings())
+        task.taskCompleted.connect(self._downloaded)
+
+        def stopped():
+            if task.cancelled or not task.error:  # cancelled while running, or before it started
+                text = task.error or "download cancelled"
+                QMessageBox.information(self, "GeoCLIP", text[:1].upper() + text[1:])
+            else:
+                QgsMessageLog.logMessage(f"CLIP backbone download failed: {task.error}", LOG_TAG)
+                QMessageBox.warning(self, "GeoCLIP", f"The download failed: {task.error}")
+
+        task.taskTerminated.connect(stopped)
+        QgsApplication.taskManager().addTask(task)
 
     def _downloaded(self) -> None:
         if self.clip.filePath():  # the download went to the models folder: let the lookup find it
@@ -460,3 +555,31 @@ class ModelsDialog(QDialog):
             save_settings(self.chosen())
         QgsMessageLog.logMessage("CLIP backbone downloaded", LOG_TAG)
         self.refresh()
+
+
+class DiagnosticsDialog(QDialog):
+    """The diagnostics report, read-only, with a button that copies it for a bug report."""
+
+    def __init__(self, text: str, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("GeoCLIP diagnostics")
+        self.resize(720, 560)  # fits a 1366x768 screen with QGIS's title bar and taskbar
+        self.text = text
+        layout = QVBoxLayout(self)
+        layout.addWidget(
+            QLabel("Paste this into a bug report. It names folders and files on this computer: read it before sharing.")
+        )
+        self.view = QPlainTextEdit()
+        self.view.setReadOnly(True)
+        self.view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        self.view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.view.setPlainText(text)
+        layout.addWidget(self.view, 1)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        self.copy_button = buttons.addButton("Copy report", QDialogButtonBox.ButtonRole.ActionRole)
+        self.copy_button.clicked.connect(self.copy)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+
+    def copy(self) -> None:
+        QApplication.clipboard().setText(self.text)

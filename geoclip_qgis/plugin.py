@@ -9,7 +9,7 @@ from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 
-from . import deps
+from . import deps, diagnostics
 from .compat import QAction
 from .session import load_dock_settings, save_dock_settings
 
@@ -46,6 +46,7 @@ class GeoCLIPPlugin:
         deps.add_plugin_python_dir()  # packages installed for this QGIS by the plugin
         self.log_handler = _MessageLogHandler()
         logging.getLogger("geoclip_qgis").addHandler(self.log_handler)
+        diagnostics.watch()  # the last errors, for Models… → Diagnostics…
 
     def initGui(self) -> None:  # noqa: N802 - QGIS API
         self.action = QAction(QIcon(icon_path()), "GeoCLIP photo geolocation", self.iface.mainWindow())
@@ -66,8 +67,11 @@ class GeoCLIPPlugin:
             return  # the algorithms need the engine; the dock explains what to install
         from .processing.provider import GeoCLIPProvider
 
-        self.provider = GeoCLIPProvider()
-        QgsApplication.processingRegistry().addProvider(self.provider)
+        provider = GeoCLIPProvider()
+        # A registry that already has a "geoclip" provider deletes this one and says False: keep no
+        # reference to a deleted object (unload would remove it).
+        if QgsApplication.processingRegistry().addProvider(provider):
+            self.provider = provider
 
     def toggle_dock(self, checked: bool) -> None:
         if self.dock is None:
@@ -107,6 +111,7 @@ class GeoCLIPPlugin:
         if self.action is not None:
             self.action.toggled.disconnect(self._remember_open)  # closing QGIS hides the dock: not the user's choice
         logging.getLogger("geoclip_qgis").removeHandler(self.log_handler)
+        diagnostics.unwatch()
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
         if self.dock is not None:
