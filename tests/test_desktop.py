@@ -208,7 +208,8 @@ def test_zip_install_first_hour_and_screenshots(xvfb, tiny_clip, engine, samples
     assert embedding["run_visible"]
 
     # Quitting mid-run: one question, then QGIS quits by itself.
-    assert quit_status == 0, f"QGIS did not quit ({quit_status}); questions: {report['quit_boxes']}"
+    last_words = (tmp_path / "qgis.log").read_text(errors="replace")[-4000:]
+    assert quit_status == 0, f"QGIS did not quit ({quit_status}); questions: {report['quit_boxes']}\n{last_words}"
     assert len(report["quit_boxes"]) == 1 and "GeoCLIP: 200 photos" in report["quit_boxes"][0]
     assert report["quit"]["seconds"] < 60
     for _, png in STAGES:
