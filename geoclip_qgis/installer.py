@@ -3,7 +3,8 @@
 pip runs with QGIS's own Python and ``--target`` the plugin's folder, so nothing else on the system
 changes. torch comes as a CPU or a CUDA build (the user picks; the default follows ``nvidia-smi``), or
 everything comes from a local folder of wheels (``make wheelhouse`` prepares one on a connected
-machine) for air-gapped installs. NumPy is pinned to the version QGIS's GDAL was built against.
+machine) for air-gapped installs. NumPy, and every package of QGIS's that is built against it, is held at
+QGIS's own version through a pip constraints file (:func:`qgis_constraints`).
 No Qt here: the dialog runs :func:`install` in a QgsTask.
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
+import re
 import shutil
 import subprocess  # nosec B404 - pip is run with a fixed argument list, never through a shell
 import sys
@@ -48,10 +51,64 @@ def qgis_numpy_version() -> str | None:
         return None
 
 
+# Run with QGIS's Python: every package it has, and whether it needs NumPy (outside an "extra").
+_PACKAGES_SCRIPT = r"""
+import importlib.metadata as m, json, re
+found = []
+for d in m.distributions():
+    needs = [r.split(";")[0] for r in (d.requires or []) if "extra ==" not in r]
+    found.append([d.metadata["Name"] or "", d.version, any(re.match(r"numpy\b", n.strip(), re.I) for n in needs)])
+print(json.dumps(found))
+"""
+_PLAIN_VERSION = re.compile(r"^\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?$")
+
+
+def qgis_packages(python: str | None = None) -> list[tuple[str, str, bool]]:
+    """(name, version, needs NumPy) for every package QGIS's Python has, read from a fresh interpreter so
+    the plugin's own folder is not counted; empty when that Python cannot be asked."""
+    try:
+        out = subprocess.run(  # nosec B603 - a fixed script, QGIS's own Python
+            [python or qgis_python(), "-I", "-c", _PACKAGES_SCRIPT], capture_output=True, text=True, timeout=60
+        )
+        return [tuple(p) for p in json.loads(out.stdout)] if out.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+
+
+def qgis_constraints(packages: list[tuple[str, str, bool]]) -> list[str]:
+    """``name==version`` for QGIS's own NumPy and every package of QGIS's that needs NumPy (SciPy,
+    pandas, Matplotlib, Shapely...): their compiled code is tied to that NumPy, so what the plugin
+    installs may add packages but never replace these (its folder goes first on QGIS's path). Debian's
+    local version suffixes (``+dfsg``) are dropped; a version pip cannot read is left out, not guessed."""
+    pins = {}
+    for name, version, needs_numpy in packages:
+        version = str(version).split("+")[0]
+        if (name.lower() == "numpy" or needs_numpy) and name and _PLAIN_VERSION.match(version):
+            pins[name.lower()] = f"{name}=={version}"
+    return sorted(pins.values())
+
+
+def usable_torch(packages: list[tuple[str, str, bool]]) -> str | None:
+    """The torch QGIS's Python already has (a distribution's python3-torch, say), if new enough: then
+    none is installed over it."""
+    for name, version, _ in packages:
+        if name.lower() == "torch" and _release(version)[:2] >= MIN_TORCH:
+            return version
+    return None
+
+
 def pip_steps(
-    target: Path, build: str = "cpu", wheels: str | None = None, python: str | None = None, torch: str | None = None
+    target: Path,
+    build: str = "cpu",
+    wheels: str | None = None,
+    python: str | None = None,
+    torch: str | None = None,
+    constraints: Path | None = None,
+    with_torch: bool = True,
 ) -> list[list[str]]:
-    """The pip commands, in order: torch first (from the CPU index for a CPU build), then the rest."""
+    """The pip commands, in order: torch first (from the CPU index for a CPU build; left out when
+    ``with_torch`` is False), then the rest; ``constraints``: a file of :func:`qgis_constraints` lines,
+    obeyed by both (else NumPy alone is pinned to this Python's)."""
     base = [
         python or qgis_python(),
         "-m",
@@ -67,13 +124,26 @@ def pip_steps(
     ]
     if wheels:
         base += ["--no-index", "--find-links", str(wheels)]
-    numpy = qgis_numpy_version()
+    if constraints:
+        base += ["--constraint", str(constraints)]
+    numpy = None if constraints else qgis_numpy_version()
     pinned = [f"numpy=={numpy}"] if numpy else []
+    rest = [requirement for name, requirement in REQUIRED.items() if name != "torch"] + list(OPTIONAL.values())
+    if not with_torch:
+        return [base + rest + pinned]
     torch_step = base + [torch or REQUIRED["torch"]] + pinned
     if build == "cpu" and not wheels and cpu_index_reachable():
         torch_step += ["--index-url", CPU_INDEX, "--extra-index-url", "https://pypi.org/simple"]
-    rest = [requirement for name, requirement in REQUIRED.items() if name != "torch"] + list(OPTIONAL.values())
     return [torch_step, base + rest + pinned]
+
+
+def _plan(python: str | None, torch: str | None, log: Callable[[str], None]) -> tuple[list[str], bool]:
+    """The constraints and whether to install torch, from what QGIS's Python has."""
+    packages = qgis_packages(python)
+    kept = None if torch else usable_torch(packages)
+    if kept:
+        log(f"QGIS's Python already has torch {kept}: it is kept, not installed again")
+    return qgis_constraints(packages), kept is None
 
 
 def cpu_index_reachable() -> bool:
@@ -94,7 +164,11 @@ def download_wheels(
 ) -> None:
     """A folder of every wheel an offline install needs (run on a connected machine; same Python version
     and platform as the QGIS it is for)."""
-    steps = pip_steps(Path(folder), build, None, python, torch)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines, with_torch = _plan(python, torch, log)
+    constraints = write_constraints(folder / "qgis-constraints.txt", lines)
+    steps = pip_steps(folder, build, None, python, torch, constraints, with_torch)
     for command in steps:
         command = [c for c in command if c not in ("--upgrade", "--no-warn-script-location")]
         at = command.index("install")
@@ -121,8 +195,11 @@ def install(
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    constraints = Path(f"{staging}.constraints.txt")
     try:
-        for command in pip_steps(staging, build, wheels, python, torch):
+        lines, with_torch = _plan(python, torch, log)
+        write_constraints(constraints, lines)
+        for command in pip_steps(staging, build, wheels, python, torch, constraints, with_torch):
             log("$ " + " ".join(command))
             process = subprocess.Popen(
                 command,
@@ -139,7 +216,8 @@ def install(
                 raise InstallError(
                     "cancelled" if should_stop() else f"pip failed (exit {process.returncode}); see the log"
                 )
-        problems = conflicts(staging)
+        drop_what_qgis_has(staging, lines, log)
+        problems = conflicts(staging, with_torch)
         if problems:
             raise InstallError("; ".join(problems))
         if target.exists():
@@ -148,6 +226,40 @@ def install(
         log(f"installed into {target}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        constraints.unlink(missing_ok=True)
+
+
+def drop_what_qgis_has(folder: Path, constraints: list[str], log: Callable[[str], None] = print) -> None:
+    """pip --target puts every dependency into ``folder``, NumPy included; a copy of a package QGIS has
+    at the same version would only shadow QGIS's own, so it is removed (file by file, from pip's record)."""
+    for line in constraints:
+        name, version = line.split("==")
+        for dist in importlib.metadata.distributions(name=name, path=[str(folder)]):
+            if dist.version.split("+")[0] != version:
+                continue
+            root = folder.resolve()
+            paths = [(folder / file).resolve() for file in dist.files or []]
+            paths = [p for p in paths if p.is_relative_to(root) and p != root]  # never outside the folder
+            for path in paths:
+                if path.is_file():
+                    path.unlink()
+            for directory in sorted(
+                {d for p in paths for d in p.parents if d.is_relative_to(root) and d != root},
+                key=lambda d: -len(d.parts),
+            ):  # deepest first: emptied folders go
+                shutil.rmtree(directory / "__pycache__", ignore_errors=True)
+                if directory.is_dir() and not any(directory.iterdir()):
+                    directory.rmdir()
+            log(f"{name} {version}: QGIS's own is used (the copy pip added is removed)")
+
+
+def write_constraints(path: Path, lines: list[str]) -> Path:
+    """QGIS's packages that must stay as they are (:func:`qgis_constraints`), as a pip constraints file."""
+    try:
+        path.write_text("".join(f"{line}\n" for line in lines))
+    except OSError as exc:
+        raise InstallError(f"cannot write {path}: {exc}") from exc
+    return path
 
 
 def _version(name: str, folder: Path) -> str | None:
@@ -164,7 +276,7 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def conflicts(folder: Path) -> list[str]:
+def conflicts(folder: Path, with_torch: bool = True) -> list[str]:
     """What in ``folder`` would not work with this QGIS: a NumPy of another major version than GDAL's,
     a torch older than the engine needs, a missing package."""
     problems = []
@@ -178,7 +290,7 @@ def conflicts(folder: Path) -> list[str]:
     torch = _version("torch", folder)
     if torch and _release(torch)[:2] < MIN_TORCH:
         problems.append(f"torch {torch} is older than {MIN_TORCH[0]}.{MIN_TORCH[1]}")
-    for name in ("torch", "transformers"):
+    for name in ("torch", "transformers") if with_torch else ("transformers",):
         if _version(name, folder) is None:
             problems.append(f"{name} is missing after the install")
     return problems

@@ -838,6 +838,102 @@ apt-cache $O policy python3-pyqt6 | head -3
 """
 
 
+# The dependency installer as a user of this QGIS meets it: QGIS's own Python (no venv) lacks transformers;
+# the plugin's installer puts the packages into the folder the plugin owns, held to QGIS's NumPy by a
+# constraints file; afterwards QGIS's GDAL and NumPy still import as before, and a fresh process (QGIS
+# restarted) answers a photo. Then the same offline: a folder of wheels, installed with no network at all.
+INSTALLER_SCRIPT = r"""
+set -e
+PY=/usr/bin/python3
+P=/tmp/plugins; T=/tmp/profile/geoclip_qgis/python; W=/tmp/wheels
+mkdir -p $P && cp -r /work/main/geoclip_qgis $P/ && cp -r /work/main/backend $P/geoclip_qgis/backend
+HEADS=$(ls -d /opt/geoclip-qgis/.venv/lib/python3*/site-packages/geoclip/model)
+if $PY -c "import transformers" 2>/dev/null; then echo "INSTALLER: transformers is already in QGIS's Python"; exit 3; fi
+BEFORE=$($PY -c "import numpy, osgeo.gdal; print(numpy.__version__, numpy.__file__, osgeo.gdal.__version__)")
+echo "QGIS's Python $($PY -c 'import sys; print(sys.version.split()[0])'): NumPy and GDAL: $BEFORE"
+check() {  # QGIS restarted: a fresh process with the plugin's folder first on the path, as the plugin sets it
+  $1 $PY - "$T" "$P" "$BEFORE" "$HEADS" <<'PYEOF'
+import subprocess, sys
+target, plugins, before, heads = sys.argv[1:]
+sys.path[:0] = [target, plugins]
+import numpy, osgeo.gdal
+now = f"{numpy.__version__} {numpy.__file__} {osgeo.gdal.__version__}"
+assert now == before, f"QGIS's NumPy/GDAL changed: {now} (was {before})"
+import torch, transformers
+sys.path.insert(0, "/work/main/tests")
+from clip_factory import make_clip_checkpoint
+clip = make_clip_checkpoint("/tmp/clip", with_text=False)
+env = {"PYTHONPATH": f"{target}:{plugins}", "PATH": "/usr/bin:/bin", "HOME": "/tmp", "HF_HUB_OFFLINE": "1"}
+photo = "/work/main/tests/data/gps/DSCN0010.jpg"
+command = [sys.executable, "-m", "geoclip_qgis.backend", "predict", photo, "--clip", str(clip), "--heads", heads,
+           "--device", "cpu", "--top-k", "3"]
+out = subprocess.run(command, capture_output=True, text=True, env=env)
+assert out.returncode == 0, out.stderr[-2000:]
+rows = [line for line in out.stdout.splitlines() if "DSCN0010" in line]
+assert len(rows) == 3, out.stdout
+print(f"RUN OK: NumPy {numpy.__version__} and GDAL {osgeo.gdal.__version__} as before; torch {torch.__version__} "
+      f"from {torch.__file__.rsplit('/', 2)[0]}, transformers {transformers.__version__} from "
+      f"{transformers.__file__.rsplit('/', 2)[0]}; 3 candidates for DSCN0010.jpg")
+PYEOF
+}
+cd $P
+$PY -m geoclip_qgis.installer install $T --build cpu
+check ""
+echo "INSTALLER ONLINE: PASS"
+$PY -m geoclip_qgis.installer wheelhouse $W --build cpu --python $PY
+echo "constraints: $(tr '\n' ' ' < $W/qgis-constraints.txt)"
+rm -rf $T /tmp/clip
+unshare --net $PY -m geoclip_qgis.installer install $T --wheels $W --build cpu
+check "unshare --net"
+echo "INSTALLER OFFLINE: PASS"
+"""
+
+
+def installer_trial(release: Release, checkout: Path, echo: bool) -> dict:
+    """:data:`INSTALLER_SCRIPT` in the release's root, with the host's network for the online half."""
+    log_file = CACHE / "logs" / f"{release.suite}-installer.log"
+    log_file.unlink(missing_ok=True)
+    log(f"QGIS {release.version}: the dependency installer, online then offline (log: {log_file})")
+    pip_cache = CACHE / "pip-cache"
+    pip_cache.mkdir(parents=True, exist_ok=True)
+    tmp = CACHE / "tmp" / f"{release.suite}-installer"
+    remove_tree(tmp)
+    tmp.mkdir(parents=True)
+    ca = host_ca_bundle()
+    if ca:
+        shutil.copy(ca, tmp / "host-ca-bundle.crt")
+    resolv = Path("/etc/resolv.conf")
+    if resolv.is_file():
+        shutil.copy(resolv, release.directory / "etc" / "resolv.conf")
+    started = time.monotonic()
+    try:
+        result = in_root(
+            release.directory,
+            INSTALLER_SCRIPT,
+            tmp=tmp,
+            binds=[(checkout, INSIDE_REPO, True), (pip_cache, "/root/.cache/pip", False)],
+            env=network_env("/tmp/host-ca-bundle.crt" if ca else None),
+            log_file=log_file,
+            timeout=3600,
+            echo=echo,
+        )
+    finally:
+        remove_tree(tmp)
+    lines = result.stdout.splitlines()
+    found = {
+        "online": "INSTALLER ONLINE: PASS" in lines,
+        "offline": "INSTALLER OFFLINE: PASS" in lines,
+        "runs": [line[len("RUN OK: ") :] for line in lines if line.startswith("RUN OK: ")],
+        "constraints": [line for line in lines if line.startswith("constraints: ")],
+        "seconds": round(time.monotonic() - started, 1),
+        "returncode": result.returncode,
+    }
+    found["result"] = "PASS" if result.returncode == 0 and found["online"] and found["offline"] else "FAIL"
+    if found["result"] == "FAIL":
+        found["tail"] = result.stdout[-3000:]
+    return found
+
+
 def qt6_check(release: Release) -> int:
     if read_stamp(release) is None:
         print(f"SKIPPED: the {release.suite} root is not built yet (run without --qt6 first)")
@@ -880,6 +976,7 @@ def table(rows: list[dict]) -> str:
         ("cold: tests", "cold_tests"),
         ("warm: tests", "warm_tests"),
         ("result", "result"),
+        ("installer", "installer"),
     ]
     cells = [[str(row.get(key) or "-") for _, key in columns] for row in rows]
     widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (title, _) in enumerate(columns)]
@@ -906,6 +1003,7 @@ def row_for(release: Release, entry: dict) -> dict:
         "cold_tests": minutes(cold.get("tests_s")),
         "warm_tests": minutes(warm.get("tests_s")),
         "result": entry.get("result", "-"),
+        "installer": (entry.get("installer") or {}).get("result", "-"),
     }
 
 
@@ -947,12 +1045,19 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, default=2400, help="seconds for one release's tests")
     parser.add_argument("--echo", action="store_true", help="show the tests' output as it comes")
     parser.add_argument(
+        "--installer",
+        default="3.40",
+        help="releases whose root also tries the dependency installer, online and offline, comma-separated "
+        "('' for none; default: %(default)s)",
+    )
+    parser.add_argument(
         "--qt6",
         action="store_true",
         help="ask Debian (trixie, trixie-backports, sid, experimental) for a Qt6 build of QGIS",
     )
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --), e.g. -- -k processing")
     args = parser.parse_args(argv)
+    args.installer = {v.strip() for v in args.installer.split(",") if v.strip()}
     known = {r.version: r for r in RELEASES}
     wanted = [v.strip() for v in args.versions.split(",") if v.strip()]
     unknown = [v for v in wanted if v not in known]
@@ -1066,6 +1171,15 @@ def _main(argv: list[str]) -> int:
         }
         failed |= not ok
         log(f"QGIS {release.version}: {entry['result']} in {minutes(outcome['tests_s'])}")
+        if release.version in args.installer:
+            trial = installer_trial(release, checkout, args.echo)
+            entry["installer"] = {**trial, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            failed |= trial["result"] != "PASS"
+            log(f"QGIS {release.version}: dependency installer {trial['result']} in {minutes(trial['seconds'])}")
+            for line in trial["runs"] + trial["constraints"]:
+                print(f"  {line}")
+            if trial["result"] != "PASS":
+                print(trial["tail"])
         for failure in outcome["failures"]:
             first = (failure["message"].strip().splitlines() or [""])[0]
             print(f"  {failure['kind'].upper()}: {failure['test']}: {first[:200]}")
