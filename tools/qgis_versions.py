@@ -914,7 +914,7 @@ def installer_trial(release: Release, checkout: Path, echo: bool) -> dict:
             binds=[(checkout, INSIDE_REPO, True), (pip_cache, "/root/.cache/pip", False)],
             env=network_env("/tmp/host-ca-bundle.crt" if ca else None),
             log_file=log_file,
-            timeout=3600,
+            timeout=1200,  # a hung pip or download must not eat CI's time
             echo=echo,
         )
     finally:
@@ -1042,7 +1042,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--rebuild", action="store_true", help="build the roots again even when cached")
     parser.add_argument("--build-only", action="store_true", help="build or top up the roots, run no tests")
     parser.add_argument("--serial", action="store_true", help="build one root after the other")
-    parser.add_argument("--timeout", type=float, default=2400, help="seconds for one release's tests")
+    parser.add_argument("--timeout", type=float, default=1500, help="seconds for one release's tests")
     parser.add_argument("--echo", action="store_true", help="show the tests' output as it comes")
     parser.add_argument(
         "--installer",
