@@ -36,13 +36,13 @@ from .location_features import (
     PrincipalComponents,
     Progress,
     ShouldStop,
-    _delete_dataset,
-    _partial_path,
-    _stop_check,
-    _wgs84,
     canonical_lat_lon,
+    delete_dataset,
     fit_pca,
     grid_dtype,
+    partial_path,
+    stop_check,
+    wgs84,
 )
 from .rasters import grid_centres, world_shape
 
@@ -184,7 +184,7 @@ class _GridFeatures:
 
     def _encode(self, centres: np.ndarray, should_stop: ShouldStop | None) -> torch.Tensor:
         def check(done, total):
-            _stop_check(should_stop)
+            stop_check(should_stop)
 
         coordinates = torch.from_numpy(canonical_lat_lon(centres).astype(np.float32))
         return encode_locations(self.model.heads, coordinates, check if should_stop else None, self.dtype)
@@ -211,9 +211,9 @@ class _TileWriter:
     ):
         from osgeo import gdal, osr
 
-        self.path, self.partial = Path(path), _partial_path(Path(path))
+        self.path, self.partial = Path(path), partial_path(Path(path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _delete_dataset(self.partial)
+        delete_dataset(self.partial)
         options = [
             "COMPRESS=DEFLATE",
             f"PREDICTOR={2 if gdal_type == gdal.GDT_Byte else 3}",
@@ -282,7 +282,7 @@ class _TileWriter:
 
     def abandon(self) -> None:
         self.dataset = None
-        _delete_dataset(self.partial)
+        delete_dataset(self.partial)
 
 
 def _tile_rows(grid: Grid, tile_rows: int | None) -> int:
@@ -306,13 +306,13 @@ def _stream(
     tiles = math.ceil(grid.rows / rows_per_tile)
     try:
         for tile in range(tiles):
-            _stop_check(should_stop)
+            stop_check(should_stop)
             row0 = tile * rows_per_tile
             row1 = min(grid.rows, row0 + rows_per_tile)
             writer.write(row0, to_values(features.rows(row0, row1, should_stop), row0, row1 - row0))
             if progress:
                 progress(stage, tile + 1, tiles)
-        _stop_check(should_stop)
+        stop_check(should_stop)
         return writer.finish(overviews=writer.bands <= 4)
     except BaseException:
         writer.abandon()
@@ -612,14 +612,14 @@ def write_places_gpkg(result: SimilarPlaces, path: str | os.PathLike) -> Path:
     from osgeo import ogr
 
     path = Path(path)
-    partial = _partial_path(path)
+    partial = partial_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _delete_dataset(partial)
+    delete_dataset(partial)
     dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(partial))
     if dataset is None:
         raise LocationError(f"cannot write {path}")
     try:
-        layer = dataset.CreateLayer(PLACES_LAYER, _wgs84(), ogr.wkbPoint)
+        layer = dataset.CreateLayer(PLACES_LAYER, wgs84(), ogr.wkbPoint)
         columns = [
             ("rank", ogr.OFTInteger),
             ("lat", ogr.OFTReal),
@@ -654,6 +654,6 @@ def write_places_gpkg(result: SimilarPlaces, path: str | os.PathLike) -> Path:
         os.replace(partial, path)
     except BaseException:
         dataset = None
-        _delete_dataset(partial)
+        delete_dataset(partial)
         raise
     return path

@@ -70,7 +70,7 @@ def canonical_lat_lon(lat_lon) -> np.ndarray:
     return points
 
 
-def _stop_check(should_stop: ShouldStop | None) -> None:
+def stop_check(should_stop: ShouldStop | None) -> None:
     if should_stop is not None and should_stop():
         raise RunCancelledError()
 
@@ -102,7 +102,7 @@ def encode_points(
     out = np.empty((total, FEATURE_DIM), dtype=np.float32)
     coordinates = torch.from_numpy(points.astype(np.float32))
     for start in range(0, total, CHUNK):
-        _stop_check(should_stop)
+        stop_check(should_stop)
         chunk = coordinates[start : start + CHUNK]
         out[start : start + chunk.shape[0]] = encode_locations(heads, chunk, dtype=dtype).float().cpu().numpy()
         if progress:
@@ -208,13 +208,13 @@ def fit_pca(
 # ------------------------------------------------------------------------------------- output files
 
 
-def _partial_path(path: Path) -> Path:
+def partial_path(path: Path) -> Path:
     """Where a file is written before it is complete: same folder and extension, so GDAL picks the
     same driver; renamed over ``path`` only when finished."""
     return path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
-def _delete_dataset(path: Path) -> None:
+def delete_dataset(path: Path) -> None:
     for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal"), Path(f"{path}.aux.xml")):
         try:
             candidate.unlink()
@@ -222,7 +222,7 @@ def _delete_dataset(path: Path) -> None:
             pass
 
 
-def _wgs84():
+def wgs84():
     from osgeo import osr
 
     srs = osr.SpatialReference()

@@ -31,12 +31,12 @@ from .location_features import (
     PrincipalComponents,
     Progress,
     ShouldStop,
-    _delete_dataset,
-    _partial_path,
-    _stop_check,
-    _wgs84,
     canonical_lat_lon,
+    delete_dataset,
     fit_pca,
+    partial_path,
+    stop_check,
+    wgs84,
 )
 
 EMBEDDING_FIELD = "embedding"
@@ -198,16 +198,14 @@ def read_points(
 
     transform = None
     if not from_columns:
-        wgs84 = osr.SpatialReference()
-        wgs84.ImportFromEPSG(4326)
-        wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        target = wgs84()
         srs = source.GetSpatialRef()
         if srs is None:
             notes.append(f"{path.name} has no coordinate system: positions taken as EPSG:4326")
-        elif not srs.IsSame(wgs84):
+        elif not srs.IsSame(target):
             srs = srs.Clone()
             srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-            transform = osr.CoordinateTransformation(srs, wgs84)
+            transform = osr.CoordinateTransformation(srs, target)
 
     ids, lats, lons, rows = [], [], [], []
     skipped = 0
@@ -335,9 +333,9 @@ def write_points_gpkg(
     if clash:
         raise LocationError(f"the input already has field(s) {', '.join(clash)}; rename them first")
     driver = ogr.GetDriverByName("GPKG")
-    partial = _partial_path(path)
+    partial = partial_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _delete_dataset(partial)
+    delete_dataset(partial)
     dataset = driver.CreateDataSource(str(partial))
     if dataset is None:
         from osgeo import gdal
@@ -346,7 +344,7 @@ def write_points_gpkg(
     try:
         # A source field called "fid" (common in CSVs) would collide with the GeoPackage's own id column.
         fid_column = next(name for name in ("fid", "ogc_fid", "gpkg_fid") if name not in taken)
-        layer = dataset.CreateLayer(POINTS_LAYER, _wgs84(), ogr.wkbPoint, ["SPATIAL_INDEX=YES", f"FID={fid_column}"])
+        layer = dataset.CreateLayer(POINTS_LAYER, wgs84(), ogr.wkbPoint, ["SPATIAL_INDEX=YES", f"FID={fid_column}"])
         definitions = []
         for name, kind in table.fields:
             type_name, subtype = OGR_TYPES[kind]
@@ -369,7 +367,7 @@ def write_points_gpkg(
         dataset.StartTransaction()
         for index in range(len(table)):
             if index % CHUNK == 0:
-                _stop_check(should_stop)
+                stop_check(should_stop)
                 if progress:
                     progress("Writing the GeoPackage", index, len(table))
             feature = ogr.Feature(layer_defn)
@@ -394,7 +392,7 @@ def write_points_gpkg(
         os.replace(partial, path)
     except BaseException:
         dataset = None
-        _delete_dataset(partial)
+        delete_dataset(partial)
         raise
     return path
 
@@ -413,7 +411,7 @@ def write_npz(result: PointEmbeddings, path: str | os.PathLike) -> Path:
     }
     if result.pca is not None:
         arrays.update(pcs=result.components, pca_mean=result.pca.mean, pca_components=result.pca.components)
-    partial = _partial_path(path)
+    partial = partial_path(path)
     with open(partial, "wb") as handle:  # a file handle keeps numpy from appending another .npz
         np.savez(handle, **arrays)
     os.replace(partial, path)
@@ -455,7 +453,7 @@ def write_parquet(result: PointEmbeddings, path: str | os.PathLike) -> Path:
     if result.components is not None:
         for k in range(result.components.shape[1]):
             columns[f"pc{k + 1}"] = pa.array(result.components[:, k])
-    partial = _partial_path(path)
+    partial = partial_path(path)
     pq.write_table(pa.table(columns), str(partial))
     os.replace(partial, path)
     return path
