@@ -151,6 +151,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(engine, regional_task,
     assert [h["epoch"] for h in manifest["history"]] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow  # training
 def test_cli_finetune_on_a_csv(engine, tiny_clip, skimage_data, tmp_path):
     from test_batch import variants
 

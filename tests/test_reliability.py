@@ -89,6 +89,7 @@ def gpkg_is_whole(path: Path, top_k: int) -> dict:
 # -------------------------------------------------------------------------------------- disk full
 
 
+@pytest.mark.slow  # several runs each: in make test, not in the quick loop
 def test_full_disk_geopackage_stops_with_exit_2_keeps_committed_batches_and_resumes(warm, tiny_clip, many, tmp_path):
     gpkg = tmp_path / "full.gpkg"
     args = [many, "--clip", tiny_clip, "--out", gpkg, "--no-cache", "--top-k", 5, "--batch-size", 4]
@@ -103,6 +104,7 @@ def test_full_disk_geopackage_stops_with_exit_2_keeps_committed_batches_and_resu
     assert gpkg_is_whole(gpkg, 5)["photos"] == 120
 
 
+@pytest.mark.slow  # several runs each: in make test, not in the quick loop
 def test_full_disk_geojson_leaves_no_file_and_csv_keeps_only_whole_rows(warm, tiny_clip, many, tmp_path):
     geojson = tmp_path / "full.geojson"
     out = predict(many, "--clip", tiny_clip, "--out", geojson, "--no-cache", limit_bytes=40_000)
@@ -119,6 +121,7 @@ def test_full_disk_geojson_leaves_no_file_and_csv_keeps_only_whole_rows(warm, ti
 # ----------------------------------------------------------------------------------- hostile names
 
 
+@pytest.mark.slow  # several runs each: in make test, not in the quick loop
 def test_names_that_are_not_utf8_are_kept_and_the_run_goes_on(warm, tiny_clip, skimage_data, tmp_path):
     folder = tmp_path / "latin1"
     folder.mkdir()
@@ -181,6 +184,7 @@ def test_extremely_thin_images_are_cut_to_what_reaches_the_model(engine, tmp_pat
 # ------------------------------------------------------------------------------- one writer per file
 
 
+@pytest.mark.slow  # several runs each: in make test, not in the quick loop
 def test_a_second_run_into_the_same_output_is_refused(warm, tiny_clip, many, tmp_path):
     gpkg = tmp_path / "shared.gpkg"
     args = [
@@ -214,6 +218,7 @@ def test_a_second_run_into_the_same_output_is_refused(warm, tiny_clip, many, tmp
 # ------------------------------------------------------------------------------- other tools' files
 
 
+@pytest.mark.slow  # several runs each: in make test, not in the quick loop
 def test_files_and_layers_made_by_other_tools_are_never_changed(warm, tiny_clip, photo_dir, tmp_path):
     from osgeo import ogr, osr
 
@@ -259,6 +264,7 @@ def test_files_and_layers_made_by_other_tools_are_never_changed(warm, tiny_clip,
 # ------------------------------------------------------------------------------------ resume rules
 
 
+@pytest.mark.slow  # several runs each: in make test, not in the quick loop
 def test_resume_refuses_changed_settings_and_redo_starts_again(warm, tiny_clip, photo_dir, tmp_path):
     gpkg = tmp_path / "resume.gpkg"
     assert predict(photo_dir, "--clip", tiny_clip, "--out", gpkg, "--top-k", 3).returncode == 0
@@ -279,6 +285,7 @@ def test_resume_refuses_changed_settings_and_redo_starts_again(warm, tiny_clip, 
         assert db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 4 * 3 + 4 * 5
 
 
+@pytest.mark.slow  # several runs each: in make test, not in the quick loop
 def test_a_resumed_joint_answer_covers_every_photo(warm, tiny_clip, photo_dir, tmp_path):
     gpkg = tmp_path / "fused.gpkg"
     photos = sorted(photo_dir.iterdir())
@@ -501,6 +508,7 @@ def test_imported_folders_never_follow_links_out_and_bundles_hold_only_model_fil
 # ------------------------------------------------------------------------------- crash-like errors
 
 
+@pytest.mark.slow  # several runs each: in make test, not in the quick loop
 def test_bad_backbones_are_named_errors(warm, photo_dir, tiny_clip, tmp_path):
     import shutil
 
@@ -539,6 +547,7 @@ def cache_with_gallery(folder: Path, engine) -> Path:
     return folder
 
 
+@pytest.mark.slow  # several runs each: in make test, not in the quick loop
 def test_an_unusable_cache_warns_once_and_the_run_goes_on(warm, tiny_clip, photo_dir, tmp_path):
     blocked = cache_with_gallery(tmp_path / "blocked", warm)
     (blocked / "image-embeddings.sqlite").mkdir()  # the database's place is taken
@@ -573,6 +582,7 @@ def test_an_unusable_cache_warns_once_and_the_run_goes_on(warm, tiny_clip, photo
     assert answered[0].ok and not list(unwritable.rglob("*.partial"))
 
 
+@pytest.mark.slow  # several runs each: in make test, not in the quick loop
 def test_cache_privacy_switch_clear_cap_and_permissions(warm, tiny_clip, photo_dir, tmp_path):
     import numpy as np
 

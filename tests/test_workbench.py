@@ -549,10 +549,10 @@ def test_a_run_keeps_place_names_regions_areas_and_query_vectors(engine, tiny_cl
         assert half.GetField("area_km2") <= most.GetField("area_km2")
         assert most.GetField("mass") >= 0.9 and half.GetField("mass") >= 0.5
         inner, outer = half.GetGeometryRef(), most.GetGeometryRef()
-        parts = [
-            inner.GetGeometryRef(i) for i in range(0, inner.GetGeometryCount(), max(1, inner.GetGeometryCount() // 25))
-        ]
-        assert all(outer.Contains(part.PointOnSurface()) for part in parts)  # the 50 % area lies in the 90 %
+        points = ogr.Geometry(ogr.wkbMultiPoint)  # one point inside each of 25 parts, tested in one call
+        for i in range(0, inner.GetGeometryCount(), max(1, inner.GetGeometryCount() // 25)):
+            points.AddGeometry(inner.GetGeometryRef(i).PointOnSurface())
+        assert points.GetGeometryCount() > 0 and outer.Contains(points)  # the 50 % area lies in the 90 %
 
     answers = {a.photo: a for a in read_answers(gpkg)}
     kauai = answers[str(photo_dir / "kauai.png")]
