@@ -175,6 +175,20 @@ class _QuitWatcher(QObject):
             self.dock.quitting = True
 
 
+class _WidthWatcher(QObject):
+    """Calls ``changed`` whenever ``widget`` gets a new width."""
+
+    def __init__(self, widget, changed):
+        super().__init__(widget)
+        self.changed = changed
+        widget.installEventFilter(self)
+
+    def eventFilter(self, watched, event):  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.Resize and event.size().width() != event.oldSize().width():
+            self.changed()
+        return False
+
+
 def _pop(bar, item) -> None:
     """Take a notice off the message bar, unless it (or QGIS) is gone already."""
     try:
@@ -408,6 +422,9 @@ class GeoCLIPDock(QgsDockWidget):
         self.failures.setTextElideMode(Qt.TextElideMode.ElideNone)
         self.failures.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
         self.failures.horizontalHeader().sectionResized.connect(lambda *_: self._fit_failures())
+        # A stretched column gets its width when the hidden Results tab is first shown or the dock is
+        # resized, without sectionResized: re-wrap the reasons then too.
+        self._failures_width = _WidthWatcher(self.failures.viewport(), self._fit_failures)
         failures_layout.addWidget(self.failures)
         self.failures_box.setVisible(False)
         layout.addWidget(self.failures_box)

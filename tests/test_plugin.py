@@ -158,6 +158,30 @@ def test_run_makes_styled_layers_from_a_geopackage(plugin, photo_dir, samples, t
     assert extent.contains(points.extent())
 
 
+def test_long_reasons_wrap_whole_when_the_results_tab_first_shows(plugin):
+    """The reason column gets its width only when the Results tab shows: the rows must grow then, so
+    a long reason is read whole, not cut at the first line."""
+    from qgis.PyQt.QtCore import QRect, Qt
+    from qgis.PyQt.QtWidgets import QApplication
+
+    dock = plugin.dock
+    dock.tabs.setCurrentIndex(0)
+    dock.resize(360, 700)
+    dock.show()
+    reason = "damaged image data: the JPEG stream ends before the image does (truncated file) " * 2
+    dock._show_failures([("/photos/IMG_0007.jpg", reason)])
+    dock.tabs.setCurrentIndex(2)
+    for _ in range(5):
+        QApplication.processEvents()
+    table = dock.failures
+    width = table.columnWidth(1)
+    needed = table.fontMetrics().boundingRect(QRect(0, 0, width - 8, 10000), Qt.TextFlag.TextWordWrap, reason)
+    assert width > 50 and needed.height() > 2 * table.fontMetrics().height()  # it does need several lines
+    assert table.rowHeight(0) >= needed.height()
+    assert table.height() >= table.rowHeight(0)  # and the table shows the whole row
+    dock._show_failures([])
+
+
 def test_identify_shows_readable_numbers(plugin, photo_dir, tmp_path):
     from qgis.core import QgsRangeFieldFormatter
     from qgis.PyQt.QtCore import QLocale
