@@ -31,11 +31,20 @@ def no_network_prefix() -> list[str]:
 def wheelhouse():
     """What `make wheelhouse` makes, downloaded once (this is the connected machine's step)."""
     folder = ROOT / ".cache" / "wheelhouse"
+    from geoclip_qgis import installer
     from geoclip_qgis.deps import OPTIONAL, REQUIRED
 
-    wanted = [name.replace("-", "_").lower() for name in (*REQUIRED, *OPTIONAL) if name != "PIL"]
-    present = {p.name.split("-")[0].lower() for p in folder.glob("*.whl")}
-    if not set(wanted) <= present:  # a package added since the folder was made: fetch what is missing
+    # What the folder must hold follows the requirements and QGIS's own pinned packages: fetched again
+    # (only what is missing) whenever either changed since it was made.
+    wanted = json.dumps(
+        {
+            "requirements": sorted([*REQUIRED.values(), *OPTIONAL.values()]),
+            "constraints": installer.qgis_constraints(installer.qgis_packages(QGIS_PYTHON)),
+            "torch": TORCH,
+        }
+    )
+    stamp = folder / "wanted.json"
+    if not stamp.is_file() or stamp.read_text() != wanted:
         subprocess.run(
             [
                 sys.executable,
@@ -52,6 +61,7 @@ def wheelhouse():
             timeout=1800,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
+        stamp.write_text(wanted)
     return folder
 
 
