@@ -108,7 +108,7 @@ def pip_steps(
 ) -> list[list[str]]:
     """The pip commands, in order: torch first (from the CPU index for a CPU build; left out when
     ``with_torch`` is False), then the rest; ``constraints``: a file of :func:`qgis_constraints` lines,
-    obeyed by both (else NumPy alone is pinned to this Python's)."""
+    obeyed by both."""
     base = [
         python or qgis_python(),
         "-m",
@@ -126,15 +126,13 @@ def pip_steps(
         base += ["--no-index", "--find-links", str(wheels)]
     if constraints:
         base += ["--constraint", str(constraints)]
-    numpy = None if constraints else qgis_numpy_version()
-    pinned = [f"numpy=={numpy}"] if numpy else []
     rest = [requirement for name, requirement in REQUIRED.items() if name != "torch"] + list(OPTIONAL.values())
     if not with_torch:
-        return [base + rest + pinned]
-    torch_step = base + [torch or REQUIRED["torch"]] + pinned
+        return [base + rest]
+    torch_step = base + [torch or REQUIRED["torch"]]
     if build == "cpu" and not wheels and cpu_index_reachable():
         torch_step += ["--index-url", CPU_INDEX, "--extra-index-url", "https://pypi.org/simple"]
-    return [torch_step, base + rest + pinned]
+    return [torch_step, base + rest]
 
 
 def _plan(python: str | None, torch: str | None, log: Callable[[str], None]) -> tuple[list[str], bool]:
@@ -143,7 +141,11 @@ def _plan(python: str | None, torch: str | None, log: Callable[[str], None]) -> 
     kept = None if torch else usable_torch(packages)
     if kept:
         log(f"QGIS's Python already has torch {kept}: it is kept, not installed again")
-    return qgis_constraints(packages), kept is None
+    constraints = qgis_constraints(packages)
+    numpy = qgis_numpy_version()
+    if not constraints and numpy:  # QGIS's Python could not be asked: at least this one's NumPy holds
+        constraints = [f"numpy=={numpy.split('+')[0]}"]
+    return constraints, kept is None
 
 
 def cpu_index_reachable() -> bool:

@@ -449,8 +449,17 @@ def host_ca_bundle() -> Path | None:
     return default if default.is_file() else None
 
 
-def networked(root: Path, script: str, name: str, log_file: Path, timeout: float = 3600) -> subprocess.CompletedProcess:
-    """``script`` in ``root`` with the network as the host has it (DNS, proxies, CA bundle, pip cache)."""
+def networked(
+    root: Path,
+    script: str,
+    name: str,
+    log_file: Path,
+    timeout: float = 3600,
+    binds: list[tuple[Path, str, bool]] = (),
+    echo: bool = False,
+) -> subprocess.CompletedProcess:
+    """``script`` in ``root`` with the network as the host has it (DNS, proxies, CA bundle, pip cache);
+    ``binds`` as :func:`in_root` takes them."""
     resolv = Path("/etc/resolv.conf")
     if resolv.is_file():
         shutil.copy(resolv, root / "etc" / "resolv.conf")
@@ -468,10 +477,11 @@ def networked(root: Path, script: str, name: str, log_file: Path, timeout: float
             root,
             script,
             tmp=tmp,
-            binds=[(pip_cache, "/root/.cache/pip", False)],
+            binds=[(pip_cache, "/root/.cache/pip", False), *binds],
             log_file=log_file,
             timeout=timeout,
             env=network_env("/tmp/host-ca-bundle.crt" if ca else None),
+            echo=echo,
         )
     finally:
         remove_tree(tmp)
@@ -894,31 +904,16 @@ def installer_trial(release: Release, checkout: Path, echo: bool) -> dict:
     log_file = CACHE / "logs" / f"{release.suite}-installer.log"
     log_file.unlink(missing_ok=True)
     log(f"QGIS {release.version}: the dependency installer, online then offline (log: {log_file})")
-    pip_cache = CACHE / "pip-cache"
-    pip_cache.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE / "tmp" / f"{release.suite}-installer"
-    remove_tree(tmp)
-    tmp.mkdir(parents=True)
-    ca = host_ca_bundle()
-    if ca:
-        shutil.copy(ca, tmp / "host-ca-bundle.crt")
-    resolv = Path("/etc/resolv.conf")
-    if resolv.is_file():
-        shutil.copy(resolv, release.directory / "etc" / "resolv.conf")
     started = time.monotonic()
-    try:
-        result = in_root(
-            release.directory,
-            INSTALLER_SCRIPT,
-            tmp=tmp,
-            binds=[(checkout, INSIDE_REPO, True), (pip_cache, "/root/.cache/pip", False)],
-            env=network_env("/tmp/host-ca-bundle.crt" if ca else None),
-            log_file=log_file,
-            timeout=1200,  # a hung pip or download must not eat CI's time
-            echo=echo,
-        )
-    finally:
-        remove_tree(tmp)
+    result = networked(
+        release.directory,
+        INSTALLER_SCRIPT,
+        f"{release.suite}-installer",
+        log_file,
+        timeout=1200,  # a hung pip or download must not eat CI's time
+        binds=[(checkout, INSIDE_REPO, True)],
+        echo=echo,
+    )
     lines = result.stdout.splitlines()
     found = {
         "online": "INSTALLER ONLINE: PASS" in lines,
