@@ -14,7 +14,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := python3-venv python3-pip python3-qgis qgis qgis-providers python3-gdal gdal-bin \
                 libimage-exiftool-perl xvfb x11-apps imagemagick poppler-utils
 TORCH_VERSION ?= 2.13.0
-GEOCLIP_RELEASE := geoclip==1.3.0
+# The release pinned in one place, the plugin installer's (geoclip_qgis/deps.py).
+GEOCLIP_RELEASE := $(shell sed -n 's/^HEADS_RELEASE = "\(.*\)"/\1/p' geoclip_qgis/deps.py)
 CPU_INDEX := https://download.pytorch.org/whl/cpu
 
 .PHONY: setup test test-fast test-qgis-versions lint run bench package wheelhouse clean

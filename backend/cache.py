@@ -22,9 +22,8 @@ import os
 import shutil
 from pathlib import Path
 
-import platformdirs
+from .user_folders import user_cache_folder
 
-APP_NAME = "geoclip-qgis"
 CACHE_DIR_ENV = "GEOCLIP_CACHE_DIR"
 MAX_EMBEDDINGS_MB_ENV = "GEOCLIP_CACHE_MAX_MB"
 DEFAULT_MAX_EMBEDDINGS_MB = 1024
@@ -34,7 +33,7 @@ _warned: set[str] = set()
 
 def cache_dir() -> Path:
     """Derived data that can be rebuilt: platformdirs' cache folder, unless $GEOCLIP_CACHE_DIR says otherwise."""
-    return Path(os.environ.get(CACHE_DIR_ENV) or platformdirs.user_cache_path(APP_NAME))
+    return Path(os.environ.get(CACHE_DIR_ENV) or user_cache_folder())
 
 
 def private_folder(path: Path) -> Path:

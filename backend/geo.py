@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 EARTH_RADIUS_KM = 6371.0088  # IUGG mean radius
 
 
 def haversine_km(lat1, lon1, lat2, lon2):
     """Great-circle distance in km between points in degrees; numpy arrays broadcast."""
+    import numpy as np  # here, not at the top: the plugin reads this module where NumPy may be missing
+
     lat1, lon1, lat2, lon2 = (np.radians(np.asarray(v, dtype=np.float64)) for v in (lat1, lon1, lat2, lon2))
     a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))

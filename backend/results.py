@@ -11,11 +11,14 @@ import dataclasses
 import enum
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from .exif import PhotoMetadata
 from .geo import haversine_km
+
+if TYPE_CHECKING:  # the plugin imports this schema in a QGIS that may have neither NumPy nor Pillow yet
+    import numpy as np
+
+    from .exif import PhotoMetadata
 
 # The columns of every output, in order. CSV writes all of them; point layers drop ``error``
 # (failed photos go to an errors table instead).
@@ -213,11 +216,15 @@ def result_to_dict(result: PhotoResult) -> dict:
         "skipped": result.skipped,
         "candidates": [[c.rank, c.lat, c.lon, c.probability] for c in result.candidates],
         "metadata": dataclasses.asdict(result.metadata) if result.metadata else None,
-        "feature": result.feature.astype(np.float32).tolist() if result.feature is not None else None,
+        "feature": result.feature.astype("float32").tolist() if result.feature is not None else None,
     }
 
 
 def result_from_dict(data: dict) -> PhotoResult:
+    import numpy as np
+
+    from .exif import PhotoMetadata
+
     return PhotoResult(
         photo=data["photo"],
         error=data["error"],

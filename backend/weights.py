@@ -18,11 +18,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import platformdirs
-
-from .cache import APP_NAME, cache_dir
+from .cache import cache_dir
 from .errors import WeightsError
 from .heads_files import WEIGHT_FILES, HeadsFiles
+from .user_folders import user_data_folder
 
 HEADS_ENV = "GEOCLIP_HEADS"
 CLIP_ENV = "GEOCLIP_CLIP"
@@ -58,7 +57,7 @@ FIX_CLIP = (
 
 def models_dir() -> Path:
     """The user's models folder (platformdirs), unless $GEOCLIP_MODELS_DIR says otherwise."""
-    return Path(os.environ.get(MODELS_DIR_ENV) or platformdirs.user_data_path(APP_NAME) / "models")
+    return Path(os.environ.get(MODELS_DIR_ENV) or user_data_folder() / "models")
 
 
 @dataclass

@@ -21,7 +21,13 @@ REQUIRED = {
 # Installed with the rest; runs work without them (the feature they serve is left out, with a warning).
 OPTIONAL = {
     "reverse_geocode": "reverse-geocode>=1.6,<1.7",  # offline place names (GeoNames), needs scipy
+    "pillow_heif": "pillow-heif>=0.16",  # HEIC/HEIF photos (decoded in a child process, never in QGIS's)
 }
+
+# GeoCLIP's trained heads and 100K GPS gallery: the official release wheel (MIT), installed without its
+# dependencies and checked against this sha256 (pip --require-hashes).
+HEADS_RELEASE = "geoclip==1.3.0"
+HEADS_RELEASE_SHA256 = "08a93791166a279d52b95c466a952c75f17f654cc61bdf6ab20355325b564dec"
 
 
 def plugin_python_dir() -> Path:
@@ -32,9 +38,18 @@ def plugin_python_dir() -> Path:
 
 
 def add_plugin_python_dir() -> None:
+    """Put the plugin's package folder first on QGIS's path; also right after an install, so what was just
+    installed imports without a restart."""
     folder = plugin_python_dir()
     if folder.is_dir() and str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
+    importlib.invalidate_caches()  # finders cache folder listings: see what an install just added
+
+
+def loaded_packages() -> list[str]:
+    """Required packages this QGIS has already imported: an install that replaces them takes effect only
+    after a restart (Python keeps the copy it loaded)."""
+    return [name for name in REQUIRED if name in sys.modules]
 
 
 def missing() -> list[str]:
@@ -60,7 +75,8 @@ def explanation(names: list[str]) -> str:
     target = plugin_python_dir()
     return (
         f"GeoCLIP needs {', '.join(names)} in QGIS's Python ({sys.version.split()[0]}), and they are missing.\n"
-        f"Install them for this QGIS only (nothing else on the system changes):\n"
-        f'  "{qgis_python()}" -m pip install --target "{target}" {requirements}\n'
-        f"then restart QGIS. Offline: add --no-index --find-links FOLDER_OF_WHEELS."
+        "Press Install dependencies… above: it installs them, and GeoCLIP's heads, for this QGIS only (nothing "
+        "else on the system changes), online or from a folder of wheels.\n"
+        f'From a shell instead: "{qgis_python()}" -m pip install --target "{target}" {requirements}, then the '
+        f'same with --no-deps "{HEADS_RELEASE}", and restart QGIS.'
     )

@@ -211,6 +211,7 @@ class GeoCLIPDock(QgsDockWidget):
     runFinished = pyqtSignal(object)  # noqa: N815 - Qt's naming for signals
     resultsWanted = pyqtSignal(str)  # noqa: N815 - the user asked for the results panel on this GeoPackage
     resultsUpdated = pyqtSignal(str)  # noqa: N815 - a run wrote this GeoPackage (an open panel follows it)
+    dependenciesInstalled = pyqtSignal()  # noqa: N815 - packages or heads were installed (Processing can load)
 
     def __init__(self, iface, parent=None):
         super().__init__("GeoCLIP", parent)
@@ -265,6 +266,7 @@ class GeoCLIPDock(QgsDockWidget):
 
         run_row = QHBoxLayout()
         self.run_button = QPushButton("Run")
+        self.run_button.setEnabled(False)  # on once the packages and weights are known to answer
         self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -615,7 +617,10 @@ class GeoCLIPDock(QgsDockWidget):
         else:
             reason = ""
         self.run_button.setEnabled(not reason)
-        self.run_button.setToolTip(f"Run is off: {reason}. Press Fix… above." if reason else "Answer in the background")
+        fix = self.models_button.text()
+        self.run_button.setToolTip(
+            f"Run is off: {reason}. Press {fix} above." if reason else "Answer in the background"
+        )
         if reason and problem is not None and problem["code"] == "no_text":
             self._say(f"Run is off: {reason}. Press Models… to import a full checkpoint, or clear the text.")
         elif self.status.text().startswith("Run is off"):
@@ -975,8 +980,12 @@ class GeoCLIPDock(QgsDockWidget):
         from .install_dialog import InstallDialog
 
         dialog = InstallDialog(self)
-        dialog.installed.connect(self._check_dependencies)
+        dialog.installed.connect(self._installed)
         dialog.exec()
+
+    def _installed(self) -> None:
+        self._check_dependencies()
+        self.dependenciesInstalled.emit()
 
     def open_models_dialog(self) -> None:
         from .models_dialog import ModelsDialog
@@ -985,5 +994,6 @@ class GeoCLIPDock(QgsDockWidget):
         if not focus and self.state and self.state["problems"]:
             focus = self.state["problems"][0]["code"]
         self.models_dialog = ModelsDialog(self, focus=focus)
+        self.models_dialog.headsInstalled.connect(self.dependenciesInstalled)
         self.models_dialog.exec()
         self.refresh_model_state()

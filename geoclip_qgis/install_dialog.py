@@ -1,6 +1,8 @@
-"""Install the engine's packages for this QGIS: CPU or CUDA build, or a local folder of wheels, with
-progress, a log and Cancel. The work is :func:`.installer.install` in a QgsTask. A failure is explained
-in plain words above pip's own output (:mod:`.install_failures`)."""
+"""Install what a first answer needs into this QGIS: the engine's packages (CPU or CUDA build of torch)
+and GeoCLIP's heads and gallery, online or from a local folder of wheels, with progress, a log and
+Cancel; or, where the packages are already there, the heads alone. The work is
+:func:`.installer.install` (or :func:`.installer.install_heads`) in a QgsTask. A failure is explained in
+plain words above pip's own output (:mod:`.install_failures`)."""
 
 from __future__ import annotations
 
@@ -27,13 +29,17 @@ from .install_failures import explain
 class InstallTask(QgsTask):
     line = pyqtSignal(str)
 
-    def __init__(self, build: str, wheels: str | None):
-        super().__init__("GeoCLIP: installing torch and transformers", QgsTask.Flag.CanCancel)
-        self.build, self.wheels, self.error = build, wheels, ""
+    def __init__(self, build: str, wheels: str | None, heads_only: bool = False):
+        what = "GeoCLIP's heads" if heads_only else "GeoCLIP's packages and heads"
+        super().__init__(f"GeoCLIP: installing {what}", QgsTask.Flag.CanCancel)
+        self.build, self.wheels, self.heads_only, self.error = build, wheels, heads_only, ""
 
     def run(self) -> bool:
         try:
-            installer.install(deps.plugin_python_dir(), self.build, self.wheels, self.line.emit, self.isCanceled)
+            if self.heads_only:
+                installer.install_heads(deps.plugin_python_dir(), self.wheels, self.line.emit, self.isCanceled)
+            else:
+                installer.install(deps.plugin_python_dir(), self.build, self.wheels, self.line.emit, self.isCanceled)
             return True
         except Exception as exc:  # shown in the dialog's log
             self.error = str(exc)
@@ -43,18 +49,28 @@ class InstallTask(QgsTask):
 class InstallDialog(QDialog):
     installed = pyqtSignal()
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, heads_only: bool = False):
         super().__init__(parent)
-        self.setWindowTitle("Install GeoCLIP's Python packages")
+        self.heads_only = heads_only
+        self.setWindowTitle("Install GeoCLIP's heads" if heads_only else "Install what GeoCLIP needs")
         self.resize(720, 480)
         layout = QVBoxLayout(self)
         missing = deps.missing()
-        layout.addWidget(
-            QLabel(
-                f"Missing in this QGIS's Python: {', '.join(missing) or 'nothing'}.\n"
-                f"They go into {deps.plugin_python_dir()} — nothing else on the system changes."
-            )
+        release = f"GeoCLIP's trained heads and GPS gallery ({deps.HEADS_RELEASE}, about 40 MB, checked by sha256)"
+        intro = QLabel(
+            f"This installs {release}.\n"
+            if heads_only
+            else f"Missing in this QGIS's Python: {', '.join(missing) or 'nothing'}.\n"
+            f"This installs them, and {release}.\n"
         )
+        intro.setText(
+            intro.text() + f"Everything goes into {deps.plugin_python_dir()} — nothing else on the system changes.\n"
+            "The CLIP backbone (about 1.7 GB) is the one step left after this: Models… › Download backbone, "
+            "or Import folder/bundle."
+        )
+        intro.setWordWrap(True)
+        intro.setTextFormat(Qt.TextFormat.PlainText)
+        layout.addWidget(intro)
         form = QFormLayout()
         self.cpu = QRadioButton("CPU build of torch (about 200 MB)")
         self.cuda = QRadioButton("CUDA build of torch (NVIDIA GPU; several GB)")
@@ -66,6 +82,9 @@ class InstallDialog(QDialog):
         builds.addWidget(self.cpu)
         builds.addWidget(self.cuda)
         form.addRow("torch", builds)
+        for button in (self.cpu, self.cuda):
+            button.setVisible(not heads_only)
+        form.labelForField(builds).setVisible(not heads_only)
         self.wheels = QgsFileWidget()
         self.wheels.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.wheels.setToolTip("Offline: a folder made with `make wheelhouse` on a connected machine")
@@ -96,9 +115,13 @@ class InstallDialog(QDialog):
         layout.addLayout(buttons)
         self.task = None
         self._output_from = 0
+        self._loaded_before: list[str] = []
 
     def begin(self) -> None:
-        self.task = InstallTask("cuda" if self.cuda.isChecked() else "cpu", self.wheels.filePath() or None)
+        self._loaded_before = deps.loaded_packages()
+        self.task = InstallTask(
+            "cuda" if self.cuda.isChecked() else "cpu", self.wheels.filePath() or None, self.heads_only
+        )
         self.task.line.connect(self.log.appendPlainText)
         self.task.taskCompleted.connect(self._done)
         self.task.taskTerminated.connect(self._failed)
@@ -116,7 +139,18 @@ class InstallDialog(QDialog):
         self.progress.setValue(1)
         self.stop.setEnabled(False)
         still = deps.missing()
-        self.log.appendPlainText("Ready: GeoCLIP can run." if not still else f"Still missing: {', '.join(still)}")
+        stale = self._loaded_before
+        if still:
+            self.log.appendPlainText(f"Still missing: {', '.join(still)}")
+        elif stale:
+            self.log.appendPlainText(
+                f"Installed. QGIS had already loaded {', '.join(stale)} before: restart QGIS to use what was installed."
+            )
+        else:
+            self.log.appendPlainText(
+                "Installed: the dock and the Processing algorithms work now, no restart needed. Next: the CLIP "
+                "backbone (Models… › Download backbone or Import)."
+            )
         self.installed.emit()
 
     def _failed(self) -> None:

@@ -4,7 +4,10 @@ pip runs with QGIS's own Python and ``--target`` the plugin's folder, so nothing
 changes. torch comes as a CPU or a CUDA build (the user picks; the default follows ``nvidia-smi``), or
 everything comes from a local folder of wheels (``make wheelhouse`` prepares one on a connected
 machine) for air-gapped installs. NumPy, and every package of QGIS's that is built against it, is held at
-QGIS's own version through a pip constraints file (:func:`qgis_constraints`).
+QGIS's own version through a pip constraints file (:func:`qgis_constraints`). The same install brings
+GeoCLIP's trained heads and GPS gallery: the official release wheel, pinned by version and sha256, without
+its dependencies (:data:`HEADS_RELEASE`). A CPU build is what gets installed when CPU is chosen, or the
+install stops before downloading and says why (:func:`check_torch_build`).
 No Qt here: the dialog runs :func:`install` in a QgsTask.
 """
 
@@ -14,6 +17,7 @@ import argparse
 import importlib.metadata
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess  # nosec B404 - pip is run with a fixed argument list, never through a shell
@@ -23,9 +27,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from .deps import OPTIONAL, REQUIRED, qgis_python
+from .deps import HEADS_RELEASE, HEADS_RELEASE_SHA256, OPTIONAL, REQUIRED, qgis_python
 
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+PYPI_INDEX = "https://pypi.org/simple"
 MIN_TORCH = (2, 2)
 
 
@@ -97,18 +102,7 @@ def usable_torch(packages: list[tuple[str, str, bool]]) -> str | None:
     return None
 
 
-def pip_steps(
-    target: Path,
-    build: str = "cpu",
-    wheels: str | None = None,
-    python: str | None = None,
-    torch: str | None = None,
-    constraints: Path | None = None,
-    with_torch: bool = True,
-) -> list[list[str]]:
-    """The pip commands, in order: torch first (from the CPU index for a CPU build; left out when
-    ``with_torch`` is False), then the rest; ``constraints``: a file of :func:`qgis_constraints` lines,
-    obeyed by both."""
+def _pip_base(target: Path, wheels: str | None, python: str | None, constraints: Path | None) -> list[str]:
     base = [
         python or qgis_python(),
         "-m",
@@ -126,13 +120,93 @@ def pip_steps(
         base += ["--no-index", "--find-links", str(wheels)]
     if constraints:
         base += ["--constraint", str(constraints)]
+    return base
+
+
+def heads_step(target: Path, requirements: Path, wheels: str | None = None, python: str | None = None) -> list[str]:
+    """pip for the GeoCLIP release wheel alone: no dependencies (the engine brings its own), hash-checked
+    against :data:`HEADS_RELEASE_SHA256` (``requirements`` is a file of :func:`heads_requirement`)."""
+    return _pip_base(target, wheels, python, None) + ["--no-deps", "--require-hashes", "-r", str(requirements)]
+
+
+def heads_requirement() -> str:
+    return f"{HEADS_RELEASE} --hash=sha256:{HEADS_RELEASE_SHA256}\n"
+
+
+def pip_steps(
+    target: Path,
+    build: str = "cpu",
+    wheels: str | None = None,
+    python: str | None = None,
+    torch: str | None = None,
+    constraints: Path | None = None,
+    with_torch: bool = True,
+    cpu_index: bool = False,
+) -> list[list[str]]:
+    """The pip commands for the packages, in order: torch first (from PyTorch's CPU index when
+    ``cpu_index``; left out when ``with_torch`` is False), then the rest; ``constraints``: a file of
+    :func:`qgis_constraints` lines, obeyed by both. The heads come after them (:func:`heads_step`)."""
+    base = _pip_base(target, wheels, python, constraints)
     rest = [requirement for name, requirement in REQUIRED.items() if name != "torch"] + list(OPTIONAL.values())
     if not with_torch:
         return [base + rest]
     torch_step = base + [torch or REQUIRED["torch"]]
-    if build == "cpu" and not wheels and cpu_index_reachable():
-        torch_step += ["--index-url", CPU_INDEX, "--extra-index-url", "https://pypi.org/simple"]
+    if build == "cpu" and not wheels and cpu_index:
+        torch_step += ["--index-url", CPU_INDEX, "--extra-index-url", PYPI_INDEX]
     return [torch_step, base + rest]
+
+
+def pypi_torch_is_cuda() -> bool:
+    """PyPI's torch wheels for Linux on x86_64 carry CUDA (several GB of nvidia packages); elsewhere
+    (Windows, macOS, Linux on ARM) PyPI's torch is the CPU build."""
+    return sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")
+
+
+def resolved_torch(step: list[str]) -> dict | None:
+    """What pip would install for the torch step, asked without installing it (``--dry-run --report``:
+    metadata only where the index serves it): {"version", "url", "cuda"}; None when pip cannot say."""
+    at = step.index("install")
+    command = step[: at + 1] + ["--dry-run", "--no-deps", "--ignore-installed", "--quiet", "--report", "-"]
+    skip = {"--target", "--upgrade", "--no-warn-script-location"}
+    rest, i = step[at + 1 :], 0
+    while i < len(rest):
+        if rest[i] in skip:
+            i += 2 if rest[i] == "--target" else 1
+            continue
+        command.append(rest[i])
+        i += 1
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=600)  # nosec B603 - fixed pip arguments
+        report = json.loads(out.stdout) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    for item in (report or {}).get("install", []):
+        metadata = item.get("metadata", {})
+        if str(metadata.get("name", "")).lower() != "torch":
+            continue
+        version = str(metadata.get("version", ""))
+        needs = [r for r in metadata.get("requires_dist") or [] if "extra ==" not in r]
+        cuda = "+cu" in version or any(r.lower().startswith("nvidia-") for r in needs)
+        return {"version": version, "url": item.get("download_info", {}).get("url", ""), "cuda": cuda}
+    return None
+
+
+def check_torch_build(step: list[str], log: Callable[[str], None] = print) -> None:
+    """A CPU build was chosen but PyTorch's CPU index cannot be reached: install from PyPI only when
+    what PyPI gives here is a CPU build; stop (before any download) and say why otherwise."""
+    found = resolved_torch(step)
+    if found is None and not pypi_torch_is_cuda():
+        log("PyTorch's CPU index cannot be reached; PyPI's torch for this system is a CPU build")
+        return
+    if found is not None and not found["cuda"]:
+        log(f"PyTorch's CPU index cannot be reached; torch {found['version']} found elsewhere is a CPU build")
+        return
+    what = f"torch {found['version']}" if found else "PyPI's torch for Linux"
+    raise InstallError(
+        f"the CPU build of torch was chosen, but PyTorch's CPU index ({CPU_INDEX}) cannot be reached and "
+        f"{what} is a CUDA build (several GB of NVIDIA libraries). Nothing was downloaded. Allow that address, "
+        "choose the CUDA build knowingly, or install from a folder of wheels made on a connected machine."
+    )
 
 
 def _plan(python: str | None, torch: str | None, log: Callable[[str], None]) -> tuple[list[str], bool]:
@@ -157,6 +231,26 @@ def cpu_index_reachable() -> bool:
         return False
 
 
+def _package_steps(
+    target: Path,
+    build: str,
+    wheels: str | None,
+    python: str | None,
+    torch: str | None,
+    constraints: Path | None,
+    with_torch: bool,
+    log: Callable[[str], None],
+) -> list[list[str]]:
+    """:func:`pip_steps` with torch's source decided: PyTorch's CPU index for a CPU build when it can be
+    reached, else only a CPU build found elsewhere (:func:`check_torch_build`)."""
+    online_cpu = build == "cpu" and not wheels and with_torch
+    cpu_index = online_cpu and cpu_index_reachable()
+    steps = pip_steps(target, build, wheels, python, torch, constraints, with_torch, cpu_index=cpu_index)
+    if online_cpu and not cpu_index:
+        check_torch_build(steps[0], log)
+    return steps
+
+
 def download_wheels(
     folder: Path,
     build: str = "cpu",
@@ -164,20 +258,39 @@ def download_wheels(
     log: Callable[[str], None] = print,
     torch: str | None = None,
 ) -> None:
-    """A folder of every wheel an offline install needs (run on a connected machine; same Python version
-    and platform as the QGIS it is for)."""
+    """A folder of every wheel an offline install needs, the GeoCLIP release included (run on a connected
+    machine; same Python version and platform as the QGIS it is for)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lines, with_torch = _plan(python, torch, log)
     constraints = write_constraints(folder / "qgis-constraints.txt", lines)
-    steps = pip_steps(folder, build, None, python, torch, constraints, with_torch)
-    for command in steps:
+    requirements = folder / "geoclip-release.txt"
+    requirements.write_text(heads_requirement())
+    steps = _package_steps(folder, build, None, python, torch, constraints, with_torch, log)
+    for command in [*steps, heads_step(folder, requirements, None, python)]:
         command = [c for c in command if c not in ("--upgrade", "--no-warn-script-location")]
         at = command.index("install")
         command[at : at + 3] = ["download", "--dest", str(folder), "--only-binary", ":all:"]  # replaces --target X
         log("$ " + " ".join(command))
         if subprocess.run(command).returncode != 0:  # nosec B603
             raise InstallError("pip download failed")
+
+
+def _run_pip(command: list[str], log: Callable[[str], None], should_stop: Callable[[], bool]) -> None:
+    log("$ " + " ".join(command))
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # nosec B603
+        text=True,
+        env={**os.environ, "PYTHONNOUSERSITE": "1"},
+    )
+    for line in process.stdout:
+        log(line.rstrip())
+        if should_stop():
+            process.terminate()
+    if process.wait() != 0:
+        raise InstallError("cancelled" if should_stop() else f"pip failed (exit {process.returncode}); see the log")
 
 
 def install(
@@ -189,7 +302,8 @@ def install(
     python: str | None = None,
     torch: str | None = None,
 ) -> None:
-    """Run the pip steps, streaming their output to ``log``; raise InstallError on failure.
+    """Run the pip steps (packages, then the GeoCLIP release's heads and gallery), streaming their output
+    to ``log``; raise InstallError on failure.
 
     Packages land in a staging folder first and replace ``target`` only when every step succeeded, so a
     failed or cancelled install leaves what was there before.
@@ -198,28 +312,16 @@ def install(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     constraints = Path(f"{staging}.constraints.txt")
+    requirements = Path(f"{staging}.release.txt")
     try:
         lines, with_torch = _plan(python, torch, log)
         write_constraints(constraints, lines)
-        for command in pip_steps(staging, build, wheels, python, torch, constraints, with_torch):
-            log("$ " + " ".join(command))
-            process = subprocess.Popen(
-                command,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,  # nosec B603
-                text=True,
-                env={**os.environ, "PYTHONNOUSERSITE": "1"},
-            )
-            for line in process.stdout:
-                log(line.rstrip())
-                if should_stop():
-                    process.terminate()
-            if process.wait() != 0:
-                raise InstallError(
-                    "cancelled" if should_stop() else f"pip failed (exit {process.returncode}); see the log"
-                )
+        requirements.write_text(heads_requirement())
+        steps = _package_steps(staging, build, wheels, python, torch, constraints, with_torch, log)
+        for command in [*steps, heads_step(staging, requirements, wheels, python)]:
+            _run_pip(command, log, should_stop)
         drop_what_qgis_has(staging, lines, log)
-        problems = conflicts(staging, with_torch)
+        problems = conflicts(staging, with_torch, build)
         if problems:
             raise InstallError("; ".join(problems))
         if target.exists():
@@ -229,6 +331,46 @@ def install(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         constraints.unlink(missing_ok=True)
+        requirements.unlink(missing_ok=True)
+
+
+def install_heads(
+    target: Path,
+    wheels: str | None = None,
+    log: Callable[[str], None] = print,
+    should_stop: Callable[[], bool] = lambda: False,
+    python: str | None = None,
+) -> None:
+    """The GeoCLIP release alone (heads and gallery, about 40 MB), for a QGIS whose Python already has
+    the packages: into a staging folder, checked, then beside what ``target`` holds (an older copy of the
+    release there is replaced, nothing else is touched)."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    requirements = Path(f"{staging}.release.txt")
+    try:
+        requirements.write_text(heads_requirement())
+        _run_pip(heads_step(staging, requirements, wheels, python), log, should_stop)
+        if not _release_installed(staging):
+            raise InstallError("the GeoCLIP release's heads are missing after the install")
+        for old in target.glob("geoclip-*.dist-info"):
+            shutil.rmtree(old)
+        for entry in staging.iterdir():
+            placed = target / entry.name
+            if placed.is_symlink() or placed.is_file():
+                placed.unlink()
+            elif placed.exists():
+                shutil.rmtree(placed)
+            entry.rename(placed)
+        log(f"installed {HEADS_RELEASE} into {target}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        requirements.unlink(missing_ok=True)
+
+
+def _release_installed(folder: Path) -> bool:
+    weights = folder / "geoclip" / "model" / "weights"
+    return _version("geoclip", folder) is not None and (weights / "location_encoder_weights.pth").is_file()
 
 
 def drop_what_qgis_has(folder: Path, constraints: list[str], log: Callable[[str], None] = print) -> None:
@@ -278,9 +420,10 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def conflicts(folder: Path, with_torch: bool = True) -> list[str]:
+def conflicts(folder: Path, with_torch: bool = True, build: str = "") -> list[str]:
     """What in ``folder`` would not work with this QGIS: a NumPy of another major version than GDAL's,
-    a torch older than the engine needs, a missing package."""
+    a torch older than the engine needs, a CUDA torch where the CPU build was chosen, a missing package
+    or a missing GeoCLIP release."""
     problems = []
     system_numpy = qgis_numpy_version()
     numpy = _version("numpy", folder)
@@ -292,16 +435,28 @@ def conflicts(folder: Path, with_torch: bool = True) -> list[str]:
     torch = _version("torch", folder)
     if torch and _release(torch)[:2] < MIN_TORCH:
         problems.append(f"torch {torch} is older than {MIN_TORCH[0]}.{MIN_TORCH[1]}")
+    nvidia = sorted(
+        d.metadata["Name"]
+        for d in importlib.metadata.distributions(path=[str(folder)])
+        if str(d.metadata["Name"] or "").lower().startswith("nvidia-")
+    )
+    if build == "cpu" and torch and ("+cu" in torch or nvidia):
+        problems.append(
+            f"the CPU build was chosen but pip brought torch {torch} with CUDA ({len(nvidia)} NVIDIA packages)"
+        )
     for name in ("torch", "transformers") if with_torch else ("transformers",):
         if _version(name, folder) is None:
             problems.append(f"{name} is missing after the install")
+    if not _release_installed(folder):
+        problems.append("the GeoCLIP release (heads and gallery) is missing after the install")
     return problems
 
 
 def main(argv=None) -> int:
-    """python -m geoclip_qgis.installer install TARGET [--wheels DIR] | wheelhouse DIR: the same from a shell."""
+    """python -m geoclip_qgis.installer install TARGET [--wheels DIR] | heads TARGET | wheelhouse DIR: the same
+    from a shell."""
     parser = argparse.ArgumentParser(prog="python -m geoclip_qgis.installer")
-    parser.add_argument("action", choices=["install", "wheelhouse"])
+    parser.add_argument("action", choices=["install", "heads", "wheelhouse"])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--wheels", help="install from this folder of wheels, offline")
     parser.add_argument("--build", choices=["cpu", "cuda"], default="cuda" if has_nvidia_gpu() else "cpu")
@@ -311,6 +466,8 @@ def main(argv=None) -> int:
     try:
         if args.action == "install":
             install(args.folder, args.build, args.wheels, python=args.python, torch=args.torch)
+        elif args.action == "heads":
+            install_heads(args.folder, args.wheels, python=args.python)
         else:
             download_wheels(args.folder, args.build, args.python, torch=args.torch)
     except InstallError as exc:

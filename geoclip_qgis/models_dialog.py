@@ -54,8 +54,9 @@ SOURCE_WORDS = {
 
 # How to fix each problem the engine names, with this dialog's buttons.
 FIXES = {
-    "heads_missing": "In Models…, press Import folder… and choose a heads folder (weights/*.pth and "
-    "gps_gallery/*.csv) or Import bundle… for a GeoCLIP model bundle (.zip).",
+    "heads_missing": "In Models…, press Install heads… for GeoCLIP's release (about 40 MB, online or from a folder "
+    "of wheels), Import folder… for a heads folder (weights/*.pth and gps_gallery/*.csv) or Import bundle… for a "
+    "GeoCLIP model bundle (.zip).",
     "backbone_missing": "In Models…, press Import folder… and choose a CLIP ViT-L/14 checkpoint folder (from a "
     "USB stick, say), Import bundle… for a GeoCLIP model bundle (.zip), or Download backbone (about 1.7 GB, the "
     "only time GeoCLIP uses the network).",
@@ -285,6 +286,8 @@ class DownloadTask(QgsTask):
 class ModelsDialog(QDialog):
     """``focus``: a problem code (backbone_missing...) to open at, its fix buttons first."""
 
+    headsInstalled = pyqtSignal()  # noqa: N815 - Qt naming
+
     def __init__(self, parent=None, focus: str = ""):
         super().__init__(parent)
         self.setWindowTitle("GeoCLIP models")
@@ -311,7 +314,9 @@ class ModelsDialog(QDialog):
         self.fix_bundle.clicked.connect(self.import_bundle)
         self.fix_download = QPushButton("Download backbone")
         self.fix_download.clicked.connect(self.download)
-        for button in (self.fix_import, self.fix_bundle, self.fix_download):
+        self.fix_heads = QPushButton("Install heads…")
+        self.fix_heads.clicked.connect(self.install_heads)
+        for button in (self.fix_heads, self.fix_import, self.fix_bundle, self.fix_download):
             fix_buttons.addWidget(button)
         fix_buttons.addStretch(1)
         fix_layout.addLayout(fix_buttons)
@@ -435,7 +440,8 @@ class ModelsDialog(QDialog):
             return
         self.fix_text.setText(f"<b>{html.escape(problem['text'])}</b><br>{html.escape(FIXES[problem['code']])}")
         self.fix_download.setVisible(problem["code"] in ("backbone_missing", "not_vit_l14"))
-        self.fix_import.setFocus()
+        self.fix_heads.setVisible(problem["code"] == "heads_missing")
+        (self.fix_heads if problem["code"] == "heads_missing" else self.fix_import).setFocus()
 
     def _checksums_ready(self, sums: dict) -> None:
         self.checksums.update(sums)
@@ -464,6 +470,15 @@ class ModelsDialog(QDialog):
         save_settings(self.chosen())
         QMessageBox.information(self, "GeoCLIP", f"Imported {', '.join(imported)} into {weights.models_dir()}")
         self.refresh()
+
+    def install_heads(self) -> None:
+        """GeoCLIP's release (heads and gallery) into the plugin's folder, online or from wheels."""
+        from .install_dialog import InstallDialog
+
+        dialog = InstallDialog(self, heads_only=True)
+        dialog.installed.connect(self.refresh)
+        dialog.installed.connect(self.headsInstalled)
+        dialog.exec()
 
     def import_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "A heads folder, a CLIP folder, or both")

@@ -83,6 +83,7 @@ class GeoCLIPPlugin:
             self.dock.closedStateChanged.connect(lambda closed: self.action.setChecked(not closed))
             self.dock.resultsWanted.connect(self.show_results)
             self.dock.resultsUpdated.connect(self._follow_run)
+            self.dock.dependenciesInstalled.connect(self.initProcessing)  # no restart needed
         self.dock.setUserVisible(checked)
 
     def show_results(self, gpkg: str) -> None:

@@ -74,11 +74,9 @@ def save_dock_settings(choice: DockSettings) -> None:
 def runs_folder() -> Path:
     """Where runs go when neither the user nor a saved project names a folder: the user data folder
     (``~/.local/share/geoclip-qgis/runs`` on Linux), never a temporary folder that vanishes."""
-    import platformdirs
+    from .backend.user_folders import user_data_folder
 
-    from .backend.cache import APP_NAME
-
-    return platformdirs.user_data_path(APP_NAME) / "runs"
+    return user_data_folder() / "runs"
 
 
 def get_engine(choice: EngineSettings):

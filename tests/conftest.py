@@ -97,3 +97,33 @@ def photo_dir(tmp_path, skimage_data, kauai_png, samples) -> Path:
     shutil.copy(kauai_png, folder / "kauai.png")
     shutil.copy(samples / "gps" / "DSCN0010.jpg", folder / "DSCN0010.jpg")
     return folder
+
+
+@pytest.fixture(scope="session")
+def wheelhouse():
+    """What `make wheelhouse` makes for QGIS's Python (/usr/bin/python3), downloaded once: the connected
+    machine's step of an offline install. Fetched again (only what is missing) whenever the requirements,
+    the GeoCLIP release or QGIS's own pinned packages change."""
+    import json
+    import subprocess
+
+    from geoclip_qgis import installer
+    from geoclip_qgis.deps import HEADS_RELEASE, OPTIONAL, REQUIRED
+
+    python, torch = "/usr/bin/python3", "torch==2.13.0"  # the CPU build this workplace holds
+    folder = ROOT / ".cache" / "wheelhouse"
+    wanted = json.dumps(
+        {
+            "requirements": sorted([*REQUIRED.values(), *OPTIONAL.values(), HEADS_RELEASE]),
+            "constraints": installer.qgis_constraints(installer.qgis_packages(python)),
+            "torch": torch,
+        }
+    )
+    stamp = folder / "wanted.json"
+    if not stamp.is_file() or stamp.read_text() != wanted:
+        command = [sys.executable, "-m", "geoclip_qgis.installer", "wheelhouse", str(folder), "--python", python]
+        subprocess.run(
+            [*command, "--torch", torch], check=True, timeout=1800, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        )
+        stamp.write_text(wanted)
+    return folder

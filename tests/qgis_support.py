@@ -12,14 +12,23 @@ _app = None
 
 
 def qgis_app():
+    """QGIS for this process: a throw-away profile, or the profile folder $GEOCLIP_QGIS_PROFILE names
+    (where the stock-QGIS tests install, so qgis_process finds the same profile afterwards)."""
     global _app
     if _app is None:
-        from qgis.testing import start_app
-
-        _app = start_app(cleanup=False)
         import sys
 
         from qgis.core import QgsApplication
+
+        profile = os.environ.get("GEOCLIP_QGIS_PROFILE")
+        if profile:
+            _app = QgsApplication([b"qgis"], True, profile)
+            QgsApplication.setPrefixPath("/usr", True)
+            QgsApplication.initQgis()
+        else:
+            from qgis.testing import start_app
+
+            _app = start_app(cleanup=False)
 
         sys.path.append(os.path.join(QgsApplication.pkgDataPath(), "python", "plugins"))  # QGIS's Processing
         from processing.core.Processing import Processing

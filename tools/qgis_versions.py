@@ -124,7 +124,7 @@ MMDEBSTRAP_OPTIONS = (
 # --suite plugin: every test marked qgis or desktop (tests/test_plugin.py with its Processing and
 # qgis_process tests, tests/test_desktop.py, and any other test of the QGIS API).
 PLUGIN_MARKERS = "qgis or desktop"
-NOT_IN_ROOTS = ("tests/test_offline_install.py",)  # about QGIS 3.22's /usr/bin/python3 and its torch wheels
+NOT_IN_ROOTS = ("tests/test_stock_qgis.py",)  # about QGIS 3.22's /usr/bin/python3 and its torch wheels
 
 VERSIONS_SCRIPT = r"""
 import importlib.metadata, json, platform
