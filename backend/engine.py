@@ -312,11 +312,14 @@ class Engine:
         regions: int = 1,
         world_cell: float = 0.25,
         local_cell: float = 0.01,
+        progress: ProgressCallback | None = None,
     ) -> RasterSet:
-        """World and local probability rasters for an answered photo, text query or fused set."""
+        """World and local probability rasters for an answered photo, text query or fused set. The first
+        call encodes the gallery and the world grid (minutes on a CPU; cached on disk), with ``progress``."""
         if result.feature is None:
             raise GeoCLIPError(f"no feature for {result.photo}: {result.error or 'not answered'}")
-        evaluator = self.surface(world_cell, local_cell)
+        self.load_gallery(progress)
+        evaluator = self.surface(world_cell, local_cell, progress)
         query = torch.from_numpy(result.feature).to(self.device)
         gallery_logits = self.heads.logits(query[None], self.gallery.features)[0]
         top = torch.topk(gallery_logits, 16)

@@ -159,8 +159,11 @@ def how_likely_many(
     return [prepared.at(lat, lon, id) for id, lat, lon in points]
 
 
-def for_answer(engine, result, points: Iterable[tuple[str, float, float]], area=None) -> list[Likelihood]:
+def for_answer(
+    engine, result, points: Iterable[tuple[str, float, float]], area=None, progress=None
+) -> list[Likelihood]:
     """\"How likely here?\" for an answer (a photo, text or fused result with its query vector): its
-    rasters are made again from the vector (the location encoder only), then each point is judged."""
-    made = engine.rasters(result, area)
+    rasters are made again from the vector (the location encoder only), then each point is judged.
+    ``progress``: the first use's encoding of the gallery and world grid, stage by stage."""
+    made = engine.rasters(result, area, progress=progress)
     return how_likely_many(made.world, points, made.local)

@@ -227,6 +227,8 @@ class GeoCLIPDock(QgsDockWidget):
         self._last_output = ""
         self._quit_watcher = _QuitWatcher(self)
         self._devices_listed = False  # GPUs are listed on demand (list_devices)
+        self._continue_output = ""  # a cancelled run's GeoPackage, offered to continue while the inputs stay
+        self._continue_paths: list[str] = []
         self._build()
         self._restore()
         self._check_dependencies()
@@ -647,6 +649,12 @@ class GeoCLIPDock(QgsDockWidget):
 
     def _update_count(self) -> None:
         paths = self.paths()
+        if self.status.text().startswith("Add photos"):
+            self._say("")  # that request is answered (or moot) now
+        if self._continue_output and paths != self._continue_paths:  # other photos: a new GeoPackage again
+            if self.output.filePath() == self._continue_output:
+                self.output.setFilePath("")
+            self._continue_output = ""
         if not paths:
             self.count_label.setText("Add photos or folders, or drop them here.")
             return
@@ -816,19 +824,44 @@ class GeoCLIPDock(QgsDockWidget):
         self.resultsUpdated.emit(self._last_output)
         bar = self.iface.messageBar()
         if outcome.cancelled:
-            self.progress.setRange(0, 100)  # stays where the run stopped
+            self.progress.setRange(0, 100)
+            self.progress.setValue(0)
+            self.progress.setTextVisible(False)  # the status line says how far it got
             line = cancelled_text(outcome.summary.answered, result.total)
-            self._say(f"{line}, in {Path(self._last_output).name}.")
+            # Run again continues this GeoPackage: the photos it holds are skipped.
+            self._continue_output, self._continue_paths = self._last_output, self.paths()
+            self.output.setFilePath(self._last_output)
+            self._say(f"{line}, in {Path(self._last_output).name}. Press Run to continue it.")
             bar.pushMessage("GeoCLIP", f"{line} in {Path(self._last_output).name}", Qgis.MessageLevel.Warning, 10)
         else:
+            self._continue_output = ""
             self.progress.setRange(0, 100)
             self.progress.setValue(100)
             summary = outcome.summary
             self._say(f"Done: {summary.first_line()}.")
-            self._hint_map_tips()  # under the run's own notice, shown once that one goes
             level = Qgis.MessageLevel.Warning if outcome.failures else Qgis.MessageLevel.Success
-            bar.pushMessage("GeoCLIP", self._bar_line(result), level, 10)
+            item = bar.createMessage("GeoCLIP", self._bar_line(result))
+            self._offer_map_tips(bar, item)  # in the run's own notice, not under it
+            bar.pushWidget(item, level, 10)
         self.runFinished.emit(result)
+
+    def show_project_runs(self, paths: list[str]) -> None:
+        """A reopened project's runs: the latest is the one Look at each answer… opens."""
+        if self.task is not None:
+            return
+        if not paths:
+            self._last_output = ""
+            self.summary.setText("No run yet.")
+            self.judge_button.setEnabled(False)
+            return
+        self._last_output = paths[0]
+        more = f" (and {len(paths) - 1} earlier)" if len(paths) > 1 else ""
+        self.summary.setText(
+            f"This project holds the run <b>{html.escape(Path(paths[0]).name)}</b>{html.escape(more)}. "
+            "Look at each answer… opens it in the results panel."
+        )
+        self.summary.setToolTip(paths[0])
+        self.judge_button.setEnabled(True)
 
     def _bar_line(self, result) -> str:
         summary = result.outcome.summary
@@ -960,19 +993,18 @@ class GeoCLIPDock(QgsDockWidget):
         shown = sum(self.failures.rowHeight(r) for r in range(rows))
         self.failures.setFixedHeight(self.failures.horizontalHeader().height() + shown + 2 * self.failures.frameWidth())
 
-    def _hint_map_tips(self) -> None:
-        """Once: the answers' map tips (photo preview) need QGIS's map tips on."""
+    def _offer_map_tips(self, bar, item) -> None:
+        """Once: the answers' map tips (photo preview) need QGIS's map tips on; the offer is a button in
+        the run's notice."""
         saved = load_dock_settings()
         action = getattr(self.iface, "actionMapTips", None)
         if saved.map_tips_hint_shown or action is None or action().isChecked():
             return
         save_dock_settings(replace(saved, map_tips_hint_shown=True))
-        bar = self.iface.messageBar()
-        item = bar.createMessage("GeoCLIP", "Hover an answer to see its photo: map tips show it.")
+        item.setText(item.text() + ". Hover an answer to see its photo: map tips show it")
         button = QPushButton("Turn map tips on")
         button.clicked.connect(lambda: (action().setChecked(True), _pop(bar, item)))
         item.layout().addWidget(button)
-        bar.pushWidget(item, Qgis.MessageLevel.Info, 20)
 
     # -- dialogs ---------------------------------------------------------------------------------
 

@@ -278,18 +278,18 @@ def download_wheels(
 
 def _run_pip(command: list[str], log: Callable[[str], None], should_stop: Callable[[], bool]) -> None:
     log("$ " + " ".join(command))
-    process = subprocess.Popen(
+    with subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,  # nosec B603
         text=True,
         env={**os.environ, "PYTHONNOUSERSITE": "1"},
-    )
-    for line in process.stdout:
-        log(line.rstrip())
-        if should_stop():
-            process.terminate()
-    if process.wait() != 0:
+    ) as process:
+        for line in process.stdout:
+            log(line.rstrip())
+            if should_stop():
+                process.terminate()
+    if process.returncode != 0:
         raise InstallError("cancelled" if should_stop() else f"pip failed (exit {process.returncode}); see the log")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from qgis.core import QgsApplication
+from qgis.core import QgsApplication, QgsProject
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 
@@ -61,6 +61,20 @@ class GeoCLIPPlugin:
         if load_dock_settings().dock_open:  # it was open when QGIS last closed
             self.action.setChecked(True)
         self.action.toggled.connect(self._remember_open)
+        QgsProject.instance().readProject.connect(self._project_opened)
+        QgsProject.instance().cleared.connect(self._project_opened)
+
+    def _project_opened(self, *_args) -> None:
+        """A project opened (or a new one): its runs come back with its layers, in the dock and the panel."""
+        from .layers import project_runs
+
+        runs = project_runs(QgsProject.instance())
+        if self.dock is not None:
+            self.dock.show_project_runs(runs)
+        if self.results is not None and runs:
+            self.results.show_run(runs[0])
+        elif self.results is not None:
+            self.results.clear_run()
 
     def initProcessing(self) -> None:  # noqa: N802 - QGIS API: also called by qgis_process, without a GUI
         if self.provider is not None or deps.missing():
@@ -84,6 +98,9 @@ class GeoCLIPPlugin:
             self.dock.resultsWanted.connect(self.show_results)
             self.dock.resultsUpdated.connect(self._follow_run)
             self.dock.dependenciesInstalled.connect(self.initProcessing)  # no restart needed
+            from .layers import project_runs
+
+            self.dock.show_project_runs(project_runs(QgsProject.instance()))
         self.dock.setUserVisible(checked)
 
     def show_results(self, gpkg: str) -> None:
@@ -95,6 +112,10 @@ class GeoCLIPPlugin:
             self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.results)
             if self.dock is not None and self.iface.mainWindow() is not None:  # tabs beside the dock: full height
                 self.iface.mainWindow().tabifyDockWidget(self.dock, self.results)
+        if not gpkg and not self.results.gpkg:  # opened from the menu: the project's latest run, if any
+            from .layers import project_runs
+
+            gpkg = next(iter(project_runs(QgsProject.instance())), "")
         if gpkg:
             self.results.show_run(gpkg)
         self.results.setUserVisible(True)
@@ -109,6 +130,11 @@ class GeoCLIPPlugin:
         save_dock_settings(replace(load_dock_settings(), dock_open=checked))
 
     def unload(self) -> None:
+        for signal in (QgsProject.instance().readProject, QgsProject.instance().cleared):
+            try:
+                signal.disconnect(self._project_opened)
+            except (TypeError, RuntimeError):  # initGui never ran
+                pass
         if self.action is not None:
             self.action.toggled.disconnect(self._remember_open)  # closing QGIS hides the dock: not the user's choice
         logging.getLogger("geoclip_qgis").removeHandler(self.log_handler)

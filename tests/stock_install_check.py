@@ -14,7 +14,7 @@ plugins, wheels, clip, photos, output = sys.argv[1:6]
 sys.path.insert(0, plugins)  # the installed plugin, as QGIS puts it on the path
 sys.path.insert(0, os.path.dirname(__file__))  # qgis_support (QGIS only)
 
-from qgis.core import QgsApplication, QgsProject, QgsTask  # noqa: E402
+from qgis.core import QgsApplication, QgsProject  # noqa: E402
 from qgis.PyQt.QtCore import QTimer  # noqa: E402
 from qgis.PyQt.QtWidgets import QApplication, QMessageBox  # noqa: E402
 from qgis_support import StandInInterface, qgis_app, wait_for  # noqa: E402
@@ -64,14 +64,14 @@ def install(dialog):
     dialog.wheels.setFilePath(wheels)
     dialog.start.click()
 
-    def finished():
-        task = dialog.task
-        if task is None or task.status() not in (QgsTask.TaskStatus.Complete, QgsTask.TaskStatus.Terminated):
-            QTimer.singleShot(500, finished)
-            return
-        QTimer.singleShot(500, lambda: (step("installed", log=dialog.log.toPlainText()[-1500:]), dialog.accept()))
+    def finished(outcome):
+        # after the dialog's own handlers (they run first: connected first) have said what happened
+        QTimer.singleShot(
+            300, lambda: (step("installed", outcome=outcome, log=dialog.log.toPlainText()[-3000:]), dialog.accept())
+        )
 
-    finished()
+    dialog.task.taskCompleted.connect(lambda: finished("completed"))
+    dialog.task.taskTerminated.connect(lambda: finished("failed"))
 
 
 in_modal(install)

@@ -140,3 +140,74 @@ def test_copies_of_qgis_packages_are_removed_from_the_plugin_folder(tmp_path):
     ]
     assert outside.read_text() == "not ours"  # a RECORD never reaches outside the folder
     assert said == ["numpy 2.2.4: QGIS's own is used (the copy pip added is removed)"]
+
+
+def _wheel(folder, name, version, requires=()):
+    """A minimal wheel pip can resolve offline (what matters here is its metadata)."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    info = f"{name}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {r}\n" for r in requires
+    )
+    wheel = "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{name}/__init__.py", "")
+        archive.writestr(f"{info}/METADATA", metadata)
+        archive.writestr(f"{info}/WHEEL", wheel)
+        archive.writestr(
+            f"{info}/RECORD", f"{name}/__init__.py,,\n{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n"
+        )
+    return path
+
+
+def test_a_cpu_build_that_would_bring_cuda_stops_before_downloading(tmp_path):
+    """The CPU index cannot be reached and what pip would take is a CUDA build: the install stops and
+    says why, instead of fetching gigabytes of NVIDIA libraries."""
+    cuda = tmp_path / "cuda"
+    # Versions no other wheel folder on this machine holds, pinned, so pip resolves exactly these files.
+    _wheel(cuda, "torch", "2.2.1", ["nvidia-cublas-cu12==12.8.4.1 ; platform_system == 'Linux'", "filelock"])
+    step = installer.pip_steps(tmp_path / "t", wheels=str(cuda), python=sys.executable, torch="torch==2.2.1")[0]
+    assert installer.resolved_torch(step)["cuda"]
+    with pytest.raises(installer.InstallError, match="CUDA build .* Nothing was downloaded"):
+        installer.check_torch_build(step, log=lambda line: None)
+    assert not (tmp_path / "t").exists()
+
+    cpu = tmp_path / "cpu"
+    _wheel(cpu, "torch", "2.2.1+cpu", ["filelock"])
+    step = installer.pip_steps(tmp_path / "t", wheels=str(cpu), python=sys.executable, torch="torch==2.2.1+cpu")[0]
+    said = []
+    installer.check_torch_build(step, log=said.append)  # a CPU build found elsewhere: it goes on
+    assert said == ["PyTorch's CPU index cannot be reached; torch 2.2.1+cpu found elsewhere is a CPU build"]
+
+
+def test_the_heads_step_is_pinned_by_hash_and_takes_no_dependencies(tmp_path):
+    from geoclip_qgis.deps import HEADS_RELEASE
+
+    requirements = tmp_path / "release.txt"
+    requirements.write_text(installer.heads_requirement())
+    assert requirements.read_text().startswith(f"{HEADS_RELEASE} --hash=sha256:")
+    step = installer.heads_step(tmp_path / "t", requirements, wheels=str(tmp_path), python="python3")
+    assert "--no-deps" in step and "--require-hashes" in step and step[step.index("-r") + 1] == str(requirements)
+    # A wheel with the right name and version but other bytes is refused by pip.
+    _wheel(tmp_path / "w", "geoclip", HEADS_RELEASE.split("==")[1])
+    out = subprocess.run(
+        installer.heads_step(tmp_path / "t", requirements, wheels=str(tmp_path / "w"), python=sys.executable),
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0 and "hash" in (out.stdout + out.stderr).lower()
+    assert not (tmp_path / "t" / "geoclip").exists()
+
+
+def test_a_cuda_torch_where_cpu_was_chosen_is_not_put_in_place(tmp_path):
+    folder = tmp_path / "staged"
+    _installed(folder, "torch", "2.13.0", ["torch/__init__.py"])
+    _installed(folder, "nvidia-cublas-cu12", "12.8.4.1", ["nvidia/cublas/__init__.py"])
+    _installed(folder, "transformers", "5.24.0", ["transformers/__init__.py"])
+    problems = installer.conflicts(folder, build="cpu")
+    assert any("CPU build was chosen" in p for p in problems)
+    assert any("GeoCLIP release" in p for p in problems)  # and the heads are not there
+    assert not any("CPU build" in p for p in installer.conflicts(folder, build="cuda"))

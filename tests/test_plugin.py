@@ -337,9 +337,14 @@ def test_cancel_stops_within_a_batch_and_keeps_answers(plugin, skimage_data, tmp
     # what was kept, said as such: not a full bar, not "Task complete"
     assert dock.status.text().startswith(f"Cancelled — {kept} of 120 kept")
     assert bar.currentItem().text() == f"Cancelled — {kept} of 120 kept in cancel.gpkg"
-    assert dock.progress.value() < 100
+    assert dock.progress.value() == 0 and not dock.progress.isTextVisible()  # no stale percentage
     assert result.description == f"GeoCLIP: cancelled — {kept} of 120 kept"
     assert dock.summary.text().count("answered") and f"{kept} of 120 answered" in dock.summary.text()
+    # Run again continues the cancelled GeoPackage (its photos are skipped) while the inputs stay the same.
+    assert dock.output.filePath() == str(tmp_path / "cancel.gpkg") and "Press Run to continue" in dock.status.text()
+    assert "skips photos it already answers" in dock.output_hint.text()
+    dock.add_paths([str(skimage_data / "astronaut.png")])  # other inputs: a new GeoPackage again
+    assert dock.output.filePath() == ""
 
 
 def test_qgis_task_notice_gives_way_to_the_docks(plugin, photo_dir, tmp_path):
@@ -982,3 +987,22 @@ def test_qgis_starts_without_torch_even_with_the_dock_open(tmp_path):
     lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line[:2] in ("AT", "OP")}
     assert lines["AT"] == ["START", "True", "False", "2"]  # dock shown, no torch, Automatic + CPU
     assert lines["OPTIONS"] == ["True", "True"]
+
+
+def test_a_reopened_project_brings_its_runs_back(plugin, photo_dir, tmp_path):
+    """Layers come back with a saved project, and so does the run: the dock's Results and the panel."""
+    from qgis.core import QgsProject
+
+    dock = plugin.dock
+    run_dock(dock, [photo_dir / "kauai.png"], out=tmp_path / "saved.gpkg", top_k=2)
+    project = QgsProject.instance()
+    assert project.write(str(tmp_path / "case.qgs"))
+    project.clear()
+    assert dock.summary.text() == "No run yet." and not dock.judge_button.isEnabled()
+    plugin.show_results("")
+    assert plugin.results.source.text() == "No run loaded"
+    assert project.read(str(tmp_path / "case.qgs"))
+    assert "saved.gpkg" in dock.summary.text() and dock.judge_button.isEnabled()
+    assert "saved.gpkg" in plugin.results.source.text() and len(plugin.results.answers) == 1
+    extent = plugin.iface.canvas.extent()  # the answer is shown on the Earth, not off it
+    assert -180 <= extent.center().x() <= 180 and -90 <= extent.center().y() <= 90

@@ -105,6 +105,9 @@ def test_how_likely_here_from_the_map(panel):
     panel.likely_button.setChecked(True)
     assert panel.iface.canvas.mapTool() is panel.tool
     panel.likely_at(top.lat, top.lon)
+    assert panel.marker is not None  # a cross where the user clicked
+    centre = panel.marker.center()
+    assert abs(centre.x() - top.lon) < 1e-6 and abs(centre.y() - top.lat) < 1e-6  # the canvas is in EPSG:4326
     wait_for(lambda: found or "Could not" in panel.likely.text(), 600)
     assert found, panel.likely.text()
     here = found[0]
@@ -112,7 +115,7 @@ def test_how_likely_here_from_the_map(panel):
     assert here.rank is not None and here.rank <= here.cells
     assert "within 200 km" in panel.likely.text() and panel.likely.text() == likely_text(here)
     panel.likely_button.setChecked(False)
-    assert panel.iface.canvas.mapTool() is None
+    assert panel.iface.canvas.mapTool() is None and panel.marker is None
 
 
 def test_export_report_from_the_panel(panel, tmp_path):

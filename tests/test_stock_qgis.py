@@ -35,6 +35,7 @@ def install_zip(tmp_path: Path) -> tuple[Path, Path]:
     """The plugin ZIP unpacked into a fresh profile's plugin folder, as Plugins › Install from ZIP does.
     Returns (config folder, plugins folder)."""
     sys.path.insert(0, str(ROOT / "tools"))
+    from deploy_plugin import enable
     from package_plugin import build
 
     package = build(tmp_path / "dist")
@@ -43,6 +44,7 @@ def install_zip(tmp_path: Path) -> tuple[Path, Path]:
     plugins.mkdir(parents=True)
     with zipfile.ZipFile(package) as archive:
         archive.extractall(plugins)
+    enable(config / "profiles")
     return config, plugins
 
 

@@ -34,6 +34,12 @@ def deploy(profiles: Path, profile: str = "default", copy: bool = False) -> Path
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, link)
         else:
             link.symlink_to(source, target_is_directory=source.is_dir())
+    enable(profiles, profile)
+    return target
+
+
+def enable(profiles: Path, profile: str = "default") -> None:
+    """Mark the plugin enabled in the profile's QGIS3.ini, as Plugins › Install from ZIP leaves it."""
     ini_path = profiles / profile / "QGIS" / "QGIS3.ini"
     ini_path.parent.mkdir(parents=True, exist_ok=True)
     ini = configparser.RawConfigParser()
@@ -51,7 +57,6 @@ def deploy(profiles: Path, profile: str = "default", copy: bool = False) -> Path
         ini.set(section, key, value)
     with open(ini_path, "w") as handle:
         ini.write(handle, space_around_delimiters=False)
-    return target
 
 
 if __name__ == "__main__":

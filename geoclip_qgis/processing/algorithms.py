@@ -222,6 +222,8 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
         except GeoCLIPError as exc:
             raise QgsProcessingException(str(exc)) from None
         feedback.pushInfo(outcome.summary.text())
+        if not outcome.cancelled:
+            feedback.setProgress(100)  # the last stage may have had no count: the toolbox shows done, not 0 %
         return outcome
 
     def _load_layers(self, outcome, request, context) -> dict:
