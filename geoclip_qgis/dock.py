@@ -26,6 +26,7 @@ from qgis.PyQt.QtCore import QEvent, QObject, Qt, QTimer, QUrl, pyqtSignal
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QCheckBox,
     QComboBox,
     QFileDialog,
@@ -289,7 +290,10 @@ class GeoCLIPDock(QgsDockWidget):
         self.status.setMaximumHeight(4 * self.status.fontMetrics().lineSpacing() + 4)  # the rest in its tooltip
         layout.addWidget(self.status)
         self.setWidget(body)
-        self.setMinimumWidth(300)
+        # Wide enough for the Options tab without a sideways scroll bar (it is the widest), never wider
+        # than a laptop screen can spare beside the map.
+        options = self.tabs.widget(1).widget()
+        self.setMinimumWidth(min(420, max(300, options.minimumSizeHint().width() + 40)))
 
     def _input_tab(self) -> QWidget:
         page = QWidget()
@@ -367,16 +371,19 @@ class GeoCLIPDock(QgsDockWidget):
         self.area_layer_label = QLabel("Polygon layer")
         form.addRow(self.area_layer_label, self.area_layer)
         self.area_combo.currentIndexChanged.connect(self._area_changed)
-        self.rasters_check = QCheckBox("Probability rasters (world 0.25° and local 0.01°)")
-        self.world_per_photo = QCheckBox("One world raster per photo (else one for the run)")
+        self.rasters_check = QCheckBox("Probability rasters")
+        self.rasters_check.setToolTip("A world raster (0.25° cells) and local rasters (0.01°) around the best places")
+        self.world_per_photo = QCheckBox("One world raster per photo")
+        self.world_per_photo.setToolTip("Otherwise one world raster for the whole run")
         self.rasters_check.toggled.connect(self.world_per_photo.setEnabled)
-        self.fuse_check = QCheckBox("Also one joint answer (photos of one place)")
-        self.confidence_check = QCheckBox("Confidence areas (where 50 % and 90 % of the probability lie)")
+        self.fuse_check = QCheckBox("Also a joint answer for all photos")
+        self.fuse_check.setToolTip("For photos of one place: one answer that weighs them all together")
+        self.confidence_check = QCheckBox("Confidence areas (50 % and 90 %)")
         self.confidence_check.setToolTip(
             "Outlines of the smallest areas holding half and nine tenths of each answer's probability, with "
             "their size in km²: a small area is a confident answer. A second or two per answer."
         )
-        self.basemap_check = QCheckBox("Add a world map when the project has none")
+        self.basemap_check = QCheckBox("World map when the project is empty")
         form.addRow(self.rasters_check)
         form.addRow(self.world_per_photo)
         form.addRow(self.fuse_check)
@@ -1025,7 +1032,11 @@ class GeoCLIPDock(QgsDockWidget):
         focus = self.model_problem["code"] if self.model_problem else ""
         if not focus and self.state and self.state["problems"]:
             focus = self.state["problems"][0]["code"]
-        self.models_dialog = ModelsDialog(self, focus=focus)
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # it reads the weight folders before it shows
+        try:
+            self.models_dialog = ModelsDialog(self, focus=focus)
+        finally:
+            QApplication.restoreOverrideCursor()
         self.models_dialog.headsInstalled.connect(self.dependenciesInstalled)
         self.models_dialog.exec()
         self.refresh_model_state()
