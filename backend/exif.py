@@ -124,3 +124,17 @@ def read_metadata(image: Image.Image) -> PhotoMetadata:
         camera_model=_safe(lambda: _text(base.get(BASE.Model))),
         orientation=orientation if orientation in range(1, 9) else None,
     )
+
+
+def camera_label(make: str | None, model: str | None) -> str:
+    """The camera as people name it: make and model, without the make twice when the model already
+    starts with it ("Canon" + "Canon EOS 40D" is "Canon EOS 40D"; "NIKON CORPORATION" + "NIKON D70" is
+    "NIKON D70"); "" when EXIF names neither."""
+    make, model = (make or "").strip(), (model or "").strip()
+    if not make or not model:
+        return make or model
+    if model.split()[0].casefold() in make.casefold().split() or (model + " ").casefold().startswith(
+        make.casefold() + " "
+    ):
+        return model
+    return f"{make} {model}"

@@ -2,30 +2,46 @@
 
 Every failure becomes a :class:`PhotoError` with a message saying what is wrong with that one photo,
 so a batch can record it and go on.
+
+This runs inside QGIS's own process, so nothing a file contains may reach code that can take QGIS down:
+
+- Pillow opens files only as the photo formats in :data:`PHOTO_FORMATS`, whatever their name says (an
+  EPS file named .jpg would otherwise start Ghostscript; other plugins parse formats no camera writes).
+- HEIC/HEIF (and AVIF) photos, found by their first bytes, are decoded in a short-lived child process
+  (:mod:`.heif_child`): pillow-heif's bundled libheif crashes a process that has QGIS's system libheif
+  loaded. The child sends back the mode, size, EXIF, XMP and pixels; the photo then goes through the same
+  steps (orientation, limits, reduction) as any other, so the result is the one an in-process decode gives.
+  A crash, a hang or garbage from the child is that one photo's error.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 import stat
+import subprocess
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import PhotoError
 from .exif import PhotoMetadata, read_metadata
+from .heif_child import MAGIC as HEIF_MAGIC
+from .interpreter import python_interpreter
 
-try:  # HEIC/HEIF from phones, when the optional pillow-heif is installed
-    from pillow_heif import register_heif_opener
-
-    register_heif_opener()
-    HEIF_SUPPORT = True
-except ImportError:
-    HEIF_SUPPORT = False
+# The only formats Pillow may open in this process, whatever a file's name says (HEIF/AVIF: the child).
+# MPO is a camera JPEG holding several pictures; today's Pillow opens it through JPEG's opener and has
+# none of its own. Formats this Pillow lacks (WEBP built without libwebp) are left out when opening.
+PHOTO_FORMATS = ("JPEG", "MPO", "PNG", "TIFF", "WEBP", "BMP", "GIF")
+HEIF_CHILD = Path(__file__).with_name("heif_child.py")  # decodes HEIC/HEIF/AVIF, in a process of its own
+HEIF_TIMEOUT_S = 60
+HEIF_MISSING = "HEIC/HEIF photo: install pillow-heif to read it"
 
 PHOTO_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".heic", ".heif"}
@@ -36,6 +52,8 @@ PHOTO_EXTENSIONS = frozenset(
 DECODE_MIN_SIDE = 448
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_956_970
 MAX_ASPECT = 10  # longer sides are cut (around the centre) to this many times the short side
+# Modes Image.reduce averages correctly; others (palette, 1-bit, 16-bit) become RGB before reduction.
+REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "I", "F"})
 
 
 @dataclass(frozen=True)
@@ -111,7 +129,11 @@ def _bomb_message(pixels: int, size: str = "") -> str:
 
 def _shrink(image: Image.Image) -> Image.Image:
     factor = min(image.size) // DECODE_MIN_SIDE
-    return image.reduce(factor) if factor >= 2 else image
+    if factor < 2:
+        return image
+    if image.mode not in REDUCIBLE_MODES:  # reduce refuses P, 1, I;16 ("wrong mode"), averages PA's indexes
+        image = _to_rgb(image)
+    return image.reduce(factor)
 
 
 def _centre(image: Image.Image) -> Image.Image:
@@ -131,8 +153,8 @@ def _centre(image: Image.Image) -> Image.Image:
     return image.crop(box)
 
 
-def _decode(image: Image.Image, source: str) -> Photo:
-    width, height = image.size
+def _decode(image: Image.Image, source: str, original_size: tuple[int, int] | None = None) -> Photo:
+    width, height = original_size or image.size
     if width * height > MAX_PIXELS:
         raise PhotoError(_bomb_message(width * height, f"{width}x{height} pixels, "))
     metadata = read_metadata(image)
@@ -156,8 +178,12 @@ def open_photo(item: str | os.PathLike | Image.Image, label: str | None = None) 
             raise PhotoError(f"cannot use this image: {exc}") from exc
     path = Path(item)
     check_file(path)
-    with _photo_errors(path), Image.open(path) as image:
-        return _decode(image, label or str(item))
+    with _photo_errors(path):
+        if _is_heif(path):
+            original_size, image = _heif_child(path, "decode")
+            return _decode(image, label or str(item), original_size)
+        with Image.open(path, formats=_open_formats()) as image:
+            return _decode(image, label or str(item))
 
 
 def probe_photo(path: str | os.PathLike) -> PhotoMetadata:
@@ -165,11 +191,156 @@ def probe_photo(path: str | os.PathLike) -> PhotoMetadata:
     return its EXIF: cheap, so a large file that is no photo is refused before it is hashed or decoded."""
     path = Path(path)
     check_file(path)
-    with _photo_errors(path), Image.open(path) as image:
-        width, height = image.size
-        if width * height > MAX_PIXELS:
+    with _photo_errors(path):
+        if _is_heif(path):
+            return read_metadata(_heif_child(path, "probe")[1])
+        with Image.open(path, formats=_open_formats()) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise PhotoError(_bomb_message(width * height, f"{width}x{height} pixels, "))
+            return read_metadata(image)
+
+
+@functools.cache
+def _open_formats() -> tuple[str, ...]:
+    """PHOTO_FORMATS that this Pillow has an opener for (naming another one raises KeyError)."""
+    Image.init()
+    return tuple(name for name in PHOTO_FORMATS if name in Image.OPEN)
+
+
+def _is_heif(path: Path) -> bool:
+    from .walk import is_heif_header  # walk imports this module
+
+    try:
+        with open(path, "rb") as handle:
+            return is_heif_header(handle.read(16))
+    except OSError:
+        return False  # Pillow's open reports it
+
+
+def _child_env() -> dict[str, str]:
+    """This process's environment, with its sys.path (the folders that exist) as PYTHONPATH: the child
+    imports the same Pillow and pillow-heif (QGIS adds folders to sys.path that no variable names)."""
+    env = dict(os.environ)
+    folders = (os.path.abspath(p) for p in sys.path if p)
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in folders if os.path.exists(p)))
+    return env
+
+
+_CHILD_ERRORS = {
+    cls.__name__: cls
+    for cls in (
+        PermissionError,
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        MemoryError,
+        SyntaxError,
+        EOFError,
+        ValueError,
+        OSError,
+    )
+}
+_PIXEL_BYTES = {"L": 1, "LA": 2, "I;16": 2, "I;16L": 2, "I;16B": 2, "RGB": 3, "RGBA": 4, "RGBa": 4}  # HEIF's modes
+
+
+def _heif_child(path: Path, task: str) -> tuple[tuple[int, int], Image.Image]:
+    """(size in the file, image with its EXIF and XMP) from heif_child.py run on ``path``: ``task``
+    "probe" reads the header only (the image is 1x1), "decode" the pixels too. The child's own errors are
+    raised as the exceptions Pillow would have raised here, so :func:`_photo_errors` words them the same;
+    its failures (crash, hang, garbage) are PhotoErrors."""
+    command = [
+        python_interpreter(),
+        "-S",  # no site: PYTHONPATH already holds every folder this process has (~20 ms saved a photo)
+        os.fspath(HEIF_CHILD),
+        task,
+        os.fspath(path.absolute()),
+        str(MAX_PIXELS),
+        str(Image.MAX_IMAGE_PIXELS or 0),
+        str(DECODE_MIN_SIDE),
+        "1" if ImageFile.LOAD_TRUNCATED_IMAGES else "0",
+    ]
+    flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # Windows: no console window flashing over QGIS
+    try:
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_child_env(),
+            creationflags=flags,
+        )
+    except OSError as exc:
+        raise PhotoError(f"HEIC decoder could not start ({command[0]}): {exc.strerror or exc}") from None
+    try:
+        answer, errors = child.communicate(timeout=HEIF_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        raise PhotoError(f"HEIC decoder timed out after {HEIF_TIMEOUT_S} s") from None
+    if child.returncode < 0:
+        raise PhotoError(f"HEIC decoder crashed (signal {-child.returncode})")
+    if child.returncode >= 0xC0000000:  # Windows: an NTSTATUS such as 0xC0000005 (access violation)
+        raise PhotoError(f"HEIC decoder crashed (status {child.returncode:#010X})")
+    if child.returncode != 0:
+        last = errors.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        raise PhotoError(f"HEIC decoder failed (exit status {child.returncode}) {last[0]}".strip())
+    header, exif, xmp, pixels = _read_answer(answer, task)
+    if "error" in header:
+        kind, message = header["error"], str(header.get("message", ""))
+        if kind == "NoPillowHeif":
+            raise PhotoError(HEIF_MISSING)
+        if kind == "PixelLimit":
+            width, height = header["size"]
             raise PhotoError(_bomb_message(width * height, f"{width}x{height} pixels, "))
-        return read_metadata(image)
+        if kind in _CHILD_ERRORS:
+            raise _CHILD_ERRORS[kind](message)
+        raise PhotoError(f"HEIC decoder failed: {kind}: {message}")
+    if task == "probe":
+        image = Image.new("L", (1, 1))
+    else:
+        image = Image.frombytes(header["mode"], tuple(header["decoded_size"]), pixels)
+    if exif:
+        image.info["exif"] = exif
+    if xmp:
+        image.info["xmp"] = xmp
+    return tuple(header["size"]), image
+
+
+def _read_answer(answer: bytes, task: str) -> tuple[dict, bytes, bytes, memoryview]:
+    """The child's answer, checked piece by piece; anything else is a PhotoError. The pixels stay a view
+    into the answer (no copy of tens of megabytes)."""
+    garbage = PhotoError("HEIC decoder sent an unreadable answer")
+    if not answer.startswith(HEIF_MAGIC):
+        raise garbage
+    end = answer.find(b"\n", len(HEIF_MAGIC), len(HEIF_MAGIC) + 4096)
+    try:
+        header = json.loads(answer[len(HEIF_MAGIC) : end]) if end > 0 else None
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or not isinstance(header.get("error", header.get("mode", "")), str):
+        raise garbage
+    if "error" in header:
+        size = header.get("size")
+        if header["error"] == "PixelLimit" and not _is_size(size):
+            raise garbage
+        return header, b"", b"", memoryview(b"")
+    lengths = [header.get(key) for key in ("exif", "xmp", "pixels")]
+    if not _is_size(header.get("size")) or not all(isinstance(n, int) and n >= 0 for n in lengths):
+        raise garbage
+    xmp_at = end + 1 + lengths[0]
+    pixels_at = xmp_at + lengths[1]
+    if len(answer) != pixels_at + lengths[2]:
+        raise garbage
+    exif, xmp, pixels = answer[end + 1 : xmp_at], answer[xmp_at:pixels_at], memoryview(answer)[pixels_at:]
+    if task == "decode":
+        size, mode = header.get("decoded_size"), header.get("mode")
+        if not _is_size(size) or mode not in _PIXEL_BYTES or len(pixels) != size[0] * size[1] * _PIXEL_BYTES[mode]:
+            raise garbage
+    return header, exif, xmp, pixels
+
+
+def _is_size(size) -> bool:
+    return isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size)
 
 
 @contextmanager
@@ -183,8 +354,6 @@ def _photo_errors(path: Path):
         claimed = re.search(r"\((\d+) pixels\)", str(exc))
         raise PhotoError(_bomb_message(int(claimed.group(1)) if claimed else MAX_PIXELS + 1)) from None
     except UnidentifiedImageError:
-        if path.suffix.lower() in (".heic", ".heif") and not HEIF_SUPPORT:
-            raise PhotoError("HEIC/HEIF photo: install pillow-heif to read it") from None
         raise PhotoError("not an image Pillow can read (unknown or damaged format)") from None
     except PermissionError:
         raise PhotoError("cannot read: permission denied") from None

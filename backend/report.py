@@ -17,22 +17,22 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .confidence import ConfidenceArea
-from .exif import PhotoMetadata
+from .exif import PhotoMetadata, camera_label
 from .geo import haversine_km
 from .likelihood import Likelihood
 from .places import PLACES_CREDIT, nearest_places
 from .regions import COUNTRY, RegionRow
 from .results import Candidate, PhotoResult
 from .version import __version__
-from .weights import weight_checksums
+from .weights import backbone_provenance, not_vit_l14_warning, weight_checksums
 
 GEOCLIP_CREDIT = (
     "GeoCLIP: Vivanco Cepeda, Nayak, Shah. GeoCLIP: Clip-Inspired Alignment between Locations "
@@ -74,11 +74,34 @@ class ReportAnswer:
 
 @dataclass
 class Provenance:
-    model: str  # the engine's model name
+    model: str  # the engine's model name (heads, the backbone's folder, precision)
     weights: dict[str, str] = field(default_factory=dict)  # file -> sha256
     engine_version: str = __version__
-    parameters: dict[str, str] = field(default_factory=dict)  # top-k, area, precision, cell sizes, ...
+    parameters: dict[str, str] = field(default_factory=dict)  # top-k, area, precision, cell sizes, ... in words
     run_at: str = ""  # when the answers were computed
+    backbone: str = ""  # the CLIP backbone's architecture in words; "" when the run did not record it
+    vit_l14: bool | None = None  # whether that backbone is ViT-L/14; None when not recorded
+
+    @property
+    def backbone_text(self) -> str:
+        return self.backbone or "architecture not recorded"
+
+    @property
+    def warning(self) -> str | None:
+        """The not-ViT-L/14 warning (the same words as the dock's and the Models dialog's), when it applies."""
+        if self.vit_l14 is not False:
+            return None
+        return not_vit_l14_warning(self.backbone or None, "The CLIP backbone these answers were computed with")
+
+    def items(self) -> list[tuple[str, str]]:
+        """The provenance as (item, value) rows, the same in every report."""
+        rows = [
+            ("Model (heads + backbone folder, precision)", self.model),
+            ("CLIP backbone", self.backbone_text),
+        ]
+        if self.warning:
+            rows.append(("Warning", self.warning))
+        return rows + [("Engine version", self.engine_version), ("Answers computed", self.run_at)]
 
 
 @dataclass
@@ -91,6 +114,35 @@ class ReportData:
 
 
 # ------------------------------------------------------------------------------------ building data
+
+# Characters that act instead of showing: C0/C1 controls but tab and newline (terminal escape sequences
+# start with ESC), bidirectional overrides (a name that reads backwards), and lone surrogates.
+_ACTING = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def visible_text(value) -> str:
+    """Text from outside (photo names, EXIF, place names) with every character that would act rather
+    than show (ESC, other controls, bidi overrides) written out as ``\\x1b`` / ``\\u202e``."""
+    text = "" if value is None else str(value)
+    return _ACTING.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+def setting_text(value) -> str:
+    """A run setting in words: none, yes, no, numbers as numbers, lists and tables spelled out (never
+    Python's None/False or JSON)."""
+    if value is None or value == "" or value == [] or value == {}:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.15g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(setting_text(v) for v in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{k.replace('_', ' ')}: {setting_text(v)}" for k, v in value.items())
+    return str(value)
 
 
 def thumbnail_jpeg(photo, side: int = THUMBNAIL_SIDE, quality: int = 85) -> bytes:
@@ -159,11 +211,14 @@ def answer_from_result(
 
 def provenance_for(engine, parameters: dict | None = None, run_at: str = "") -> Provenance:
     """Provenance of answers made by ``engine`` (its model name and the checksums of its weights)."""
+    backbone = backbone_provenance(engine.clip_dir)
     return Provenance(
         engine.model_name,
         weight_checksums(engine.heads_files, engine.clip_dir),
-        parameters={str(k): str(v) for k, v in (parameters or {}).items()},
+        parameters={str(k): setting_text(v) for k, v in (parameters or {}).items()},
         run_at=run_at,
+        backbone=backbone.get("backbone", ""),
+        vit_l14=bool(backbone["backbone_vit_l14"]) if backbone else None,
     )
 
 
@@ -174,8 +229,8 @@ def report_from_geopackage(
     confidence areas and provenance as the file keeps them; thumbnails from the photos still on disk."""
     from .run_file import read_answers, read_provenance
 
-    answers = []
-    for stored in read_answers(path, list(photos) if photos else None):
+    answers, found = [], read_answers(path, list(photos) if photos else None)
+    for stored in found:
         answer = answer_from_result(stored.result, thumbnail=False, regions=stored.regions, confidence=stored.areas)
         if os.path.isfile(stored.path):
             try:
@@ -185,16 +240,16 @@ def report_from_geopackage(
         elif not stored.photo.startswith(("text: ", "fused: ")):
             answer.notes.append("the photo is no longer at this path: no thumbnail")
         answers.append(answer)
-    record = read_provenance(path)
+    run_times = {stored.run_at for stored in found}
+    record = read_provenance(path, run_times.pop() if len(run_times) == 1 else None)  # the answers' own run
     provenance = Provenance(
         record.get("model", ""),
         dict(record.get("weights_sha256", {})),
         record.get("engine_version") or __version__,
-        {
-            str(k): json.dumps(v) if isinstance(v, (dict, list)) else str(v)
-            for k, v in record.get("parameters", {}).items()
-        },
+        {str(k): setting_text(v) for k, v in record.get("parameters", {}).items()},
         record.get("run_at", ""),
+        record.get("backbone", ""),
+        record.get("backbone_vit_l14"),
     )
     return ReportData(title or f"GeoCLIP case report: {Path(path).name}", answers, provenance)
 
@@ -216,7 +271,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 
 
 def _e(value) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    return html.escape(visible_text(value), quote=True)
 
 
 def _num(value, digits: int = 2, suffix: str = "") -> str:
@@ -256,7 +311,7 @@ def _exif(metadata: PhotoMetadata | None, truth_place: str) -> str:
         gps = f"{metadata.latitude:.6f}, {metadata.longitude:.6f}"
         if truth_place:
             gps += f" (near {truth_place})"
-    camera = " ".join(p for p in (metadata.camera_make, metadata.camera_model) if p)
+    camera = camera_label(metadata.camera_make, metadata.camera_model)
     rows = [
         ("Time (camera clock)", metadata.timestamp or ""),
         ("Camera", camera),
@@ -359,27 +414,20 @@ def render_html(data: ReportData) -> str:
     p = data.provenance
     provenance = [
         "<h2>Provenance</h2>",
-        _table(
-            ("item", "value"),
-            [
-                ("Model", p.model),
-                ("Engine version", p.engine_version),
-                ("Answers computed", p.run_at),
-                ("Report written", data.created_at),
-            ],
-        ),
+        _table(("item", "value"), [*p.items(), ("Report written", data.created_at)]),
     ]
     if p.parameters:
         provenance.append(_table(("parameter", "value"), sorted(p.parameters.items())))
     if p.weights:
         provenance.append(_table(("weight file", "sha256"), sorted(p.weights.items())))
     credits = "".join(f"<li>{_e(c)}</li>" for c in data.credits)
+    warning = f'<p class="error"><b>⚠ {_e(p.warning)}</b></p>\n' if p.warning else ""
     body = "\n".join(_answer_html(a) for a in data.answers)
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(data.title)}</title>\n'
         f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{_e(data.title)}</h1>\n"
         f'<p class="muted">{len(data.answers)} answer(s); written {_e(data.created_at)} by GeoCLIP for QGIS '
-        f"{_e(p.engine_version)}.</p>\n{body}\n{''.join(provenance)}\n<h2>Credits</h2><ul>{credits}</ul>\n"
+        f"{_e(p.engine_version)}.</p>\n{warning}{body}\n{''.join(provenance)}\n<h2>Credits</h2><ul>{credits}</ul>\n"
         "</body>\n</html>\n"
     )
 

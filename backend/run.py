@@ -218,6 +218,7 @@ def _resume(request: RunRequest, engine, writer, run_at: str) -> frozenset[str] 
         "area": request.area.label if request.area is not None else "",
         "parameters": json.dumps(run_parameters(request, engine), sort_keys=True),
         "weights_sha256": json.dumps(weights.weight_checksums(engine.heads_files, engine.clip_dir), sort_keys=True),
+        **weights.backbone_provenance(engine.clip_dir),
     }
     previous = writer.previous_settings()
     skip = writer.answered_hashes() if request.resume else frozenset()

@@ -161,17 +161,23 @@ def _group(rows: list[dict]) -> dict[str, list[dict]]:
     return grouped
 
 
-def read_provenance(path: str | os.PathLike) -> dict:
-    """The last run's record: when, engine version, model, parameters and the sha256 of every weight file."""
+def read_provenance(path: str | os.PathLike, run_at: str | None = None) -> dict:
+    """A run's record (the run made at ``run_at`` when the file holds it, else the last run): when, engine
+    version, model, parameters, the sha256 of every weight file, and what the CLIP backbone was:
+    ``backbone`` (its architecture in words, "" when the run did not record it) and ``backbone_vit_l14``
+    (True, False, or None when not recorded)."""
     rows = _rows(_open(path), RUNS_LAYER)
     if not rows:
         return {}
-    last = rows[-1]
+    last = next((row for row in reversed(rows) if run_at and row.get("run_at") == run_at), rows[-1])
     for key in ("parameters", "weights_sha256"):
         try:
             last[key] = json.loads(last.get(key) or "{}")
         except ValueError:
             last[key] = {}
+    last["backbone"] = last.get("backbone") or ""
+    flag = last.get("backbone_vit_l14")
+    last["backbone_vit_l14"] = None if flag is None or not last["backbone"] else bool(flag)
     return last
 
 

@@ -20,6 +20,11 @@ SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif")
 
 
+def is_heif_header(head: bytes) -> bool:
+    """True when a file's first 12 bytes are an ISO-BMFF ``ftyp`` box of a HEIF/HEIC/AVIF brand."""
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
 def is_photo_name(name: str) -> bool:
     return Path(name).suffix.lower() in PHOTO_EXTENSIONS
 
@@ -35,7 +40,7 @@ def looks_like_photo(path: Path) -> bool:
         return True
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return True
-    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+    return is_heif_header(head)
 
 
 def _walk_folder(root: Path, ancestors: tuple[tuple[int, int], ...], seen: set) -> Iterator[str | BadPath]:

@@ -439,6 +439,44 @@ def backbone_architecture(folder: str | os.PathLike) -> dict:
     }
 
 
+def not_vit_l14_warning(description: str | None = None, checkpoint: str = "The CLIP checkpoint in use") -> str:
+    """The warning for a CLIP checkpoint that is not ViT-L/14 (``description`` from
+    :func:`backbone_architecture`): the dock, the Models dialog and the case reports all say this."""
+    but = f" but {description}" if description else ""
+    return (
+        f"{checkpoint} is not ViT-L/14{but}. GeoCLIP's heads were trained on ViT-L/14's features: its answers "
+        "will not be meaningful places."
+    )
+
+
+def backbone_provenance(clip_dir: str | os.PathLike | None) -> dict:
+    """What a run's CLIP backbone is, for its provenance (a run's settings, the reports): its architecture
+    in words and whether it is ViT-L/14 (1 or 0), read from the checkpoint's config, never its folder's
+    name."""
+    if clip_dir is None:
+        return {}
+    architecture = backbone_architecture(clip_dir)
+    return {"backbone": architecture["description"], "backbone_vit_l14": int(architecture["vit_l14"])}
+
+
+def imported_message(imported: list[str], into: str | os.PathLike | None = None) -> str:
+    """What :func:`.bundles.import_models` put into the models folder, named by what it is (the backbone by
+    its architecture, not by its folder's name), with the warning when the backbone is not ViT-L/14."""
+    into = Path(into) if into is not None else models_dir()
+    parts, warnings = [], []
+    for name in imported:
+        if name == "heads":
+            parts.append("GeoCLIP's trained heads (image head, location encoder, GPS gallery)")
+            continue
+        architecture = backbone_architecture(into / name)
+        if architecture["vit_l14"]:
+            parts.append("the CLIP ViT-L/14 backbone")
+        else:
+            parts.append(f"a CLIP backbone ({architecture['description']})")
+            warnings.append(not_vit_l14_warning(checkpoint="That backbone"))
+    return f"Imported {' and '.join(parts)} into {into}." + "".join(f" {w}" for w in warnings)
+
+
 def model_state(heads: str | os.PathLike | None = None, clip: str | os.PathLike | None = None) -> dict:
     """What can run with the weights found, and what stands in the way, in plain words (no commands:
     each door adds its own way to fix it). ``problems`` hold a ``code`` (heads_missing,
@@ -474,8 +512,7 @@ def model_state(heads: str | os.PathLike | None = None, clip: str | os.PathLike 
         problems.append(
             {
                 "code": "not_vit_l14",
-                "text": f"The CLIP checkpoint in use is not ViT-L/14 but {architecture['description']}. GeoCLIP's "
-                "heads were trained on ViT-L/14's features: its answers will not be meaningful places.",
+                "text": not_vit_l14_warning(architecture["description"]),
                 "blocks": [],
             }
         )

@@ -9,12 +9,14 @@ the run's own layers filtered to the answer; the run's file is only read.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
 from qgis.core import (
     Qgis,
     QgsApplication,
+    QgsExpression,
     QgsFeatureRequest,
     QgsLayoutExporter,
     QgsLayoutItemLabel,
@@ -31,7 +33,7 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtGui import QFont
+from qgis.PyQt.QtGui import QColor, QFont
 
 PAGE_W, PAGE_H, MARGIN = 297.0, 210.0, 10.0  # A4 landscape, mm
 CANDIDATE_COLUMNS = (
@@ -51,8 +53,18 @@ class ReportError(Exception):
     """The report could not be made; the message says why."""
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+# What a layout label evaluates in its text: "[% expression %]" and "$CURRENT_DATE". Text from outside (a photo's
+# name, its EXIF) must print as written, never run: each opening becomes an expression that gives it back.
+_ACTIVE = re.compile(r"\[%|\$CURRENT_DATE")
+
+
+def _literal(text: str) -> str:
+    """Text for a layout label that prints exactly as given: QGIS evaluates "[% … %]" (and replaces
+    "$CURRENT_DATE") in every label, so each such opening is replaced by an expression whose value is the
+    opening itself; characters that would act (ESC, bidi overrides) are written out first."""
+    from .backend.report import visible_text
+
+    return _ACTIVE.sub(lambda m: "[% '[%' %]" if m[0] == "[%" else "[% '$' %]CURRENT_DATE", visible_text(text))
 
 
 def _layer(gpkg: str, name: str, title: str, photo: str) -> QgsVectorLayer | None:
@@ -65,8 +77,18 @@ def _layer(gpkg: str, name: str, title: str, photo: str) -> QgsVectorLayer | Non
     layer = QgsVectorLayer(f"{kind}?crs={source.crs().authid()}" if source.isSpatial() else "None", title, "memory")
     layer.dataProvider().addAttributes(source.fields().toList())
     layer.updateFields()
-    request = QgsFeatureRequest().setFilterExpression(f'"photo" = {_quote(photo)}')
-    layer.dataProvider().addFeatures(list(source.getFeatures(request)))
+    request = QgsFeatureRequest().setFilterExpression(f'"photo" = {QgsExpression.quotedString(photo)}')
+    features = [f for f in source.getFeatures(request) if f["photo"] == photo]
+    if source.fields().indexOf("run_at") >= 0 and features:  # the latest answer only, as the report's text
+        latest = max(f["run_at"] or "" for f in features)
+        features = [f for f in features if (f["run_at"] or "") == latest]
+    from .backend.report import visible_text
+
+    for feature in features:  # the map's labels print these: escapes and bidi overrides written out
+        for index, value in enumerate(feature.attributes()):
+            if isinstance(value, str):
+                feature.setAttribute(index, visible_text(value))
+    layer.dataProvider().addFeatures(features)
     layer.updateExtents()
     return layer if layer.featureCount() else None
 
@@ -75,7 +97,7 @@ def _label(
     layout, text: str, x: float, y: float, w: float, h: float, size: float = 8, bold: bool = False, mono: bool = False
 ):
     label = QgsLayoutItemLabel(layout)
-    label.setText(text)
+    label.setText(_literal(text))  # shown as written: never evaluated, whatever the photo or its EXIF say
     font = QFont("DejaVu Sans Mono") if mono else QFont()
     if mono:
         font.setStyleHint(QFont.StyleHint.Monospace)
@@ -169,6 +191,9 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
 
     name = Path(answer.photo).name if not answer.photo.startswith(("text: ", "fused: ")) else answer.photo
     _label(layout, f"GeoCLIP case report — {name}", MARGIN, MARGIN, PAGE_W - 2 * MARGIN, 9, 14, True)
+    if data.provenance.warning:
+        warning = _label(layout, f"⚠ {data.provenance.warning}", MARGIN, 16.2, PAGE_W - 2 * MARGIN, 5.6, 6, True)
+        warning.setFontColor(QColor("#a00000"))
     map_item = QgsLayoutItemMap(layout)
     map_item.setLayers([layer for layer in (points, areas, basemap) if layer is not None])
     map_item.setKeepLayerSet(True)  # these layers, not the project's visible ones
@@ -177,16 +202,7 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
     map_item.attemptResize(QgsLayoutSize(170, 94, QgsUnitTypes.LayoutUnit.LayoutMillimeters))
     map_item.setCrs(points.crs())
     map_item.setExtent(_fit(_extent([layer for layer in (points, areas) if layer is not None]), 170 / 94))
-    _label(
-        layout,
-        "Red star: top-1 answer · orange dots: other candidates · solid red outline: 50 % confidence "
-        "area · dashed orange: 90 %",
-        MARGIN,
-        117.5,
-        170,
-        3.5,
-        6,
-    )
+    _label(layout, _legend(answer), MARGIN, 117.5, 170, 3.5, 6)
     map_item.setFrameEnabled(True)
     map_item.setFrameStrokeWidth(QgsLayoutMeasurement(0.3))
 
@@ -239,7 +255,23 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
     return layout, keep
 
 
+# What the map draws for each confidence level (the styles of :func:`.layers.style_confidence_areas`).
+AREA_LEGEND = {0.5: "solid red outline: 50 % confidence area", 0.9: "dashed orange outline: 90 % confidence area"}
+
+
+def _legend(answer) -> str:
+    """The map's key: only what this answer's map holds (its confidence areas when the run made them)."""
+    parts = ["Red star: top-1 answer"]
+    if len(answer.candidates) > 1:
+        parts.append("orange dots: other candidates")
+    levels = {round(area.level, 6) for area in answer.confidence}
+    parts += [text for level, text in AREA_LEGEND.items() if level in levels]
+    return " · ".join(parts)
+
+
 def _exif_text(answer) -> str:
+    from .backend.exif import camera_label
+
     meta = answer.metadata
     lines = []
     if answer.photo.startswith("text: "):
@@ -247,7 +279,7 @@ def _exif_text(answer) -> str:
     if meta is not None:
         if meta.timestamp:
             lines.append(f"Taken: {meta.timestamp}")
-        camera = " ".join(v for v in (meta.camera_make, meta.camera_model) if v)
+        camera = camera_label(meta.camera_make, meta.camera_model)
         if camera:
             lines.append(f"Camera: {camera}")
         if meta.has_gps:
@@ -266,9 +298,7 @@ def _exif_text(answer) -> str:
 def _provenance_text(data, answer) -> str:
     p = data.provenance
     lines = [
-        f"Model: {p.model}",
-        f"Engine version: {p.engine_version}",
-        f"Answers computed: {p.run_at}",
+        *[f"{item}: {value}" for item, value in p.items()],
         f"Report made: {data.created_at}",
         f"Photo: {answer.photo}",
         f"Photo sha256: {answer.photo_sha256 or '—'}",

@@ -57,26 +57,21 @@ def missing() -> list[str]:
 
 
 def qgis_python() -> str:
-    """The Python interpreter QGIS embeds (sys.executable is the QGIS binary itself)."""
-    candidates = [
-        Path(sys.exec_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}",
-        Path(sys.exec_prefix) / "bin" / "python3",
-        Path(sys.exec_prefix) / "python.exe",
-        Path(sys.exec_prefix) / "python3.exe",
-    ]
-    for candidate in candidates:
-        if candidate.is_file():
-            return str(candidate)
-    return "python3"
+    """The Python interpreter QGIS embeds (sys.executable is the QGIS binary itself): the engine's one
+    lookup, also used for its HEIC decoder's child process."""
+    from .backend.interpreter import python_interpreter
+
+    return python_interpreter()
 
 
 def explanation(names: list[str]) -> str:
+    """What to do about missing packages, the action first (the dock shows the first lines)."""
     requirements = " ".join(f'"{REQUIRED[n]}"' for n in names)
     target = plugin_python_dir()
     return (
-        f"GeoCLIP needs {', '.join(names)} in QGIS's Python ({sys.version.split()[0]}), and they are missing.\n"
-        "Press Install dependencies… above: it installs them, and GeoCLIP's heads, for this QGIS only (nothing "
-        "else on the system changes), online or from a folder of wheels.\n"
+        "Press Install dependencies… above: it installs what GeoCLIP needs, and GeoCLIP's heads, for this QGIS "
+        "only (nothing else on the system changes), online or from a folder of wheels.\n"
+        f"Missing in QGIS's Python ({sys.version.split()[0]}): {', '.join(names)}.\n"
         f'From a shell instead: "{qgis_python()}" -m pip install --target "{target}" {requirements}, then the '
         f'same with --no-deps "{HEADS_RELEASE}", and restart QGIS.'
     )

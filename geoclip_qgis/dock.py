@@ -540,10 +540,13 @@ class GeoCLIPDock(QgsDockWidget):
         self.models_button.setVisible(not missing)
         if missing:
             self.run_button.setEnabled(False)
-            self.model_label.setText(f"<b style='color:#b00'>✘ {html.escape(', '.join(missing))} missing</b>")
+            count = f"{len(missing)} Python package{'s' if len(missing) != 1 else ''}"
+            self.model_label.setText(f"<b style='color:#b00'>✘ Not ready: {count} missing.</b>")
+            self.model_label.setToolTip(f"Missing in QGIS's Python: {', '.join(missing)}")
             self._say(deps.explanation(missing))
             return
         self._say("")
+        self.model_label.setToolTip("")
         saved = load_settings().device
         if saved not in ("auto", "cpu") and self.device_combo.findData(saved) < 0:
             self.device_combo.addItem(saved, saved)  # named properly once the devices are listed
@@ -1008,8 +1011,8 @@ class GeoCLIPDock(QgsDockWidget):
         if saved.map_tips_hint_shown or action is None or action().isChecked():
             return
         save_dock_settings(replace(saved, map_tips_hint_shown=True))
-        item.setText(item.text() + ". Hover an answer to see its photo: map tips show it")
-        button = QPushButton("Turn map tips on")
+        button = QPushButton("Show photos on hover")
+        button.setToolTip("Turns QGIS's map tips on: hovering an answer shows its photo")
         button.clicked.connect(lambda: (action().setChecked(True), _pop(bar, item)))
         item.layout().addWidget(button)
 

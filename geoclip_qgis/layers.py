@@ -19,10 +19,12 @@ from qgis.core import (
     QgsColorRampShader,
     QgsCoordinateTransform,
     QgsEditorWidgetSetup,
+    QgsExpressionContextUtils,
     QgsFeatureRequest,
     QgsField,
     QgsFillSymbol,
     QgsGeometryGeneratorSymbolLayer,
+    QgsLayerTreeGroup,
     QgsLayerTreeLayer,
     QgsLineSymbol,
     QgsMapLayerLegendUtils,
@@ -303,9 +305,17 @@ def style_basemap(layer: QgsVectorLayer) -> None:
     layer.setRenderer(QgsSingleSymbolRenderer(fill))
 
 
-def style_confidence_areas(layer: QgsVectorLayer) -> None:
+CONFIDENCE_PROPERTY = "geoclip/confidence_areas"  # a confidence-area layer styled here
+ANSWER_VARIABLE = "geoclip_answer"  # its layer variable: the answer whose areas are drawn
+ALL_ANSWERS = "*"  # ...or every answer's
+SHOWN_ANSWER = f"(coalesce(@{ANSWER_VARIABLE}, '{ALL_ANSWERS}') = '{ALL_ANSWERS}' OR \"photo\" = @{ANSWER_VARIABLE})"
+
+
+def style_confidence_areas(layer: QgsVectorLayer, answer: str | None = None) -> None:
     """Confidence areas as outlines, no fill (the map stays readable under them): the 50 % area solid
-    dark red, the 90 % area dashed orange; labelled with the photo and the area in km²."""
+    dark red, the 90 % area dashed orange. Only one answer's areas are drawn (a run's areas on top of
+    each other hide the map): ``answer``, by default the first of the layer's latest run, until the
+    results panel chooses another (:func:`show_confidence_areas_of`)."""
     root = QgsRuleBasedRenderer.Rule(None)
     for level, colour, width, style, label in (
         (0.9, "#ef8a62", "0.45", "dash", "90 % confidence area"),
@@ -314,13 +324,47 @@ def style_confidence_areas(layer: QgsVectorLayer) -> None:
         symbol = QgsFillSymbol.createSimple(
             {"style": "no", "outline_color": colour, "outline_width": width, "outline_style": style}
         )
-        root.appendChild(QgsRuleBasedRenderer.Rule(symbol, 0, 0, f'"level" = {level}', label))
+        root.appendChild(QgsRuleBasedRenderer.Rule(symbol, 0, 0, f'"level" = {level} AND {SHOWN_ANSWER}', label))
     layer.setRenderer(QgsRuleBasedRenderer(root))
     layer.setDisplayExpression(
         f"{SHORT_NAME} || ': ' || format_number(\"level\" * 100, 0) || ' % in ' "
         "|| format_number(\"area_km2\", 0) || ' km²'"
     )
     format_fields(layer)
+    layer.setCustomProperty(CONFIDENCE_PROPERTY, True)
+    show_confidence_areas_of([layer], answer if answer is not None else first_answer(layer))
+
+
+def first_answer(layer: QgsVectorLayer) -> str | None:
+    """The first answer written in the layer's latest run (the results panel lists it first), or None."""
+    if layer.fields().indexOf("photo") < 0:
+        return None
+    request = QgsFeatureRequest().setFlags(QgsFeatureRequest.Flag.NoGeometry)
+    request.setSubsetOfAttributes([n for n in ("photo", "run_at") if layer.fields().indexOf(n) >= 0], layer.fields())
+    firsts: dict[str, str] = {}
+    with_run = layer.fields().indexOf("run_at") >= 0
+    for feature in layer.getFeatures(request):
+        if feature["photo"]:
+            firsts.setdefault(str(feature["run_at"] or "") if with_run else "", str(feature["photo"]))
+    return firsts[max(firsts)] if firsts else None
+
+
+def show_confidence_areas_of(layers, answer: str | None) -> None:
+    """Draw only ``answer``'s areas in those of ``layers`` that are confidence-area layers styled here
+    (None: every answer's). The choice is a layer variable, kept in the project."""
+    for layer in layers:
+        if isinstance(layer, QgsVectorLayer) and layer.customProperty(CONFIDENCE_PROPERTY):
+            QgsExpressionContextUtils.setLayerVariable(layer, ANSWER_VARIABLE, answer or ALL_ANSWERS)
+            layer.triggerRepaint()
+
+
+def confidence_answer(layer: QgsVectorLayer) -> str | None:
+    """The answer whose areas the layer draws; None for every answer's."""
+    value = QgsExpressionContextUtils.layerScope(layer).variable(ANSWER_VARIABLE)
+    return None if value in (None, "", ALL_ANSWERS) else str(value)
+
+
+FACING = '"rank" = 1 AND "direction" IS NOT NULL AND "exif_lat" IS NOT NULL AND "exif_lon" IS NOT NULL'
 
 
 def add_time_and_direction(layer: QgsVectorLayer) -> None:
@@ -336,8 +380,8 @@ def add_time_and_direction(layer: QgsVectorLayer) -> None:
         and any(f["timestamp"] for f in layer.getFeatures(QgsFeatureRequest().setLimit(200)))
     )
     renderer = layer.renderer()
-    if not isinstance(renderer, QgsRuleBasedRenderer):
-        return
+    if not isinstance(renderer, QgsRuleBasedRenderer) or not has_direction(layer):
+        return  # no arrow, and no empty "camera direction" entry in the legend
     arrow = QgsMarkerSymbol.createSimple(
         {
             "name": "arrowhead",
@@ -356,11 +400,16 @@ def add_time_and_direction(layer: QgsVectorLayer) -> None:
     generator.setSubSymbol(arrow)
     symbol = QgsMarkerSymbol()
     symbol.changeSymbolLayer(0, generator)
-    renderer.rootRule().appendChild(
-        QgsRuleBasedRenderer.Rule(
-            symbol, 0, 0, '"rank" = 1 AND "direction" IS NOT NULL AND "exif_lat" IS NOT NULL', "camera direction (EXIF)"
-        )
-    )
+    renderer.rootRule().appendChild(QgsRuleBasedRenderer.Rule(symbol, 0, 0, FACING, "camera direction (EXIF)"))
+
+
+def has_direction(layer: QgsVectorLayer) -> bool:
+    """Whether some answer's photo says, in its EXIF, where the camera faced (and where it stood)."""
+    names = layer.fields().names()
+    if not all(name in names for name in ("rank", "direction", "exif_lat", "exif_lon")):
+        return False
+    request = QgsFeatureRequest().setFilterExpression(FACING).setFlags(QgsFeatureRequest.Flag.NoGeometry).setLimit(1)
+    return any(True for _ in layer.getFeatures(request))
 
 
 LAYER_NAMES = {
@@ -434,6 +483,48 @@ BASEMAP_PROPERTY = "geoclip/basemap"
 
 def _runs(root) -> list:
     return [node for node in root.children() if node.customProperty(RUN_PROPERTY)]
+
+
+def project_runs(project: QgsProject) -> list[str]:
+    """The GeoPackages of the runs whose groups this project holds, the latest first (each run's group
+    goes on top), those still on disk; what a reopened project brings back besides its layers."""
+    found = []
+    for group in _runs(project.layerTreeRoot()):
+        path = _output_of(group)
+        if path and path not in found and os.path.isfile(path):
+            found.append(path)
+    return found
+
+
+APART_PROPERTY = "geoclip/apart"  # a group of layers that belong to no run (the location tools')
+
+
+def place_apart(project: QgsProject, layer, title: str, order: int = 0):
+    """Put a layer that belongs to no run (the location tools' outputs) in a group of its own, ``title``,
+    at the top level of the layer tree: never inside a run's group, where Processing's insertion point
+    may have put it. Layers of one group sort by ``order``, lowest on top. Returns the group, or None
+    when the layer is not in the project."""
+    if project.mapLayer(layer.id()) is None:
+        return None
+    root = project.layerTreeRoot()
+    group = next(
+        (
+            node
+            for node in root.children()
+            if isinstance(node, QgsLayerTreeGroup) and node.customProperty(APART_PROPERTY) == title
+        ),
+        None,
+    )
+    if group is None:
+        group = root.insertGroup(0, title)
+        group.setCustomProperty(APART_PROPERTY, title)
+    old = root.findLayer(layer.id())
+    if old is not None and old.parent() is group:
+        return group
+    _insert_sorted(group, layer, order)
+    if old is not None and old.parent() is not None:
+        old.parent().removeChildNode(old)  # the layer stays in the project: it has its node in the group
+    return group
 
 
 def run_group(project: QgsProject, title: str, output: str, run_at: str):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from qgis.core import QgsApplication, QgsMessageLog, QgsTask
 from qgis.gui import QgsFileWidget
-from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
+from qgis.PyQt.QtCore import QObject, Qt, QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QFontDatabase
 from qgis.PyQt.QtWidgets import (
     QApplication,
@@ -64,6 +64,14 @@ FIXES = {
     "bundle… or Download backbone) and leave the CLIP folder empty, or choose the ViT-L/14 folder there.",
     "no_text": "Import the full CLIP checkpoint (with vocab.json and merges.txt) in Models…, or use photos.",
 }
+
+
+def fix_words(code: str, inside: bool = False) -> str:
+    """How to fix a problem; ``inside``: said in the Models dialog itself, so not "open Models…"."""
+    text = FIXES[code]
+    return text.replace("In Models…, press", "Press").replace(" in Models…", "") if inside else text
+
+
 CAPABILITIES = (
     ("photos", "Answer photos", "the heads and a CLIP backbone"),
     ("text", "Text queries", "the heads and a CLIP checkpoint with its text tower and tokenizer"),
@@ -107,7 +115,7 @@ def plain_weights_message(settings: EngineSettings | None = None, detail: str = 
     return f"{problem['text']} {FIXES[problem['code']]}"
 
 
-def state_html(state: dict, checksums: dict | None = None, versions: str = "") -> str:
+def state_html(state: dict, checksums: dict | None = None, versions: str = "", inside: bool = True) -> str:
     """The model state as HTML for the dialog: what runs, then each part's weight files."""
     checksums = checksums or {}
     parts = ["<h3>What can run</h3><table cellspacing='2' cellpadding='2'>"]
@@ -120,7 +128,7 @@ def state_html(state: dict, checksums: dict | None = None, versions: str = "") -
         colour = "#b00" if problem["blocks"] else "#a15c00"
         parts.append(
             f"<p style='color:{colour}'>⚠ {html.escape(problem['text'])}<br>"
-            f"<i>{html.escape(FIXES[problem['code']])}</i></p>"
+            f"<i>{html.escape(fix_words(problem['code'], inside))}</i></p>"
         )
     for key, title in (("heads", "GeoCLIP heads"), ("backbone", "CLIP backbone")):
         entry = state[key]
@@ -381,7 +389,9 @@ class ModelsDialog(QDialog):
         self.diagnostics_button.clicked.connect(self.show_diagnostics)
         layout.addWidget(buttons)
         self._download = None
+        self._versions_text = ""
         self.refresh()
+        QTimer.singleShot(0, self._load_versions)
 
     def chosen(self) -> EngineSettings:
         return replace(
@@ -419,17 +429,25 @@ class ModelsDialog(QDialog):
         else:
             self.checksums_done = True
 
-    def _versions(self) -> str:
+    def _load_versions(self) -> None:
+        """torch's and transformers' versions for the report: importing torch takes seconds, so it happens
+        once the dialog is on screen, under a busy cursor, not before it opens."""
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
             import torch
             import transformers
-        except ImportError:
-            return ""
-        cuda = "available" if torch.cuda.is_available() else "not available"
-        return f"torch {torch.__version__} (CUDA {cuda}), transformers {transformers.__version__}"
+
+            cuda = "available" if torch.cuda.is_available() else "not available"
+            self._versions_text = f"torch {torch.__version__} (CUDA {cuda}), transformers {transformers.__version__}"
+        except Exception:  # not installed or broken: the report says what it can without them
+            self._versions_text = ""
+        finally:
+            QApplication.restoreOverrideCursor()
+        if self.state is not None:
+            self._render()
 
     def _render(self) -> None:
-        self.report.setHtml(state_html(self.state, self.checksums, self._versions()))
+        self.report.setHtml(state_html(self.state, self.checksums, self._versions_text))
 
     def _show_fix(self) -> None:
         problems = self.state["problems"]
@@ -438,7 +456,9 @@ class ModelsDialog(QDialog):
         self.fix_box.setVisible(problem is not None)
         if problem is None:
             return
-        self.fix_text.setText(f"<b>{html.escape(problem['text'])}</b><br>{html.escape(FIXES[problem['code']])}")
+        self.fix_text.setText(
+            f"<b>{html.escape(problem['text'])}</b><br>{html.escape(fix_words(problem['code'], inside=True))}"
+        )
         self.fix_download.setVisible(problem["code"] in ("backbone_missing", "not_vit_l14"))
         self.fix_heads.setVisible(problem["code"] == "heads_missing")
         (self.fix_heads if problem["code"] == "heads_missing" else self.fix_import).setFocus()
@@ -468,7 +488,7 @@ class ModelsDialog(QDialog):
         if self.heads.filePath() and weights.heads_problem(Path(self.heads.filePath())):
             self.heads.setFilePath("")
         save_settings(self.chosen())
-        QMessageBox.information(self, "GeoCLIP", f"Imported {', '.join(imported)} into {weights.models_dir()}")
+        QMessageBox.information(self, "GeoCLIP", weights.imported_message(imported))
         self.refresh()
 
     def install_heads(self) -> None:

@@ -25,7 +25,7 @@ from qgis.core import (
     QgsTask,
     QgsVectorLayer,
 )
-from qgis.gui import QgsDockWidget, QgsMapToolEmitPoint
+from qgis.gui import QgsDockWidget, QgsMapToolEmitPoint, QgsVertexMarker
 from qgis.PyQt.QtCore import QSize, Qt, QTimer, QUrl, pyqtSignal
 from qgis.PyQt.QtGui import QDesktopServices, QIcon, QPixmap
 from qgis.PyQt.QtWidgets import (
@@ -47,7 +47,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .inputs import WGS84
-from .layers import ANSWER_PROPERTY, OUTPUT_PROPERTY
+from .layers import ANSWER_PROPERTY, OUTPUT_PROPERTY, show_confidence_areas_of
 
 THUMBNAIL = 72  # px, list icons
 PHOTO_HEIGHT = 220  # px, the selected photo
@@ -68,20 +68,27 @@ def _pixmap(path: str, side: int) -> QPixmap | None:
 class LikelyTask(QgsTask):
     """ "How likely here?" in the background: the answer's rasters are made again from its query vector."""
 
+    stage = pyqtSignal(str)  # the first use's stages (encoding the gallery and the world grid), as text
+
     def __init__(self, settings, result, lat: float, lon: float, area=None):
         super().__init__("GeoCLIP: how likely here?", QgsTask.Flag.CanCancel)
         self.settings, self.result, self.lat, self.lon, self.area = settings, result, lat, lon, area
         self.found = None
         self.error = ""
 
+    def _progress(self, event) -> None:
+        if event.fraction is not None:
+            self.setProgress(100 * event.fraction)
+        self.stage.emit(event.text())
+
     def run(self) -> bool:
         from .backend.likelihood import for_answer
         from .session import get_engine
 
         try:
-            self.found = for_answer(get_engine(self.settings), self.result, [("here", self.lat, self.lon)], self.area)[
-                0
-            ]
+            spot = [("here", self.lat, self.lon)]
+            engine = get_engine(self.settings)
+            self.found = for_answer(engine, self.result, spot, self.area, progress=self._progress)[0]
             return True
         except Exception as exc:  # shown in the panel, never raised into QGIS
             self.error = f"{type(exc).__name__}: {exc}"
@@ -118,6 +125,7 @@ class ResultsPanel(QgsDockWidget):
         self.only_this = False
         self.tool = None
         self.task = None
+        self.marker = None  # where "How likely here?" was clicked
         self._thumbs: list[tuple[QListWidgetItem, str]] = []
         self._thumb_timer = QTimer(self)  # owned by the panel: it stops when the panel goes
         self._thumb_timer.setInterval(0)
@@ -200,12 +208,13 @@ class ResultsPanel(QgsDockWidget):
         buttons.addWidget(self.report_button, 2, 0, 1, 2)
         layout.addLayout(buttons)
         self.likely = QLabel()
+        self.likely.setTextFormat(Qt.TextFormat.PlainText)
         self.likely.setWordWrap(True)
         self.likely.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.likely)
         layout.addStretch(1)
 
-        scroll = QScrollArea()
+        self.scroll = scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # widgets fit the dock
         scroll.setWidget(body)
@@ -258,6 +267,16 @@ class ResultsPanel(QgsDockWidget):
         if answers:
             self.list.setCurrentRow(0)
 
+    def clear_run(self) -> None:
+        """No run (a new project)."""
+        self._thumb_timer.stop()
+        self._thumbs = []
+        self.gpkg, self.answers = "", []
+        self.list.clear()
+        self.source.setText("No run loaded")
+        self.source.setToolTip("")
+        self._select(-1)
+
     def _next_thumbnails(self) -> None:
         for _ in range(min(6, len(self._thumbs))):
             item, path = self._thumbs.pop(0)
@@ -276,9 +295,11 @@ class ResultsPanel(QgsDockWidget):
     def _select(self, row: int) -> None:
         stored = self.current()
         self.likely.clear()
+        self._drop_marker()  # it belonged to the answer shown before
         if stored is None:
             self._enable(False)
             return
+        show_confidence_areas_of(self._run_layers(), stored.photo)  # only this answer's areas on the map
         result = stored.result
         pixmap = _pixmap(stored.path, 900) if os.path.isfile(stored.path) else None
         if pixmap is not None:
@@ -324,6 +345,8 @@ class ResultsPanel(QgsDockWidget):
     def _info_html(stored) -> str:
         import html
 
+        from .backend.exif import camera_label
+
         meta = stored.result.metadata
         name = stored.photo if stored.photo.startswith(("text: ", "fused: ")) else Path(stored.photo).name
         rows = [f"<b>{html.escape(name)}</b>"]
@@ -332,7 +355,7 @@ class ResultsPanel(QgsDockWidget):
         if meta is not None:
             if meta.timestamp:
                 rows.append(f"Taken {html.escape(meta.timestamp)}")
-            camera = " ".join(v for v in (meta.camera_make, meta.camera_model) if v)
+            camera = camera_label(meta.camera_make, meta.camera_model)
             if camera:
                 rows.append(f"Camera: {html.escape(camera)}")
             if meta.has_gps:
@@ -369,7 +392,12 @@ class ResultsPanel(QgsDockWidget):
         canvas = self.iface.mapCanvas()
         crs = canvas.mapSettings().destinationCrs()
         transform = QgsCoordinateTransform(WGS84, crs, QgsProject.instance())
-        box = QgsRectangle(lon - half_side, lat - half_side, lon + half_side, lat + half_side)
+        box = QgsRectangle(  # kept on the Earth: a box past the poles or ±180° projects off the world
+            max(lon - half_side, -180.0),
+            max(lat - half_side, -90.0),
+            min(lon + half_side, 180.0),
+            min(lat + half_side, 90.0),
+        )
         try:
             canvas.setExtent(transform.transformBoundingBox(box))
         except Exception:  # outside the map projection's domain: leave the view
@@ -422,9 +450,29 @@ class ResultsPanel(QgsDockWidget):
             self.tool.canvasClicked.connect(self.likely_at_map_point)
             canvas.setMapTool(self.tool)
             self.likely.setText("Click the map where you think the photo was taken.")
-        elif self.tool is not None:
-            canvas.unsetMapTool(self.tool)
-            self.tool = None
+        else:
+            if self.tool is not None:
+                canvas.unsetMapTool(self.tool)
+                self.tool = None
+            self._drop_marker()
+
+    def _drop_marker(self) -> None:
+        if self.marker is not None:
+            self.iface.mapCanvas().scene().removeItem(self.marker)
+            self.marker = None
+
+    def _mark(self, lat: float, lon: float) -> None:
+        """A cross where the user clicked, until the tool is turned off or another answer is chosen."""
+        canvas = self.iface.mapCanvas()
+        crs = canvas.mapSettings().destinationCrs()
+        point = QgsCoordinateTransform(WGS84, crs, QgsProject.instance()).transform(QgsPointXY(lon, lat))
+        if self.marker is None:
+            self.marker = QgsVertexMarker(canvas)
+            self.marker.setIconType(QgsVertexMarker.IconType.ICON_CROSS)
+            self.marker.setIconSize(18)
+            self.marker.setPenWidth(3)
+            self.marker.setColor(Qt.GlobalColor.magenta)
+        self.marker.setCenter(point)
 
     def likely_at_map_point(self, point, button=None) -> None:
         crs = self.iface.mapCanvas().mapSettings().destinationCrs()
@@ -439,9 +487,13 @@ class ResultsPanel(QgsDockWidget):
         stored = self.current()
         if stored is None or stored.result.feature is None:
             return
-        self.likely.setText(f"Working out how likely {lat:.4f}, {lon:.4f} is…")
+        self._mark(lat, lon)
+        self._say_likely(f"Working out how likely {lat:.4f}, {lon:.4f} is…")
         area = run_area(read_provenance(self.gpkg))
         self.task = LikelyTask(load_settings(), stored.result, lat, lon, area)
+        self.task.stage.connect(
+            lambda text: self._say_likely(f"Working out how likely {lat:.4f}, {lon:.4f} is… {text}")
+        )
         self.task.taskCompleted.connect(self._likely_finished)
         self.task.taskTerminated.connect(self._likely_finished)
         QgsApplication.taskManager().addTask(self.task)
@@ -451,11 +503,16 @@ class ResultsPanel(QgsDockWidget):
         if task is None:
             return
         if task.found is None:
-            self.likely.setText(f"Could not work it out: {task.error or 'cancelled'}")
+            self._say_likely(f"Could not work it out: {task.error or 'cancelled'}")
             QgsMessageLog.logMessage(task.error, "GeoCLIP")
             return
-        self.likely.setText(likely_text(task.found))
+        self._say_likely(likely_text(task.found))
         self.likelyDone.emit(task.found)
+
+    def _say_likely(self, text: str) -> None:
+        """The answer under the buttons, scrolled into view (the panel is often shorter than its content)."""
+        self.likely.setText(text)
+        QTimer.singleShot(0, lambda: self.scroll.ensureWidgetVisible(self.likely))
 
     # -- the report ------------------------------------------------------------------------------
 

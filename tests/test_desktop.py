@@ -77,11 +77,64 @@ def xvfb():
     server.wait(timeout=30)
 
 
+def install_plugin_zip(tmp_path: Path, startup: str, ini_extra: str = "") -> tuple[Path, Path]:
+    """The plugin ZIP unpacked into a fresh profile (what Plugins › Install from ZIP does), enabled, and a
+    startup script that drives the desktop. Returns (the folder for --profiles-path, XDG_DATA_HOME)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from package_plugin import build, check
+
+    package = build(tmp_path / "dist")
+    assert check(package) == []
+    config = tmp_path / "config"  # --profiles-path takes the folder that holds profiles/
+    plugins = config / "profiles" / "default" / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(plugins)
+    ini = config / "profiles" / "default" / "QGIS" / "QGIS3.ini"
+    ini.parent.mkdir(parents=True)
+    ini.write_text(
+        "[PythonPlugins]\ngeoclip_qgis=true\n[qgis]\ncheckVersion=false\n[app]\nshowTips=false\n" + ini_extra
+    )
+    data_home = tmp_path / "xdg"
+    (data_home / "QGIS" / "QGIS3").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / startup, data_home / "QGIS" / "QGIS3" / "startup.py")
+    return config, data_home
+
+
+def start_qgis(config: Path, env: dict, log_path: Path) -> subprocess.Popen:
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            ["qgis", "--nologo", "--noversioncheck", "--profiles-path", str(config)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_qgis(qgis: subprocess.Popen) -> None:
+    if qgis.poll() is None:
+        os.killpg(qgis.pid, signal.SIGTERM)
+        try:
+            qgis.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(qgis.pid, signal.SIGKILL)
+
+
+def photograph_stages(display: str, e2e: Path, qgis: subprocess.Popen, stages, timeout: float = 900) -> None:
+    DOCS.mkdir(exist_ok=True)
+    for name, png in stages:
+        wait_for(e2e / f"{name}.ready", qgis, timeout)
+        screenshot(display, DOCS / png)
+        (e2e / f"{name}.done").write_text("ok")
+
+
 def _photos(tmp_path, samples, skimage_data, kauai_png) -> tuple[list[str], Path]:
     """What a user might pick: camera photos with EXIF GPS, other photos, a folder holding a truncated
     download and a file that is no photo; and a folder of 200 photos for the long runs."""
     photos = [str(p) for p in sorted((samples / "gps").glob("*.jpg"))[:4]]
     photos += [str(kauai_png), str(skimage_data / "astronaut.png"), str(skimage_data / "coffee.png")]
+    photos += [str(samples / "heic" / "IMG_5195.HEIC")]  # a phone's HEIC: decoded where a crash cannot reach QGIS
     odd = tmp_path / "from_the_card"
     odd.mkdir()
     (odd / "IMG_0007.jpg").write_bytes((samples / "gps" / "DSCN0027.jpg").read_bytes()[:1500])  # cut short
@@ -93,27 +146,7 @@ def _photos(tmp_path, samples, skimage_data, kauai_png) -> tuple[list[str], Path
 
 
 def test_zip_install_first_hour_and_screenshots(xvfb, tiny_clip, engine, samples, skimage_data, kauai_png, tmp_path):
-    sys.path.insert(0, str(ROOT / "tools"))
-    from package_plugin import build, check
-
-    package = build(tmp_path / "dist")
-    assert check(package) == []
-    config = tmp_path / "config"  # --profiles-path takes the folder that holds profiles/
-    profiles = config / "profiles"
-    plugins = profiles / "default" / "python" / "plugins"
-    plugins.mkdir(parents=True)
-    with zipfile.ZipFile(package) as archive:
-        archive.extractall(plugins)  # what "Install from ZIP" does
-    ini = profiles / "default" / "QGIS" / "QGIS3.ini"
-    ini.parent.mkdir(parents=True)
-    ini.write_text(
-        "[PythonPlugins]\ngeoclip_qgis=true\n[qgis]\ncheckVersion=false\n"
-        "[app]\nshowTips=false\n[geoclip_qgis]\nprecision=fp32\n"
-    )
-    data_home = tmp_path / "xdg"
-    (data_home / "QGIS" / "QGIS3").mkdir(parents=True)
-    shutil.copy(ROOT / "tests" / "desktop_startup.py", data_home / "QGIS" / "QGIS3" / "startup.py")
-
+    config, data_home = install_plugin_zip(tmp_path, "desktop_startup.py", "[geoclip_qgis]\nprecision=fp32\n")
     photos, many = _photos(tmp_path, samples, skimage_data, kauai_png)
     e2e = tmp_path / "e2e"
     e2e.mkdir()
@@ -131,33 +164,16 @@ def test_zip_install_first_hour_and_screenshots(xvfb, tiny_clip, engine, samples
     }
     for name in ("QT_QPA_PLATFORM", "GEOCLIP_CLIP", "GEOCLIP_HEADS"):
         env.pop(name, None)
-    log = open(tmp_path / "qgis.log", "wb")
-    qgis = subprocess.Popen(
-        ["qgis", "--nologo", "--noversioncheck", "--profiles-path", str(config)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    qgis = start_qgis(config, env, tmp_path / "qgis.log")
     try:
-        DOCS.mkdir(exist_ok=True)
-        for name, png in STAGES:
-            wait_for(e2e / f"{name}.ready", qgis, 900)
-            screenshot(xvfb, DOCS / png)
-            (e2e / f"{name}.done").write_text("ok")
+        photograph_stages(xvfb, e2e, qgis, STAGES)
         try:  # the last stage quits QGIS from inside, mid-run
             quit_status = qgis.wait(timeout=180)
         except subprocess.TimeoutExpired:
             screenshot(xvfb, tmp_path / "stuck.png")
             quit_status = None
     finally:
-        if qgis.poll() is None:
-            os.killpg(qgis.pid, signal.SIGTERM)
-            try:
-                qgis.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(qgis.pid, signal.SIGKILL)
-        log.close()
+        stop_qgis(qgis)
     report = json.loads((e2e / "report.json").read_text())
     assert report["plugin_loaded"] and report["dock_visible"]
     python_errors = [m for m in report["messages"] if "python error" in m.lower() or "Traceback" in m]
@@ -173,9 +189,9 @@ def test_zip_install_first_hour_and_screenshots(xvfb, tiny_clip, engine, samples
     assert report["after_models"]["run_enabled"]
 
     # The run: every photo answered or listed with its reason; named layers; the world map under them.
-    assert not report["error"] and report["answered"] == 8  # seven photos and rocket.jpg from the folder
+    assert not report["error"] and report["answered"] == 9  # eight photos (one HEIC) and rocket.jpg from the folder
     assert sorted(Path(p).name for p, _ in report["failures"]) == ["IMG_0007.jpg", "notes.jpg"]
-    assert report["tree"][0].startswith("DSCN0010.jpg and 7 more") and "World (QGIS's offline map)" in report["tree"]
+    assert report["tree"][0].startswith("DSCN0010.jpg and 8 more") and "World (QGIS's offline map)" in report["tree"]
     assert "GeoCLIP answers" in report["layers"] and "all_answers_world" in report["layers"]
     assert "Photos not answered" in report["layers"]
     assert "_local" in report.get("stage_two_raster", "")
@@ -213,4 +229,83 @@ def test_zip_install_first_hour_and_screenshots(xvfb, tiny_clip, engine, samples
     assert len(report["quit_boxes"]) == 1 and "GeoCLIP: 200 photos" in report["quit_boxes"][0]
     assert report["quit"]["seconds"] < 60
     for _, png in STAGES:
+        assert (DOCS / png).stat().st_size > 20_000  # a real screen, not a blank one
+
+
+STOCK_STAGES = (
+    ("stock-dock", "qgis-stock-1-dock.png"),
+    ("stock-installer", "qgis-stock-2-installer.png"),
+    ("stock-installed", "qgis-stock-3-installed.png"),
+    ("stock-models", "qgis-stock-4-models.png"),
+    ("stock-answers", "qgis-stock-5-answers.png"),
+)
+
+
+@pytest.mark.slow
+def test_stock_qgis_desktop_from_zip_to_first_answer(xvfb, wheelhouse, tiny_clip, samples, kauai_png, tmp_path):
+    """A stock QGIS desktop (nothing added to its Python, no venv), the plugin from its ZIP, offline: the
+    dock, its installer from a folder of wheels, Models…, then a folder of JPEG, PNG and HEIC photos."""
+    from test_stock_qgis import stock_python_has_torch
+
+    if stock_python_has_torch():
+        pytest.skip("QGIS's Python already has torch: not a stock QGIS")
+    config, data_home = install_plugin_zip(tmp_path, "desktop_stock_startup.py")
+    photos = tmp_path / "phone_and_camera"
+    photos.mkdir()
+    shutil.copy(samples / "gps" / "DSCN0010.jpg", photos / "camera.jpg")
+    shutil.copy(kauai_png, photos / "kauai.png")
+    shutil.copy(samples / "heic" / "IMG_5195.HEIC", photos / "phone.heic")
+    e2e = tmp_path / "e2e"
+    e2e.mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {  # a user's session: no venv, no PYTHONPATH, a home of its own, and no network
+        "HOME": str(home),
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "DISPLAY": xvfb,
+        "XDG_DATA_HOME": str(data_home),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "PIP_NO_INDEX": "1",
+        "GEOCLIP_E2E_DIR": str(e2e),
+        "GEOCLIP_E2E_WHEELS": str(wheelhouse),
+        "GEOCLIP_E2E_CLIP": str(tiny_clip),
+        "GEOCLIP_E2E_PHOTOS": str(photos),
+        "GEOCLIP_E2E_SCREEN": f"{SCREEN[0]}x{SCREEN[1]}",
+    }
+    qgis = start_qgis(config, env, tmp_path / "qgis.log")
+    try:
+        photograph_stages(xvfb, e2e, qgis, STOCK_STAGES, timeout=1200)
+        try:
+            quit_status = qgis.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            quit_status = None
+    finally:
+        stop_qgis(qgis)
+    report = json.loads((e2e / "report.json").read_text())
+    last_words = (tmp_path / "qgis.log").read_text(errors="replace")[-3000:]
+    assert report["plugin_loaded"] and not report["torch_before"], last_words
+    assert [m for m in report["messages"] if "python error" in m.lower() or "Traceback" in m] == []
+    dock = report["dock"]
+    assert dock["visible"] and dock["install_offered"] and not dock["run_enabled"]
+    assert "Python packages missing" in dock["model"] and dock["says"].startswith("Press Install dependencies…")
+    assert "platformdirs" in dock["says"]
+    assert not report["provider_before"]
+    installer = report["installer"]
+    assert installer["outcome"] == "completed" and not installer["failure"], installer["log_tail"]
+    assert "no restart needed" in installer["log_tail"]
+    after = report["after_install"]
+    assert not after["install_offered"] and after["provider"] and after["fix_button"] == "Fix…"
+    assert "CLIP backbone is missing" in after["model"]
+    models = report["models"]
+    assert "CLIP ViT-L/14 backbone" in models["fix"] and "In Models…" not in models["fix"]
+    assert "installed geoclip package" in models["report"]  # the heads came with the install
+    assert report["after_models"]["run_enabled"]
+    answered = report["answered"]
+    assert not answered["error"] and answered["failures"] == [] and answered["answered"] == 3, answered
+    assert not answered["pillow_heif_loaded"] and "/geoclip_qgis/python/torch/" in answered["torch"]
+    assert "GeoCLIP answers" in answered["layers"]
+    assert quit_status == 0, last_words
+    for _, png in STOCK_STAGES:
         assert (DOCS / png).stat().st_size > 20_000  # a real screen, not a blank one

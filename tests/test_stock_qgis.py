@@ -68,11 +68,15 @@ def report_of(out: subprocess.CompletedProcess) -> dict:
     return json.loads(lines[-1][len("REPORT ") :])
 
 
+def stock_python_has_torch() -> bool:
+    return subprocess.run([QGIS_PYTHON, "-I", "-c", "import torch"], capture_output=True).returncode == 0
+
+
 @pytest.fixture
 def stock_qgis():
     if not Path(QGIS_PYTHON).exists() or subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"]).returncode:
         pytest.skip("QGIS's Python is not at /usr/bin/python3")
-    if subprocess.run([QGIS_PYTHON, "-I", "-c", "import torch"], capture_output=True).returncode == 0:
+    if stock_python_has_torch():
         pytest.skip("QGIS's Python already has torch: not a stock QGIS")
     return QGIS_PYTHON
 
@@ -91,7 +95,10 @@ def test_the_dock_opens_in_a_stock_qgis_and_offers_the_install(stock_qgis, tmp_p
     report = report_of(out)
     assert report["error"] == "" and report["dock"]
     assert report["install_offered"] and not report["run_enabled"]
-    assert "platformdirs" in report["model_label"] and "Install dependencies…" in report["says"]
+    assert "Python packages missing" in report["model_label"] and report["says"].startswith(
+        "Press Install dependencies…"
+    )
+    assert "platformdirs" in report["says"]
     assert report["output_hint"].endswith("/home/.local/share/geoclip-qgis/runs")  # platformdirs' folder, without it
     assert not report["provider"]  # Processing waits for the packages
     assert report["imported"] == []  # nor NumPy, Pillow, platformdirs or torch at start
