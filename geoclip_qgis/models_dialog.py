@@ -37,7 +37,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import deps, diagnostics
-from .session import EngineSettings, drop_engines, load_settings, save_settings
+from .session import EngineSettings, dialog_folder, drop_engines, load_settings, save_settings
 
 LOG_TAG = "GeoCLIP"
 
@@ -501,19 +501,20 @@ class ModelsDialog(QDialog):
         dialog.exec()
 
     def import_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "A heads folder, a CLIP folder, or both")
+        folder = QFileDialog.getExistingDirectory(self, "A heads folder, a CLIP folder, or both", dialog_folder())
         if folder:
             self._import(folder)
 
     def import_bundle(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "A GeoCLIP model bundle", "", "Bundle (*.zip)")
+        path, _ = QFileDialog.getOpenFileName(self, "A GeoCLIP model bundle", dialog_folder(), "Bundle (*.zip)")
         if path:
             self._import(path)
 
     def export_bundle(self) -> None:
         from .backend import bundles
 
-        path, _ = QFileDialog.getSaveFileName(self, "Write a model bundle", "geoclip-models.zip", "Bundle (*.zip)")
+        default = str(Path(dialog_folder()) / "geoclip-models.zip")
+        path, _ = QFileDialog.getSaveFileName(self, "Write a model bundle", default, "Bundle (*.zip)")
         if path:
             try:
                 bundles.export_bundle(path, self.heads.filePath() or None, self.clip.filePath() or None)

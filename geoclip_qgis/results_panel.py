@@ -228,7 +228,10 @@ class ResultsPanel(QgsDockWidget):
     # -- loading a run ---------------------------------------------------------------------------
 
     def _pick_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Answers of a GeoCLIP run", "", "GeoPackage (*.gpkg)")
+        from .session import dialog_folder
+
+        start = dialog_folder(self.gpkg)
+        path, _ = QFileDialog.getOpenFileName(self, "Answers of a GeoCLIP run", start, "GeoPackage (*.gpkg)")
         if path:
             self.show_run(path)
 
@@ -524,7 +527,10 @@ class ResultsPanel(QgsDockWidget):
         if stored is None:
             return None
         if not path:
-            default = str(Path(self.gpkg).with_name(Path(stored.photo).stem.replace(" ", "_") + "_report.pdf"))
+            from .session import dialog_folder
+
+            name = Path(stored.photo).stem.replace(" ", "_") + "_report.pdf"
+            default = str(Path(dialog_folder(self.gpkg)) / name)
             path, _ = QFileDialog.getSaveFileName(self, "Case report", default, "PDF (*.pdf)")
             if not path:
                 return None

@@ -111,3 +111,20 @@ def drop_engines() -> None:
 
 def loaded_engine(choice: EngineSettings):
     return _engines.get(choice)
+
+
+def dialog_folder(near: str = "") -> str:
+    """Where a file dialog opens: beside ``near`` (a run's GeoPackage, say), unless that is inside the
+    runs folder, which hides in the user data folder; then the project's folder, else the user's documents."""
+    from qgis.core import QgsProject
+    from qgis.PyQt.QtCore import QStandardPaths
+
+    folder = Path(near).parent if near else None
+    runs = runs_folder()
+    if folder is not None and folder.is_dir() and runs != folder and runs not in folder.parents:
+        return str(folder)
+    home = QgsProject.instance().homePath()
+    if home:
+        return home
+    documents = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation)
+    return documents if documents and Path(documents).is_dir() else str(Path.home())

@@ -1006,3 +1006,15 @@ def test_a_reopened_project_brings_its_runs_back(plugin, photo_dir, tmp_path):
     assert "saved.gpkg" in plugin.results.source.text() and len(plugin.results.answers) == 1
     extent = plugin.iface.canvas.extent()  # the answer is shown on the Earth, not off it
     assert -180 <= extent.center().x() <= 180 and -90 <= extent.center().y() <= 90
+
+
+def test_file_dialogs_never_open_in_the_hidden_runs_folder(plugin, tmp_path):
+    from qgis.core import QgsProject
+
+    from geoclip_qgis.session import dialog_folder, runs_folder
+
+    QgsProject.instance().clear()
+    inside = runs_folder() / "holiday_20261202.gpkg"
+    assert dialog_folder(str(inside)) != str(runs_folder()) and Path(dialog_folder(str(inside))).is_dir()
+    (tmp_path / "case").mkdir()
+    assert dialog_folder(str(tmp_path / "case" / "run.gpkg")) == str(tmp_path / "case")  # beside a run of the user's
