@@ -110,7 +110,7 @@ def wheelhouse():
     from geoclip_qgis import installer
     from geoclip_qgis.deps import HEADS_RELEASE, OPTIONAL, REQUIRED
 
-    python, torch = "/usr/bin/python3", "torch==2.13.0"  # the CPU build this workplace holds
+    python, torch = QGIS_PYTHON, "torch==2.13.0"  # the CPU build this workplace holds
     folder = ROOT / ".cache" / "wheelhouse"
     wanted = json.dumps(
         {
@@ -127,3 +127,19 @@ def wheelhouse():
         )
         stamp.write_text(wanted)
     return folder
+
+
+QGIS_PYTHON = "/usr/bin/python3"  # Debian's QGIS embeds the system Python
+
+
+@pytest.fixture
+def stock_qgis():
+    """QGIS's own Python, as a stock QGIS has it (no torch): else the stock-QGIS tests skip, before any
+    wheel is fetched for it."""
+    import subprocess
+
+    if not Path(QGIS_PYTHON).exists() or subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"]).returncode:
+        pytest.skip(f"QGIS's Python is not at {QGIS_PYTHON}")
+    if subprocess.run([QGIS_PYTHON, "-I", "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.skip("QGIS's Python already has torch: not a stock QGIS")
+    return QGIS_PYTHON

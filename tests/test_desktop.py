@@ -242,13 +242,11 @@ STOCK_STAGES = (
 
 
 @pytest.mark.slow
-def test_stock_qgis_desktop_from_zip_to_first_answer(xvfb, wheelhouse, tiny_clip, samples, kauai_png, tmp_path):
+def test_stock_qgis_desktop_from_zip_to_first_answer(
+    stock_qgis, xvfb, wheelhouse, tiny_clip, samples, kauai_png, tmp_path
+):
     """A stock QGIS desktop (nothing added to its Python, no venv), the plugin from its ZIP, offline: the
     dock, its installer from a folder of wheels, Models…, then a folder of JPEG, PNG and HEIC photos."""
-    from test_stock_qgis import stock_python_has_torch
-
-    if stock_python_has_torch():
-        pytest.skip("QGIS's Python already has torch: not a stock QGIS")
     config, data_home = install_plugin_zip(tmp_path, "desktop_stock_startup.py")
     photos = tmp_path / "phone_and_camera"
     photos.mkdir()

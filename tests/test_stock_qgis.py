@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-QGIS_PYTHON = "/usr/bin/python3"
 TORCH = "torch==2.13.0"  # the CPU build this workplace holds; any torch>=2.2 wheel works
 
 pytestmark = pytest.mark.qgis
@@ -66,19 +65,6 @@ def report_of(out: subprocess.CompletedProcess) -> dict:
     lines = [line for line in out.stdout.splitlines() if line.startswith("REPORT ")]
     assert lines, f"exit {out.returncode}\n" + out.stdout[-3000:] + out.stderr[-3000:]
     return json.loads(lines[-1][len("REPORT ") :])
-
-
-def stock_python_has_torch() -> bool:
-    return subprocess.run([QGIS_PYTHON, "-I", "-c", "import torch"], capture_output=True).returncode == 0
-
-
-@pytest.fixture
-def stock_qgis():
-    if not Path(QGIS_PYTHON).exists() or subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"]).returncode:
-        pytest.skip("QGIS's Python is not at /usr/bin/python3")
-    if stock_python_has_torch():
-        pytest.skip("QGIS's Python already has torch: not a stock QGIS")
-    return QGIS_PYTHON
 
 
 def test_the_dock_opens_in_a_stock_qgis_and_offers_the_install(stock_qgis, tmp_path):
