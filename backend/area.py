@@ -1,11 +1,13 @@
 """Areas of interest: a bounding box or polygons in EPSG:4326, tested with GDAL/OGR.
 
-A point (or raster cell centre) is inside when it lies inside the box or polygon; boxes whose west edge
-is east of their east edge cross the antimeridian.
+A point (or raster cell centre) is inside when it lies inside the box (edges included) or polygon (the
+rule of :mod:`.polygons`: OGR ``Contains``, so a point on a polygon's edge is outside; an invalid polygon
+is repaired with a warning); boxes whose west edge is east of their east edge cross the antimeridian.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -97,14 +99,25 @@ class Area:
     def contains(self, lat, lon) -> np.ndarray:
         """Boolean mask of the points (degrees) inside the area."""
         lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-        inside = self._in_box(lat, lon)
+        inside = np.array(self._in_box(lat, lon), dtype=bool)  # an array even for one point, to write into
         if self.wkt is None or not inside.any():
             return inside
         from osgeo import ogr
 
-        polygon = ogr.CreateGeometryFromWkt(self.wkt)
-        point = ogr.Geometry(ogr.wkbPoint)
-        for index in np.flatnonzero(inside):  # the box has already thrown out most points
-            point.SetPoint_2D(0, float(lon.flat[index]), float(lat.flat[index]))
-            inside.flat[index] = polygon.Contains(point)
+        from .polygons import PointIndex
+
+        candidates = np.flatnonzero(inside)  # the box has already thrown out most points
+        points = PointIndex(lat.flat[candidates], lon.flat[candidates])
+        parts = [ogr.CreateGeometryFromWkb(wkb) for wkb in _polygon_parts(self.wkt, self.label)]
+        inside.flat[candidates] = points.inside(parts, f"area {self.label!r}")
         return inside
+
+
+@functools.lru_cache(maxsize=8)
+def _polygon_parts(wkt: str, label: str) -> tuple[bytes, ...]:
+    """An area's polygons as WKB, checked (and repaired, with one warning) once, not at every call."""
+    from osgeo import ogr
+
+    from .polygons import polygon_parts
+
+    return tuple(bytes(part.ExportToWkb(ogr.wkbNDR)) for part in polygon_parts(wkt, f"area {label!r}"))

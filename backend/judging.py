@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from .errors import GeoCLIPError
 from .likelihood import RADII_KM, Likelihood, for_answer
+from .progress import ProgressCallback
 from .regions import RegionRow, Zones, zonal_probabilities, zones_of
 from .run_file import StoredAnswer, read_answers, read_provenance, run_area
 
@@ -68,12 +69,19 @@ class ZonalAnswer:
 
 
 def zonal_for_answers(
-    engine, answers: Sequence[StoredAnswer], wkts: Sequence[str], names: Sequence[str] | None = None, area=None
+    engine,
+    answers: Sequence[StoredAnswer],
+    wkts: Sequence[str],
+    names: Sequence[str] | None = None,
+    area=None,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[ZonalAnswer]:
     """Per answer, its probability in each polygon (WKT, EPSG:4326, lon/lat): the gallery softmax
     summed over the gallery places inside (:func:`.regions.zonal_probabilities`; 0 for a polygon holding
-    none). Which places lie in which polygon is worked out once, before the first answer."""
-    zones = zones_of(engine.gallery.coordinates, wkts, names)
+    none). Which places lie in which polygon is worked out once, before the first answer, reporting to
+    ``progress`` per polygon and stopping when ``should_stop`` says so (:func:`.regions.zones_of`)."""
+    zones = zones_of(engine.gallery.coordinates, wkts, names, progress, should_stop)
     by_index = Zones([str(i) for i in range(len(zones.names))], zones.members, zones.size)  # names may repeat
     for answer in answers:
         probabilities = engine.gallery_probabilities(answer.result.feature, area)

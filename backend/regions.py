@@ -10,23 +10,25 @@ pier, an island too small for the gazetteer) therefore gets its nearest place's 
 the maritime borders say. The assignment is made once per gallery and gazetteer and kept in the
 cache folder as a NumPy ``.npz`` of plain arrays (read with ``allow_pickle=False``).
 
-User polygons: gallery points are tested against each polygon with OGR after a bounding-box test,
-so a polygon costs a look at the points inside its box only. Polygons may overlap; a point inside
-two polygons counts for both.
+User polygons: gallery points are tested against each polygon by the rule of :mod:`.polygons` (OGR
+``Contains``, each part of a multipolygon after its own bounding-box test, many points per GEOS call).
+Polygons may overlap; a point inside two polygons counts for both.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .cache import private_folder
 from .errors import GeoCLIPError
 from .places import gazetteer
+from .progress import ProgressCallback, Stage
 from .weights import cache_dir
 
 COUNTRY = "country"
@@ -110,7 +112,7 @@ def _read_assignment(path: Path, size: int) -> RegionAssignment | None:
 
 def _write_assignment(path: Path, made: RegionAssignment) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)  # 0700, as the README promises
         handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial.npz")
         with os.fdopen(handle, "wb") as stream:
             np.savez(
@@ -233,29 +235,36 @@ class Zones:
     size: int  # number of points tested
 
 
-def zones_of(coordinates, wkts: Sequence[str], names: Sequence[str] | None = None) -> Zones:
-    """Points (``(N, 2)`` lat, lon) inside each polygon (WKT, EPSG:4326, lon/lat axis order)."""
-    from osgeo import ogr
+def zones_of(
+    coordinates,
+    wkts: Sequence[str],
+    names: Sequence[str] | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Zones:
+    """Points (``(N, 2)`` lat, lon) inside each polygon (WKT, EPSG:4326, lon/lat axis order), by the rule
+    of :mod:`.polygons` (OGR ``Contains``: points on an edge are outside; invalid polygons are repaired
+    with a warning). ``progress`` hears one step per polygon; ``should_stop`` is asked before each
+    polygon and, when it says yes, :class:`~.location_features.RunCancelledError` is raised."""
+    from .polygons import PointIndex, polygon_parts
 
     coordinates = _as_array(coordinates)
     names = list(names) if names is not None else [f"zone {i + 1}" for i in range(len(wkts))]
     if len(names) != len(wkts):
         raise GeoCLIPError(f"{len(wkts)} polygons but {len(names)} names")
-    lat, lon = coordinates[:, 0], coordinates[:, 1]
-    point = ogr.Geometry(ogr.wkbPoint)
+    points = PointIndex(coordinates[:, 0], coordinates[:, 1])
+    stage = Stage(progress, "Finding the gallery places inside the polygons", len(wkts), "polygons")
     members = []
-    for wkt, name in zip(wkts, names):
-        polygon = ogr.CreateGeometryFromWkt(wkt)
-        if polygon is None or ogr.GT_Flatten(polygon.GetGeometryType()) not in (ogr.wkbPolygon, ogr.wkbMultiPolygon):
-            raise GeoCLIPError(f"zone {name!r} is not a polygon or multipolygon in WKT")
-        west, east, south, north = polygon.GetEnvelope()
-        candidates = np.flatnonzero((lon >= west) & (lon <= east) & (lat >= south) & (lat <= north))
-        inside = []
-        for index in candidates:  # only the points in the polygon's box reach GEOS
-            point.SetPoint_2D(0, float(lon[index]), float(lat[index]))
-            if polygon.Contains(point):
-                inside.append(index)
-        members.append(np.array(inside, dtype=np.int64))
+    for number, (wkt, name) in enumerate(zip(wkts, names)):
+        if should_stop is not None and should_stop():
+            from .location_features import RunCancelledError
+
+            raise RunCancelledError(
+                f"cancelled while finding the gallery places inside the polygons ({number} of {len(wkts)} done)"
+            )
+        parts = polygon_parts(wkt, f"zone {name!r}")  # not a polygon, or not repairable: a named error
+        members.append(np.flatnonzero(points.inside(parts, f"zone {name!r}")).astype(np.int64))
+        stage.update(number + 1)
     return Zones(names, members, coordinates.shape[0])
 
 

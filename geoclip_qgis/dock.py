@@ -56,6 +56,7 @@ from qgis.PyQt.QtWidgets import (
 from . import deps
 from .inputs import InputError, area_from_extent, area_from_polygons, guess_photo_field, photo_paths
 from .layers import add_run, run_title
+from .plain_text import tooltip
 from .session import load_dock_settings, load_settings, runs_folder, save_dock_settings, save_settings
 from .tasks import LOG_TAG, GeolocateTask, cancelled_text
 
@@ -93,7 +94,7 @@ class PhotoList(QListWidget):
     def add_path(self, path: str) -> None:
         item = QListWidgetItem()
         item.setData(PATH_ROLE, path)
-        item.setToolTip(path)
+        item.setToolTip(tooltip(path))
         folder = Path(path).is_dir()
         item.setIcon(QgsApplication.getThemeIcon("/mIconFolder.svg" if folder else "/mIconFile.svg"))
         self.addItem(item)
@@ -284,6 +285,7 @@ class GeoCLIPDock(QgsDockWidget):
         self.progress.setTextVisible(False)  # no percentage before a run
         layout.addWidget(self.progress)
         self.status = QLabel("")
+        self.status.setTextFormat(Qt.TextFormat.PlainText)  # it quotes photo names and reasons
         self.status.setWordWrap(True)
         self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -457,7 +459,7 @@ class GeoCLIPDock(QgsDockWidget):
     def _say(self, text: str) -> None:
         """The status line under the progress bar (at most four lines; all of it in its tooltip)."""
         self.status.setText(text)
-        self.status.setToolTip(text)
+        self.status.setToolTip(tooltip(text))
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -870,7 +872,7 @@ class GeoCLIPDock(QgsDockWidget):
             f"This project holds the run <b>{html.escape(Path(paths[0]).name)}</b>{html.escape(more)}. "
             "Look at each answer… opens it in the results panel."
         )
-        self.summary.setToolTip(paths[0])
+        self.summary.setToolTip(tooltip(paths[0]))
         self.judge_button.setEnabled(True)
 
     def _bar_line(self, result) -> str:
@@ -958,7 +960,7 @@ class GeoCLIPDock(QgsDockWidget):
                 f"Written to {html.escape(Path(self._last_output).name)} (<a href='{folder}'>open its folder</a>)."
             )
         self.summary.setText("<br>".join(lines))
-        self.summary.setToolTip(self._last_output)
+        self.summary.setToolTip(tooltip(self._last_output))
         self._show_accuracy(summary.accuracy())
         self._show_failures(outcome.failures)
         self.tabs.setCurrentIndex(2)

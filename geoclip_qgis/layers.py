@@ -90,12 +90,23 @@ def run_title(items, texts=(), photos: int | None = None) -> str:
 
 # -- styles ------------------------------------------------------------------------------------------
 
+
+
+def html_escaped(expression: str) -> str:
+    """A QGIS expression giving ``expression``'s text escaped for HTML (map tips are HTML, and QGIS 3.22
+    renders them in QtWebKit with JavaScript on: a photo named like markup must stay text)."""
+    for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"), ("'", "&#39;")):
+        expression = f"replace({expression}, '{char.replace(chr(39), chr(39) * 2)}', '{entity}')"
+    return expression
+
+
+_PHOTO_ESCAPED = html_escaped('"photo"')
 MAP_TIP = (
-    f"<b>[% {SHORT_NAME} %]</b><br>"
+    f"<b>[% {html_escaped(SHORT_NAME)} %]</b><br>"
     'rank [% "rank" %] · [% format_number("probability" * 100, 2) %] %'
     '[% CASE WHEN "error_km" IS NOT NULL '
     "THEN '<br>EXIF truth: ' || format_number(\"error_km\", 1) || ' km away' END %]"
-    f'[% CASE WHEN {IS_FILE} THEN \'<br><img src="file:///\' || "photo" || \'" width="240">\' END %]'
+    f"[% CASE WHEN {IS_FILE} THEN '<br><img src=\"file:///' || {_PHOTO_ESCAPED} || '\" width=\"240\">' END %]"
 )
 TOP_COLOUR, OTHER_COLOUR, TRUTH_COLOUR = "#d7191c", "#fdae61", "#2c7bb6"
 # Probability rasters: the smallest areas holding 90, 75, 50 and 25 % of the raster's probability, in blues

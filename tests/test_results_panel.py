@@ -122,3 +122,27 @@ def test_export_report_from_the_panel(panel, tmp_path):
     panel.list.setCurrentRow(0)
     pdf, html = panel.export_report(str(tmp_path / "dscn.pdf"))
     assert pdf.stat().st_size > 10_000 and "DSCN0010.jpg" in html.read_text(encoding="utf-8")
+
+
+def test_names_from_a_received_run_are_shown_as_text(engine, kauai_png, tmp_path):
+    """A photo named like markup and region names holding links: the panel shows them, it does not render
+    them (a rich-text label would fetch the image or offer the link)."""
+    import shutil
+    import sqlite3
+
+    from geoclip_qgis.backend.run import RunRequest, execute
+
+    qgis_app()
+    hostile = tmp_path / "<img src=x onerror=alert(1)>.png"
+    shutil.copy(kauai_png, hostile)
+    gpkg = tmp_path / "received.gpkg"
+    execute(RunRequest(photos=[str(hostile)], top_k=2, output=str(gpkg)), engine)
+    with sqlite3.connect(gpkg) as db:
+        db.execute("UPDATE regions SET region = '<a href=\"https://attacker.example\">Click</a>'")
+    from geoclip_qgis.results_panel import ResultsPanel
+
+    made = ResultsPanel(StandInInterface())
+    made.show_run(str(gpkg))
+    assert "<img" not in made.info.text() and "&lt;img src=x onerror=alert(1)&gt;.png" in made.info.text()
+    assert "<a href" not in made.regions.text() and "&lt;a href=" in made.regions.text()
+    assert made.list.item(0).toolTip().startswith("<span>") and "<img" not in made.list.item(0).toolTip()

@@ -227,8 +227,13 @@ class ProbabilityByRegion(_JudgingAlgorithm):
             raise QgsProcessingException("cannot write the table")
 
         feedback.setProgressText(f"Finding the gallery places inside {len(kept)} regions")
+
+        def polygons_done(step) -> None:  # the toolbox's bar goes once over the regions, then over the answers
+            feedback.setProgress(100.0 * (step.fraction or 0.0))
+
         judged = []
-        for number, found in enumerate(zonal_for_answers(_engine(), answers, wkts, names, area), 1):
+        zonal = zonal_for_answers(_engine(), answers, wkts, names, area, polygons_done, feedback.isCanceled)
+        for number, found in enumerate(zonal, 1):  # a Cancel among the regions: RunCancelledError, a GeoCLIPError
             judged.append(found)
             for row in found.rows:
                 entry = QgsFeature(table_fields)
