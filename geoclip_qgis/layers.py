@@ -91,7 +91,6 @@ def run_title(items, texts=(), photos: int | None = None) -> str:
 # -- styles ------------------------------------------------------------------------------------------
 
 
-
 def html_escaped(expression: str) -> str:
     """A QGIS expression giving ``expression``'s text escaped for HTML (map tips are HTML, and QGIS 3.22
     renders them in QtWebKit with JavaScript on: a photo named like markup must stay text)."""
