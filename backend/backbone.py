@@ -15,7 +15,6 @@ does not know) go through transformers as before: safetensors preferred, ``.bin`
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,7 +29,7 @@ from PIL import Image
 from torch import nn
 
 from .errors import WeightsError
-from .weights import REQUIRED_PROJECTION_DIM
+from .weights import REQUIRED_PROJECTION_DIM, parse_json
 
 # transformers' CLIPVisionConfig defaults: a config.json leaves out what equals them.
 _VISION_DEFAULTS = dict(
@@ -53,6 +52,20 @@ VISION_PREFIXES = ("vision_model.", "visual_projection.")
 _IGNORED_KEYS = ("position_ids",)  # a buffer older checkpoints stored; computed, not learned
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
+# What a CLIP vision config can mean: far above every released CLIP (ViT-bigG/14: 1664 wide, 48 layers,
+# 16 heads, 8192 MLP; inputs up to 448 px), far below what would exhaust memory before a weight is read.
+_VISION_LIMITS = dict(
+    hidden_size=16_384,
+    intermediate_size=65_536,
+    num_hidden_layers=256,
+    num_attention_heads=256,
+    image_size=1024,
+    patch_size=1024,
+    projection_dim=16_384,
+)
+_MAX_LAYER_NORM_EPS = 0.1  # released checkpoints use 1e-5 or 1e-6
+MAX_IMAGE_SIDE = 1024  # pixels: the largest side a CLIP preprocessor resizes or crops to
+MAX_RESIZE_OVER_CROP = 2  # the resize's short side is the crop (CLIP) or a little more (ImageNet's 256/224)
 
 
 def _quiet_transformers():
@@ -92,28 +105,55 @@ class VisionConfig:
     projection_dim: int
 
 
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_vision_numbers(values: dict, folder: Path) -> None:
+    """Refuse numbers no CLIP vision tower can have (a WeightsError naming the value): sizes outside
+    :data:`_VISION_LIMITS`, channels other than RGB's 3, a layer-norm epsilon that is not a small positive
+    number (NaN, infinite, zero or absurd)."""
+
+    def refuse(name, value, wanted):
+        raise WeightsError(f"config.json in {folder}: {name} is {value!r}, which no CLIP checkpoint has ({wanted})")
+
+    for name, most in _VISION_LIMITS.items():
+        value = values.get(name)
+        if not (_whole(value) and 1 <= value <= most):
+            refuse(name, value, f"a whole number from 1 to {most:,}")
+    if values.get("num_channels") != 3:
+        refuse("num_channels", values.get("num_channels"), "3: photos are RGB")
+    eps = values.get("layer_norm_eps")
+    if not (_real(eps) and 0 < eps <= _MAX_LAYER_NORM_EPS):
+        refuse("layer_norm_eps", eps, f"a number above 0 and at most {_MAX_LAYER_NORM_EPS}")
+
+
 def read_vision_config(folder: Path) -> VisionConfig | None:
     """The vision tower's shape from config.json (a CLIPModel's ``vision_config``, or a vision-only
-    config), or None when it asks for something this module does not implement."""
+    config), or None when it asks for something this module does not implement (transformers then
+    loads it). Numbers no CLIP can have are refused (WeightsError), whichever loads it."""
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+        config = parse_json((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # transformers could not read it either
+        raise WeightsError(f"cannot read config.json in {folder}: {exc}") from None
+    if not isinstance(config, dict):
+        raise WeightsError(f"config.json in {folder} is not a CLIP configuration (not a JSON object)")
     if config.get("model_type") == "clip":
         config = config.get("vision_config") or {}
+        if not isinstance(config, dict):
+            return None
     elif config.get("model_type") != "clip_vision_model":
         return None
     values = {name: config.get(name, default) for name, default in _VISION_DEFAULTS.items()}
-    try:
-        shape = VisionConfig(**values)
-        whole = [shape.hidden_size, shape.intermediate_size, shape.num_hidden_layers, shape.num_attention_heads]
-        whole += [shape.num_channels, shape.image_size, shape.patch_size, shape.projection_dim]
-        if not all(isinstance(v, int) and v > 0 for v in whole) or shape.hidden_size % shape.num_attention_heads:
-            return None
-        if shape.hidden_act not in _ACTIVATIONS or shape.image_size % shape.patch_size:
-            return None
-        float(shape.layer_norm_eps)
-    except (TypeError, ValueError):
+    _check_vision_numbers(values, folder)
+    shape = VisionConfig(**values)
+    if shape.hidden_size % shape.num_attention_heads or shape.image_size % shape.patch_size:
+        return None
+    if shape.hidden_act not in _ACTIVATIONS:
         return None
     return shape
 
@@ -277,9 +317,11 @@ def safetensors_index(path: Path) -> dict[str, _Stored]:
         if length > min(_MAX_HEADER, size - 8):
             raise WeightsError(f"{path.name} has a damaged safetensors header")
         try:
-            header = json.loads(handle.read(length))
+            header = parse_json(handle.read(length))
         except ValueError as exc:
             raise WeightsError(f"{path.name} has a damaged safetensors header: {exc}") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path.name} has a damaged safetensors header: not a JSON object")
     base = 8 + length
     index = {}
     for name, entry in header.items():
@@ -422,6 +464,48 @@ _HANDLED_KEYS = {"do_convert_rgb", "do_resize", "size", "resample", "do_center_c
 _HANDLED_KEYS |= {"do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std"}
 
 
+def _check_preprocessor(config: dict, folder: Path) -> None:
+    """Refuse a preprocessor_config.json whose values no CLIP preprocessor can mean (a WeightsError
+    naming the value): sides outside 1..:data:`MAX_IMAGE_SIDE` pixels (a million-pixel resize of every
+    photo), a resize far above the crop, a crop other than the tower's input, rescale factors, means or
+    standard deviations that are not small finite numbers, an unknown resampling filter."""
+
+    def refuse(name, value, wanted):
+        raise WeightsError(
+            f"preprocessor_config.json in {folder}: {name} is {value!r}, which no CLIP preprocessor means ({wanted})"
+        )
+
+    sides = {}
+    for key in ("size", "crop_size"):
+        value = config.get(key)
+        if value is None:
+            continue
+        for name, number in value.items() if isinstance(value, dict) else [(key, value)]:
+            if number is None and isinstance(value, dict):
+                continue  # transformers writes unused keys of a size as null
+            if not (_whole(number) and 1 <= number <= MAX_IMAGE_SIDE):
+                refuse(f"{key}.{name}" if isinstance(value, dict) else key, number, f"1 to {MAX_IMAGE_SIDE} pixels")
+            sides.setdefault(key, []).append(number)
+    crop = max(sides.get("crop_size", [224]))
+    if max(sides.get("size", [0])) > MAX_RESIZE_OVER_CROP * crop:
+        refuse("size", config.get("size"), f"at most {MAX_RESIZE_OVER_CROP} times the crop of {crop} pixels")
+    if "resample" in config and not (_whole(config["resample"]) and 0 <= config["resample"] <= 5):
+        refuse("resample", config["resample"], "one of Pillow's filters, 0 to 5")
+    if "rescale_factor" in config and not (_real(config["rescale_factor"]) and 0 < config["rescale_factor"] <= 1):
+        refuse("rescale_factor", config["rescale_factor"], "a number above 0 and at most 1")
+    for key, low in (("image_mean", -1e3), ("image_std", 1e-6)):
+        if key not in config:
+            continue
+        value = config[key]
+        numbers = value if isinstance(value, list) else [value]
+        if len(numbers) not in (1, 3) or not all(_real(n) and low <= n <= 1e3 for n in numbers):
+            refuse(key, value, f"one or three numbers from {low:g} to 1000")
+    vision = read_vision_config(folder) if (folder / "config.json").is_file() else None
+    crops = sides.get("crop_size")
+    if vision is not None and crops is not None and set(crops) != {vision.image_size}:
+        refuse("crop_size", config.get("crop_size"), f"config.json's image_size of {vision.image_size} pixels")
+
+
 class ClipPreprocessor:
     """transformers' CLIP Pillow processor for one photo, without its per-call overhead: shortest side
     resized with Pillow's filter, centre crop, then rescale and normalise through a 256-entry table per
@@ -463,7 +547,7 @@ class ClipPreprocessor:
         mean = std = None
         if config.get("do_normalize", True):
             mean, std = config.get("image_mean", OPENAI_CLIP_MEAN), config.get("image_std", OPENAI_CLIP_STD)
-            if len(mean) != 3 or len(std) != 3:
+            if not all(isinstance(v, (list, tuple)) and len(v) == 3 for v in (mean, std)):
                 return None
         return cls(size, crop, resample, scale, mean, std)
 
@@ -493,11 +577,12 @@ def load_image_processor(folder: Path) -> Callable:
     5's default when torchvision is installed) gives slightly different pixels.
     """
     try:
-        config = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
+        config = parse_json((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
-        raise WeightsError(f"cannot read preprocessor_config.json in {folder}: {exc}") from exc
+        raise WeightsError(f"cannot read preprocessor_config.json in {folder}: {exc}") from None
+    _check_preprocessor(config, folder)
     fast = ClipPreprocessor.from_config(config)
     if fast is not None:
         return fast

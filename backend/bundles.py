@@ -22,7 +22,8 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from .errors import WeightsError
+from .errors import ForeignFileError, WeightsError
+from .filelock import put_in_place, refuse_non_file, staged
 from .weights import (
     BACKBONE_FOLDER,
     PART_FILES,
@@ -32,6 +33,7 @@ from .weights import (
     heads_problem,
     model_files,
     models_dir,
+    parse_json,
     sha256_file,
 )
 
@@ -79,8 +81,10 @@ def _copy_model(source: Path, part: str, target: Path) -> None:
     half a model."""
     files = model_files(source, part)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    try:  # a fresh private folder: nothing already there under a staging name is written into
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    except OSError as exc:
+        raise WeightsError(f"cannot write in {target.parent}: {exc.strerror or exc}") from None
     try:
         for path in files:
             destination = staging / path.relative_to(source)
@@ -103,6 +107,7 @@ def export_bundle(
     parts = {"heads": find_heads(heads).require()}
     if with_backbone:
         parts[BACKBONE_FOLDER] = find_backbone(clip).require()
+    _refuse_bundle_target(target, parts)
     listed = {name: model_files(folder, name) for name, folder in parts.items()}
     files = {}
     for name, folder in parts.items():
@@ -112,22 +117,54 @@ def export_bundle(
                 "sha256": sha256_file(path),
             }
     manifest = {"format": BUNDLE_FORMAT, "files": files}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    try:
-        with zipfile.ZipFile(partial, "w", allowZip64=True) as bundle:
-            bundle.writestr(MANIFEST, json.dumps(manifest, indent=2))
-            for name, folder in parts.items():
-                for path in listed[name]:
-                    arcname = f"{name}/{path.relative_to(folder).as_posix()}"
-                    # weights do not compress; text files (gallery CSV, JSON) do
-                    text = path.suffix in (".csv", ".json", ".txt")
-                    bundle.write(path, arcname, compress_type=zipfile.ZIP_DEFLATED if text else zipfile.ZIP_STORED)
-        partial.replace(target)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise WeightsError(f"cannot write {target}: {exc.strerror or exc}") from None
+    with staged(target) as partial:
+        try:
+            with zipfile.ZipFile(partial, "w", allowZip64=True) as bundle:
+                bundle.writestr(MANIFEST, json.dumps(manifest, indent=2))
+                for name, folder in parts.items():
+                    for path in listed[name]:
+                        arcname = f"{name}/{path.relative_to(folder).as_posix()}"
+                        # weights do not compress; text files (gallery CSV, JSON) do
+                        text = path.suffix in (".csv", ".json", ".txt")
+                        bundle.write(path, arcname, compress_type=zipfile.ZIP_DEFLATED if text else zipfile.ZIP_STORED)
+            with zipfile.ZipFile(partial) as written:  # what is on disk reads back whole
+                if written.testzip() is not None or set(written.namelist()) != {MANIFEST, *files}:
+                    raise OSError("the bundle did not read back whole")
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise WeightsError(f"cannot write {target}: {getattr(exc, 'strerror', None) or exc}") from None
+        _refuse_bundle_target(target, parts)
+        put_in_place(partial, target)
     return target
+
+
+def _refuse_bundle_target(target: Path, parts: dict[str, Path]) -> None:
+    """A bundle goes neither into the models folder nor into a weights folder in use (it would replace a
+    weight file, or be taken for one by later exports), and never over a file that is not a bundle."""
+    where = Path(os.path.realpath(target.parent)) / target.name
+    folders = [("the models folder", models_dir())]
+    folders += [(f"the {name} folder being exported", folder) for name, folder in parts.items()]
+    in_use = (("the heads folder in use", find_heads(None)), ("the CLIP folder in use", find_backbone(None)))
+    for what, lookup in in_use:
+        if lookup.path is not None:
+            folders.append((what, lookup.path))
+    for what, folder in folders:
+        if where.is_relative_to(os.path.realpath(folder)):
+            raise WeightsError(
+                f"{target} is inside {what} ({folder}); a bundle written there would be taken for a model file "
+                "or replace one: write it anywhere else"
+            )
+    refuse_non_file(target, "where the bundle would go")
+    if target.exists() and not _is_bundle(target):
+        raise ForeignFileError(f"{target} exists and is not a GeoCLIP model bundle; refusing to overwrite it")
+
+
+def _is_bundle(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as bundle:
+            _read_manifest(bundle, path)
+    except (OSError, zipfile.BadZipFile, WeightsError, ValueError):
+        return False
+    return True
 
 
 def _safe_name(name: str) -> bool:
@@ -153,7 +190,7 @@ def _read_manifest(bundle: zipfile.ZipFile, archive: Path) -> dict[str, dict]:
         raise WeightsError(f"{archive}: its {MANIFEST} is {info.file_size} bytes, not a manifest; refusing the bundle")
     try:
         with bundle.open(info) as handle:
-            manifest = json.loads(handle.read(MANIFEST_LIMIT + 1).decode("utf-8"))
+            manifest = parse_json(handle.read(MANIFEST_LIMIT + 1).decode("utf-8"))
     except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError):
         raise WeightsError(f"{archive}: {MANIFEST} is not readable JSON; refusing the bundle") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:

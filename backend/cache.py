@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from .user_folders import user_cache_folder
@@ -37,19 +38,29 @@ def cache_dir() -> Path:
 
 
 def private_folder(path: Path) -> Path:
-    """Create ``path`` (and its missing parents) readable by its owner only."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create ``path`` (and its missing parents, likewise) readable by its owner only."""
+    path = Path(path)
+    missing = []
+    while not path.exists() and path.parent != path and path not in missing:
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True, mode=0o700)
+    path = missing[0] if missing else path
     if os.name != "nt":
         os.chmod(path, 0o700)
     return path
 
 
 def private_file(path: Path) -> Path:
-    """Make sure ``path`` exists and only its owner can read it, before anything is written into it."""
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    os.close(fd)
-    if os.name != "nt":
-        os.chmod(path, 0o600)
+    """Make sure ``path`` exists and only its owner can read it, before anything is written into it. A
+    symbolic link there is neither followed nor changed (OSError)."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        if os.name != "nt":
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
     return path
 
 
@@ -79,7 +90,9 @@ def file_sha256(path: Path) -> str:
     index_path = cache_dir() / "checksums.json"
     try:
         index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
+        index = {}
+    if not isinstance(index, dict):
         index = {}
     entry = index.get(str(path))
     if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
@@ -88,10 +101,14 @@ def file_sha256(path: Path) -> str:
     index[str(path)] = {"stamp": stamp, "sha256": digest}
     try:
         private_folder(index_path.parent)
-        partial = index_path.with_name(index_path.name + ".partial")
-        private_file(partial)
-        partial.write_text(json.dumps(index), encoding="utf-8")
-        os.replace(partial, index_path)
+        handle, partial = tempfile.mkstemp(dir=index_path.parent, suffix=".partial")  # 0600, a new name
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                stream.write(json.dumps(index))
+            os.replace(partial, index_path)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
     except OSError as exc:
         warn_once("checksums", f"cannot remember checksums in {index_path.parent} ({exc})")
     return digest

@@ -368,9 +368,13 @@ def run_text(args) -> int:
 def run_evaluate(args) -> int:
     """Top-1 accuracy against known positions: a CSV of (photo, lat, lon), or photos' EXIF GPS. The table
     goes to stdout; per-photo answers only to --out."""
-    from .evaluation import accuracy_table, format_table
+    from .evaluation import accuracy_table, format_table, read_truth_csv
 
     csv_truth = args.data.lower().endswith(".csv")
+    if csv_truth:
+        read_truth_csv(args.data, args.images)  # a table that cannot be read is named before any model loads
+    if args.report:
+        _refuse_foreign_report(Path(args.report))
     request = _request(
         args, photos=[] if csv_truth else [args.data], truth_csv=args.data if csv_truth else None, images=args.images
     )
@@ -385,22 +389,55 @@ def run_evaluate(args) -> int:
             file=sys.stderr,
         )
     if args.report:
-        _write_text(args.report, json.dumps(table, indent=2))
+        _write_report(Path(args.report), json.dumps(table, indent=2))
     return 0 if table["photos"] else 1
 
 
-def _write_text(path: str, text: str) -> None:
+REPORT_KEYS = ("photos", "median_km")  # every accuracy table has them
+
+
+def _refuse_foreign_report(path: Path) -> None:
+    """An evaluation report replaces only an earlier report (a JSON object with the table's keys)."""
+    from .errors import ForeignFileError
+    from .filelock import refuse_non_file
+    from .weights import parse_json
+
+    refuse_non_file(path, "where the report would go")
+    if not path.exists():
+        return
     try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise GeoCLIPError(f"cannot write {path}: {exc.strerror or exc}") from None
+        table = parse_json(path.read_bytes()) if path.stat().st_size < 1 << 20 else None
+    except (OSError, ValueError):
+        table = None
+    if not (isinstance(table, dict) and all(key in table for key in REPORT_KEYS)):
+        raise ForeignFileError(f"{path} exists and is not an evaluation report GeoCLIP wrote; refusing to overwrite it")
+
+
+def _write_report(path: Path, text: str) -> None:
+    """Written whole beside its name, read back, then renamed over it."""
+    from .filelock import put_in_place, staged
+
+    _refuse_foreign_report(path)
+    with staged(path) as partial:
+        try:
+            data = text.encode("utf-8")
+            with open(partial, "wb") as handle:
+                handle.write(data)
+            if partial.read_bytes() != data:
+                raise OSError("the report did not read back whole")
+        except OSError as exc:
+            raise GeoCLIPError(f"cannot write {path}: {exc.strerror or exc}") from None
+        _refuse_foreign_report(path)
+        put_in_place(partial, path)
 
 
 def run_finetune(args) -> int:
     from .evaluation import format_table
-    from .finetune import FinetuneSettings, collect_samples, finetune
+    from .finetune import FinetuneSettings, check_out_folder, collect_samples, finetune
 
+    check_out_folder(args.out)  # before minutes of reading photos: a folder that is not ours is refused
     engine = _engine(args)
+    check_out_folder(args.out, engine.heads_files.folder)
     terminal = Terminal(args.quiet)
     source = args.data[0] if len(args.data) == 1 else args.data
     collected = collect_samples(engine, source, args.images, terminal.progress)

@@ -27,7 +27,7 @@ import numpy as np
 from .embedding_cache import EmbeddingCache, photo_sha256
 from .errors import PhotoError
 from .exif import PhotoMetadata
-from .photos import BadPath, open_photo, probe_photo
+from .photos import BadPath, file_identity, open_photo, probe_photo, read_photo
 from .results import SKIP_ANSWERED, SKIP_GEOTAGGED, PhotoResult, photo_label
 
 DECODE_WORKERS = 1  # the least: on a CPU one preparer keeps up with the vision tower on up to ~16 cores
@@ -80,10 +80,22 @@ class PhotoPreparer:
 
     def __call__(self, item, label: str):
         try:
-            sha = None
+            sha = read = None
             if isinstance(item, (str, os.PathLike)) and not isinstance(item, BadPath):
+                try:
+                    before = file_identity(os.stat(item))
+                except (OSError, ValueError):
+                    before = None  # the probe says why
                 metadata = probe_photo(item)  # a file that is no photo is refused before it is hashed
-                sha = photo_sha256(item)
+                # Read once: the hash, the metadata and the pixels all come from the same bytes (or from
+                # a file checked to be the one probed and hashed), so a photo changed on disk meanwhile
+                # never gets another photo's hash, answer or cached embedding.
+                read = read_photo(item, expect=before)
+                if read.data is not None:
+                    metadata, sha = probe_photo(item, read), read.sha256
+                else:  # HEIC or a very large file: hashed from the file, which must still be the one probed
+                    sha = photo_sha256(item)
+                    read.check_unchanged()
                 if sha in self.skip:
                     return PhotoResult(label, metadata=metadata, sha256=sha, skipped=SKIP_ANSWERED)
                 if self.skip_geotagged and metadata.has_gps:
@@ -91,7 +103,7 @@ class PhotoPreparer:
                 hit = self.embeddings.get_many(self.backbone_key, [sha]).get(sha) if self.embeddings else None
                 if hit is not None:  # a photo seen before: no decoding
                     return Prepared(None, metadata, sha, hit)
-            photo = open_photo(item, label)
+            photo = open_photo(item, label, read)
             if self.skip_geotagged and photo.metadata.has_gps:
                 return PhotoResult(label, metadata=photo.metadata, sha256=sha, skipped=SKIP_GEOTAGGED)
             return Prepared(self.preprocess(photo.image), photo.metadata, sha)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .filelock import put_in_place, staged
 from .gallery import cached_location_features, encode_locations, features_key, load_gallery
 from .geo import haversine_km
 from .location_features import (
@@ -37,10 +38,8 @@ from .location_features import (
     Progress,
     ShouldStop,
     canonical_lat_lon,
-    delete_dataset,
     fit_pca,
     grid_dtype,
-    partial_path,
     stop_check,
     wgs84,
 )
@@ -50,9 +49,15 @@ WORLD = (-180.0, -90.0, 180.0, 90.0)  # west, south, east, north
 PLACES_LAYER = "similar_places"
 DEFAULT_CELL = 0.25
 TILE_CELLS = 65_536  # cells encoded per row tile: ~130 MB of float32 features
+ENCODE_BATCH = 1024  # cells per pass through the location encoder, always this many (tile-size-independent)
 EXCLUDE_KM = 25.0
 BYTE_PERCENTILES = (1.0, 99.0)  # of the PCA sample, mapped to bytes 0 and 255
 MAP_BANDS = ("rgb", "pca", "all")
+# A tile's features are (rows x cols x 512) float32 in memory at once: 16 default tiles (~2 GB) at most,
+# and one row of the grid must fit in a tile. A grid may hold at most 2^32 cells (a world map at
+# 0.0042 degrees; encoding it takes days on a GPU): a finer cell is a slip of the keyboard.
+MAX_TILE_CELLS = 16 * TILE_CELLS
+MAX_GRID_CELLS = 1 << 32
 
 
 # ------------------------------------------------------------------------------------------- grids
@@ -90,11 +95,20 @@ class Grid:
     @classmethod
     def over(cls, extent=WORLD, cell: float = DEFAULT_CELL) -> Grid:
         west, south, east, north = parse_extent(extent)
+        try:
+            cell = float(cell)
+        except (TypeError, ValueError):
+            raise LocationError(f"cell size must be a number of degrees, got {cell!r}") from None
         if not (cell > 0 and math.isfinite(cell)):
             raise LocationError(f"cell size must be a positive number of degrees, got {cell}")
         cols = max(1, math.ceil((east - west) / cell - 1e-9))
         rows = max(1, math.ceil((north - south) / cell - 1e-9))
-        return cls(west, north, float(cell), rows, cols)
+        if cols > MAX_TILE_CELLS or rows * cols > MAX_GRID_CELLS:
+            raise LocationError(
+                f"a cell of {cell:g} degrees makes a grid of {cols:,} x {rows:,} cells; at most {MAX_TILE_CELLS:,} "
+                f"columns and {MAX_GRID_CELLS:,} cells in all: choose a larger cell or a smaller extent"
+            )
+        return cls(west, north, cell, rows, cols)
 
     @property
     def cells(self) -> int:
@@ -187,7 +201,9 @@ class _GridFeatures:
             stop_check(should_stop)
 
         coordinates = torch.from_numpy(canonical_lat_lon(centres).astype(np.float32))
-        return encode_locations(self.model.heads, coordinates, check if should_stop else None, self.dtype)
+        return encode_locations(
+            self.model.heads, coordinates, check if should_stop else None, self.dtype, fixed_batch=ENCODE_BATCH
+        )
 
 
 # ------------------------------------------------------------------------------------ GeoTIFF streaming
@@ -211,9 +227,12 @@ class _TileWriter:
     ):
         from osgeo import gdal, osr
 
-        self.path, self.partial = Path(path), partial_path(Path(path))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        delete_dataset(self.partial)
+        from .geotiff import refuse_foreign_raster
+
+        self.path = Path(path)
+        refuse_foreign_raster(self.path)
+        self._staging = staged(self.path)
+        self.partial = self._staging.__enter__()  # a fresh private folder beside the target, removed at the end
         options = [
             "COMPRESS=DEFLATE",
             f"PREDICTOR={2 if gdal_type == gdal.GDT_Byte else 3}",
@@ -228,6 +247,7 @@ class _TileWriter:
             str(self.partial), grid.cols, grid.rows, bands, gdal_type, options=options
         )
         if self.dataset is None:
+            self.abandon()
             raise LocationError(f"cannot write {self.path}: {gdal.GetLastErrorMsg()}")
         self.dataset.SetGeoTransform(grid.geotransform)
         srs = osr.SpatialReference()
@@ -272,23 +292,49 @@ class _TileWriter:
             factors = [f for f in (2, 4, 8, 16, 32, 64) if smaller // f >= 64]
             if factors:
                 self.dataset.BuildOverviews("AVERAGE", factors)
-        self.dataset.FlushCache()
+        from osgeo import gdal
+
+        from .geotiff import refuse_foreign_raster
+        from .writers import WriteError
+
+        failed = self.dataset.FlushCache() not in (None, 0)
         self.dataset = None  # closes the file
-        os.replace(self.partial, self.path)
+        if failed or gdal.Open(str(self.partial)) is None:
+            raise WriteError(f"cannot write {self.path}: {gdal.GetLastErrorMsg() or 'the file did not read back'}")
+        refuse_foreign_raster(self.path)  # still ours (or absent) when it is replaced
         aux = Path(f"{self.partial}.aux.xml")
         if aux.exists():
-            os.replace(aux, Path(f"{self.path}.aux.xml"))
+            put_in_place(aux, Path(f"{self.path}.aux.xml"))
+        put_in_place(self.partial, self.path)
+        self.abandon()  # the staging folder, now empty
         return self.path
 
     def abandon(self) -> None:
         self.dataset = None
-        delete_dataset(self.partial)
+        if self._staging is not None:
+            self._staging.__exit__(None, None, None)
+            self._staging = None
+
+
+def check_grid(extent, cell: float, tile_rows: int | None = None) -> Grid:
+    """The grid asked for, refused (LocationError) when it or its tiles could not be made."""
+    grid = Grid.over(extent, cell)
+    _tile_rows(grid, tile_rows)
+    return grid
 
 
 def _tile_rows(grid: Grid, tile_rows: int | None) -> int:
     if tile_rows is not None and tile_rows < 1:
         raise LocationError(f"tile rows must be at least 1, got {tile_rows}")
-    return min(grid.rows, tile_rows or max(1, TILE_CELLS // grid.cols))
+    rows = min(grid.rows, tile_rows or max(1, TILE_CELLS // grid.cols))
+    if rows * grid.cols > MAX_TILE_CELLS:
+        most = MAX_TILE_CELLS // grid.cols
+        gigabytes = rows * grid.cols * FEATURE_DIM * 4 / 1e9
+        raise LocationError(
+            f"{rows:,} tile rows of {grid.cols:,} cells would hold {gigabytes:.1f} GB of features in memory at "
+            f"once; at most {most:,} rows for this grid (or leave --tile-rows out)"
+        )
+    return rows
 
 
 def _stream(
@@ -375,14 +421,19 @@ def embedding_map(
     world grid when the grid is that grid and encodes in bf16 where the device is fast at it;
     ``fp32`` encodes everything in float32.
     """
+    from .geotiff import refuse_foreign_raster
+
     if bands not in MAP_BANDS:
         raise LocationError(f"bands must be one of {', '.join(MAP_BANDS)}, got {bands!r}")
     grid = Grid.over(extent, cell)
+    refuse_foreign_raster(path)  # before any work: another program's file is never replaced
     count = {"rgb": 3, "pca": int(components), "all": FEATURE_DIM}[bands]
     if bands == "pca" and not 1 <= count <= FEATURE_DIM:
         raise LocationError(f"components must be between 1 and {FEATURE_DIM}, got {components}")
     if sample < 2:
         raise LocationError(f"the PCA sample needs at least 2 cells, got {sample}")
+    if not 0 <= seed < 2**63:
+        raise LocationError(f"the seed must be a whole number from 0, got {seed}")
     dtype = grid_dtype(model.device, precision)
     features = _GridFeatures(model, grid, dtype, reuse_cache=precision != "fp32")
     rows_per_tile = _tile_rows(grid, tile_rows)
@@ -526,6 +577,11 @@ def similar_places(
     """
     point = canonical_lat_lon([[lat, lon]])
     lat, lon = float(point[0, 0]), float(point[0, 1])
+    if raster is not None:  # before any work: a grid that cannot be, or a file that is not ours
+        from .geotiff import refuse_foreign_raster
+
+        check_grid(extent, cell, tile_rows)
+        refuse_foreign_raster(raster)
     if not 1 <= int(top):
         raise LocationError(f"top must be at least 1, got {top}")
     if not (exclude_km >= 0 and spread_km >= 0):
@@ -611,49 +667,65 @@ def write_places_gpkg(result: SimilarPlaces, path: str | os.PathLike) -> Path:
     distance_km, plus the query point and exclusion radius in every row."""
     from osgeo import ogr
 
+    from .point_embeddings import check_features, refuse_foreign_gpkg
+
     path = Path(path)
-    partial = partial_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    delete_dataset(partial)
-    dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(partial))
-    if dataset is None:
-        raise LocationError(f"cannot write {path}")
-    try:
-        layer = dataset.CreateLayer(PLACES_LAYER, wgs84(), ogr.wkbPoint)
-        columns = [
-            ("rank", ogr.OFTInteger),
-            ("lat", ogr.OFTReal),
-            ("lon", ogr.OFTReal),
-            ("similarity", ogr.OFTReal),
-            ("distance_km", ogr.OFTReal),
-            ("query_lat", ogr.OFTReal),
-            ("query_lon", ogr.OFTReal),
-            ("exclude_km", ogr.OFTReal),
-        ]
-        for name, kind in columns:
-            layer.CreateField(ogr.FieldDefn(name, kind))
-        for place in result.places:
-            feature = ogr.Feature(layer.GetLayerDefn())
-            values = (
-                place.rank,
-                place.lat,
-                place.lon,
-                place.similarity,
-                place.distance_km,
-                result.lat,
-                result.lon,
-                result.exclude_km,
-            )
-            for (name, _), value in zip(columns, values):
-                feature.SetField(name, value)
-            point = ogr.Geometry(ogr.wkbPoint)
-            point.AddPoint_2D(place.lon, place.lat)
-            feature.SetGeometry(point)
-            layer.CreateFeature(feature)
-        dataset = None
-        os.replace(partial, path)
-    except BaseException:
-        dataset = None
-        delete_dataset(partial)
-        raise
+    refuse_foreign_gpkg(path, PLACES_LAYER, PLACES_LEGACY_FIELDS)
+    with staged(path) as partial:
+        dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(partial))
+        if dataset is None:
+            raise LocationError(f"cannot write {path}")
+        try:
+            _fill_places(dataset, result, path)
+        finally:
+            dataset = None  # closes the file
+        check_features(partial, PLACES_LAYER, len(result.places))
+        refuse_foreign_gpkg(path, PLACES_LAYER, PLACES_LEGACY_FIELDS)
+        put_in_place(partial, path)
     return path
+
+
+PLACES_LEGACY_FIELDS = frozenset({"rank", "similarity", "distance_km", "query_lat", "query_lon", "exclude_km"})
+
+
+def _fill_places(dataset, result: SimilarPlaces, path: Path) -> None:
+    from osgeo import ogr
+
+    layer = dataset.CreateLayer(PLACES_LAYER, wgs84(), ogr.wkbPoint)
+    if layer is None:
+        raise LocationError(f"cannot create the layer {PLACES_LAYER} in {path}")
+    from .point_embeddings import mark_gpkg
+
+    mark_gpkg(dataset, layer, PLACES_LAYER)
+    columns = [
+        ("rank", ogr.OFTInteger),
+        ("lat", ogr.OFTReal),
+        ("lon", ogr.OFTReal),
+        ("similarity", ogr.OFTReal),
+        ("distance_km", ogr.OFTReal),
+        ("query_lat", ogr.OFTReal),
+        ("query_lon", ogr.OFTReal),
+        ("exclude_km", ogr.OFTReal),
+    ]
+    for name, kind in columns:
+        if layer.CreateField(ogr.FieldDefn(name, kind)) != 0:
+            raise LocationError(f"cannot create field {name} in {path}")
+    for place in result.places:
+        feature = ogr.Feature(layer.GetLayerDefn())
+        values = (
+            place.rank,
+            place.lat,
+            place.lon,
+            place.similarity,
+            place.distance_km,
+            result.lat,
+            result.lon,
+            result.exclude_km,
+        )
+        for (name, _), value in zip(columns, values):
+            feature.SetField(name, value)
+        point = ogr.Geometry(ogr.wkbPoint)
+        point.AddPoint_2D(place.lon, place.lat)
+        feature.SetGeometry(point)
+        if layer.CreateFeature(feature) != 0:
+            raise LocationError(f"cannot write place {place.rank} to {path}")

@@ -11,3 +11,12 @@ class WeightsError(GeoCLIPError):
 
 class PhotoError(GeoCLIPError):
     """One photo cannot be used; the batch goes on without it."""
+
+
+class ForeignFileError(GeoCLIPError):
+    """A file GeoCLIP would write, or a side file of one (its lock, its unfinished copy), is in the way
+    and is not GeoCLIP's: another program's file, or a symbolic link. It is left as it is."""
+
+
+class InputFileError(GeoCLIPError):
+    """A file the user gave (a table of photos, a configuration) cannot be read as what it should be."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import GeoCLIPError
+from .errors import GeoCLIPError, InputFileError
 
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
 PHOTO_COLUMNS = ("photo", "path", "image", "img_id", "filename", "file")
@@ -60,29 +60,63 @@ def _column(header: list[str], names: tuple[str, ...], what: str, path) -> int:
 
 
 def read_truth_csv(path: str | os.PathLike, images: str | os.PathLike | None = None) -> list[Truth]:
-    """Rows of (photo, lat, lon); photo paths are relative to ``images`` or else to the CSV's folder."""
+    """Rows of (photo, lat, lon); photo paths are relative to ``images`` or else to the CSV's folder.
+
+    The file comes from outside, so whatever is wrong with it is an :class:`.errors.InputFileError`
+    naming the line: text that is not UTF-8, a row shorter than its columns, a field over
+    :data:`MAX_FIELD` characters, a name with a NUL character, a position that is not one."""
     path = Path(path)
     base = Path(images) if images else path.parent
     rows = []
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise GeoCLIPError(f"{path} is empty")
-        p, la, lo = (
-            _column(header, PHOTO_COLUMNS, "photo", path),
-            _column(header, LAT_COLUMNS, "latitude", path),
-            _column(header, LON_COLUMNS, "longitude", path),
-        )
-        for number, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            try:
-                lat, lon = float(row[la]), float(row[lo])
-            except (ValueError, IndexError):
-                raise GeoCLIPError(f"{path}, line {number}: latitude/longitude are not numbers") from None
-            if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-                raise GeoCLIPError(f"{path}, line {number}: ({lat}, {lon}) is not a position")
-            photo = Path(row[p])
-            rows.append(Truth(str(photo if photo.is_absolute() else base / photo), lat, lon))
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise GeoCLIPError(f"{path} is empty")
+            p, la, lo = (
+                _column(header, PHOTO_COLUMNS, "photo", path),
+                _column(header, LAT_COLUMNS, "latitude", path),
+                _column(header, LON_COLUMNS, "longitude", path),
+            )
+            for row in reader:
+                if not row:
+                    continue
+                rows.append(_truth(row, (p, la, lo), len(header), base, f"{path}, line {reader.line_num}"))
+        except UnicodeDecodeError:
+            raise InputFileError(
+                f"{path}, line {_first_undecodable_line(path)}: the text is not UTF-8 (a Latin-1 or Windows "
+                "export?); save it as UTF-8 (a spreadsheet's 'CSV UTF-8') and run again"
+            ) from None
+        except csv.Error as exc:  # a field over the csv module's limit, an unclosed quote...
+            raise InputFileError(f"{path}, line {reader.line_num}: not a readable CSV row ({exc})") from None
     return rows
+
+
+def _first_undecodable_line(path: Path) -> int:
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
+
+
+MAX_FIELD = 131_072  # characters: the csv module's own limit on one field
+
+
+def _truth(row: list[str], columns: tuple[int, int, int], width: int, base: Path, where: str) -> Truth:
+    p, la, lo = columns
+    if len(row) <= max(columns):
+        raise InputFileError(f"{where}: {len(row)} value(s) where the header has {width} columns")
+    try:
+        lat, lon = float(row[la]), float(row[lo])
+    except ValueError:
+        raise InputFileError(f"{where}: latitude/longitude are not numbers") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise InputFileError(f"{where}: ({lat}, {lon}) is not a position")
+    if "\x00" in row[p]:
+        raise InputFileError(f"{where}: the photo name holds a NUL character, which no file name can")
+    photo = Path(row[p])
+    return Truth(str(photo if photo.is_absolute() else base / photo), lat, lon)

@@ -9,6 +9,11 @@ fixed) and the logit scale train: minutes on a CPU.
 
 Validation: a seeded share of the photos is held out; after every epoch their top-1 answers over the
 gallery give the accuracy at 25 km, which drives early stopping; the best epoch's heads are written.
+
+The output folder must be new, empty, or one this fine-tuning wrote (its ``manifest.json``, or the
+``checkpoint.pt`` of an interrupted run and nothing foreign beside it), and never the heads being
+tuned; links where its files go are refused (:func:`check_out_folder`). Files are written in a fresh
+private folder inside it and renamed into place, so nothing is written through a link.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import copy
 import csv
 import hashlib
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,16 +33,68 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import GeoCLIPError
+from .errors import ForeignFileError, GeoCLIPError
 from .evaluation import THRESHOLDS_KM, accuracy_table, read_truth_csv
+from .filelock import put_in_place, refuse_link, refuse_non_file
 from .gallery import encode_locations, read_gallery_csv
 from .geo import haversine_km
 from .heads import GeoCLIPHeads, save_heads
+from .heads_files import WEIGHT_FILES
 from .progress import ProgressCallback, Stage
-from .weights import DEFAULT_GALLERY, sha256_file
+from .weights import DEFAULT_GALLERY, parse_json, sha256_file
 
 CHECKPOINT = "checkpoint.pt"
 MANIFEST = "manifest.json"
+MANIFEST_KEYS = ("base_heads_sha256", "validation")  # every manifest this module writes has them
+OUR_FILES = (CHECKPOINT, MANIFEST, *(f"weights/{name}" for name in WEIGHT_FILES), f"gps_gallery/{DEFAULT_GALLERY}")
+OUR_NAMES = frozenset({CHECKPOINT, MANIFEST, "weights", "gps_gallery"})
+
+
+def _our_manifest(path: Path) -> bool:
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 64 * 1024 * 1024:
+            return False
+        manifest = parse_json(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and all(key in manifest for key in MANIFEST_KEYS)
+
+
+def check_out_folder(out_dir: str | Path, base_heads: str | Path | None = None) -> Path:
+    """Refuse an output folder that is not fine-tuning's to write (see the module's notes); return it."""
+    out = Path(out_dir)
+    refuse_link(out, "the output folder")
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise ForeignFileError(f"{out} is a file, not a folder; name a new folder for the heads")
+    if base_heads is not None and out.resolve() == Path(base_heads).resolve():
+        raise GeoCLIPError(f"{out} holds the heads being fine-tuned; name a new folder for the new heads")
+    names = {p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".partial"))}
+    if names:
+        resumable = (out / CHECKPOINT).is_file() and not (out / CHECKPOINT).is_symlink() and names <= OUR_NAMES
+        if not (_our_manifest(out / MANIFEST) or resumable):
+            raise ForeignFileError(
+                f"{out} holds files that fine-tuning did not write ({', '.join(sorted(names)[:3])}...); "
+                "GeoCLIP leaves them as they are: name a new or empty folder"
+            )
+    for folder in ("weights", "gps_gallery"):
+        refuse_link(out / folder)
+        if (out / folder).exists() and not (out / folder).is_dir():
+            raise ForeignFileError(f"{out / folder} is not a folder; name a new or empty folder")
+    for name in OUR_FILES:
+        refuse_non_file(out / name)
+    return out
+
+
+def _install(staging: Path, out_dir: Path, names) -> None:
+    """Rename files written under ``staging`` to the same names under ``out_dir``."""
+    for name in names:
+        target = out_dir / name
+        refuse_link(target.parent)
+        target.parent.mkdir(exist_ok=True)
+        refuse_non_file(target)
+        put_in_place(staging / name, target)
 
 
 class GPSQueue:
@@ -187,8 +246,15 @@ def finetune(
     """Train from the engine's heads on ``samples``; write a heads folder to ``out_dir``; return its manifest."""
     if len(samples) < 10:
         raise GeoCLIPError(f"fine-tuning needs at least 10 photos with GPS, got {len(samples)}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_out_folder(out_dir, engine.heads_files.folder)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GeoCLIPError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
+    base_sha256 = {  # before anything is written
+        name: sha256_file(engine.heads_files.weight_path(name))
+        for name in ("image_encoder_mlp_weights.pth", "location_encoder_weights.pth", "logit_scale_weights.pth")
+    }
     device = engine.device
     torch.manual_seed(settings.seed)
     train_idx, val_idx = _split(len(samples), settings.val_fraction, settings.seed)
@@ -213,13 +279,18 @@ def finetune(
     best = copy.deepcopy(heads.state_dict())
     checkpoint = out_dir / CHECKPOINT
     if resume and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location=device, weights_only=True)
-        heads.load_state_dict(saved["heads"])
-        best = saved["best"]
-        optimizer.load_state_dict(saved["optimizer"])
-        queue.buffer.copy_(saved["queue"])
-        queue.pointer, queue.filled = int(saved["queue_pointer"]), int(saved["queue_filled"])
-        state = json.loads(saved["state"])
+        try:
+            saved = torch.load(checkpoint, map_location=device, weights_only=True)
+            heads.load_state_dict(saved["heads"])
+            best = saved["best"]
+            optimizer.load_state_dict(saved["optimizer"])
+            queue.buffer.copy_(saved["queue"])
+            queue.pointer, queue.filled = int(saved["queue_pointer"]), int(saved["queue_filled"])
+            state = parse_json(saved["state"])
+            if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+                raise ValueError("no training state")
+        except Exception as exc:  # a damaged or foreign checkpoint: torch's, pickle's, shape errors
+            raise GeoCLIPError(f"cannot resume from {checkpoint}: {type(exc).__name__}: {exc}") from None
 
     loss_fn = nn.CrossEntropyLoss()
     started = time.perf_counter()
@@ -252,7 +323,7 @@ def finetune(
             best = copy.deepcopy(heads.state_dict())
         else:
             state["stale"] += 1
-        torch.save(
+        _save_checkpoint(
             {
                 "heads": heads.state_dict(),
                 "best": best,
@@ -262,7 +333,7 @@ def finetune(
                 "queue_filled": queue.filled,
                 "state": json.dumps(state),
             },
-            checkpoint,
+            out_dir,
         )
         stage.update(
             state["epoch"],
@@ -272,19 +343,9 @@ def finetune(
 
     heads.load_state_dict(best)
     after = validate(heads, embeddings[val_idx], truth_val, candidates)
-    save_heads(heads.cpu(), out_dir)
-    gallery_dir = out_dir / "gps_gallery"
-    gallery_dir.mkdir(exist_ok=True)
-    with open(gallery_dir / DEFAULT_GALLERY, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["LAT", "LON"])
-        writer.writerows((f"{lat:.6f}", f"{lon:.6f}") for lat, lon in gallery)
     manifest = {
         "base_heads": str(engine.heads_files.folder),
-        "base_heads_sha256": {
-            name: sha256_file(engine.heads_files.weight_path(name))
-            for name in ("image_encoder_mlp_weights.pth", "location_encoder_weights.pth", "logit_scale_weights.pth")
-        },
+        "base_heads_sha256": base_sha256,
         "backbone": str(engine.clip_dir),
         "photos": {"train": len(train_idx), "validation": len(val_idx)},
         "photo_ids": [hashlib.sha256(samples[i].photo.encode()).hexdigest()[:16] for i in train_idx],
@@ -301,7 +362,45 @@ def finetune(
         "seconds": round(time.perf_counter() - started, 1),
         "stopped_early": bool(should_stop and should_stop()),
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    _write_heads_folder(heads.cpu(), gallery, manifest, out_dir)
     if not manifest["stopped_early"]:
         checkpoint.unlink(missing_ok=True)  # kept only to resume an interrupted run
     return manifest
+
+
+def _staging(out_dir: Path) -> Path:
+    try:
+        return Path(tempfile.mkdtemp(prefix=".finetune.", suffix=".partial", dir=out_dir))
+    except OSError as exc:
+        raise GeoCLIPError(f"cannot write in {out_dir}: {exc.strerror or exc}") from None
+
+
+def _save_checkpoint(state: dict, out_dir: Path) -> None:
+    staging = _staging(out_dir)
+    try:
+        torch.save(state, staging / CHECKPOINT)
+        _install(staging, out_dir, [CHECKPOINT])
+    except OSError as exc:
+        raise GeoCLIPError(f"cannot write {out_dir / CHECKPOINT}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_heads_folder(heads: GeoCLIPHeads, gallery: np.ndarray, manifest: dict, out_dir: Path) -> None:
+    """The heads, the gallery and the manifest, each written whole in a private folder and renamed into
+    place (the manifest last: a folder with a manifest is complete)."""
+    staging = _staging(out_dir)
+    try:
+        save_heads(heads, staging)
+        (staging / "gps_gallery").mkdir()
+        with open(staging / "gps_gallery" / DEFAULT_GALLERY, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["LAT", "LON"])
+            writer.writerows((f"{lat:.6f}", f"{lon:.6f}") for lat, lon in gallery)
+        with open(staging / MANIFEST, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(manifest, indent=2))
+        _install(staging, out_dir, [name for name in OUR_FILES if name not in (CHECKPOINT, MANIFEST)] + [MANIFEST])
+    except OSError as exc:
+        raise GeoCLIPError(f"cannot write the heads into {out_dir}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -80,22 +80,33 @@ def encode_locations(
     coordinates: torch.Tensor,
     progress: Callable[[int, int], None] | None = None,
     dtype: torch.dtype = torch.float32,
+    fixed_batch: int | None = None,
 ) -> torch.Tensor:
     """Unit-length location features for (N, 2) coordinates, in chunks to bound memory.
 
     ``dtype`` bfloat16/float16 runs the MLPs under autocast (Fourier phases stay float32) and stores
     half-size features: for dense raster grids, where ~2x speed and half the memory matter more than
     the last 0.1 nat of a logit.
+
+    ``fixed_batch``: every chunk goes through the model padded to exactly this many rows. Matrix
+    products round differently for different batch sizes (visibly in bf16), so with a fixed batch a
+    point's features do not depend on how many points were asked with it: what is written by tiles is
+    the same whatever the tile size.
     """
     device = heads.logit_scale.device
-    out = torch.empty(coordinates.shape[0], 512, dtype=dtype, device=device)
+    total = coordinates.shape[0]
+    out = torch.empty(total, 512, dtype=dtype, device=device)
     autocast = dtype != torch.float32
-    for start in range(0, coordinates.shape[0], CHUNK):
-        chunk = coordinates[start : start + CHUNK].to(device)
+    step = fixed_batch or CHUNK
+    for start in range(0, total, step):
+        chunk = coordinates[start : start + step].to(device)
+        size = chunk.shape[0]
+        if fixed_batch and size < fixed_batch:  # padded with copies of its first point, dropped after
+            chunk = torch.cat([chunk, chunk[:1].expand(fixed_batch - size, chunk.shape[1])])
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-            out[start : start + CHUNK] = heads.location_features(chunk).to(dtype)
+            out[start : start + size] = heads.location_features(chunk)[:size].to(dtype)
         if progress:
-            progress(min(start + CHUNK, coordinates.shape[0]), coordinates.shape[0])
+            progress(min(start + step, total), total)
     return out
 
 

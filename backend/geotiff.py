@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from .rasters import Raster
@@ -41,54 +42,84 @@ def raster_metadata(
 
 def write_geotiff(raster: Raster, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     """Write one raster; it appears under ``path`` only once written whole (never half a file), and a
-    file of that name that GeoCLIP did not write is refused, not replaced."""
+    file of that name that GeoCLIP did not write (or a symbolic link) is refused, not replaced. The file
+    is written inside a fresh private folder beside ``path`` (:func:`.filelock.staged`), so nothing
+    already there under a ``.partial`` name can be written through."""
     from osgeo import gdal, osr
 
+    from .filelock import put_in_place, staged
     from .writers import WriteError
 
     path = Path(path)
-    if path.exists() and not is_ours(path):
-        raise WriteError(f"{path} exists and was not written by GeoCLIP; refusing to overwrite it")
+    refuse_foreign_raster(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WriteError(f"cannot create the folder {path.parent}: {exc.strerror or exc}") from None
-    partial = path.with_name(path.stem + ".partial.tif")
-    driver = gdal.GetDriverByName("GTiff")
-    options = ["COMPRESS=DEFLATE", "PREDICTOR=3", "TILED=YES"]
-    dataset = driver.Create(str(partial), raster.cols, raster.rows, 1, gdal.GDT_Float32, options=options)
-    if dataset is None:
-        raise WriteError(f"cannot write {path}: {gdal.GetLastErrorMsg()}")
-    try:
-        dataset.SetGeoTransform((raster.west, raster.cell, 0.0, raster.north, 0.0, -raster.cell))
-        srs = osr.SpatialReference()
-        srs.ImportFromEPSG(4326)
-        dataset.SetProjection(srs.ExportToWkt())
-        marked = {"GEOCLIP_RASTER": raster.kind, **(metadata or {})}  # the mark that makes it ours
-        dataset.SetMetadata({key: str(value) for key, value in marked.items()})
-        band = dataset.GetRasterBand(1)
-        band.SetNoDataValue(float("nan"))
-        band.SetDescription("probability per cell")
-        failed = band.WriteArray(raster.values) != 0
-        band.ComputeStatistics(False)
-        failed = dataset.FlushCache() not in (None, 0) or failed
-        dataset = None  # closes the file
+    with staged(path) as partial:
+        driver = gdal.GetDriverByName("GTiff")
+        options = ["COMPRESS=DEFLATE", "PREDICTOR=3", "TILED=YES"]
+        dataset = driver.Create(str(partial), raster.cols, raster.rows, 1, gdal.GDT_Float32, options=options)
+        if dataset is None:
+            raise WriteError(f"cannot write {path}: {gdal.GetLastErrorMsg()}")
+        try:
+            dataset.SetGeoTransform((raster.west, raster.cell, 0.0, raster.north, 0.0, -raster.cell))
+            srs = osr.SpatialReference()
+            srs.ImportFromEPSG(4326)
+            dataset.SetProjection(srs.ExportToWkt())
+            marked = {"GEOCLIP_RASTER": raster.kind, **(metadata or {})}  # the mark that makes it ours
+            dataset.SetMetadata({key: str(value) for key, value in marked.items()})
+            band = dataset.GetRasterBand(1)
+            band.SetNoDataValue(float("nan"))
+            band.SetDescription("probability per cell")
+            failed = band.WriteArray(raster.values) != 0
+            band.ComputeStatistics(False)
+            failed = dataset.FlushCache() not in (None, 0) or failed
+        finally:
+            dataset = None  # closes the file
         if failed or gdal.Open(str(partial)) is None:
             raise WriteError(f"cannot write {path}: {gdal.GetLastErrorMsg() or 'the file did not read back'}")
-        os.replace(partial, path)
-    except BaseException:
-        dataset = None
-        partial.unlink(missing_ok=True)
-        raise
+        refuse_foreign_raster(path)  # still ours (or absent) when it is replaced
+        put_in_place(partial, path)
     return path
+
+
+def refuse_foreign_raster(path: str | os.PathLike) -> None:
+    """A raster about to be replaced must be absent or a GeoTIFF GeoCLIP wrote; a symbolic link, a folder
+    or another program's file is refused (:class:`.writers.WriteError`, a :class:`.errors.GeoCLIPError`)."""
+    from .filelock import refuse_non_file
+    from .writers import WriteError
+
+    path = Path(path)
+    refuse_non_file(path, "where a raster would go")
+    if path.exists() and not is_ours(path):
+        raise WriteError(f"{path} exists and was not written by GeoCLIP; refusing to overwrite it")
 
 
 def is_ours(path: str | os.PathLike) -> bool:
     """True for a GeoTIFF GeoCLIP wrote (it carries GEOCLIP_* metadata)."""
     from osgeo import gdal
 
-    dataset = gdal.Open(str(path))
+    if Path(path).is_symlink():
+        return False
+    try:
+        with _quiet_gdal():
+            dataset = gdal.OpenEx(str(path), gdal.OF_RASTER, allowed_drivers=["GTiff"])
+    except RuntimeError:  # GDAL with exceptions on
+        return False
     return dataset is not None and any(key.startswith("GEOCLIP_") for key in (dataset.GetMetadata() or {}))
+
+
+@contextmanager
+def _quiet_gdal():
+    """GDAL's own messages about a file it cannot read stay out of stderr (QGIS shows them as errors)."""
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        yield
+    finally:
+        gdal.PopErrorHandler()
 
 
 def _stem(label: str) -> str:

@@ -167,3 +167,99 @@ def for_answer(
     ``progress``: the first use's encoding of the gallery and world grid, stage by stage."""
     made = engine.rasters(result, area, progress=progress)
     return how_likely_many(made.world, points, made.local)
+
+
+# --------------------------------------------------------------------------- places that cannot be judged
+
+
+@dataclass(frozen=True)
+class SkippedPlace:
+    """A place given to judge that has no usable position, and why."""
+
+    id: str
+    reason: str
+
+
+def _shown(value) -> str:
+    text = str(value)
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
+def _degrees(value, name: str) -> tuple[float | None, str]:
+    """A coordinate as read_points reads it (a finite number), or None and why not."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, f"no {name}"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None, f"{name} {_shown(value)} is not a number"
+    if not math.isfinite(number):
+        return None, f"{name} {_shown(value)} is not a finite number"
+    return number, ""
+
+
+def unread_places(
+    path,
+    layer: str | None = None,
+    lat_column: str | None = None,
+    lon_column: str | None = None,
+    id_field: str | None = None,
+) -> list[SkippedPlace]:
+    """The places of a point layer or CSV that :func:`.point_embeddings.read_points` (called with the same
+    arguments) leaves out for want of a usable position — no position, not a number, a latitude beyond
+    ±90, one that cannot be reprojected — each named by the id read_points would give it, with why."""
+    from osgeo import gdal, ogr, osr
+
+    from .evaluation import LAT_COLUMNS, LON_COLUMNS
+    from .location_features import wgs84
+
+    dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR)
+    source = None if dataset is None else dataset.GetLayerByName(layer) if layer else dataset.GetLayer(0)
+    if source is None:
+        return []
+    defn = source.GetLayerDefn()
+    lowered = [defn.GetFieldDefn(i).GetName().lower() for i in range(defn.GetFieldCount())]
+
+    def index(wanted: str | None, candidates: Sequence[str] = ()) -> int | None:
+        for name in [wanted] if wanted else candidates:
+            if name and name.lower() in lowered:
+                return lowered.index(name.lower())
+        return None
+
+    id_index = index(id_field) if id_field else None
+    from_columns = bool(lat_column or lon_column) or ogr.GT_Flatten(source.GetGeomType()) == ogr.wkbNone
+    lat_index, lon_index = (index(lat_column, LAT_COLUMNS), index(lon_column, LON_COLUMNS)) if from_columns else (0, 0)
+    if lat_index is None or lon_index is None:
+        return []
+    transform = None
+    srs = source.GetSpatialRef()
+    if not from_columns and srs is not None and not srs.IsSame(wgs84()):
+        srs = srs.Clone()
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        transform = osr.CoordinateTransformation(srs, wgs84())
+    skipped = []
+    source.ResetReading()
+    for feature in source:
+        if from_columns:
+            values = [feature.GetField(i) if feature.IsFieldSetAndNotNull(i) else None for i in (lat_index, lon_index)]
+            (lat, why_lat), (lon, why_lon) = _degrees(values[0], "latitude"), _degrees(values[1], "longitude")
+            reason = why_lat or why_lon
+        else:
+            lat = lon = None
+            geometry = feature.GetGeometryRef()
+            reason = "no position (no point geometry)"
+            if geometry is not None and not geometry.IsEmpty():
+                if ogr.GT_Flatten(geometry.GetGeometryType()) == ogr.wkbMultiPoint and geometry.GetGeometryCount() == 1:
+                    geometry = geometry.GetGeometryRef(0)
+                geometry = geometry.Clone()
+                if transform is not None and geometry.Transform(transform) != 0:
+                    reason = "its position cannot be reprojected to EPSG:4326"
+                else:
+                    lon, lat = geometry.GetX(), geometry.GetY()
+        if lat is not None and lon is not None:
+            if abs(lat) <= 90:
+                continue
+            reason = f"latitude {lat:g} is beyond ±90"
+        named = feature.GetField(id_index) if id_index is not None else feature.GetFID()
+        skipped.append(SkippedPlace(str(named), reason))
+    return skipped

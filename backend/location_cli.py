@@ -167,8 +167,9 @@ def _model(args):
 
 
 def _run_embed(args, progress) -> int:
-    from .point_embeddings import embed_file
+    from .point_embeddings import embed_file, refuse_foreign_outputs
 
+    refuse_foreign_outputs(args.out, args.npz, args.parquet)  # before the model loads
     outcome = embed_file(
         _model(args),
         args.source,
@@ -192,8 +193,11 @@ def _run_embed(args, progress) -> int:
 
 
 def _run_embedmap(args, progress) -> int:
-    from .embedding_maps import embedding_map
+    from .embedding_maps import check_grid, embedding_map
+    from .geotiff import refuse_foreign_raster
 
+    check_grid(args.extent, args.cell, args.tile_rows)  # before the model loads
+    refuse_foreign_raster(args.out)
     made = embedding_map(
         _model(args),
         args.out,
@@ -214,8 +218,17 @@ def _run_embedmap(args, progress) -> int:
 
 
 def _run_similar(args, progress) -> int:
-    from .embedding_maps import PLACE_COLUMNS, similar_places, write_places_gpkg
+    from .embedding_maps import PLACE_COLUMNS, PLACES_LAYER, PLACES_LEGACY_FIELDS, similar_places, write_places_gpkg
+    from .point_embeddings import refuse_foreign_gpkg
 
+    if args.places:  # before the model loads: another program's file is never replaced
+        refuse_foreign_gpkg(args.places, PLACES_LAYER, PLACES_LEGACY_FIELDS)
+    if args.raster:
+        from .embedding_maps import check_grid
+        from .geotiff import refuse_foreign_raster
+
+        check_grid(args.extent, args.cell, args.tile_rows)
+        refuse_foreign_raster(args.raster)
     found = similar_places(
         _model(args),
         args.lat,

@@ -12,11 +12,24 @@ This runs inside QGIS's own process, so nothing a file contains may reach code t
   loaded. The child sends back the mode, size, EXIF, XMP and pixels; the photo then goes through the same
   steps (orientation, limits, reduction) as any other, so the result is the one an in-process decode gives.
   A crash, a hang or garbage from the child is that one photo's error.
+
+A photo's sha256 (the key of resuming and of the embedding cache) must be that of the pixels answered,
+even when the file changes while it is read (a synced folder, or on purpose). :func:`read_photo` opens a
+file once: up to :data:`MAX_IN_MEMORY_BYTES` it keeps the bytes, and the hash, the probe and the decode
+all read those same bytes, never the file again. HEIC/HEIF photos (decoded by the child, which opens the
+file by its path: the child is kept as it is, and writing the photo to a temporary file for it would
+leave a copy of the photo behind on a crash) and larger files are hashed and decoded by path; the file's
+identity (device, inode, size, modification and change times) is taken before the probe and checked
+after hashing and again after decoding, and a file that changed fails with :data:`CHANGED`. (On Windows,
+whose change time Python does not report, an in-place rewrite that restores the modification time would
+go unseen on that path; the in-memory path, every photo up to 64 MB that is not HEIC, has no gap.)
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import json
 import os
 import re
@@ -52,6 +65,11 @@ PHOTO_EXTENSIONS = frozenset(
 DECODE_MIN_SIDE = 448
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_956_970
 MAX_ASPECT = 10  # longer sides are cut (around the centre) to this many times the short side
+# Files up to this size are read once into memory: hashed, probed and decoded from the same bytes. Every
+# camera JPEG, PNG and WebP is far below it; bigger files (scans, huge TIFFs) are hashed and decoded from
+# the file with its identity checked, so memory stays bounded by the decode workers.
+MAX_IN_MEMORY_BYTES = 64 * 1024 * 1024
+CHANGED = "the file changed while it was being read (a synced or edited folder?); run again to answer it"
 # Modes Image.reduce averages correctly; others (palette, 1-bit, 16-bit) become RGB before reduction.
 REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "I", "F"})
 
@@ -74,6 +92,79 @@ class Photo:
     image: Image.Image  # RGB, upright
     metadata: PhotoMetadata
     original_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PhotoFile:
+    """A photo file opened once (:func:`read_photo`): its identity then, and its very bytes when they are
+    kept in memory (``data``; None for HEIC/HEIF and files over :data:`MAX_IN_MEMORY_BYTES`, which are
+    hashed and decoded by path, each time after checking that the file is still this one)."""
+
+    path: Path
+    data: bytes | None
+    identity: tuple[int, ...]
+
+    @property
+    def sha256(self) -> str | None:
+        """The sha256 of the bytes in memory (None when they are not kept)."""
+        return hashlib.sha256(self.data).hexdigest() if self.data is not None else None
+
+    def check_unchanged(self) -> None:
+        """Raise a PhotoError (:data:`CHANGED`) unless the file at ``path`` is still the one read."""
+        try:
+            now = file_identity(os.stat(self.path))
+        except OSError:
+            raise PhotoError(CHANGED) from None
+        if now != self.identity:
+            raise PhotoError(CHANGED)
+
+
+def file_identity(info: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is replaced or rewritten: device, inode, size, modification and change times."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def read_photo(path: str | os.PathLike, expect: tuple[int, ...] | None = None) -> PhotoFile:
+    """Open a photo file once (see the module's notes): its bytes when it is small enough and no HEIC,
+    else only its identity. ``expect``: the identity the file had when it was probed, which it must
+    still have (:data:`CHANGED` otherwise)."""
+    from .walk import is_heif_header  # walk imports this module
+
+    path = Path(path)
+    check_file(path)
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)  # non-blocking: a pipe put there since the check cannot hang the run
+    except PermissionError:
+        raise PhotoError("cannot read: permission denied") from None
+    except OSError as exc:
+        raise PhotoError(f"cannot open: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        try:
+            info = os.fstat(fd)
+            identity = file_identity(info)
+            if not stat.S_ISREG(info.st_mode) or (expect is not None and identity != expect):
+                raise PhotoError(CHANGED)
+            if info.st_size > MAX_IN_MEMORY_BYTES:
+                return PhotoFile(path, None, identity)
+            head = handle.read(16)
+            if is_heif_header(head):
+                return PhotoFile(path, None, identity)
+            data = head + _read_all(handle, info.st_size + 1 - len(head))
+        except OSError as exc:
+            raise PhotoError(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) != info.st_size:
+        raise PhotoError(CHANGED)
+    return PhotoFile(path, data, identity)
+
+
+def _read_all(handle, limit: int) -> bytes:
+    """Up to ``limit`` bytes, in large reads."""
+    chunks, left = [], limit
+    while left > 0 and (block := handle.read(min(left, 1 << 24))):
+        chunks.append(block)
+        left -= len(block)
+    return b"".join(chunks)
 
 
 def check_file(path: Path) -> None:
@@ -164,8 +255,18 @@ def _decode(image: Image.Image, source: str, original_size: tuple[int, int] | No
     return Photo(source, _to_rgb(_shrink(_centre(upright))), metadata, (width, height))
 
 
-def open_photo(item: str | os.PathLike | Image.Image, label: str | None = None) -> Photo:
-    """Decode a photo path (or take a PIL image) into an upright RGB image plus its metadata."""
+def open_photo(item: str | os.PathLike | Image.Image, label: str | None = None, read: PhotoFile | None = None) -> Photo:
+    """Decode a photo path (or take a PIL image) into an upright RGB image plus its metadata. With
+    ``read`` (:func:`read_photo` of the same path) the pixels are those of the bytes hashed: decoded from
+    them, or from the file checked to be unchanged since (:data:`CHANGED` otherwise)."""
+    if read is not None:
+        if read.data is not None:
+            in_memory = io.BytesIO(read.data)
+            with _photo_errors(read.path), Image.open(in_memory, formats=_open_formats()) as image:
+                return _decode(image, label or str(item))
+        photo = open_photo(item, label)
+        read.check_unchanged()
+        return photo
     if isinstance(item, BadPath):
         raise PhotoError(item.reason)
     if isinstance(item, Image.Image):
@@ -186,15 +287,20 @@ def open_photo(item: str | os.PathLike | Image.Image, label: str | None = None) 
             return _decode(image, label or str(item))
 
 
-def probe_photo(path: str | os.PathLike) -> PhotoMetadata:
+def probe_photo(path: str | os.PathLike, read: PhotoFile | None = None) -> PhotoMetadata:
     """Check that a file is a photo Pillow reads, within the pixel limit, from its header alone, and
-    return its EXIF: cheap, so a large file that is no photo is refused before it is hashed or decoded."""
+    return its EXIF: cheap, so a large file that is no photo is refused before it is hashed or decoded.
+    With ``read`` holding the file's bytes, the header is read from them (the bytes hashed)."""
     path = Path(path)
-    check_file(path)
+    if read is not None and read.data is not None:
+        source = io.BytesIO(read.data)
+    else:
+        check_file(path)
+        source = path
     with _photo_errors(path):
-        if _is_heif(path):
+        if source is path and _is_heif(path):
             return read_metadata(_heif_child(path, "probe")[1])
-        with Image.open(path, formats=_open_formats()) as image:
+        with Image.open(source, formats=_open_formats()) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise PhotoError(_bomb_message(width * height, f"{width}x{height} pixels, "))

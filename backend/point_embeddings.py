@@ -6,8 +6,12 @@ their attributes in input order (:class:`PointTable`). Their features come from 
 optionally with their first principal components.
 
 Outputs: a GeoPackage copy of the points (EPSG:4326; the vector as JSON text), and NumPy ``.npz``
-(Parquet where pyarrow is installed) for machine-learning work. Each file is written under a
-``.partial`` name and renamed when complete. Nothing here imports Qt or QGIS.
+(Parquet where pyarrow is installed) for machine-learning work. Each file is written inside a fresh
+private folder beside its target and renamed over it when complete (:func:`.filelock.staged`). A file
+already at an output's name is replaced only when GeoCLIP made it as that kind of output (a GeoPackage
+with the ``GEOCLIP_OUTPUT`` mark, a .npz with exactly our arrays, a Parquet file with our columns);
+another program's file, a GeoCLIP run of another kind or a symbolic link is refused and left as it is.
+Nothing here imports Qt or QGIS.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .evaluation import LAT_COLUMNS, LON_COLUMNS
+from .filelock import put_in_place, refuse_non_file, staged
 from .gallery import CHUNK
 from .location_features import (
     FEATURE_DIM,
@@ -32,16 +38,20 @@ from .location_features import (
     Progress,
     ShouldStop,
     canonical_lat_lon,
-    delete_dataset,
     fit_pca,
-    partial_path,
     stop_check,
     wgs84,
 )
+from .version import __version__
 
 EMBEDDING_FIELD = "embedding"
 SOURCE_ID_FIELD = "source_id"
 POINTS_LAYER = "embeddings"
+OUTPUT_MARK = "GEOCLIP_OUTPUT"  # dataset metadata of the GeoPackages the location tools write: their kind
+VERSION_MARK = "GEOCLIP_VERSION"
+NPZ_ARRAYS = frozenset({"ids", "lat", "lon", "embeddings", "model"})
+NPZ_PCA_ARRAYS = frozenset({"pcs", "pca_mean", "pca_components"})
+PARQUET_COLUMNS = frozenset({"id", "lat", "lon", "embedding"})
 
 
 # ---------------------------------------------------------------------------------------- point tables
@@ -309,6 +319,112 @@ OGR_TYPES = {
 }
 
 
+# ------------------------------------------------------------------------------- whose file is it
+
+
+def _refused(path: Path, kind: str):
+    from .writers import WriteError
+
+    return WriteError(f"{path} exists and is not a {kind} GeoCLIP wrote; refusing to overwrite it: choose another file")
+
+
+def gpkg_is_ours(path: str | os.PathLike, layer: str, legacy_fields: frozenset[str] = frozenset()) -> bool:
+    """True for a GeoPackage that a location tool wrote as this kind of output: marked with
+    ``GEOCLIP_OUTPUT`` = ``layer`` and holding that one layer. A file from before the mark counts when it
+    holds exactly that layer with all of ``legacy_fields``."""
+    from osgeo import gdal
+
+    if Path(path).is_symlink():
+        return False
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR, allowed_drivers=["GPKG"])
+    except RuntimeError:  # GDAL with exceptions on
+        dataset = None
+    finally:
+        gdal.PopErrorHandler()
+    if dataset is None or dataset.GetLayerCount() != 1 or dataset.GetLayer(0).GetName() != layer:
+        return False
+    mark = dataset.GetMetadataItem(OUTPUT_MARK)
+    if mark is not None:
+        return mark == layer
+    definition = dataset.GetLayer(0).GetLayerDefn()
+    fields = {definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())}
+    return bool(legacy_fields) and legacy_fields <= fields
+
+
+def refuse_foreign_gpkg(path: str | os.PathLike, layer: str, legacy_fields: frozenset[str] = frozenset()) -> None:
+    path = Path(path)
+    refuse_non_file(path, "where a GeoPackage would go")
+    if path.exists() and not gpkg_is_ours(path, layer, legacy_fields):
+        raise _refused(path, f"GeoPackage of {layer}")
+
+
+def npz_is_ours(path: str | os.PathLike) -> bool:
+    """True for a .npz of location embeddings GeoCLIP wrote: exactly our arrays, nothing else."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    arrays = {name[: -len(".npy")] for name in names if name.endswith(".npy")}
+    return len(arrays) == len(names) and NPZ_ARRAYS <= arrays <= NPZ_ARRAYS | NPZ_PCA_ARRAYS
+
+
+def parquet_is_ours(path: str | os.PathLike) -> bool:
+    """True for a Parquet table of location embeddings GeoCLIP wrote: our columns, nothing else."""
+    if not parquet_available():
+        return False
+    import pyarrow.parquet as pq
+
+    try:
+        names = set(pq.read_schema(str(path)).names)
+    except Exception:  # pyarrow's errors for a file that is no Parquet (ArrowInvalid, OSError...)
+        return False
+    return PARQUET_COLUMNS <= names and all(n in PARQUET_COLUMNS or re.fullmatch(r"pc\d+", n) for n in names)
+
+
+def refuse_foreign_outputs(gpkg=None, npz=None, parquet=None) -> None:
+    """Refuse, before any work, an output name held by a file these tools did not write as that kind."""
+    if gpkg:
+        refuse_foreign_gpkg(gpkg, POINTS_LAYER, frozenset({SOURCE_ID_FIELD, EMBEDDING_FIELD}))
+    for target, ours, kind in ((npz, npz_is_ours, ".npz of embeddings"), (parquet, parquet_is_ours, "Parquet table")):
+        if target:
+            target = Path(target)
+            refuse_non_file(target, f"where a {kind} would go")
+            if target.exists() and not ours(target):
+                raise _refused(target, kind)
+
+
+def mark_gpkg(dataset, layer, kind: str) -> None:
+    """The marks that make a location tool's GeoPackage ours (see :func:`gpkg_is_ours`)."""
+    from .writers import LAYER_MARK
+
+    dataset.SetMetadataItem(OUTPUT_MARK, kind)
+    dataset.SetMetadataItem(VERSION_MARK, __version__)
+    layer.SetMetadataItem(LAYER_MARK, kind)
+
+
+def check_features(path: Path, layer: str, count: int) -> None:
+    """Read a finished GeoPackage back: it opens and holds ``count`` features (what is on disk)."""
+    from osgeo import gdal
+
+    from .writers import WriteError
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR, allowed_drivers=["GPKG"])
+        found = dataset.GetLayerByName(layer) if dataset is not None else None
+        if found is None or found.GetFeatureCount() != count:
+            raise WriteError(f"cannot write {path.name}: {gdal.GetLastErrorMsg() or 'it did not read back whole'}")
+    except RuntimeError as exc:
+        raise WriteError(f"cannot write {path.name}: {exc}") from None
+    finally:
+        gdal.PopErrorHandler()
+
+
 def write_points_gpkg(
     result: PointEmbeddings,
     path: str | os.PathLike,
@@ -333,68 +449,78 @@ def write_points_gpkg(
     if clash:
         raise LocationError(f"the input already has field(s) {', '.join(clash)}; rename them first")
     driver = ogr.GetDriverByName("GPKG")
-    partial = partial_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    delete_dataset(partial)
-    dataset = driver.CreateDataSource(str(partial))
-    if dataset is None:
-        from osgeo import gdal
+    refuse_foreign_gpkg(path, POINTS_LAYER, frozenset({SOURCE_ID_FIELD, EMBEDDING_FIELD}))
+    with staged(path) as partial:
+        dataset = driver.CreateDataSource(str(partial))
+        if dataset is None:
+            from osgeo import gdal
 
-        raise LocationError(f"cannot write {path}: {gdal.GetLastErrorMsg()}")
-    try:
-        # A source field called "fid" (common in CSVs) would collide with the GeoPackage's own id column.
-        fid_column = next(name for name in ("fid", "ogc_fid", "gpkg_fid") if name not in taken)
-        layer = dataset.CreateLayer(POINTS_LAYER, wgs84(), ogr.wkbPoint, ["SPATIAL_INDEX=YES", f"FID={fid_column}"])
-        definitions = []
-        for name, kind in table.fields:
-            type_name, subtype = OGR_TYPES[kind]
-            defn = ogr.FieldDefn(name, getattr(ogr, type_name))
-            if subtype:
-                defn.SetSubType(getattr(ogr, subtype))
-            definitions.append(defn)
-        definitions.append(
-            ogr.FieldDefn(SOURCE_ID_FIELD, ogr.OFTInteger64 if table.ids.dtype.kind in "iu" else ogr.OFTString)
-        )
-        vector_defn = ogr.FieldDefn(EMBEDDING_FIELD, ogr.OFTString)
-        vector_defn.SetSubType(ogr.OFSTJSON)
-        definitions.append(vector_defn)
-        definitions += [ogr.FieldDefn(name, ogr.OFTReal) for name in added[2:]]
-        for defn in definitions:  # fields are then set by position, so every one must exist
-            if layer.CreateField(defn) != 0:
-                raise LocationError(f"cannot create field {defn.GetName()!r} in a GeoPackage; rename it first")
-        layer_defn = layer.GetLayerDefn()
-        first_added = len(table.fields)
-        dataset.StartTransaction()
-        for index in range(len(table)):
-            if index % CHUNK == 0:
-                stop_check(should_stop)
-                if progress:
-                    progress("Writing the GeoPackage", index, len(table))
-            feature = ogr.Feature(layer_defn)
-            for column, value in enumerate(table.rows[index]):
-                if value is not None:
-                    feature.SetField(column, value)
-            source_id = table.ids[index]
-            feature.SetField(first_added, int(source_id) if table.ids.dtype.kind in "iu" else str(source_id))
-            feature.SetField(first_added + 1, embedding_json(result.embeddings[index]))
-            if result.components is not None:
-                for k, value in enumerate(result.components[index].tolist()):
-                    feature.SetField(first_added + 2 + k, float(value))
-            point = ogr.Geometry(ogr.wkbPoint)
-            point.AddPoint_2D(float(table.lon[index]), float(table.lat[index]))
-            feature.SetGeometry(point)
-            if layer.CreateFeature(feature) != 0:
-                raise LocationError(f"cannot write point {index} to {path}")
-        dataset.CommitTransaction()
-        if progress:
-            progress("Writing the GeoPackage", len(table), len(table))
-        dataset = None  # closes the file
-        os.replace(partial, path)
-    except BaseException:
-        dataset = None
-        delete_dataset(partial)
-        raise
+            raise LocationError(f"cannot write {path}: {gdal.GetLastErrorMsg()}")
+        try:
+            _fill_points_gpkg(dataset, result, path, added, taken, progress, should_stop)
+        finally:
+            dataset = None  # closes the file
+        check_features(partial, POINTS_LAYER, len(table))
+        refuse_foreign_gpkg(path, POINTS_LAYER, frozenset({SOURCE_ID_FIELD, EMBEDDING_FIELD}))
+        put_in_place(partial, path)
     return path
+
+
+def _fill_points_gpkg(dataset, result: PointEmbeddings, path: Path, added, taken, progress, should_stop) -> None:
+    from osgeo import ogr
+
+    table = result.table
+    # A source field called "fid" (common in CSVs) would collide with the GeoPackage's own id column.
+    fid_column = next(name for name in ("fid", "ogc_fid", "gpkg_fid") if name not in taken)
+    layer = dataset.CreateLayer(POINTS_LAYER, wgs84(), ogr.wkbPoint, ["SPATIAL_INDEX=YES", f"FID={fid_column}"])
+    if layer is None:
+        raise LocationError(f"cannot create the layer {POINTS_LAYER} in {path}")
+    mark_gpkg(dataset, layer, POINTS_LAYER)
+    definitions = []
+    for name, kind in table.fields:
+        type_name, subtype = OGR_TYPES[kind]
+        defn = ogr.FieldDefn(name, getattr(ogr, type_name))
+        if subtype:
+            defn.SetSubType(getattr(ogr, subtype))
+        definitions.append(defn)
+    definitions.append(
+        ogr.FieldDefn(SOURCE_ID_FIELD, ogr.OFTInteger64 if table.ids.dtype.kind in "iu" else ogr.OFTString)
+    )
+    vector_defn = ogr.FieldDefn(EMBEDDING_FIELD, ogr.OFTString)
+    vector_defn.SetSubType(ogr.OFSTJSON)
+    definitions.append(vector_defn)
+    definitions += [ogr.FieldDefn(name, ogr.OFTReal) for name in added[2:]]
+    for defn in definitions:  # fields are then set by position, so every one must exist
+        if layer.CreateField(defn) != 0:
+            raise LocationError(f"cannot create field {defn.GetName()!r} in a GeoPackage; rename it first")
+    layer_defn = layer.GetLayerDefn()
+    first_added = len(table.fields)
+    if dataset.StartTransaction() != 0:
+        raise LocationError(f"cannot write {path}")
+    for index in range(len(table)):
+        if index % CHUNK == 0:
+            stop_check(should_stop)
+            if progress:
+                progress("Writing the GeoPackage", index, len(table))
+        feature = ogr.Feature(layer_defn)
+        for column, value in enumerate(table.rows[index]):
+            if value is not None:
+                feature.SetField(column, value)
+        source_id = table.ids[index]
+        feature.SetField(first_added, int(source_id) if table.ids.dtype.kind in "iu" else str(source_id))
+        feature.SetField(first_added + 1, embedding_json(result.embeddings[index]))
+        if result.components is not None:
+            for k, value in enumerate(result.components[index].tolist()):
+                feature.SetField(first_added + 2 + k, float(value))
+        point = ogr.Geometry(ogr.wkbPoint)
+        point.AddPoint_2D(float(table.lon[index]), float(table.lat[index]))
+        feature.SetGeometry(point)
+        if layer.CreateFeature(feature) != 0:
+            raise LocationError(f"cannot write point {index} to {path}")
+    if dataset.CommitTransaction() != 0:
+        raise LocationError(f"cannot write {path}: the points could not be committed")
+    if progress:
+        progress("Writing the GeoPackage", len(table), len(table))
 
 
 def write_npz(result: PointEmbeddings, path: str | os.PathLike) -> Path:
@@ -411,10 +537,17 @@ def write_npz(result: PointEmbeddings, path: str | os.PathLike) -> Path:
     }
     if result.pca is not None:
         arrays.update(pcs=result.components, pca_mean=result.pca.mean, pca_components=result.pca.components)
-    partial = partial_path(path)
-    with open(partial, "wb") as handle:  # a file handle keeps numpy from appending another .npz
-        np.savez(handle, **arrays)
-    os.replace(partial, path)
+    refuse_foreign_outputs(npz=path)
+    with staged(path) as partial:
+        try:
+            with open(partial, "wb") as handle:  # a file handle keeps numpy from appending another .npz
+                np.savez(handle, **arrays)
+        except OSError as exc:
+            from .writers import WriteError
+
+            raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+        refuse_foreign_outputs(npz=path)
+        put_in_place(partial, path)
     return path
 
 
@@ -453,9 +586,18 @@ def write_parquet(result: PointEmbeddings, path: str | os.PathLike) -> Path:
     if result.components is not None:
         for k in range(result.components.shape[1]):
             columns[f"pc{k + 1}"] = pa.array(result.components[:, k])
-    partial = partial_path(path)
-    pq.write_table(pa.table(columns), str(partial))
-    os.replace(partial, path)
+    refuse_foreign_outputs(parquet=path)
+    schema_table = pa.table(columns)
+    schema_table = schema_table.replace_schema_metadata({"geoclip": __version__})
+    with staged(path) as partial:
+        try:
+            pq.write_table(schema_table, str(partial))
+        except OSError as exc:
+            from .writers import WriteError
+
+            raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+        refuse_foreign_outputs(parquet=path)
+        put_in_place(partial, path)
     return path
 
 
@@ -488,6 +630,7 @@ def embed_file(
         raise LocationError("name at least one output: a .gpkg, a .npz or a .parquet file")
     if parquet:
         _require_parquet()  # before any work, not after it
+    refuse_foreign_outputs(gpkg, npz, parquet)  # before any work: another program's file is never replaced
     if progress:
         progress("Reading points", 0, 1)
     table = read_points(source, layer, lat_column, lon_column, id_field)

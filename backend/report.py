@@ -10,6 +10,11 @@ The content is a plain :class:`ReportData` (dataclasses, no HTML), so the same c
 another layout. :func:`render_html` writes it as one HTML page with inline CSS and the images as
 ``data:`` URIs: the file can be mailed or archived alone and opens offline. Every string that comes
 from data (photo names, EXIF text, place names, parameters) is escaped.
+
+A report of a run's GeoPackage (which may come from someone else) embeds only a photo whose bytes have
+the sha256 the run recorded (:func:`.run_file.photo_file`), and says what it left out of the file and
+why. :func:`write_html_report` never overwrites a file it did not make (its ``generator`` mark) nor the
+GeoPackage it reads.
 """
 
 from __future__ import annotations
@@ -18,19 +23,20 @@ import base64
 import html
 import io
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .confidence import ConfidenceArea
+from .errors import GeoCLIPError
 from .exif import PhotoMetadata, camera_label
 from .geo import haversine_km
 from .likelihood import Likelihood
 from .places import PLACES_CREDIT, nearest_places
 from .regions import COUNTRY, RegionRow
 from .results import Candidate, PhotoResult
+from .shown_text import visible_text
 from .version import __version__
 from .weights import backbone_provenance, not_vit_l14_warning, weight_checksums
 
@@ -40,6 +46,18 @@ GEOCLIP_CREDIT = (
 )
 THUMBNAIL_SIDE = 480  # px, the longer side
 REGION_ROWS = 10  # per level, in the report
+GENERATOR = "GeoCLIP for QGIS"  # every report's <meta name="generator">: the mark of a file we may overwrite
+PHOTO_NOT_AVAILABLE = (
+    "the photo is not available: no file at the path the run recorded, nor under the GeoPackage's folder, "
+    "has the bytes it answered (sha256)"
+)
+
+
+NOTES_SHOWN = 100  # rows left out that a report lists one by one (then how many more)
+
+
+class ReportFileError(GeoCLIPError):
+    """The report cannot be written where asked (a file it did not make, its own input, a folder)."""
 
 
 @dataclass(frozen=True)
@@ -111,20 +129,16 @@ class ReportData:
     provenance: Provenance
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     credits: list[str] = field(default_factory=lambda: [GEOCLIP_CREDIT, PLACES_CREDIT])
+    notes: list[str] = field(default_factory=list)  # what the file held that the report could not use, and why
 
 
 # ------------------------------------------------------------------------------------ building data
 
-# Characters that act instead of showing: C0/C1 controls but tab and newline (terminal escape sequences
-# start with ESC), bidirectional overrides (a name that reads backwards), and lone surrogates.
-_ACTING = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
-
-def visible_text(value) -> str:
-    """Text from outside (photo names, EXIF, place names) with every character that would act rather
-    than show (ESC, other controls, bidi overrides) written out as ``\\x1b`` / ``\\u202e``."""
-    text = "" if value is None else str(value)
-    return _ACTING.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+def shown_notes(notes: Sequence[str], limit: int) -> list[str]:
+    """The first ``limit`` notes, and how many more there are."""
+    more = len(notes) - limit
+    return list(notes[:limit]) + ([f"… and {more} more"] if more > 0 else [])
 
 
 def setting_text(value) -> str:
@@ -226,22 +240,27 @@ def report_from_geopackage(
     path: str | os.PathLike, photos: Sequence[str] | None = None, title: str | None = None
 ) -> ReportData:
     """The report of a run's GeoPackage (all its answers, or those of ``photos``): candidates, regions,
-    confidence areas and provenance as the file keeps them; thumbnails from the photos still on disk."""
-    from .run_file import read_answers, read_provenance
+    confidence areas and provenance as the file keeps them; thumbnails of the photos found on disk with
+    the bytes the run answered (:func:`.run_file.photo_file`). Rows the report cannot use are left out
+    and listed in ``notes``."""
+    from .run_file import photo_file, read_answers, read_provenance
 
-    answers, found = [], read_answers(path, list(photos) if photos else None)
+    skipped: list[str] = []
+    answers, found = [], read_answers(path, list(photos) if photos else None, skipped)
     for stored in found:
         answer = answer_from_result(stored.result, thumbnail=False, regions=stored.regions, confidence=stored.areas)
-        if os.path.isfile(stored.path):
-            try:
-                answer.thumbnail_jpeg = thumbnail_jpeg(stored.path)
-            except Exception as exc:  # a photo that cannot be shown still gets its report
-                answer.notes.append(f"no thumbnail: {exc}")
-        elif not stored.photo.startswith(("text: ", "fused: ")):
-            answer.notes.append("the photo is no longer at this path: no thumbnail")
+        if not stored.photo.startswith(("text: ", "fused: ")):
+            photo = photo_file(stored)
+            if photo is None:
+                answer.notes.append(PHOTO_NOT_AVAILABLE)
+            else:
+                try:
+                    answer.thumbnail_jpeg = thumbnail_jpeg(photo)
+                except Exception as exc:  # a photo that cannot be shown still gets its report
+                    answer.notes.append(f"no thumbnail: {exc}")
         answers.append(answer)
     run_times = {stored.run_at for stored in found}
-    record = read_provenance(path, run_times.pop() if len(run_times) == 1 else None)  # the answers' own run
+    record = read_provenance(path, run_times.pop() if len(run_times) == 1 else None, skipped)  # the answers' run
     provenance = Provenance(
         record.get("model", ""),
         dict(record.get("weights_sha256", {})),
@@ -251,7 +270,9 @@ def report_from_geopackage(
         record.get("backbone", ""),
         record.get("backbone_vit_l14"),
     )
-    return ReportData(title or f"GeoCLIP case report: {Path(path).name}", answers, provenance)
+    data = ReportData(title or f"GeoCLIP case report: {Path(path).name}", answers, provenance)
+    data.notes = skipped
+    return data
 
 
 # ------------------------------------------------------------------------------------------- HTML
@@ -422,9 +443,13 @@ def render_html(data: ReportData) -> str:
         provenance.append(_table(("weight file", "sha256"), sorted(p.weights.items())))
     credits = "".join(f"<li>{_e(c)}</li>" for c in data.credits)
     warning = f'<p class="error"><b>⚠ {_e(p.warning)}</b></p>\n' if p.warning else ""
+    if data.notes:
+        items = "".join(f"<li>{_e(note)}</li>" for note in shown_notes(data.notes, NOTES_SHOWN))
+        warning += f'<p class="error">What this report leaves out of the file, and why:</p><ul>{items}</ul>\n'
     body = "\n".join(_answer_html(a) for a in data.answers)
     return (
-        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(data.title)}</title>\n'
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="generator" content="{GENERATOR} {_e(__version__)}">\n<title>{_e(data.title)}</title>\n'
         f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{_e(data.title)}</h1>\n"
         f'<p class="muted">{len(data.answers)} answer(s); written {_e(data.created_at)} by GeoCLIP for QGIS '
         f"{_e(p.engine_version)}.</p>\n{warning}{body}\n{''.join(provenance)}\n<h2>Credits</h2><ul>{credits}</ul>\n"
@@ -432,11 +457,63 @@ def render_html(data: ReportData) -> str:
     )
 
 
-def write_html_report(data: ReportData, path: str | os.PathLike) -> Path:
-    """Write the report; the file is complete or absent (written beside, then renamed)."""
+def _made_by_us(path: Path) -> bool:
+    """Whether an existing file is a report we wrote (its generator mark; an earlier version's opening and
+    signature line), or empty: the only files a report may replace."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16).decode("utf-8", "replace")
+    except OSError:
+        return False
+    if not head:
+        return True
+    if f'<meta name="generator" content="{GENERATOR} ' in head:
+        return True
+    legacy = '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>'
+    return head.startswith(legacy) and f"by {GENERATOR} " in head
+
+
+def check_report_path(path: str | os.PathLike, source: str | os.PathLike | None = None) -> Path:
+    """Refuse, with a :class:`ReportFileError`, a report path that is a symbolic link, a folder, the file the
+    report is made from, or an existing file that is not a report we wrote."""
     path = Path(path)
+    if path.is_symlink():  # a report is never a link: nothing is written through one, nor replaces one
+        raise ReportFileError(f"{path} is a symbolic link; a report neither follows nor replaces one: name a file")
+    if path.is_dir():
+        raise ReportFileError(f"cannot write the report to {path}: it is a folder; name a file")
+    if not path.exists():
+        return path
+    if source is not None:
+        try:
+            same = os.path.samefile(path, source)
+        except OSError:
+            same = False
+        if same:
+            raise ReportFileError(f"{path} is the file the report is made from; name another file for the report")
+    if not _made_by_us(path):
+        raise ReportFileError(
+            f"{path} exists and is not a report GeoCLIP wrote; refusing to overwrite it (name another file)"
+        )
+    return path
+
+
+def write_html_report(data: ReportData, path: str | os.PathLike, source: str | os.PathLike | None = None) -> Path:
+    """Write the report; the file is complete or absent (written beside, then renamed). It never replaces
+    ``source`` (the GeoPackage it was made from) nor a file that is not a report we wrote
+    (:func:`check_report_path`)."""
+    import tempfile
+
+    path = check_report_path(path, source)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(render_html(data), encoding="utf-8")
-    os.replace(partial, path)
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(render_html(data))
+        os.replace(partial, path)
+    except BaseException:
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+        raise
     return path

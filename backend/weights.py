@@ -55,6 +55,19 @@ FIX_CLIP = (
 )
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number a configuration can hold")
+
+
+def parse_json(data: str | bytes):
+    """``json.loads`` for files from outside: a document nested too deep for Python (a RecursionError)
+    and NaN or Infinity are ValueErrors, like any other unreadable JSON."""
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply to be a configuration") from None
+
+
 def models_dir() -> Path:
     """The user's models folder (platformdirs), unless $GEOCLIP_MODELS_DIR says otherwise."""
     return Path(os.environ.get(MODELS_DIR_ENV) or user_data_folder() / "models")
@@ -196,9 +209,11 @@ def backbone_problem(folder: Path) -> str | None:
     if not (folder / "preprocessor_config.json").is_file():
         return "no preprocessor_config.json"
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config = parse_json(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         return f"config.json unreadable: {exc}"
+    if not isinstance(config, dict) or not isinstance(config.get("vision_config", {}), dict):
+        return "config.json is not a CLIP configuration (not a JSON object)"
     model_type = config.get("model_type")
     if model_type not in ("clip", "clip_vision_model"):
         return f"config.json describes a {model_type!r} model, not CLIP"
@@ -416,8 +431,10 @@ def backbone_architecture(folder: str | os.PathLike) -> dict:
     and whether text queries can run on it (a text tower and its tokenizer files)."""
     folder = Path(folder)
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = parse_json((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        config = {}
+    if not isinstance(config, dict) or not isinstance(config.get("vision_config", {}), dict):
         config = {}
     vision = config.get("vision_config", config) if config.get("model_type") == "clip" else config
     vision = {key: vision.get(key, default) for key, default in VIT_L_14_VISION.items()}

@@ -7,6 +7,11 @@
 All read the file back (:mod:`.run_file`); ``likely`` and ``zones`` judge each answer from the query
 vector the file keeps, in the run's area (:mod:`.judging`, shared with the plugin's Processing
 algorithms): the location encoder only, no photo is read, no CLIP runs.
+
+The file may come from someone else: rows it holds that cannot be used are left out and named on
+stderr (and in the report); ``report`` never overwrites a file it did not make, nor the GeoPackage it
+reads; every CSV cell goes through :func:`.csv_safety.csv_cell` (no spreadsheet formulas); places that
+``likely`` cannot judge are named on stderr and as rows with their reason in the ``skipped`` column.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import csv
 import sys
 
+from .csv_safety import csv_row
 from .errors import GeoCLIPError
 
 WORKBENCH_COMMANDS = ("report", "likely", "zones")
@@ -80,14 +86,27 @@ def _engine(args):
     return build_engine(heads=args.heads, clip=args.clip, device=args.device, precision="fp32", embedding_cache=False)
 
 
-def _report(args) -> int:
-    from .report import report_from_geopackage, write_html_report
+NOTES_ON_STDERR = 20  # rows left out that stderr names one by one (then how many more)
 
+
+def _say(text: str) -> None:
+    """One line on stderr, with anything from the file written out as escapes."""
+    from .cli import printable
+
+    print("geoclip-qgis: " + printable(text), file=sys.stderr)
+
+
+def _report(args) -> int:
+    from .report import check_report_path, report_from_geopackage, shown_notes, write_html_report
+
+    check_report_path(args.out, args.answers)  # before any work: never the input, never a file not ours
     data = report_from_geopackage(args.answers, args.photo, args.title)
+    for note in shown_notes(data.notes, NOTES_ON_STDERR):
+        _say(note)
     if not data.answers:
         raise GeoCLIPError(f"{args.answers} holds no answer{' for those photos' if args.photo else ''}")
     try:
-        path = write_html_report(data, args.out)
+        path = write_html_report(data, args.out, source=args.answers)
     except OSError as exc:
         raise GeoCLIPError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     print(path)
@@ -96,10 +115,16 @@ def _report(args) -> int:
 
 def _likely(args) -> int:
     from .judging import answers_with_vectors, area_of_run, likely_for_answers
+    from .likelihood import SkippedPlace, unread_places
     from .point_embeddings import read_points
 
     answers = answers_with_vectors(args.answers, args.photo)
     table = read_points(args.points, args.layer, args.lat_column, args.lon_column, args.id_field)
+    skipped = unread_places(args.points, args.layer, args.lat_column, args.lon_column, args.id_field)
+    if table.skipped > len(skipped):  # cannot happen unless the two readings disagree: still say so
+        skipped.append(SkippedPlace("", f"{table.skipped - len(skipped)} more place(s) without a usable position"))
+    for place in skipped:
+        _say(f"place {place.id} skipped: {place.reason}")
     if not len(table):
         raise GeoCLIPError(f"{args.points} holds no place with a position")
     points = [(str(i), float(a), float(b)) for i, a, b in zip(table.ids, table.lat, table.lon)]
@@ -110,9 +135,11 @@ def _likely(args) -> int:
         for place in found:
             row = place.row()
             if header is None:
-                header = ["photo", *row]
+                header = ["photo", *row, "skipped"]
                 rows.writerow(header)
-            rows.writerow([answer.photo, *("" if v is None else v for v in row.values())])
+            rows.writerow(csv_row([answer.photo, *row.values(), None]))
+        for place in skipped:  # the places not judged, with why, in the same table
+            rows.writerow(csv_row([answer.photo, place.id, *[None] * (len(header) - 3), place.reason]))
     return 0
 
 
@@ -126,5 +153,5 @@ def _zones(args) -> int:
     rows.writerow(ZONE_COLUMNS)
     for judged in zonal_for_answers(engine, answers, wkts, names, area_of_run(args.answers)):
         for row in judged.rows:
-            rows.writerow([row.photo, row.region, row.probability, row.rank])
+            rows.writerow(csv_row([row.photo, row.region, row.probability, row.rank]))
     return 0

@@ -28,6 +28,7 @@ from typing import TextIO
 
 import numpy as np
 
+from .csv_safety import neutralise_formula  # the one rule for every CSV the product writes
 from .errors import GeoCLIPError
 from .filelock import OutputLock
 from .results import (
@@ -67,13 +68,17 @@ AREA_COLUMNS = {
     "mass": float,
     "cells": int,
     "parts": int,
+    "exact_km2": float,  # the smallest area holding the level, before any generalisation
+    "smoothing_deg": float,  # generalisation (see confidence.py): 0 for the exact area
+    "dropped_parts": int,
+    "simplified_deg": float,
+    "note": str,  # what was done to the exact area, in words
     "photo_sha256": str,
     "run_at": str,
 }
 FORMATS = {".csv": "CSV", ".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 DATASET_MARK = "GEOCLIP_QGIS"  # dataset metadata item of every GeoPackage we create (the version)
 LAYER_MARK = "GEOCLIP_LAYER"  # layer metadata item of every layer and table we create (its name)
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 TEXT_COLUMNS = frozenset(k for k, kind in COLUMN_TYPES.items() if kind is str)
 
 
@@ -97,11 +102,6 @@ def check_output_path(path: Path) -> None:
         raise WriteError(f"cannot create the folder {path.parent}: {exc.strerror or exc}") from None
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise WriteError(f"cannot write {path}: permission denied")
-
-
-def neutralise_formula(value: str) -> str:
-    """A text cell a spreadsheet would run as a formula is kept as text (the OWASP rule)."""
-    return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
 class CsvWriter:
@@ -517,11 +517,15 @@ class OgrWriter:
             layer = self._ds.CreateLayer(AREAS_LAYER, wgs84, ogr.wkbMultiPolygon, options=["FID=fid"])
             if layer is None:
                 raise WriteError(f"cannot create layer {AREAS_LAYER} in {self.path}: {_gdal_error()}")
-            for column, kind in AREA_COLUMNS.items():
-                kind = {int: ogr.OFTInteger, float: ogr.OFTReal}.get(kind, ogr.OFTString)
-                if layer.CreateField(ogr.FieldDefn(column, kind)) != 0:
-                    raise WriteError(f"cannot add column {column} to {self.path}: {_gdal_error()}")
             layer.SetMetadataItem(LAYER_MARK, AREAS_LAYER)
+        definition = layer.GetLayerDefn()
+        # every column for a new layer; for one an earlier version wrote, the columns it lacks
+        missing = [c for c in AREA_COLUMNS if definition.GetFieldIndex(c) < 0]
+        for column in missing:
+            kind = {int: ogr.OFTInteger, float: ogr.OFTReal}.get(AREA_COLUMNS[column], ogr.OFTString)
+            if layer.CreateField(ogr.FieldDefn(column, kind)) != 0:
+                raise WriteError(f"cannot add column {column} to {self.path}: {_gdal_error()}")
+        if missing:
             self._sync(layer)
         for area in areas:
             feature = ogr.Feature(layer.GetLayerDefn())
@@ -532,6 +536,11 @@ class OgrWriter:
                 "mass": float(area.mass),
                 "cells": int(area.cells),
                 "parts": int(area.parts),
+                "exact_km2": float(area.exact_km2) if area.exact_km2 == area.exact_km2 else None,
+                "smoothing_deg": float(area.smoothing_deg),
+                "dropped_parts": int(area.dropped_parts),
+                "simplified_deg": float(area.simplified_deg),
+                "note": area.note or None,
                 "photo_sha256": sha256,
                 "run_at": self.run_at,
             }

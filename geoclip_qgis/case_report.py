@@ -5,12 +5,16 @@ Page 1: the map (the answer's candidates and confidence areas over a world basem
 candidate table with place names, the region ranking and the EXIF. Page 2: provenance (model, engine
 version, parameters, time, the sha256 of every weight file and of the photo). The map shows copies of
 the run's own layers filtered to the answer; the run's file is only read.
+
+The photo shown is the file :func:`.backend.run_file.photo_file` finds (its bytes have the sha256 the run
+recorded; a received GeoPackage cannot name any other file), embedded in the layout from memory: no copy
+of it is written anywhere, not even a temporary one.
 """
 
 from __future__ import annotations
 
+import base64
 import re
-import tempfile
 from pathlib import Path
 
 from qgis.core import (
@@ -62,7 +66,7 @@ def _literal(text: str) -> str:
     """Text for a layout label that prints exactly as given: QGIS evaluates "[% … %]" (and replaces
     "$CURRENT_DATE") in every label, so each such opening is replaced by an expression whose value is the
     opening itself; characters that would act (ESC, bidi overrides) are written out first."""
-    from .backend.report import visible_text
+    from .backend.shown_text import visible_text
 
     return _ACTIVE.sub(lambda m: "[% '[%' %]" if m[0] == "[%" else "[% '$' %]CURRENT_DATE", visible_text(text))
 
@@ -82,7 +86,7 @@ def _layer(gpkg: str, name: str, title: str, photo: str) -> QgsVectorLayer | Non
     if source.fields().indexOf("run_at") >= 0 and features:  # the latest answer only, as the report's text
         latest = max(f["run_at"] or "" for f in features)
         features = [f for f in features if (f["run_at"] or "") == latest]
-    from .backend.report import visible_text
+    from .backend.shown_text import visible_text
 
     for feature in features:  # the map's labels print these: escapes and bidi overrides written out
         for index, value in enumerate(feature.attributes()):
@@ -121,16 +125,15 @@ def _text_table(headers: tuple[str, ...], rows: list[tuple]) -> str:
 
 
 def _thumbnail(path: str) -> str | None:
+    """The photo at most 900 px on its longer side, as a picture item's embedded ("base64:") source: the
+    layout holds it in memory, so nothing of the photo is left on disk."""
     from .backend.report import thumbnail_jpeg
 
     try:
         data = thumbnail_jpeg(path, side=900)
     except Exception:
         return None
-    handle = tempfile.NamedTemporaryFile(prefix="geoclip-report-", suffix=".jpg", delete=False)
-    handle.write(data)
-    handle.close()
-    return handle.name
+    return "base64:" + base64.b64encode(data).decode("ascii")
 
 
 def _extent(layers) -> QgsRectangle:
@@ -206,13 +209,14 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
     map_item.setFrameEnabled(True)
     map_item.setFrameStrokeWidth(QgsLayoutMeasurement(0.3))
 
-    from .backend.run_file import read_answers
+    from .backend.run_file import photo_file, read_answers
 
     stored = read_answers(gpkg, [photo])[0]  # the photo's exact path, also when its name is not UTF-8
-    picture = _thumbnail(stored.path) if Path(stored.path).is_file() else None
+    found = photo_file(stored)  # only a file with the bytes the run answered
+    picture = _thumbnail(found) if found else None
     if picture:
         item = QgsLayoutItemPicture(layout)
-        item.setPicturePath(picture)
+        item.setPicturePath(picture, QgsLayoutItemPicture.Format.FormatRaster)
         layout.addLayoutItem(item)
         item.attemptMove(QgsLayoutPoint(188, 22, QgsUnitTypes.LayoutUnit.LayoutMillimeters))
         item.attemptResize(QgsLayoutSize(PAGE_W - 188 - MARGIN, 60, QgsUnitTypes.LayoutUnit.LayoutMillimeters))
@@ -315,9 +319,24 @@ def _provenance_text(data, answer) -> str:
 
 
 def export_case_report(gpkg: str, photo: str, pdf: str, html: str | None = None) -> tuple[Path, Path]:
-    """Write the PDF (print layout) and the HTML (engine) report of one answer; returns both paths."""
-    from .backend.report import report_from_geopackage, write_html_report
+    """Write the PDF (print layout) and the HTML (engine) report of one answer; returns both paths. A file
+    that cannot be read as a run, or an HTML path holding a file the report did not make, is a
+    :class:`ReportError`."""
+    from .backend.errors import GeoCLIPError
 
+    try:
+        return _export(gpkg, photo, pdf, html)
+    except GeoCLIPError as exc:
+        raise ReportError(str(exc)) from None
+
+
+def _export(gpkg: str, photo: str, pdf: str, html: str | None) -> tuple[Path, Path]:
+    from .backend.report import check_report_path, report_from_geopackage, write_html_report
+
+    html_path = Path(html) if html else Path(pdf).with_suffix(".html")
+    check_report_path(html_path, gpkg)  # before the PDF is made
+    if Path(pdf).exists() and Path(pdf).resolve() == Path(gpkg).resolve():
+        raise ReportError(f"{pdf} is the run the report is made from; name another file for the report")
     layout, layers = build_layout(gpkg, photo)
     pdf_path = Path(pdf)
     pdf_path.parent.mkdir(parents=True, exist_ok=True)
@@ -332,6 +351,5 @@ def export_case_report(gpkg: str, photo: str, pdf: str, html: str | None = None)
             QgsProject.instance().removeMapLayer(layer.id())
     if result != QgsLayoutExporter.ExportResult.Success:
         raise ReportError(f"cannot write {pdf_path} (QGIS's layout exporter said {result})")
-    html_path = Path(html) if html else pdf_path.with_suffix(".html")
-    write_html_report(report_from_geopackage(gpkg, [photo]), html_path)
+    write_html_report(report_from_geopackage(gpkg, [photo]), html_path, source=gpkg)
     return pdf_path, html_path

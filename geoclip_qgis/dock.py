@@ -988,9 +988,9 @@ class GeoCLIPDock(QgsDockWidget):
         self.failures.setRowCount(len(failures))
         for row, (photo, reason) in enumerate(failures):
             name = QTableWidgetItem(Path(photo).name or photo)
-            name.setToolTip(photo)
+            name.setToolTip(tooltip(photo))
             why = QTableWidgetItem(reason)
-            why.setToolTip(reason)
+            why.setToolTip(tooltip(reason))
             self.failures.setItem(row, 0, name)
             self.failures.setItem(row, 1, why)
             QgsMessageLog.logMessage(f"not answered: {photo}: {reason}", LOG_TAG, Qgis.MessageLevel.Warning)

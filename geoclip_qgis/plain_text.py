@@ -10,7 +10,7 @@ import html
 def as_html(value) -> str:
     """``value`` escaped for a rich-text label, with characters that act instead of showing (terminal
     escapes, bidi overrides) written out."""
-    from .backend.report import visible_text
+    from .backend.shown_text import visible_text
 
     return html.escape(visible_text(value))
 

@@ -100,9 +100,8 @@ def test_run_makes_styled_layers_from_a_geopackage(plugin, photo_dir, samples, t
     assert isinstance(renderer, QgsRuleBasedRenderer)
     assert sorted(rule.filterExpression() for rule in renderer.rootRule().children()) == [
         '"rank" = 1',
-        '"rank" = 1 AND "direction" IS NOT NULL AND "exif_lat" IS NOT NULL',  # camera-direction arrows
         '"rank" > 1',
-    ]
+    ]  # no photo here says where the camera faced: no camera-direction arrows, nor their legend entry
     assert points.labelsEnabled() and "<img" in points.mapTipTemplate()
     assert [a.name() for a in points.actions().actions()] == ["Open photo"]
     top = [f for f in points.getFeatures() if f["rank"] == 1]
@@ -127,7 +126,7 @@ def test_run_makes_styled_layers_from_a_geopackage(plugin, photo_dir, samples, t
     # failures are listed with their whole reason, never dropped; the errors table is on the map
     assert not dock.failures_box.isHidden() and dock.failures.rowCount() == 1
     assert dock.failures.item(0, 0).text() == "broken.jpg"
-    assert dock.failures.item(0, 0).toolTip().endswith("photos/broken.jpg")
+    assert dock.failures.item(0, 0).toolTip().endswith("photos/broken.jpg</span>")  # shown as text
     assert dock.failures.item(0, 1).text() == reason
     errors = dock.last_layers["errors"]
     assert errors is not None and errors.featureCount() == 1
@@ -753,6 +752,8 @@ def test_a_failed_run_gives_a_short_notice_with_details_cleared_by_the_next_succ
 def test_dock_layout_labels_and_fit(plugin, photo_dir, tmp_path):
     from qgis.PyQt.QtWidgets import QFormLayout, QLabel, QScrollArea
 
+    from geoclip_qgis.plain_text import tooltip
+
     dock = plugin.dock
     # every tab scrolls on its own; Run, Cancel and progress stay below them
     assert [dock.tabs.tabText(i) for i in range(dock.tabs.count())] == ["Input", "Options", "Results"]
@@ -781,8 +782,8 @@ def test_dock_layout_labels_and_fit(plugin, photo_dir, tmp_path):
     dock.add_paths([str(photo_dir / "kauai.png"), str(photo_dir)])
     wait_for(lambda: dock.photo_list.total() is not None, 60)
     first, folder = dock.photo_list.item(0), dock.photo_list.item(1)
-    assert first.text() == "kauai.png" and first.toolTip() == str(photo_dir / "kauai.png")
-    assert folder.text() == "photos/ — 4 photos" and folder.toolTip() == str(photo_dir)
+    assert first.text() == "kauai.png" and first.toolTip() == tooltip(str(photo_dir / "kauai.png"))
+    assert folder.text() == "photos/ — 4 photos" and folder.toolTip() == tooltip(str(photo_dir))
     assert dock.count_label.text() == "1 photo, 1 folder: 5 photos to answer"
     assert dock.paths() == [str(photo_dir / "kauai.png"), str(photo_dir)]
     assert isinstance(dock.status, QLabel) and dock.status.wordWrap()

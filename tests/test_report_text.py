@@ -64,7 +64,7 @@ def test_run_settings_are_words(value, words):
 
 
 def test_characters_that_act_are_written_out():
-    from geoclip_qgis.backend.report import visible_text
+    from geoclip_qgis.backend.shown_text import visible_text
 
     shown = visible_text("a\x1b[31mred\x07\r\u202egpj.exe\tb\nc")
     assert shown == "a\\x1b[31mred\\x07\\x0d\\u202egpj.exe\tb\nc"

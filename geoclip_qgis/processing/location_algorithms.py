@@ -47,6 +47,7 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
+from qgis.PyQt.QtGui import QColor
 
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 BAND_CHOICES = (
@@ -146,25 +147,72 @@ class _RgbStyle(QgsProcessingLayerPostProcessorInterface):
             layer.triggerRepaint()
 
 
+SIMILAR_OPACITY = 0.7  # the similarity raster over the map: the map shows through
+
+
+def similar_group(lat: float, lon: float) -> str:
+    """The layer-tree group of one "similar places" result, at the top level (never in a run's group)."""
+    return f"GeoCLIP: places like {lat:.4f}, {lon:.4f} (lat, lon)"
+
+
+def style_similarity(layer: QgsRasterLayer) -> None:
+    """Cosine similarity from the raster's minimum to its maximum, Viridis, fading out towards the least
+    similar half (transparent at the minimum) and drawn at :data:`SIMILAR_OPACITY`, so the map and
+    the layers under it stay visible."""
+    stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Stats.Min | QgsRasterBandStats.Stats.Max)
+    low, high = stats.minimumValue, max(stats.maximumValue, stats.minimumValue + 1e-6)
+    shader = QgsColorRampShader(
+        low, high, QgsStyle.defaultStyle().colorRamp("Viridis"), QgsColorRampShader.Type.Interpolated
+    )
+    shader.classifyColorRamp(8, -1)
+    items = shader.colorRampItemList()
+    for index, item in enumerate(items):  # alpha 0 at the minimum, opaque from the middle up
+        colour = QColor(item.color)
+        colour.setAlpha(min(255, round(255 * 2 * index / max(1, len(items) - 1))))
+        item.color = colour
+    shader.setColorRampItemList(items)
+    raster_shader = QgsRasterShader()
+    raster_shader.setRasterShaderFunction(shader)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, raster_shader)
+    renderer.setClassificationMin(low)
+    renderer.setClassificationMax(high)
+    renderer.setOpacity(SIMILAR_OPACITY)
+    layer.setRenderer(renderer)
+    layer.triggerRepaint()
+
+
 class _SimilarityStyle(QgsProcessingLayerPostProcessorInterface):
-    """Cosine similarity from the raster's minimum to its maximum, Viridis."""
+    """The similarity raster styled (:func:`style_similarity`) and put in the result's own group."""
+
+    def __init__(self, group: str = ""):
+        super().__init__()
+        self.group = group
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802 - QGIS API
         if not isinstance(layer, QgsRasterLayer):
             return
-        stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Stats.Min | QgsRasterBandStats.Stats.Max)
-        low, high = stats.minimumValue, max(stats.maximumValue, stats.minimumValue + 1e-6)
-        shader = QgsColorRampShader(
-            low, high, QgsStyle.defaultStyle().colorRamp("Viridis"), QgsColorRampShader.Type.Interpolated
-        )
-        shader.classifyColorRamp(8, -1)
-        raster_shader = QgsRasterShader()
-        raster_shader.setRasterShaderFunction(shader)
-        renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, raster_shader)
-        renderer.setClassificationMin(low)
-        renderer.setClassificationMax(high)
-        layer.setRenderer(renderer)
-        layer.triggerRepaint()
+        style_similarity(layer)
+        _place_apart(layer, context, self.group, 1)
+
+
+class _PlaceApart(QgsProcessingLayerPostProcessorInterface):
+    """A result layer put in the result's own group at the top of the layer tree."""
+
+    def __init__(self, group: str, order: int = 0):
+        super().__init__()
+        self.group, self.order = group, order
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 - QGIS API
+        _place_apart(layer, context, self.group, self.order)
+
+
+def _place_apart(layer, context, group: str, order: int) -> None:
+    from qgis.core import QgsProject
+
+    from ..layers import place_apart
+
+    if group:
+        place_apart(context.project() or QgsProject.instance(), layer, group, order)
 
 
 def _style_on_load(context, output: str, style: QgsProcessingLayerPostProcessorInterface) -> None:
@@ -427,11 +475,20 @@ class SimilarPlaces(_LocationAlgorithm):
             "between the point's location vector and each cell centre's, and the places of GeoCLIP's 100K "
             "GPS gallery (positions of training photos) most like it, best first. Gallery places closer to "
             "the point than the exclusion radius are left out, so the list is not the point's own "
-            "neighbourhood; a separation keeps one place per neighbourhood in the list."
+            "neighbourhood; a separation keeps one place per neighbourhood in the list.\n\n"
+            "The point is x, y: longitude first, then latitude (e.g. 2.3522,48.8566 [EPSG:4326] for Paris), "
+            "in the CRS named in brackets, else in the project's CRS; picking it on the map fills it in. "
+            "(The command line's `geoclip-qgis similar` takes latitude first.) The raster is drawn "
+            "semi-transparent, fading out where places are least alike, and both outputs go in a group "
+            "of their own at the top of the layer tree."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
-        self.addParameter(QgsProcessingParameterPoint("POINT", "Point"))
+        self.addParameter(
+            QgsProcessingParameterPoint(
+                "POINT", "Point (x, y = lon, lat, e.g. 2.35,48.86 [EPSG:4326]; or pick it on the map)"
+            )
+        )
         self.addParameter(
             QgsProcessingParameterNumber(
                 "TOP", "Gallery places to list", QgsProcessingParameterNumber.Type.Integer, 20, False, 1, 10000
@@ -502,9 +559,12 @@ class SimilarPlaces(_LocationAlgorithm):
             sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
         peak_lat, peak_lon, peak = found.peak
         feedback.pushInfo(
-            f"point {found.lat:.5f}, {found.lon:.5f}; most similar cell {peak:.4f} at "
-            f"{peak_lat:.4f}, {peak_lon:.4f}; {len(found.places)} gallery places listed, none within "
+            f"point lat {found.lat:.5f}, lon {found.lon:.5f}; most similar cell {peak:.4f} at lat "
+            f"{peak_lat:.4f}, lon {peak_lon:.4f}; {len(found.places)} gallery places listed, none within "
             f"{found.exclude_km:g} km of the point"
         )
-        _style_on_load(context, output, _SimilarityStyle())
+        group = similar_group(found.lat, found.lon)
+        _style_on_load(context, output, _SimilarityStyle(group))
+        if places:
+            _style_on_load(context, places, _PlaceApart(group, 0))
         return {"OUTPUT": output, "PLACES": places, "PEAK_SIMILARITY": peak}
