@@ -51,6 +51,8 @@ class Area:
         EPSG:4326. A file with several polygon layers needs ``layer`` to say which."""
         from osgeo import ogr, osr
 
+        from .polygons import to_wgs84
+
         source = ogr.Open(os.fspath(path))
         if source is None:
             raise GeoCLIPError(f"cannot open area file {path}")
@@ -81,10 +83,7 @@ class Area:
             geometry = feature.GetGeometryRef()
             if geometry is None:
                 continue
-            geometry = geometry.Clone()
-            if transform is not None:
-                geometry.Transform(transform)
-            union = union.Union(geometry)
+            union = union.Union(to_wgs84(geometry.Clone(), transform, f"area file {path}: feature {feature.GetFID()}"))
         if union.IsEmpty():
             raise GeoCLIPError(f"layer {chosen.GetName()} of area file {path} holds no polygons")
         label = os.path.basename(os.fspath(path)) + (f" ({chosen.GetName()})" if len(layers) > 1 else "")

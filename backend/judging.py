@@ -118,6 +118,8 @@ def read_polygons(
     without a polygon are left out."""
     from osgeo import ogr, osr
 
+    from .polygons import to_wgs84
+
     source = ogr.Open(os.fspath(path))
     if source is None:
         raise GeoCLIPError(f"cannot open {path} as a vector file")
@@ -158,8 +160,7 @@ def read_polygons(
         geometry = geometry.GetLinearGeometry() if geometry.HasCurveGeometry() else geometry.Clone()
         if ogr.GT_Flatten(geometry.GetGeometryType()) not in (ogr.wkbPolygon, ogr.wkbMultiPolygon):
             continue
-        if transform is not None and geometry.Transform(transform) != 0:
-            raise GeoCLIPError(f"{path}: feature {feature.GetFID()} cannot be reprojected to EPSG:4326")
+        to_wgs84(geometry, transform, f"{path}: feature {feature.GetFID()}")
         geometry.FlattenTo2D()
         wkts.append(geometry.ExportToWkt())
         named = feature.GetField(name_index) if name_index >= 0 and feature.IsFieldSetAndNotNull(name_index) else None

@@ -55,6 +55,63 @@ class InvalidPolygonError(GeoCLIPError):
 # ------------------------------------------------------------------------------------- geometries
 
 
+def to_wgs84(geometry, transform, what: str):
+    """``geometry`` reprojected to EPSG:4326 (lon/lat) by ``transform`` (None: it is already), checked to
+    lie on the Earth. A polygon beyond its coordinate system's domain (an EPSG:3857 square 10^12 m wide)
+    reprojects to longitudes of millions of degrees, which would silently hold a share of the gallery: it is
+    a named error instead."""
+    original = geometry.GetEnvelope()
+    if transform is not None and geometry.Transform(transform) != 0:
+        raise GeoCLIPError(f"{what} cannot be reprojected to EPSG:4326")
+    if transform is not None:  # PROJ wraps what lies beyond the domain: going back shows it
+        back = geometry.Clone()
+        ok = back.Transform(transform.GetInverse()) == 0
+        scale = max(1.0, *(abs(v) for v in original))
+        if not ok or np.abs(np.subtract(back.GetEnvelope(), original)).max() > 1e-6 * scale:
+            raise GeoCLIPError(
+                f"{what} reaches beyond its coordinate system's valid area (its corners do not come back from "
+                "longitude/latitude where they were): clip it to that area first"
+            )
+    west, east, south, north = geometry.GetEnvelope()
+    bounds = np.array([west, east, south, north], dtype=np.float64)
+    slack = 1e-6  # rounding of a reprojected world outline
+    if (
+        not np.isfinite(bounds).all()
+        or west < -180 - slack
+        or east > 180 + slack
+        or south < -90 - slack
+        or north > 90 + slack
+    ):
+        raise GeoCLIPError(
+            f"{what} lies outside the Earth once reprojected to longitude/latitude (west {west:.6g}, east "
+            f"{east:.6g}, south {south:.6g}, north {north:.6g}): it reaches beyond its coordinate system's "
+            "valid area; clip it to that area first"
+        )
+    return geometry
+
+
+def wkt_to_wgs84(wkt: str, crs_wkt: str, what: str) -> str:
+    """A polygon's WKT in the coordinate system ``crs_wkt`` (WKT or any definition OSR reads; empty:
+    EPSG:4326 already) as EPSG:4326 lon/lat WKT, checked by :func:`to_wgs84`: the one reprojection rule
+    for polygons that come from QGIS layers too."""
+    from osgeo import ogr, osr
+
+    geometry = ogr.CreateGeometryFromWkt(wkt)
+    if geometry is None:
+        raise GeoCLIPError(f"{what} is not a geometry")
+    transform = None
+    if crs_wkt:
+        source, wgs84 = osr.SpatialReference(), osr.SpatialReference()
+        if source.SetFromUserInput(crs_wkt) != 0:
+            raise GeoCLIPError(f"{what}: its coordinate system cannot be read")
+        wgs84.ImportFromEPSG(4326)
+        for crs in (source, wgs84):
+            crs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        if not source.IsSame(wgs84):
+            transform = osr.CoordinateTransformation(source, wgs84)
+    return to_wgs84(geometry, transform, what).ExportToWkt()
+
+
 def polygon_parts(polygon, name: str = "polygon") -> list:
     """The polygons of a (multi)polygon (WKT or OGR geometry, lon/lat), valid, 2-D, as OGR geometries.
 

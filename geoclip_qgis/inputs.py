@@ -28,16 +28,23 @@ def area_from_extent(extent, crs, transform_context=None, label: str = "map exte
     return Area(f"{label} {west:.3f},{south:.3f},{east:.3f},{north:.3f}", area.bbox)
 
 
-def area_from_polygons(features, crs, name: str, transform_context=None):
-    """The union of the features' polygons, reprojected to EPSG:4326."""
+def area_from_polygons(features, crs, name: str):
+    """The union of the features' polygons, reprojected to EPSG:4326 by the engine's rule (a polygon
+    beyond its coordinate system's valid area is refused, not wrapped)."""
     from .backend.area import Area
 
     geometries = [f.geometry() for f in features if f.hasGeometry()]
     if not geometries:
         raise InputError(f"{name} has no polygons to use as the area of interest")
+    from .backend.errors import GeoCLIPError
+    from .backend.polygons import wkt_to_wgs84
+
     union = QgsGeometry.unaryUnion(geometries)
-    union.transform(QgsCoordinateTransform(crs, WGS84, transform_context or QgsProject.instance().transformContext()))
-    return Area.from_wkt(union.asWkt(), label=f"{name} ({len(geometries)} polygons)")
+    try:  # the engine's rule: reprojected, and checked to lie on the Earth
+        wkt = wkt_to_wgs84(union.asWkt(), crs.toWkt(), name)
+    except GeoCLIPError as exc:
+        raise InputError(str(exc)) from None
+    return Area.from_wkt(wkt, label=f"{name} ({len(geometries)} polygons)")
 
 
 def guess_photo_field(fields) -> str:

@@ -346,3 +346,24 @@ def test_how_likely_here_algorithm(qgis_processing, run_gpkg, tiny_clip, kauai_p
         assert row["photo"] == str(kauai_png)
         for column in judging.LIKELY_COLUMNS:
             assert float(row[column]) == pytest.approx(mine[row["id"]][column], rel=1e-6, abs=1e-12), column
+
+
+@pytest.mark.qgis
+def test_a_region_beyond_its_coordinate_system_is_refused_by_name(qgis_processing, run_gpkg):
+    """An EPSG:3857 square 10^12 m wide would wrap into a band of the world and take a share of the
+    gallery; Processing refuses it by the engine's rule instead."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsProcessingException, QgsVectorLayer
+
+    layer = QgsVectorLayer("Polygon?crs=EPSG:3857&field=name:string", "received", "memory")
+    feature = QgsFeature(layer.fields())
+    feature.setAttributes(["huge"])
+    feature.setGeometry(QgsGeometry.fromWkt(box_wkt(-5e11, -5e11, 5e11, 5e11)))
+    layer.dataProvider().addFeatures([feature])
+    context, feedback = context_and_feedback()
+    with pytest.raises(QgsProcessingException, match="beyond its coordinate system's valid area"):
+        qgis_processing.run(
+            "geoclip:probability_by_region",
+            {"RUN": str(run_gpkg), "REGIONS": layer, "OUTPUT": "memory:"},
+            context=context,
+            feedback=feedback,
+        )

@@ -250,3 +250,37 @@ def test_world_map_countries_for_the_whole_gallery(gallery):
         expected = np.zeros(len(sample), dtype=bool)
         expected[maybe] = reference(lat[maybe], lon[maybe], geometry)
         np.testing.assert_array_equal(np.isin(sample, members), expected, err_msg=name)
+
+
+def _mercator_square(path, half_side_m: float):
+    from osgeo import ogr, osr
+
+    crs = osr.SpatialReference()
+    crs.ImportFromEPSG(3857)
+    source = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = source.CreateLayer("zones", crs, ogr.wkbPolygon)
+    feature = ogr.Feature(layer.GetLayerDefn())
+    h = half_side_m
+    feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({-h} {-h},{h} {-h},{h} {h},{-h} {h},{-h} {-h}))"))
+    layer.CreateFeature(feature)
+    source = None
+    return path
+
+
+def test_a_polygon_beyond_its_coordinate_system_is_a_named_error(tmp_path):
+    """An EPSG:3857 square 10^12 m wide reprojects to longitudes of millions of degrees: refused by name,
+    not silently given a share of the gallery. One inside the projection's domain reads as usual."""
+    from geoclip_qgis.backend.area import Area
+    from geoclip_qgis.backend.errors import GeoCLIPError
+    from geoclip_qgis.backend.judging import read_polygons
+
+    huge = _mercator_square(tmp_path / "huge.gpkg", 5e11)
+    with pytest.raises(GeoCLIPError, match="beyond its coordinate system's valid area"):
+        read_polygons(huge)
+    with pytest.raises(GeoCLIPError, match="beyond its coordinate system's valid area"):
+        Area.from_file(huge)
+    wkts, _ = read_polygons(_mercator_square(tmp_path / "fine.gpkg", 1e6))
+    from osgeo import ogr
+
+    west, east, south, north = ogr.CreateGeometryFromWkt(wkts[0]).GetEnvelope()
+    assert -9 < west < -8.9 and 8.9 < east < 9 and -9 < south < -8.9 and 8.9 < north < 9

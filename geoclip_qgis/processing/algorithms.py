@@ -160,12 +160,7 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
         try:
             if parameters.get("AREA_LAYER"):
                 source = self.parameterAsSource(parameters, "AREA_LAYER", context)
-                return area_from_polygons(
-                    source.getFeatures(),
-                    source.sourceCrs(),
-                    source.sourceName() or "polygons",
-                    context.transformContext(),
-                )
+                return area_from_polygons(source.getFeatures(), source.sourceCrs(), source.sourceName() or "polygons")
             if parameters.get("AREA"):
                 crs = self.parameterAsExtentCrs(parameters, "AREA", context)
                 extent = self.parameterAsExtent(parameters, "AREA", context)

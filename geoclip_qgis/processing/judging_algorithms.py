@@ -14,7 +14,6 @@ import re
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
-    QgsCsException,
     QgsFeature,
     QgsFeatureSink,
     QgsField,
@@ -81,11 +80,13 @@ def _wgs84(geometry: QgsGeometry, transform: QgsCoordinateTransform, what: str) 
         copy.convertToStraightSegment()
     copy.get().dropZValue()
     copy.get().dropMValue()
-    try:
-        copy.transform(transform)
-    except QgsCsException:
-        raise QgsProcessingException(f"{what} cannot be reprojected to EPSG:4326") from None
-    return copy
+    from ..backend.errors import GeoCLIPError
+    from ..backend.polygons import wkt_to_wgs84
+
+    try:  # the engine's rule: reprojected, and checked to lie on the Earth
+        return QgsGeometry.fromWkt(wkt_to_wgs84(copy.asWkt(), transform.sourceCrs().toWkt(), what))
+    except GeoCLIPError as exc:
+        raise QgsProcessingException(str(exc)) from None
 
 
 def _engine():
