@@ -56,7 +56,7 @@ from qgis.PyQt.QtWidgets import (
 from . import deps
 from .inputs import InputError, area_from_extent, area_from_polygons, guess_photo_field, photo_paths
 from .layers import add_run, run_title
-from .plain_text import tooltip
+from .plain_text import as_html, bar_text, show_message, tooltip
 from .session import load_dock_settings, load_settings, runs_folder, save_dock_settings, save_settings
 from .tasks import LOG_TAG, GeolocateTask, cancelled_text
 
@@ -591,7 +591,7 @@ class GeoCLIPDock(QgsDockWidget):
             self.state = current_state()
         except Exception as exc:
             self.state = None
-            self.model_label.setText(f"<b style='color:#b00'>✘ The weights could not be checked: {exc}</b>")
+            self.model_label.setText(f"<b style='color:#b00'>✘ The weights could not be checked: {as_html(exc)}</b>")
             self._update_run_state()
             return
         blocking = [p for p in self.state["problems"] if "photos" in p["blocks"]]
@@ -844,7 +844,8 @@ class GeoCLIPDock(QgsDockWidget):
             self._continue_output, self._continue_paths = self._last_output, self.paths()
             self.output.setFilePath(self._last_output)
             self._say(f"{line}, in {Path(self._last_output).name}. Press Run to continue it.")
-            bar.pushMessage("GeoCLIP", f"{line} in {Path(self._last_output).name}", Qgis.MessageLevel.Warning, 10)
+            where = bar_text(Path(self._last_output).name)
+            bar.pushMessage("GeoCLIP", f"{line} in {where}", Qgis.MessageLevel.Warning, 10)
         else:
             self._continue_output = ""
             self.progress.setRange(0, 100)
@@ -895,9 +896,9 @@ class GeoCLIPDock(QgsDockWidget):
         short = re.split(r"(?<=[.:])\s", error.strip(), maxsplit=1)[0].rstrip(":")
         bar = self.iface.messageBar()
         self._clear_error()
-        item = bar.createMessage("GeoCLIP", short)
+        item = bar.createMessage("GeoCLIP", bar_text(short))
         details = QPushButton("Details")
-        details.clicked.connect(lambda: QMessageBox.warning(self, "GeoCLIP: the run failed", full))
+        details.clicked.connect(lambda: show_message(self, "GeoCLIP: the run failed", full, warning=True))
         item.layout().addWidget(details)
         if self.model_problem is not None or result.detail != result.error:
             fix = QPushButton("Models…")

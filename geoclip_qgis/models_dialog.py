@@ -37,6 +37,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import deps, diagnostics
+from .plain_text import show_message
 from .session import EngineSettings, dialog_folder, drop_engines, load_settings, save_settings
 
 LOG_TAG = "GeoCLIP"
@@ -479,7 +480,7 @@ class ModelsDialog(QDialog):
         try:
             imported = bundles.import_models(path)
         except Exception as exc:
-            QMessageBox.warning(self, "GeoCLIP", str(exc))
+            show_message(self, "GeoCLIP", str(exc), warning=True)
             self.refresh()
             return
         # A folder chosen above that cannot be used would hide what was just imported: use the models folder.
@@ -488,7 +489,7 @@ class ModelsDialog(QDialog):
         if self.heads.filePath() and weights.heads_problem(Path(self.heads.filePath())):
             self.heads.setFilePath("")
         save_settings(self.chosen())
-        QMessageBox.information(self, "GeoCLIP", weights.imported_message(imported))
+        show_message(self, "GeoCLIP", weights.imported_message(imported))
         self.refresh()
 
     def install_heads(self) -> None:
@@ -518,9 +519,9 @@ class ModelsDialog(QDialog):
         if path:
             try:
                 bundles.export_bundle(path, self.heads.filePath() or None, self.clip.filePath() or None)
-                QMessageBox.information(self, "GeoCLIP", f"Wrote {path}")
+                show_message(self, "GeoCLIP", f"Wrote {path}")
             except Exception as exc:
-                QMessageBox.warning(self, "GeoCLIP", str(exc))
+                show_message(self, "GeoCLIP", str(exc), warning=True)
 
     def clear_caches(self) -> None:
         from .backend.cache import cache_dir, clear_caches
@@ -577,10 +578,10 @@ class ModelsDialog(QDialog):
         def stopped():
             if task.cancelled or not task.error:  # cancelled while running, or before it started
                 text = task.error or "download cancelled"
-                QMessageBox.information(self, "GeoCLIP", text[:1].upper() + text[1:])
+                show_message(self, "GeoCLIP", text[:1].upper() + text[1:])
             else:
                 QgsMessageLog.logMessage(f"CLIP backbone download failed: {task.error}", LOG_TAG)
-                QMessageBox.warning(self, "GeoCLIP", f"The download failed: {task.error}")
+                show_message(self, "GeoCLIP", f"The download failed: {task.error}", warning=True)
 
         task.taskTerminated.connect(stopped)
         QgsApplication.taskManager().addTask(task)

@@ -550,7 +550,9 @@ class ResultsPanel(QgsDockWidget):
         try:
             made = export_case_report(self.gpkg, stored.photo, path)
         except (ReportError, OSError) as exc:
-            self.iface.messageBar().pushWarning("GeoCLIP", f"No report: {exc}")
+            self.iface.messageBar().pushWarning("GeoCLIP", f"No report: {as_html(exc)}")
             return None
-        self.iface.messageBar().pushSuccess("GeoCLIP", f"Report written: {made[0]} and {made[1].name}")
+        self.iface.messageBar().pushSuccess(
+            "GeoCLIP", f"Report written: {as_html(made[0])} and {as_html(made[1].name)}"
+        )
         return made

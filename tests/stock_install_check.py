@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # qgis_support (QGIS only)
 
 from qgis.core import QgsApplication, QgsProject  # noqa: E402
 from qgis.PyQt.QtCore import QTimer  # noqa: E402
-from qgis.PyQt.QtWidgets import QApplication, QMessageBox  # noqa: E402
+from qgis.PyQt.QtWidgets import QApplication  # noqa: E402
 from qgis_support import StandInInterface, qgis_app, wait_for  # noqa: E402
 
 qgis_app()
@@ -25,7 +25,6 @@ from geoclip_qgis import deps  # noqa: E402
 
 report = {"steps": []}
 said = []
-QMessageBox.information = lambda parent, title, text, *rest: said.append(text)  # the "Imported …" notice
 
 
 def step(name, **facts):
@@ -94,6 +93,9 @@ step(
 
 
 def import_clip(dialog):
+    from geoclip_qgis import models_dialog
+
+    models_dialog.show_message = lambda parent, title, text, warning=False: said.append(text)  # "Imported …"
     dialog._import(clip)  # what Import folder… does with the folder chosen
     dialog.save()
 

@@ -441,12 +441,18 @@ def test_the_dialog_button_uses_qgis_proxy_reports_a_cancel_and_resumes(hub, qgi
     from qgis.PyQt.QtWidgets import QMessageBox
     from qgis_support import wait_for
 
+    from geoclip_qgis import models_dialog
     from geoclip_qgis.models_dialog import ModelsDialog
 
     said = []
     monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.StandardButton.Yes)
     monkeypatch.setattr(QMessageBox, "information", lambda parent, title, text: said.append(("info", text)))
     monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text: said.append(("warning", text)))
+    monkeypatch.setattr(  # boxes that quote errors show them as plain text
+        models_dialog,
+        "show_message",
+        lambda parent, title, text, warning=False: said.append(("warning" if warning else "info", text)),
+    )
     monkeypatch.setenv("HF_ENDPOINT", "http://hub.invalid")  # reachable only through QGIS's proxy
     qgis_proxy(proxyEnabled=True, proxyType="HttpProxy", proxyHost="127.0.0.1", proxyPort=hub.server_address[1])
     chosen_clip = QgsSettings().value("geoclip_qgis/clip", "")

@@ -1042,3 +1042,24 @@ def test_a_photo_named_like_markup_stays_text_in_the_map_tip(plugin):
     tip = QgsExpression.replaceExpressionText(MAP_TIP, context)
     assert tip.count("<img") == 1 and "onerror" not in tip.split("<img")[1].split('"')[2]  # only our own tag
     assert "&lt;img src=x onerror=fetch(&#39;//attacker.example&#39;)&gt;&quot;&#39;.png" in tip
+
+
+def test_message_boxes_and_the_bar_quote_errors_as_text(plugin):
+    """Errors quote file names and what received files hold: a message box shows them as plain text, the
+    message bar (HTML) gets them escaped."""
+    from qgis.PyQt.QtCore import Qt, QTimer
+    from qgis.PyQt.QtWidgets import QApplication
+
+    from geoclip_qgis.plain_text import bar_text, show_message
+
+    seen = []
+
+    def look():
+        box = QApplication.activeModalWidget()
+        seen.append((box.textFormat(), box.text()))
+        box.accept()
+
+    QTimer.singleShot(100, look)
+    show_message(None, "GeoCLIP", "cannot read <img src=x onerror=alert(1)>.jpg", warning=True)
+    assert seen == [(Qt.TextFormat.PlainText, "cannot read <img src=x onerror=alert(1)>.jpg")]
+    assert bar_text("<a href='x'>run</a>.gpkg") == "&lt;a href='x'&gt;run&lt;/a&gt;.gpkg"
