@@ -14,6 +14,7 @@ import argparse
 import csv
 import sys
 
+from .csv_safety import csv_row
 from .errors import GeoCLIPError
 
 LOCATION_COMMANDS = ("embed", "embedmap", "similar")
@@ -256,7 +257,7 @@ def _run_similar(args, progress) -> int:
         )
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(PLACE_COLUMNS)
-    writer.writerows(found.csv_rows())
+    writer.writerows(csv_row(row) for row in found.csv_rows())  # the product's one CSV formula rule
     return 0
 
 

@@ -412,3 +412,26 @@ def test_report_overwrites_neither_its_input_nor_a_file_it_did_not_make(run_gpkg
     again = cli("report", gpkg, "--out", ours, "--title", "second")
     assert again.returncode == 0 and "second" in ours.read_text(encoding="utf-8")  # its own report: replaced
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_every_csv_row_the_product_writes_goes_through_the_rule():
+    """A scan of the engine's sources: each CSV row written is a fixed header, numbers it formats
+    itself, or passes through csv_row / csv_cell."""
+    import re
+    from pathlib import Path
+
+    backend = Path(__file__).resolve().parents[1] / "backend"
+    unruled = []
+    for source in backend.glob("*.py"):
+        lines = source.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if re.search(r"\.writerows?\(", line):
+                call = " ".join(lines[number : number + 4])
+                fixed = re.search(r"writerows?\((header|[A-Z_]+_COLUMNS|\[\"LAT\", \"LON\"\])\)", call)
+                if not (
+                    fixed
+                    or any(rule in call for rule in ("csv_row", "csv_cell", "_csv_value"))
+                    or 'f"{lat:.6f}"' in call
+                ):
+                    unruled.append(f"{source.name}:{number + 1}: {line.strip()}")
+    assert unruled == []
