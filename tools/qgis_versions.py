@@ -850,14 +850,14 @@ apt-cache $O policy python3-pyqt6 | head -3
 
 # The dependency installer as a user of this QGIS meets it: QGIS's own Python (no venv) lacks transformers;
 # the plugin's installer puts the packages into the folder the plugin owns, held to QGIS's NumPy by a
-# constraints file; afterwards QGIS's GDAL and NumPy still import as before, and a fresh process (QGIS
-# restarted) answers a photo. Then the same offline: a folder of wheels, installed with no network at all.
+# constraints file, with GeoCLIP's heads; afterwards QGIS's GDAL and NumPy still import as before, and a fresh
+# process answers a photo with those heads. Then the same offline: a folder of wheels, installed with no network at all.
 INSTALLER_SCRIPT = r"""
 set -e
 PY=/usr/bin/python3
 P=/tmp/plugins; T=/tmp/profile/geoclip_qgis/python; W=/tmp/wheels
 mkdir -p $P && cp -r /work/main/geoclip_qgis $P/ && cp -r /work/main/backend $P/geoclip_qgis/backend
-HEADS=$(ls -d /opt/geoclip-qgis/.venv/lib/python3*/site-packages/geoclip/model)
+HEADS=$T/geoclip/model  # GeoCLIP's heads as the installer brings them (the release wheel, hash-checked)
 if $PY -c "import transformers" 2>/dev/null; then echo "INSTALLER: transformers is already in QGIS's Python"; exit 3; fi
 BEFORE=$($PY -c "import numpy, osgeo.gdal; print(numpy.__version__, numpy.__file__, osgeo.gdal.__version__)")
 echo "QGIS's Python $($PY -c 'import sys; print(sys.version.split()[0])'): NumPy and GDAL: $BEFORE"
