@@ -13,66 +13,20 @@ $GEOCLIP_E2E_DIR: ``<stage>.ready`` when the screen shows it, ``<stage>.done`` o
 7. quit: a long run, then Quit: QGIS asks once, the run stops, QGIS quits.
 """
 
-import faulthandler
 import json
 import os
+import sys
 import time
-from pathlib import Path
 
-from qgis.core import Qgis, QgsApplication, QgsProject, QgsRectangle
+from qgis.core import QgsApplication, QgsProject, QgsRectangle
 from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtWidgets import QApplication, QDockWidget, QMessageBox
 from qgis.utils import iface
 
-E2E = Path(os.environ["GEOCLIP_E2E_DIR"])
-WIDTH, HEIGHT = (int(v) for v in os.environ.get("GEOCLIP_E2E_SCREEN", "1366x768").split("x"))
-report = {"messages": [], "stages": [], "quit_boxes": []}
-_faults = open(E2E / "faults.log", "w")
-faulthandler.enable(_faults)
-_keep = []
+sys.path.insert(0, os.environ["GEOCLIP_E2E_TESTS"])  # desktop_stages, shared with the other script
+from desktop_stages import E2E, HEIGHT, WIDTH, dock, kept, later, plugin, poll, report, save, stage
 
-
-def log_message(message, tag, level):
-    if level >= Qgis.MessageLevel.Warning or "error" in tag.lower():
-        report["messages"].append(f"{tag}: {message}")
-
-
-def save():
-    (E2E / "report.json").write_text(json.dumps(report, indent=2, default=str))
-
-
-def later(ms, then):
-    QTimer.singleShot(ms, then)
-
-
-def poll(condition, then, every=200):
-    def check():
-        if condition():
-            timer.stop()
-            then()
-
-    timer = QTimer()
-    timer.timeout.connect(check)
-    timer.start(every)
-    _keep.append(timer)
-
-
-def stage(name, then):
-    """The screen shows this stage: let the test photograph it, then go on."""
-    report["stages"].append(name)
-    save()
-    (E2E / f"{name}.ready").write_text(name)
-    poll(lambda: (E2E / f"{name}.done").exists(), then)
-
-
-def plugin():
-    import qgis.utils
-
-    return qgis.utils.plugins.get("geoclip_qgis")
-
-
-def dock():
-    return plugin().dock
+report["quit_boxes"] = []
 
 
 def bar_texts():
@@ -311,7 +265,7 @@ def press_quit():
     watcher = QTimer()
     watcher.timeout.connect(answer_boxes)
     watcher.start(250)
-    _keep.append(watcher)
+    kept.append(watcher)
     iface.actionExit().trigger()  # Project → Exit QGIS (Ctrl+Q)
 
 
@@ -331,5 +285,4 @@ def quitting():
     save()
 
 
-QgsApplication.messageLog().messageReceived.connect(log_message)
 iface.initializationCompleted.connect(lambda: QTimer.singleShot(1000, start))

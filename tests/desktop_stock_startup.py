@@ -10,66 +10,17 @@ photographs (``<stage>.ready`` when the screen shows it, ``<stage>.done`` once p
 Then QGIS quits.
 """
 
-import faulthandler
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
-from qgis.core import Qgis, QgsApplication, QgsProject
+from qgis.core import QgsApplication, QgsProject
 from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtWidgets import QApplication, QMessageBox
 from qgis.utils import iface
 
-E2E = Path(os.environ["GEOCLIP_E2E_DIR"])
-WIDTH, HEIGHT = (int(v) for v in os.environ.get("GEOCLIP_E2E_SCREEN", "1366x768").split("x"))
-report = {"messages": [], "stages": []}
-_faults = open(E2E / "faults.log", "w")
-faulthandler.enable(_faults)
-_keep = []
-
-
-def log_message(message, tag, level):
-    if level >= Qgis.MessageLevel.Warning or "error" in tag.lower():
-        report["messages"].append(f"{tag}: {message}")
-
-
-def save():
-    (E2E / "report.json").write_text(json.dumps(report, indent=2, default=str))
-
-
-def later(ms, then):
-    QTimer.singleShot(ms, then)
-
-
-def poll(condition, then, every=250):
-    def check():
-        if condition():
-            timer.stop()
-            then()
-
-    timer = QTimer()
-    timer.timeout.connect(check)
-    timer.start(every)
-    _keep.append(timer)
-
-
-def stage(name, then):
-    report["stages"].append(name)
-    save()
-    (E2E / f"{name}.ready").write_text(name)
-    poll(lambda: (E2E / f"{name}.done").exists(), then)
-
-
-def plugin():
-    import qgis.utils
-
-    return qgis.utils.plugins.get("geoclip_qgis")
-
-
-def dock():
-    return plugin().dock
+sys.path.insert(0, os.environ["GEOCLIP_E2E_TESTS"])  # desktop_stages, shared with the other script
+from desktop_stages import E2E, HEIGHT, WIDTH, dock, kept, later, plugin, poll, report, save, stage
 
 
 def modal():
@@ -203,7 +154,7 @@ def quit_qgis():
     watcher = QTimer()  # a question about the unsaved project: discard it
     watcher.timeout.connect(answer_boxes)
     watcher.start(250)
-    _keep.append(watcher)
+    kept.append(watcher)
     iface.actionExit().trigger()
 
 
@@ -215,5 +166,4 @@ def answer_boxes():
         (button or box.buttons()[-1]).click()
 
 
-QgsApplication.messageLog().messageReceived.connect(log_message)
 iface.initializationCompleted.connect(lambda: QTimer.singleShot(1000, start))

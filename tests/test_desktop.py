@@ -158,6 +158,7 @@ def test_zip_install_first_hour_and_screenshots(xvfb, tiny_clip, engine, samples
         "PYTHONPATH": site,
         "GEOCLIP_E2E_CLIP": str(tiny_clip),  # not where GeoCLIP looks: the user chooses it in Models…
         "GEOCLIP_E2E_DIR": str(e2e),
+        "GEOCLIP_E2E_TESTS": str(ROOT / "tests"),  # desktop_stages.py for the startup script
         "GEOCLIP_E2E_PHOTOS": json.dumps(photos),
         "GEOCLIP_E2E_MANY": str(many),
         "GEOCLIP_E2E_SCREEN": f"{SCREEN[0]}x{SCREEN[1]}",
@@ -267,6 +268,7 @@ def test_stock_qgis_desktop_from_zip_to_first_answer(
         "HTTP_PROXY": "http://127.0.0.1:9",
         "PIP_NO_INDEX": "1",
         "GEOCLIP_E2E_DIR": str(e2e),
+        "GEOCLIP_E2E_TESTS": str(ROOT / "tests"),  # desktop_stages.py for the startup script
         "GEOCLIP_E2E_WHEELS": str(wheelhouse),
         "GEOCLIP_E2E_CLIP": str(tiny_clip),
         "GEOCLIP_E2E_PHOTOS": str(photos),
