@@ -216,7 +216,12 @@ def log(message: str) -> None:
 
 def makefile_variables() -> dict[str, str]:
     text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"(?m)^([A-Z_]+)\s*[:?]?=\s*(.*)$", text)}
+    found = {m.group(1): m.group(2).strip() for m in re.finditer(r"(?m)^([A-Z_]+)\s*[:?]?=\s*(.*)$", text)}
+    # The release pin lives in the plugin's installer (the Makefile reads it from there with $(shell ...)).
+    release = re.search(r'(?m)^HEADS_RELEASE = "([^"]+)"', (ROOT / "geoclip_qgis" / "deps.py").read_text())
+    if release and found.get("GEOCLIP_RELEASE", "").startswith("$(shell"):
+        found["GEOCLIP_RELEASE"] = release.group(1)
+    return found
 
 
 def wanted_apt() -> list[str]:
