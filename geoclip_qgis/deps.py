@@ -27,7 +27,7 @@ OPTIONAL = {
 # GeoCLIP's trained heads and 100K GPS gallery: the official release wheel (MIT), installed without its
 # dependencies and checked against this sha256 (pip --require-hashes).
 HEADS_RELEASE = "geoclip==1.3.0"
-HEADS_RELEASE_SHA256 = "08a93791166a279d52b95c466a952c75f17f654cc61bdf6ab20355325b564dec"
+HEADS_RELEASE_SHA256 = "08a93791166a279d52b95c466a952c75f17f654cc61bdf6ab20355325b564dec"  # pragma: allowlist secret
 
 
 def plugin_python_dir() -> Path:
