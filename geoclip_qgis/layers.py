@@ -93,7 +93,7 @@ def run_title(items, texts=(), photos: int | None = None) -> str:
 
 def html_escaped(expression: str) -> str:
     """A QGIS expression giving ``expression``'s text escaped for HTML (map tips are HTML, and QGIS 3.22
-    renders them in QtWebKit with JavaScript on: a photo named like markup must stay text)."""
+    renders them in a web view with JavaScript on: a photo named like markup must stay text)."""
     for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"), ("'", "&#39;")):
         expression = f"replace({expression}, '{char.replace(chr(39), chr(39) * 2)}', '{entity}')"
     return expression
