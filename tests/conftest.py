@@ -100,17 +100,17 @@ def photo_dir(tmp_path, skimage_data, kauai_png, samples) -> Path:
 
 
 @pytest.fixture(scope="session")
-def wheelhouse():
-    """What `make wheelhouse` makes for QGIS's Python (/usr/bin/python3), downloaded once: the connected
-    machine's step of an offline install. Fetched again (only what is missing) whenever the requirements,
-    the GeoCLIP release or QGIS's own pinned packages change."""
+def wheelhouse(stock_qgis):
+    """What `make wheelhouse` makes for a stock QGIS's Python (skipped where there is none), downloaded
+    once: the connected machine's step of an offline install. Fetched again (only what is missing)
+    whenever the requirements, the GeoCLIP release or QGIS's own pinned packages change."""
     import json
     import subprocess
 
     from geoclip_qgis import installer
     from geoclip_qgis.deps import HEADS_RELEASE, OPTIONAL, REQUIRED
 
-    python, torch = QGIS_PYTHON, "torch==2.13.0"  # the CPU build this workplace holds
+    python, torch = stock_qgis, "torch==2.13.0"  # the CPU build this workplace holds
     folder = ROOT / ".cache" / "wheelhouse"
     wanted = json.dumps(
         {
@@ -132,7 +132,7 @@ def wheelhouse():
 QGIS_PYTHON = "/usr/bin/python3"  # Debian's QGIS embeds the system Python
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def stock_qgis():
     """QGIS's own Python, as a stock QGIS has it (no torch): else the stock-QGIS tests skip, before any
     wheel is fetched for it."""
