@@ -456,6 +456,7 @@ def test_the_dialog_button_uses_qgis_proxy_reports_a_cancel_and_resumes(hub, qgi
     monkeypatch.setenv("HF_ENDPOINT", "http://hub.invalid")  # reachable only through QGIS's proxy
     qgis_proxy(proxyEnabled=True, proxyType="HttpProxy", proxyHost="127.0.0.1", proxyPort=hub.server_address[1])
     chosen_clip = QgsSettings().value("geoclip_qgis/clip", "")
+    QgsSettings().setValue("geoclip_qgis/clip", "")  # a CLIP folder chosen by an earlier test would be found first
     dialog = ModelsDialog()
     try:
         hub.delay = 0.04
