@@ -369,8 +369,10 @@ def install_heads(
 
 
 def _release_installed(folder: Path) -> bool:
-    weights = folder / "geoclip" / "model" / "weights"
-    return _version("geoclip", folder) is not None and (weights / "location_encoder_weights.pth").is_file()
+    """The GeoCLIP release is in ``folder`` with every file the engine needs (the engine's own rule)."""
+    from .backend.weights import heads_problem
+
+    return _version("geoclip", folder) is not None and heads_problem(folder / "geoclip" / "model") is None
 
 
 def drop_what_qgis_has(folder: Path, constraints: list[str], log: Callable[[str], None] = print) -> None:
