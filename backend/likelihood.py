@@ -2,13 +2,14 @@
 
 For a point (an analyst's hypothesis, or the photo's true position) and one answer's rasters:
 
-- the probability within 1, 25 and 200 km: the cells whose centres lie within that great-circle
-  distance (:func:`.geo.haversine_km`). Cells come from the world raster refined by the local
-  rasters (:func:`.confidence.probability_cells`): where a local raster lies, its 0.01° cells
-  stand in for the world cells, so a 1 km disc is measured in cells smaller than itself (away from
-  local rasters a disc smaller than a world cell may hold no cell centre, and so no probability);
-- the density (probability per km²) at the point, relative to the best place's density
-  (1 = as likely as anywhere; a ratio of 0.01 is a hundred times less likely per km²);
+- the probability within 1, 25 and 200 km: the answer's density integrated over the disc of that
+  great-circle radius (:func:`.geo.haversine_km`). Cells (the world raster refined by the local
+  rasters, :func:`.confidence.probability_cells`, each an integral) wholly inside count whole; of a
+  cell on the disc's edge only the part inside counts — integrated with the model itself when the cell
+  is large against the disc (a 1 km disc inside a 25 km cell), else by the share of its area inside;
+- the density (probability per km²) of the refined cell holding the point, relative to the densest
+  cell's (the same array of densities the confidence areas are cut from, so the densest cell is 1)
+  (a ratio of 0.01 is a hundred times less likely per km²);
 - the rank of the point's world cell among all world cells by density (1 = the most probable) and
   the number of cells ranked;
 - the credible level: the share of probability in cells at least as dense as the point's, i.e.
@@ -18,12 +19,12 @@ For a point (an analyst's hypothesis, or the photo's true position) and one answ
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .confidence import Cells, cell_areas_km2, probability_cells
+from .confidence import WORLD, Cells, cell_areas_km2, probability_cells
 from .geo import EARTH_RADIUS_KM, haversine_km
 from .rasters import Raster
 
@@ -71,60 +72,132 @@ def _cell_of(raster: Raster, lat: float, lon: float) -> tuple[int, int] | None:
     return None
 
 
-def _density_at(raster: Raster, cell: tuple[int, int]) -> float:
-    value = float(raster.values[cell])
-    if not math.isfinite(value):
-        return 0.0
-    return value / float(cell_areas_km2(raster.north - cell[0] * raster.cell, raster.cell, 1)[0])
+# A cell on a disc's edge and larger than 1/DISC_CELLS of its radius is integrated with the model itself
+# over the part inside, where the model is at hand: one value per cell cannot say where in it the
+# probability lies.
+DISC_CELLS = 5
+CELL_SPLIT = 16  # the part of a cell within a disc's bounding box is split 16 × 16 to find its share inside
 
 
 class LikelihoodMap:
-    """One answer's rasters, prepared once for asking about many points."""
+    """One answer's rasters, prepared once for asking about many points.
 
-    def __init__(self, world: Raster, local: Sequence[Raster] = (), radii_km: Sequence[float] = RADII_KM):
+    ``density``: the answer's model density (probability per km² at (P, 2) lat, lon, normalised as the
+    rasters are), when at hand: small discs are then integrated with it. Without it every disc is
+    measured in cells, each cell on its edge counted by the share of its area inside.
+    """
+
+    def __init__(
+        self,
+        world: Raster,
+        local: Sequence[Raster] = (),
+        radii_km: Sequence[float] = RADII_KM,
+        density: Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
         self.world = world
         self.radii = tuple(float(r) for r in radii_km)
+        self.model_density = density
         self.cells: Cells = probability_cells(world, local)
         self.total = self.cells.total
-        density = self.cells.density
-        self.best_density = float(density.max()) if density.size else 0.0
+        density_of = self.cells.density  # the one density per cell every figure below reads
+        self.best_density = float(density_of.max()) if density_of.size else 0.0
         # refined cells by density, ascending, with the probability at least as dense as each
-        order = np.argsort(density, kind="stable")
-        self._dense_sorted = density[order]
+        order = np.argsort(density_of, kind="stable")
+        self._dense_sorted = density_of[order]
         self._mass_at_least = np.cumsum(self.cells.probability[order][::-1])[::-1]
+        # where each raster's cells are in the refined set (-1: replaced by a local raster, or no data)
+        self._index = [np.full(r.values.shape, -1, dtype=np.int64) for r in self.cells.rasters]
+        for source, index in enumerate(self._index):
+            mine = np.flatnonzero(self.cells.source == (WORLD if source == 0 else source - 1))
+            index[self.cells.row[mine], self.cells.col[mine]] = mine
+        self._size_deg = np.array([r.cell for r in self.cells.rasters])
+        self._size_km = np.radians(self._size_deg) * EARTH_RADIUS_KM
         world_density = world.values / cell_areas_km2(world.north, world.cell, world.rows)[:, None]
-        world_density = world_density[np.isfinite(world_density)]
-        self._world_sorted = np.sort(world_density)
+        self._world_density = np.where(np.isfinite(world_density), world_density, 0.0)
+        self._world_sorted = np.sort(world_density[np.isfinite(world_density)])
+
+    def _refined_cell(self, lat: float, lon: float) -> int | None:
+        """The point's cell in the refined set: the first local raster holding it (as
+        :func:`.confidence.probability_cells` picks), else the world raster's; None outside the area."""
+        for raster, index in zip(self.cells.rasters[1:], self._index[1:]):
+            cell = _cell_of(raster, lat, lon)
+            if cell is not None and index[cell] >= 0:
+                return int(index[cell])
+        cell = _cell_of(self.world, lat, lon)
+        return int(self._index[0][cell]) if cell is not None and self._index[0][cell] >= 0 else None
 
     def _masses(self, lat: float, lon: float) -> dict[float, float]:
         if not self.radii:
             return {}
-        reach = math.degrees(max(self.radii) / EARTH_RADIUS_KM)
-        near = np.flatnonzero(np.abs(self.cells.lat - lat) <= reach + 1e-9)  # a latitude band first
-        distance = haversine_km(lat, lon, self.cells.lat[near], self.cells.lon[near])
-        probability = self.cells.probability[near]
-        return {radius: float(probability[distance <= radius].sum() / self.total) for radius in self.radii}
+        cells = self.cells
+        reach = math.degrees(max(self.radii) / EARTH_RADIUS_KM) + max(r.cell for r in cells.rasters)
+        near = np.flatnonzero(np.abs(cells.lat - lat) <= reach)  # a latitude band first
+        distance = haversine_km(lat, lon, cells.lat[near], cells.lon[near])
+        return {radius: self._within(lat, lon, radius, near, distance) for radius in self.radii}
 
-    def _refined_density(self, lat: float, lon: float) -> float:
-        """Density of the cell that the refined cell set has at the point: the first local raster
-        holding it (as :func:`.confidence.probability_cells` picks), else the world raster."""
-        for raster in self.cells.rasters[1:]:
-            cell = _cell_of(raster, lat, lon)
-            if cell is not None:
-                return _density_at(raster, cell)
-        cell = _cell_of(self.world, lat, lon)
-        return _density_at(self.world, cell) if cell is not None else 0.0
+    def _within(self, lat: float, lon: float, radius: float, near: np.ndarray, distance: np.ndarray) -> float:
+        """The probability within ``radius`` km: cells wholly inside count whole (each is an integral); a
+        cell on the edge counts the part of it inside — with the model over that part when the cell is
+        large against the disc, else by the share of its area inside."""
+        cells = self.cells
+        size_km = self._size_km[cells.source[near] + 1]
+        half_diagonal = size_km * 0.75  # a little over √2/2: never calls an edge cell wholly in or out
+        inside = near[distance + half_diagonal <= radius]
+        on_edge = np.abs(distance - radius) < half_diagonal
+        edge = near[on_edge]
+        held = float(cells.probability[inside].sum()) / self.total
+        if not edge.size:
+            return held
+        share, points, km2 = self._parts_inside(lat, lon, radius, edge)
+        coarse = size_km[on_edge] * DISC_CELLS > radius if self.model_density is not None else np.zeros(edge.size, bool)
+        held += float((cells.probability[edge[~coarse]] * share[~coarse]).sum()) / self.total
+        if coarse.any():
+            picked = points[coarse].reshape(-1, 2)
+            weights = km2[coarse].reshape(-1)
+            held += float(np.sum(self.model_density(picked[weights > 0]) * weights[weights > 0]))
+        return held
+
+    def _parts_inside(self, lat: float, lon: float, radius: float, edge: np.ndarray):
+        """For each edge cell: the share of its area inside the disc, and the sub-cells that make it up —
+        (E, S, 2) centres and (E, S) km² (0 outside the disc). The part of the cell within the disc's bounding
+        box is split CELL_SPLIT × CELL_SPLIT, so a disc far smaller than a cell is measured as finely as a
+        large one."""
+        cells = self.cells
+        size = self._size_deg[cells.source[edge] + 1]
+        reach_lat = math.degrees(radius / EARTH_RADIUS_KM)
+        reach_lon = reach_lat / max(math.cos(math.radians(lat)), 1e-9)
+        centre_lon = lon + (cells.lon[edge] - lon + 180.0) % 360.0 - 180.0  # the cell's copy nearest the disc
+        south = np.maximum(cells.lat[edge] - size / 2, lat - reach_lat)
+        north = np.minimum(cells.lat[edge] + size / 2, lat + reach_lat)
+        west = np.maximum(centre_lon - size / 2, lon - reach_lon)
+        east = np.minimum(centre_lon + size / 2, lon + reach_lon)
+        tall, wide = np.clip(north - south, 0, None), np.clip(east - west, 0, None)
+        steps = (np.arange(CELL_SPLIT) + 0.5) / CELL_SPLIT
+        sub_lat = south[:, None, None] + steps[None, :, None] * tall[:, None, None]
+        sub_lon = west[:, None, None] + steps[None, None, :] * wide[:, None, None]
+        sub_lat, sub_lon = np.broadcast_arrays(sub_lat, sub_lon)
+        box_km2 = EARTH_RADIUS_KM**2 * np.radians(tall / CELL_SPLIT) * np.radians(wide / CELL_SPLIT)
+        km2 = box_km2[:, None, None] * np.cos(np.radians(sub_lat))
+        # a sub-cell the circle crosses counts by how far its centre is inside (a ramp one sub-cell wide),
+        # not wholly or not at all: the area inside is then right to second order, not to first
+        side = np.sqrt(np.maximum(km2, 1e-30))
+        inside = np.clip(0.5 + (radius - haversine_km(lat, lon, sub_lat, sub_lon)) / side, 0.0, 1.0)
+        km2 = (km2 * inside).reshape(edge.size, -1)
+        cell_km2 = EARTH_RADIUS_KM**2 * np.radians(size) ** 2 * np.cos(np.radians(cells.lat[edge]))
+        points = np.stack([sub_lat, (sub_lon + 180.0) % 360.0 - 180.0], axis=-1).reshape(edge.size, -1, 2)
+        return km2.sum(axis=1) / cell_km2, points, km2
 
     def at(self, lat: float, lon: float, id: str = "") -> Likelihood:
         lat, lon = float(lat), float(lon)
         if not (-90 <= lat <= 90 and -180 <= lon <= 180):
             raise ValueError(f"({lat}, {lon}) is not a latitude/longitude in degrees")
-        density = self._refined_density(lat, lon)
+        refined = self._refined_cell(lat, lon)
+        density = float(self.cells.density[refined]) if refined is not None else 0.0
         world_cell = _cell_of(self.world, lat, lon)
-        world_density = _density_at(self.world, world_cell) if world_cell is not None else 0.0
         inside = world_cell is not None and bool(np.isfinite(self.world.values[world_cell]))
         rank, level = None, float("nan")  # outside the area: no rank, and no confidence area holds it
         if inside:  # 1 + the number of world cells strictly denser than the point's
+            world_density = self._world_density[world_cell]
             rank = 1 + int(self._world_sorted.size - np.searchsorted(self._world_sorted, world_density, side="right"))
             first = int(np.searchsorted(self._dense_sorted, density, side="left"))
             level = float(self._mass_at_least[first] / self.total) if first < self._dense_sorted.size else 0.0
@@ -142,10 +215,15 @@ class LikelihoodMap:
 
 
 def how_likely(
-    world: Raster, lat: float, lon: float, local: Sequence[Raster] = (), radii_km: Sequence[float] = RADII_KM
+    world: Raster,
+    lat: float,
+    lon: float,
+    local: Sequence[Raster] = (),
+    radii_km: Sequence[float] = RADII_KM,
+    density: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Likelihood:
-    """What one answer's rasters say about the point (lat, lon)."""
-    return LikelihoodMap(world, local, radii_km).at(lat, lon)
+    """What one answer's rasters (and its model density, if given) say about the point (lat, lon)."""
+    return LikelihoodMap(world, local, radii_km, density).at(lat, lon)
 
 
 def how_likely_many(
@@ -153,9 +231,10 @@ def how_likely_many(
     points: Iterable[tuple[str, float, float]],
     local: Sequence[Raster] = (),
     radii_km: Sequence[float] = RADII_KM,
+    density: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[Likelihood]:
     """The same for a list of hypotheses ``(id, lat, lon)``, in order; call ``.row()`` for table rows."""
-    prepared = LikelihoodMap(world, local, radii_km)
+    prepared = LikelihoodMap(world, local, radii_km, density)
     return [prepared.at(lat, lon, id) for id, lat, lon in points]
 
 
@@ -166,7 +245,7 @@ def for_answer(
     rasters are made again from the vector (the location encoder only), then each point is judged.
     ``progress``: the first use's encoding of the gallery and world grid, stage by stage."""
     made = engine.rasters(result, area, progress=progress)
-    return how_likely_many(made.world, points, made.local)
+    return how_likely_many(made.world, points, made.local, density=engine.density(result, made, area))
 
 
 # --------------------------------------------------------------------------- places that cannot be judged

@@ -10,12 +10,15 @@ raster's cells sum to the world probability of the area it covers.
 
 How it is evaluated:
   - World raster (default 0.25 deg): the location features of every cell centre are computed once per
-    heads file and cached (bf16, about 1 GB for 0.25 deg), so a photo costs one matrix product.
-  - Refinement: the model is sharp near places it knows well (similarity can halve within 5 km), so a
-    centre sample can miss a peak. Around the best candidates (gallery points and world cells), a
-    window is evaluated at 5x the local cell size, the most probable of those coarse cells again at the
-    local cell size (default 0.01 deg); this is the local raster. The world cells under a window take
-    their value from these finer samples, so the world raster's peak agrees with the local one.
+    heads file and cached (fp32 when the engine runs in fp32, else bf16: about 2 GB or 1 GB for
+    0.25 deg), so the centres cost one matrix product per photo.
+  - Every world cell's value is an integral (:mod:`.cell_integrals`): the model's density varies within
+    a 0.25 deg cell, so the cells that hold the probability are sub-sampled, adaptively, where their
+    value is least certain, within a budget of model evaluations (larger on a GPU).
+  - Local rasters (default 0.01 deg): windows of 2 x 2 world cells around the most probable world cells
+    (by their integrals, so no over-stated centre sample chooses them) and around the top-1 answer.
+    Every local cell is sampled and integrated the same way. The world cells under a window take the
+    sum of its cells, so the world raster's peak agrees with the local one.
 """
 
 from __future__ import annotations
@@ -27,10 +30,15 @@ import numpy as np
 import torch
 
 from .area import Area
+from .cell_integrals import CellBlock, integrate
+from .gallery import encode_locations
 
-COARSE_FACTOR = 5  # a local window is first sampled at 5x the local cell size
-REFINED_COARSE_CELLS = 16  # the best coarse cells per window are sampled again at full resolution
-CANDIDATE_WINDOWS = 8  # windows sampled coarsely before the best are sharpened
+# Model evaluations spent integrating the world cells of one raster set (each local window adds its own
+# cells once, plus a quarter of this for integrating them). A count, not a time: rasters repeat exactly.
+CPU_POINT_BUDGET = 65_536
+GPU_POINT_BUDGET = 2_097_152
+WINDOW_SHARE = 4  # a window's own integration budget is the world's divided by this
+CANDIDATE_CELLS = 64  # the most probable world cells a window may be centred on
 
 
 @dataclass
@@ -73,6 +81,8 @@ class Raster:
 class RasterSet:
     world: Raster
     local: list[Raster]
+    points: int = 0  # model evaluations spent integrating the cells
+    log_total: float = 0.0  # log of the unnormalised total: density per km² = exp(logit - log_total)
 
 
 def grid_centres(west: float, north: float, cell: float, rows: int, cols: int) -> np.ndarray:
@@ -92,9 +102,12 @@ def world_shape(cell: float) -> tuple[int, int]:
     return rows, cols
 
 
-def _log_area(lat: np.ndarray, cell: float) -> np.ndarray:
-    """log of a cell's area in square degrees of longitude-at-the-equator (~ cos(latitude))."""
-    return np.log(np.maximum(np.cos(np.radians(lat)), 1e-12) * cell * cell)
+def world_block(cell: float) -> CellBlock:
+    """Every cell of the world grid of ``cell`` degrees, row-major from the north-west corner."""
+    rows, cols = world_shape(cell)
+    north = np.repeat(90.0 - np.arange(rows) * cell, cols)
+    west = np.tile(-180.0 + np.arange(cols) * cell, rows)
+    return CellBlock(north, west, cell)
 
 
 def _logsumexp(values: np.ndarray, axis=None) -> np.ndarray:
@@ -105,8 +118,12 @@ def _logsumexp(values: np.ndarray, axis=None) -> np.ndarray:
     return np.squeeze(out, axis=axis) if axis is not None else out.item()
 
 
+def point_budget(device: torch.device) -> int:
+    return GPU_POINT_BUDGET if device.type in ("cuda", "mps") else CPU_POINT_BUDGET
+
+
 class SurfaceEvaluator:
-    """Evaluates the model's log-density for query vectors on the world grid and in local windows."""
+    """Evaluates the model's probability per cell for query vectors on the world grid and in local windows."""
 
     def __init__(
         self,
@@ -116,23 +133,22 @@ class SurfaceEvaluator:
         local_cell: float = 0.01,
         window_cells: int = 2,
         dtype: torch.dtype = torch.float32,
+        budget: int | None = None,
     ):
         self.heads = heads
         self.world = world  # Gallery-like: coordinates and features of the world cell centres
         self.world_cell = world_cell
         self.rows, self.cols = world_shape(world_cell)
         ratio = world_cell / local_cell
-        if abs(ratio - round(ratio)) > 1e-6 or round(ratio) % COARSE_FACTOR:
-            raise ValueError(
-                f"local cell {local_cell} must divide the world cell {world_cell} into a multiple of {COARSE_FACTOR}"
-            )
+        if abs(ratio - round(ratio)) > 1e-6:
+            raise ValueError(f"local cell {local_cell} must divide the world cell {world_cell}")
         self.local_cell = local_cell
         self.sub = round(ratio)  # local cells per world cell, per side
         self.window_cells = window_cells  # world cells per window side
         self.dtype = dtype
+        self.budget = point_budget(heads.logit_scale.device) if budget is None else int(budget)
         self.scale = float(heads.logit_scale.exp())
-        lat = self.world.coordinates[:, 0].float().cpu().numpy()
-        self.world_log_area = _log_area(lat, world_cell)
+        self.block = world_block(world_cell)
 
     # -- evaluation --------------------------------------------------------------------------------
 
@@ -142,60 +158,29 @@ class SurfaceEvaluator:
         return (self.scale * (features @ q).float()).cpu().numpy().astype(np.float64)
 
     @torch.inference_mode()
-    def _logits_at(self, lat_lon: np.ndarray, query: torch.Tensor) -> np.ndarray:
+    def logits_at(self, lat_lon: np.ndarray, query: torch.Tensor) -> np.ndarray:
+        """Log-density (unnormalised) at (P, 2) lat, lon for one query vector."""
         device = self.heads.logit_scale.device
         points = torch.from_numpy(np.ascontiguousarray(lat_lon, dtype=np.float32)).to(device)
-        autocast = self.dtype != torch.float32
-        with torch.autocast(device.type, dtype=self.dtype, enabled=autocast):
-            features = self.heads.location_features(points)
+        if points.shape[0] == 0:
+            return np.empty(0)
+        features = encode_locations(self.heads, points, dtype=self.dtype)
         return self._logits(features.float(), query.float())
 
     # -- windows -----------------------------------------------------------------------------------
 
-    def _window_origin(self, lat: float, lon: float) -> tuple[int, int]:
-        """Top-left world cell (row, col) of the window centred as near (lat, lon) as the grid allows,
-        kept inside -180..180 and -90..90 (no wrap)."""
+    def _origin_around(self, row: int, col: int, world_mass: np.ndarray) -> tuple[int, int]:
+        """Of the windows holding world cell (row, col), the one holding the most probability (kept inside
+        -180..180 and -90..90: no wrap)."""
         size = self.window_cells
-        row = math.floor((90 - lat) / self.world_cell - size / 2 + 0.5)
-        col = math.floor((lon + 180) / self.world_cell - size / 2 + 0.5)
-        return min(max(row, 0), self.rows - size), min(max(col, 0), self.cols - size)
-
-    def _window(self, row0: int, col0: int, query: torch.Tensor) -> _Window:
-        """One window sampled at the coarse step (5 local cells): cheap, and enough to rank windows."""
-        m = self.window_cells * self.sub // COARSE_FACTOR
-        step = self.local_cell * COARSE_FACTOR
-        north, west = 90 - row0 * self.world_cell, -180 + col0 * self.world_cell
-        coarse = self._logits_at(grid_centres(west, north, step, m, m), query).reshape(m, m)
-        fine = np.repeat(np.repeat(coarse, COARSE_FACTOR, 0), COARSE_FACTOR, 1)
-        return _Window(row0, col0, west, north, coarse, fine)
-
-    def _sharpen(self, window: _Window, query: torch.Tensor) -> None:
-        """Evaluate the most probable coarse cells again at the local cell size."""
-        step = self.local_cell * COARSE_FACTOR
-        best = np.argsort(window.coarse, axis=None)[::-1][:REFINED_COARSE_CELLS]
-        blocks = [np.unravel_index(i, window.coarse.shape) for i in best]
-        points = np.concatenate(
-            [
-                grid_centres(
-                    window.west + c * step, window.north - r * step, self.local_cell, COARSE_FACTOR, COARSE_FACTOR
-                )
-                for r, c in blocks
-            ]
-        )
-        exact = self._logits_at(points, query).reshape(len(blocks), COARSE_FACTOR, COARSE_FACTOR)
-        for (r, c), block in zip(blocks, exact):
-            window.fine[r * COARSE_FACTOR : (r + 1) * COARSE_FACTOR, c * COARSE_FACTOR : (c + 1) * COARSE_FACTOR] = (
-                block
-            )
-
-    def _log_mass(self, window: _Window, area: Area | None) -> np.ndarray:
-        """Per local cell: log-density + log-area, -inf outside the area."""
-        n = window.fine.shape[0]
-        centres = grid_centres(window.west, window.north, self.local_cell, n, n)
-        log_mass = window.fine.reshape(-1) + _log_area(centres[:, 0], self.local_cell)
-        if area is not None:
-            log_mass[~area.contains(centres[:, 0], centres[:, 1])] = -np.inf
-        return log_mass.reshape(n, n)
+        best, origin = None, (0, 0)
+        for r in range(row - size + 1, row + 1):
+            for c in range(col - size + 1, col + 1):
+                r0, c0 = min(max(r, 0), self.rows - size), min(max(c, 0), self.cols - size)
+                held = _logsumexp(world_mass[r0 : r0 + size, c0 : c0 + size])
+                if best is None or held > best:
+                    best, origin = held, (r0, c0)
+        return origin
 
     def _containing(self, origins: list[tuple[int, int]], lat: float, lon: float) -> int | None:
         row = (90 - lat) / self.world_cell
@@ -205,28 +190,35 @@ class SurfaceEvaluator:
                 return index
         return None
 
-    def _pick_windows(
-        self, seeds: list[tuple[float, float, float]], world_logit: np.ndarray, regions: int
-    ) -> list[tuple[int, int]]:
-        """Windows around the best seeds (gallery candidates and world cells), none overlapping."""
-        top_cells = np.argsort(world_logit)[::-1][:32]
-        lat_lon = self.world.coordinates.float().cpu().numpy()
-        candidates = list(seeds) + [
-            (float(lat_lon[i, 0]), float(lat_lon[i, 1]), float(world_logit[i]))
-            for i in top_cells
-            if np.isfinite(world_logit[i])
-        ]
-        candidates.sort(key=lambda s: -s[2])
+    def _pick_windows(self, world_mass: np.ndarray, regions: int) -> list[tuple[int, int]]:
+        """Windows around the most probable world cells (by their integrals), none overlapping."""
+        flat = world_mass.reshape(-1)
         windows: list[tuple[int, int]] = []
-        for lat, lon, _ in candidates:
-            origin = self._window_origin(lat, lon)
+        for index in np.argsort(-flat, kind="stable")[:CANDIDATE_CELLS]:
+            if not np.isfinite(flat[index]) or len(windows) == regions:
+                break
+            origin = self._origin_around(*divmod(int(index), self.cols), world_mass)
             if all(
                 abs(origin[0] - r) >= self.window_cells or abs(origin[1] - c) >= self.window_cells for r, c in windows
             ):
                 windows.append(origin)
-            if len(windows) == regions:
-                break
         return windows
+
+    def _window(self, origin: tuple[int, int], query: torch.Tensor, area: Area | None, log_total: float) -> _Window:
+        """One window's local cells, each integrated (log mass, -inf outside the area)."""
+        row0, col0 = origin
+        n = self.window_cells * self.sub
+        north, west = 90 - row0 * self.world_cell, -180 + col0 * self.world_cell
+        rows = np.arange(n)
+        block = CellBlock(
+            np.repeat(north - rows * self.local_cell, n), np.tile(west + rows * self.local_cell, n), self.local_cell
+        )
+        centres = block.centres()
+        logits = self.logits_at(centres, query)
+        if area is not None:
+            logits[~area.contains(centres[:, 0], centres[:, 1])] = -np.inf
+        made = integrate(block, logits, lambda p: self.logits_at(p, query), self.budget // WINDOW_SHARE, log_total)
+        return _Window(row0, col0, west, north, made.log_mass.reshape(n, n), made.points + n * n)
 
     # -- the surface -------------------------------------------------------------------------------
 
@@ -237,35 +229,26 @@ class SurfaceEvaluator:
         area: Area | None = None,
         regions: int = 1,
     ) -> RasterSet:
-        """World and local rasters of probability per cell for one query vector."""
-        world_logit = self._logits(self.world.features, query)
+        """World and local rasters of probability per cell for one query vector. ``seeds``: the answer's
+        candidates, best first; the best one's window is always made, so its point lies on a local raster."""
+        centre_logit = self._logits(self.world.features, query)
         if area is not None:
             lat_lon = self.world.coordinates.float().cpu().numpy()
-            world_logit[~area.contains(lat_lon[:, 0], lat_lon[:, 1])] = -np.inf
+            centre_logit[~area.contains(lat_lon[:, 0], lat_lon[:, 1])] = -np.inf
             seeds = [s for s in seeds if area.contains(s[0], s[1]).item()]
-        world_log_mass = (world_logit + self.world_log_area).reshape(self.rows, self.cols)
+        integrals = integrate(self.block, centre_logit, lambda p: self.logits_at(p, query), self.budget)
+        world_log_mass = integrals.log_mass.reshape(self.rows, self.cols)
+        log_total = _logsumexp(world_log_mass[np.isfinite(world_log_mass)])
 
-        # A centre sample can sit just beside a sharp peak and lose to a broad plateau elsewhere, so
-        # several candidate windows are sampled coarsely and the best of them sharpened.
-        origins = self._pick_windows(list(seeds), world_logit, max(regions, CANDIDATE_WINDOWS))
-        windows = [self._window(r, c, query) for r, c in origins]
-        masses = [self._log_mass(window, area) for window in windows]
-        order = list(np.argsort([-np.max(m) for m in masses])[:regions])
-        if seeds:  # the top-1 answer's own window is always sharpened, so its point sits on a local raster
-            anchor = self._containing(origins, *seeds[0][:2])
-            if anchor is None:
-                windows.append(self._window(*self._window_origin(*seeds[0][:2]), query))
-                masses.append(self._log_mass(windows[-1], area))
-                anchor = len(windows) - 1
-            if anchor not in order:
-                order.append(anchor)
-        for index in order:
-            self._sharpen(windows[index], query)
-            masses[index] = self._log_mass(windows[index], area)
-        order.sort(key=lambda i: -np.max(masses[i]))  # the most probable local raster first
+        origins = self._pick_windows(world_log_mass, regions)
+        if seeds and self._containing(origins, *seeds[0][:2]) is None:
+            row = min(int((90 - seeds[0][0]) // self.world_cell), self.rows - 1)
+            col = min(int((seeds[0][1] + 180) // self.world_cell), self.cols - 1)
+            origins.append(self._origin_around(row, col, world_log_mass))
+        windows = [self._window(origin, query, area, log_total) for origin in origins]
         size = self.window_cells
-        for window, mass in zip(windows, masses):  # world cells under a window: the sum of its cells
-            blocks = mass.reshape(size, self.sub, size, self.sub)
+        for window in windows:  # world cells under a window: the sum of its (finer) cells
+            blocks = window.log_mass.reshape(size, self.sub, size, self.sub)
             world_log_mass[window.row0 : window.row0 + size, window.col0 : window.col0 + size] = _logsumexp(
                 blocks, axis=(1, 3)
             )
@@ -275,12 +258,25 @@ class SurfaceEvaluator:
         if area is not None:  # outside the area: no data, not zero
             world[~np.isfinite(world_log_mass)] = np.nan
         locals_ = []
-        for index in order:
-            values = np.exp(masses[index] - log_total).astype(np.float32)
+        for window in sorted(windows, key=lambda w: -np.max(w.log_mass)):  # the most probable local raster first
+            values = np.exp(window.log_mass - log_total).astype(np.float32)
             if area is not None:
-                values[~np.isfinite(masses[index])] = np.nan
-            locals_.append(Raster(values, windows[index].west, windows[index].north, self.local_cell, "local"))
-        return RasterSet(Raster(world, -180.0, 90.0, self.world_cell, "world"), locals_)
+                values[~np.isfinite(window.log_mass)] = np.nan
+            locals_.append(Raster(values, window.west, window.north, self.local_cell, "local"))
+        points = integrals.points + sum(window.points for window in windows)
+        return RasterSet(Raster(world, -180.0, 90.0, self.world_cell, "world"), locals_, points, log_total)
+
+    def density(self, query: torch.Tensor, log_total: float, area: Area | None = None):
+        """The answer's probability per km² at points, as a function of (P, 2) lat, lon: the same model
+        and normalisation as its rasters (0 outside the area)."""
+
+        def per_km2(lat_lon: np.ndarray) -> np.ndarray:
+            values = np.exp(self.logits_at(lat_lon, query) - log_total)
+            if area is not None:
+                values[~area.contains(lat_lon[:, 0], lat_lon[:, 1])] = 0.0
+            return values
+
+        return per_km2
 
 
 @dataclass
@@ -289,5 +285,5 @@ class _Window:
     col0: int
     west: float
     north: float
-    coarse: np.ndarray  # logits at the coarse step
-    fine: np.ndarray  # logits per local cell (coarse values repeated until sharpened)
+    log_mass: np.ndarray  # (n, n) integrated log mass per local cell, -inf outside the area
+    points: int  # model evaluations spent on it

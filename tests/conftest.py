@@ -75,6 +75,15 @@ def engine(tiny_clip):
 
 
 @pytest.fixture(scope="session")
+def raster_engine(tiny_clip):
+    """bf16 engine (real heads, small CLIP) for rasters and what is cut from them. An fp32 engine makes
+    its rasters in fp32 from an fp32 world grid: the same code, about ten times the CPU time here."""
+    from geoclip_qgis.backend import build_engine
+
+    return build_engine(clip=tiny_clip, device="cpu", precision="bf16", batch_size=4, embedding_cache=False).load()
+
+
+@pytest.fixture(scope="session")
 def release_module():
     """The official geoclip package, imported without its training code (which needs torchvision)."""
     stub = types.ModuleType("geoclip.train")

@@ -9,6 +9,13 @@ import subprocess
 import pytest
 from qgis_support import qgis_app
 
+
+@pytest.fixture(scope="module")
+def engine(raster_engine):
+    """This module's answers go on to rasters: the bf16 engine (see conftest)."""
+    return raster_engine
+
+
 pytestmark = pytest.mark.qgis
 
 

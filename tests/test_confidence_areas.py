@@ -16,6 +16,13 @@ from geoclip_qgis.backend import confidence
 from geoclip_qgis.backend.geo import EARTH_RADIUS_KM
 from geoclip_qgis.backend.rasters import Raster
 
+
+@pytest.fixture(scope="module")
+def engine(raster_engine):
+    """This module's answers go on to rasters: the bf16 engine (see conftest)."""
+    return raster_engine
+
+
 LEVELS = (0.5, 0.9)
 
 

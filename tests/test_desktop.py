@@ -145,8 +145,11 @@ def _photos(tmp_path, samples, skimage_data, kauai_png) -> tuple[list[str], Path
     return photos + [str(odd)], many
 
 
-def test_zip_install_first_hour_and_screenshots(xvfb, tiny_clip, engine, samples, skimage_data, kauai_png, tmp_path):
-    config, data_home = install_plugin_zip(tmp_path, "desktop_startup.py", "[geoclip_qgis]\nprecision=fp32\n")
+def test_zip_install_first_hour_and_screenshots(
+    xvfb, tiny_clip, raster_engine, samples, skimage_data, kauai_png, tmp_path
+):
+    raster_engine.surface(0.25, 0.01)  # the world grid the desktop's bf16 rasters read, made once for the session
+    config, data_home = install_plugin_zip(tmp_path, "desktop_startup.py", "[geoclip_qgis]\nprecision=bf16\n")
     photos, many = _photos(tmp_path, samples, skimage_data, kauai_png)
     e2e = tmp_path / "e2e"
     e2e.mkdir()

@@ -27,7 +27,7 @@ def plugin(tiny_clip, engine):
     settings = QgsSettings()
     settings.remove("geoclip_qgis")
     settings.setValue("geoclip_qgis/clip", str(tiny_clip))
-    settings.setValue("geoclip_qgis/precision", "fp32")
+    settings.setValue("geoclip_qgis/precision", "bf16")  # rasters in bf16: see conftest.raster_engine
     settings.setValue("geoclip_qgis/device", "cpu")
     from geoclip_qgis.plugin import GeoCLIPPlugin
 
@@ -859,7 +859,7 @@ def test_cli_dock_and_processing_write_the_same_files(plugin, photo_dir, tiny_cl
         "--device",
         "cpu",
         "--precision",
-        "fp32",
+        "bf16",
         "--top-k",
         3,
         "--fuse",

@@ -27,6 +27,13 @@ from pathlib import Path
 
 import pytest
 
+
+@pytest.fixture(scope="module")
+def engine(raster_engine):
+    """This module's answers go on to rasters: the bf16 engine (see conftest)."""
+    return raster_engine
+
+
 CLI = [sys.executable, "-m", "geoclip_qgis.backend"]
 HOSTILE_PHOTO = "=cmd|' /C calc'!A0"
 HOSTILE_ZONE = '=HYPERLINK("http://attacker.example","x")'

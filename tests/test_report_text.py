@@ -14,6 +14,13 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
+
+@pytest.fixture(scope="module")
+def engine(raster_engine):
+    """This module's answers go on to rasters: the bf16 engine (see conftest)."""
+    return raster_engine
+
+
 SECRET_VARIABLE = "GEOCLIP_REPORT_TEST_SECRET"
 SECRET = "s3cret-value-42"
 HOSTILE_MAKE = f"[% env('{SECRET_VARIABLE}') %]"

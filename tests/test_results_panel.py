@@ -7,6 +7,13 @@ from __future__ import annotations
 import pytest
 from qgis_support import StandInInterface, qgis_app, wait_for
 
+
+@pytest.fixture(scope="module")
+def engine(raster_engine):
+    """This module's answers go on to rasters: the bf16 engine (see conftest)."""
+    return raster_engine
+
+
 pytestmark = pytest.mark.qgis
 
 
@@ -30,7 +37,7 @@ def panel(run_file, tiny_clip):
 
     settings = QgsSettings()
     settings.setValue("geoclip_qgis/clip", str(tiny_clip))
-    settings.setValue("geoclip_qgis/precision", "fp32")
+    settings.setValue("geoclip_qgis/precision", "bf16")
     settings.setValue("geoclip_qgis/device", "cpu")
     from geoclip_qgis.results_panel import ResultsPanel
 

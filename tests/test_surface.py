@@ -14,6 +14,13 @@ from geoclip_qgis.backend.area import Area
 from geoclip_qgis.backend.geo import haversine_km
 from geoclip_qgis.backend.results import PhotoResult
 
+
+@pytest.fixture(scope="module")
+def engine(raster_engine):
+    """This module's answers go on to rasters: the bf16 engine (see conftest)."""
+    return raster_engine
+
+
 PLACES = {  # cities on each continent, islands, near the antimeridian and the poles
     "Paris": (48.8566, 2.3522),
     "Nairobi": (-1.2921, 36.8219),

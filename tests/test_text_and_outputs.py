@@ -37,7 +37,8 @@ def test_text_needs_a_tokenizer(tmp_path):
         engine.predict_text(["a harbour"], top_k=1)
 
 
-def test_geotiff_extent_crs_and_metadata(engine, photo_dir, tmp_path):
+def test_geotiff_extent_crs_and_metadata(raster_engine, photo_dir, tmp_path):
+    engine = raster_engine
     from osgeo import gdal, osr
 
     result = engine.predict([photo_dir / "kauai.png"], top_k=1)[0]
@@ -79,7 +80,7 @@ def test_cli_text_and_rasters(engine, tiny_clip, tmp_path):
         "--rasters",
         tmp_path / "r",
         "--precision",
-        "fp32",
+        "bf16",
     )
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert len(rows) == 3 and rows[0]["photo"] == "text: a harbour with fishing boats"
