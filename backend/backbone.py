@@ -29,6 +29,7 @@ from PIL import Image
 from torch import nn
 
 from .errors import WeightsError
+from .photos import FULL_GEOMETRY
 from .weights import REQUIRED_PROJECTION_DIM, parse_json
 
 # transformers' CLIPVisionConfig defaults: a config.json leaves out what equals them.
@@ -552,16 +553,18 @@ class ClipPreprocessor:
         return cls(size, crop, resample, scale, mean, std)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
+        # A photo decoded at reduced scale says where its full picture lies (photos.FULL_GEOMETRY): the
+        # resize then samples the points the full picture's resize samples, and the crop is the same.
+        (width, height), box = image.info.get(FULL_GEOMETRY) or (image.size, None)
         if "A" in image.getbands() or image.info.get("transparency") is not None:
             rgba = image.convert("RGBA")  # as transformers does: transparency onto white
             image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
         elif image.mode != "RGB":
             image = image.convert("RGB")
-        width, height = image.size
         short, long_ = (width, height) if width <= height else (height, width)
         new_long = int(self.shortest_edge * long_ / short)
         size = (self.shortest_edge, new_long) if width <= height else (new_long, self.shortest_edge)
-        image = image.resize(size, resample=self.resample, reducing_gap=None)
+        image = image.resize(size, resample=self.resample, box=box, reducing_gap=None)
         crop_h, crop_w = self.crop
         top, left = (image.height - crop_h) // 2, (image.width - crop_w) // 2
         rgb = np.asarray(image.crop((left, top, left + crop_w, top + crop_h)))

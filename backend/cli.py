@@ -31,7 +31,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--precision",
         default="auto",
         choices=["auto", "fp32", "fp16", "bf16"],
-        help="CLIP tower precision; auto = bf16/fp16 on GPU, bf16 on CPUs with native bf16",
+        help="precision of the CLIP tower and the location-encoder grid; auto = bf16/fp16 on GPU, bf16 on CPUs "
+        "with native bf16",
     )
     parser.add_argument(
         "--no-cache",
@@ -129,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates kept per photo (default 5)")
     evaluate.add_argument("--out", metavar="FILE", help="per-photo answers as .csv, .gpkg or .geojson")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    evaluate.add_argument(
+        "--preprocessing",
+        choices=("engine", "release"),
+        default="engine",
+        help="engine (default): photos turned upright, transparency on white, large JPEGs decoded reduced; "
+        "release: decoded exactly as the official GeoCLIP.predict() does, for the paper's protocol",
+    )
     _add_run_options(evaluate)
 
     text = commands.add_parser("text", help="top-k locations for a text description (CLIP's text tower)")
@@ -282,6 +290,7 @@ def _engine(args):
         batch_size=args.batch_size,
         embedding_cache=not args.no_cache,
         decode_workers=args.decode_workers,
+        preprocessing=getattr(args, "preprocessing", "engine"),  # only evaluate offers the release's way
     )
 
 
@@ -461,6 +470,8 @@ def run_finetune(args) -> int:
     validation = manifest["validation"]
     print(f"validation before ({validation['candidates']} gallery places):\n{format_table(validation['before'])}")
     print(f"after (best epoch {validation['best_epoch']}):\n{format_table(validation['after'])}")
+    if validation.get("kept_starting_heads"):
+        terminal.say("geoclip-qgis: no epoch beat the starting heads on the validation photos; they are kept")
     print(f"heads written to {args.out}: use --heads {args.out}")
     return 0
 

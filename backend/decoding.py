@@ -27,7 +27,7 @@ import numpy as np
 from .embedding_cache import EmbeddingCache, photo_sha256
 from .errors import PhotoError
 from .exif import PhotoMetadata
-from .photos import BadPath, file_identity, open_photo, probe_photo, read_photo
+from .photos import BadPath, Preprocessing, file_identity, open_photo, probe_photo, read_photo
 from .results import SKIP_ANSWERED, SKIP_GEOTAGGED, PhotoResult, photo_label
 
 DECODE_WORKERS = 1  # the least: on a CPU one preparer keeps up with the vision tower on up to ~16 cores
@@ -72,11 +72,12 @@ class Prepared:
 class PhotoPreparer:
     """Turns one input (a path or a PIL image) into a :class:`Prepared`, a skipped result or an error."""
 
-    preprocess: Callable  # upright RGB PIL image -> (3, H, W) float32 pixels
+    preprocess: Callable  # RGB PIL image -> (3, H, W) float32 pixels
     embeddings: EmbeddingCache | None = None
-    backbone_key: str = ""
+    backbone_key: str = ""  # the cache's key: must name the preprocessing too (Engine.backbone_key does)
     skip: Container[str] = frozenset()  # content hashes of photos answered before
     skip_geotagged: bool = False
+    preprocessing: Preprocessing = Preprocessing.ENGINE  # how photos are decoded before ``preprocess``
 
     def __call__(self, item, label: str):
         try:
@@ -103,7 +104,7 @@ class PhotoPreparer:
                 hit = self.embeddings.get_many(self.backbone_key, [sha]).get(sha) if self.embeddings else None
                 if hit is not None:  # a photo seen before: no decoding
                     return Prepared(None, metadata, sha, hit)
-            photo = open_photo(item, label, read)
+            photo = open_photo(item, label, read, self.preprocessing)
             if self.skip_geotagged and photo.metadata.has_gps:
                 return PhotoResult(label, metadata=photo.metadata, sha256=sha, skipped=SKIP_GEOTAGGED)
             return Prepared(self.preprocess(photo.image), photo.metadata, sha)

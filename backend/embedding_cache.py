@@ -30,10 +30,14 @@ def photo_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def backbone_key(clip_dir: Path, precision: str) -> str:
+def backbone_key(clip_dir: Path, precision: str, pixels: str = "") -> str:
     """Identifies a backbone by its config and weight files' names, sizes and times (hashing a 1.7 GB
-    file on every start would cost seconds), plus the precision the tower runs in."""
+    file on every start would cost seconds), plus the precision the tower runs in and ``pixels``, the
+    way photos become its input (:attr:`.photos.Preprocessing.pixels_name`): photos decoded another way
+    give other embeddings, which the cache must never hand out for these."""
     digest = hashlib.sha256(precision.encode())
+    if pixels:
+        digest.update(f"pixels={pixels}".encode())
     for path in sorted(Path(clip_dir).glob("*")):
         if path.suffix in (".json", ".safetensors", ".bin"):
             info = path.stat()

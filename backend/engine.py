@@ -30,6 +30,7 @@ from .errors import GeoCLIPError
 from .exif import PhotoMetadata
 from .gallery import Gallery, cached_location_features, features_key, load_gallery
 from .heads import load_heads
+from .photos import Preprocessing
 from .progress import ProgressCallback, Stage, report_step
 from .rasters import RasterSet, SurfaceEvaluator, grid_centres, world_shape
 from .results import Candidate, PhotoResult
@@ -50,8 +51,10 @@ class Engine:
         batch_size: int,
         embeddings: EmbeddingCache | None = None,
         decode_workers: int | None = None,
+        preprocessing: Preprocessing = Preprocessing.ENGINE,
     ):
         self.files = files
+        self.preprocessing = preprocessing  # how photos are decoded (the engine's way or the release's)
         self.heads_files, self.clip_dir = files.heads, files.clip_dir
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
         self.decode_workers = decode_workers  # None: chosen for the device (decoding.choose_decode_workers)
@@ -59,7 +62,7 @@ class Engine:
         self._staging = Staging(device)
         self.heads = load_heads(self.heads_files).to(self.device)
         self.embeddings = embeddings
-        self.backbone_key = backbone_key(self.clip_dir, self.precision)
+        self.backbone_key = self._backbone_key()
         self._vision = None
         self._processor = None
         self._text = None
@@ -89,7 +92,21 @@ class Engine:
     @property
     def model_name(self) -> str:
         """A short, human-readable name of the weights in use, stored with every result."""
-        return f"GeoCLIP {self.files.heads_name} heads + {self.clip_dir.name} ({self.precision})"
+        backbone_name = self.clip_dir.name if self.clip_dir is not None else "no CLIP"
+        shown = f"GeoCLIP {self.files.heads_name} heads + {backbone_name} ({self.precision})"
+        return shown + (", release preprocessing" if self.preprocessing is Preprocessing.RELEASE else "")
+
+    def _backbone_key(self) -> str:
+        if self.clip_dir is None:
+            return "no backbone"
+        return backbone_key(self.clip_dir, self.precision, self.preprocessing.pixels_name)
+
+    def _require_backbone(self) -> None:
+        if self.clip_dir is None:
+            raise GeoCLIPError(
+                "this engine was built with GeoCLIP's heads only (no CLIP backbone): it judges stored answers "
+                "but cannot read photos or text"
+            )
 
     def load(self, progress: ProgressCallback | None = None) -> Engine:
         """Load what image work needs: vision tower, preprocessing, gallery features. Idempotent. A GPU
@@ -102,6 +119,7 @@ class Engine:
         return self
 
     def _load(self, progress: ProgressCallback | None) -> None:
+        self._require_backbone()
         with self._lock:
             if self._processor is None:
                 self._processor = backbone.load_image_processor(self.clip_dir)
@@ -134,7 +152,7 @@ class Engine:
         )
         with self._lock:
             self.device = cpu
-            self.backbone_key = backbone_key(self.clip_dir, self.precision)
+            self.backbone_key = self._backbone_key()
             self.heads = load_heads(self.heads_files)
             self._vision = self._text = self._gallery = None
             self._surfaces, self._area_cache = {}, (None, None)
@@ -238,6 +256,7 @@ class Engine:
     # ------------------------------------------------------------------------------ text queries
 
     def _load_text(self):
+        self._require_backbone()
         with self._lock:
             if self._text is None:
                 self._text = backbone.load_text_tower(self.clip_dir, self.device, self.dtype)
@@ -290,15 +309,16 @@ class Engine:
             stage = (
                 Stage(progress, "Preparing probability rasters (first use only)", unit="cells") if progress else None
             )
+            dtype = self._grid_dtype()  # fp32 answers get an fp32 grid; else bf16, half the memory
             grid = cached_location_features(
                 self.heads,
-                features_key(self.heads_files, f"world-{world_cell}", "bf16"),
+                features_key(self.heads_files, f"world-{world_cell}", PRECISION_NAMES[dtype]),
                 lambda: grid_centres(-180.0, 90.0, world_cell, rows, cols),
                 self.device,
                 stage.step_callback() if stage else None,
-                dtype=torch.bfloat16,
+                dtype=dtype,
             )
-            self._surfaces[key] = SurfaceEvaluator(self.heads, grid, world_cell, local_cell, dtype=self._grid_dtype())
+            self._surfaces[key] = SurfaceEvaluator(self.heads, grid, world_cell, local_cell, dtype=dtype)
         return self._surfaces[key]
 
     def _grid_dtype(self) -> torch.dtype:
@@ -327,6 +347,19 @@ class Engine:
         seeds = [(float(a), float(b), float(v)) for (a, b), v in zip(coords, top.values.cpu().numpy())]
         return evaluator.surface(query, seeds, area, regions)
 
+    def density(
+        self,
+        result: PhotoResult,
+        made: RasterSet,
+        area: Area | None = None,
+        world_cell: float = 0.25,
+        local_cell: float = 0.01,
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """The answer's probability per km² at (P, 2) lat, lon: the model itself, normalised as ``made``
+        (its rasters) is, 0 outside the area."""
+        query = torch.from_numpy(result.feature).to(self.device)
+        return self.surface(world_cell, local_cell).density(query, made.log_total, area)
+
     def check_top_k(self, top_k: int) -> None:
         if not 1 <= int(top_k) <= len(self.gallery):
             raise GeoCLIPError(f"top_k must be between 1 and {len(self.gallery)} (the gallery size), got {top_k}")
@@ -334,7 +367,9 @@ class Engine:
     # --------------------------------------------------------------------------------- prediction
 
     def _preparer(self, skip: Container[str] = frozenset(), skip_geotagged: bool = False) -> PhotoPreparer:
-        return PhotoPreparer(self.preprocess, self.embeddings, self.backbone_key, skip, skip_geotagged)
+        return PhotoPreparer(
+            self.preprocess, self.embeddings, self.backbone_key, skip, skip_geotagged, self.preprocessing
+        )
 
     def _encoded_batches(self, photos: Iterable, preparer: PhotoPreparer) -> Iterator[list[tuple[str, object]]]:
         """Prepared batches with every photo's CLIP embedding filled in (cache first, then the tower).

@@ -93,7 +93,8 @@ def decode(task: str, path: str, max_pixels: int, pil_limit: int, draft_side: in
             xmp = _blob(image.info.get("xmp") or image.info.get("XML:com.adobe.xmp"))
             pixels = b""
             if task == "decode":
-                image.draft(None, (draft_side, draft_side))
+                if draft_side > 0:  # 0: every pixel (a draft of 0x0 would pick the smallest thumbnail)
+                    image.draft(None, (draft_side, draft_side))
                 image.load()
                 pixels = image.tobytes()
                 header.update(mode=image.mode, decoded_size=list(image.size))

@@ -38,12 +38,13 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import PhotoError
+from .errors import GeoCLIPError, PhotoError
 from .exif import PhotoMetadata, read_metadata
 from .heif_child import MAGIC as HEIF_MAGIC
 from .interpreter import python_interpreter
@@ -61,8 +62,15 @@ PHOTO_EXTENSIONS = frozenset(
 )
 # Photos are decoded at no less than this on the short side (2x CLIP's 224 input): JPEGs through
 # draft mode, others by integer reduction. It saves most of the decode time of large photos while the
-# final bicubic resize still sees more pixels than it keeps.
+# final bicubic resize still sees more pixels than it keeps. A reduced picture carries its geometry at
+# full size (FULL_GEOMETRY), so CLIP's resize samples the very points it would sample in the full
+# picture: without it, sizes rounded after the reduction moved the crop by up to a pixel and changed
+# answers 3-4x more than re-saving the photo as a JPEG does (bench/bench_decode_parity.py, README).
 DECODE_MIN_SIDE = 448
+# image.info key: ((width, height) of the upright picture at full size, (left, top, right, bottom) where
+# that full picture lies in the decoded pixels), set on reduced decodes only; read by
+# backbone.ClipPreprocessor.
+FULL_GEOMETRY = "geoclip_full_geometry"
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_956_970
 MAX_ASPECT = 10  # longer sides are cut (around the centre) to this many times the short side
 # Files up to this size are read once into memory: hashed, probed and decoded from the same bytes. Every
@@ -72,6 +80,38 @@ MAX_IN_MEMORY_BYTES = 64 * 1024 * 1024
 CHANGED = "the file changed while it was being read (a synced or edited folder?); run again to answer it"
 # Modes Image.reduce averages correctly; others (palette, 1-bit, 16-bit) become RGB before reduction.
 REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "I", "F"})
+
+
+# Revision of each way's pixels (Preprocessing.pixels_name). engine 2: reduced decodes keep their
+# full-size geometry (FULL_GEOMETRY).
+_PIXELS_REVISION = {"engine": 2, "release": 1}
+
+
+class Preprocessing(str, Enum):
+    """How a photo becomes the picture CLIP's own preprocessing (resize, crop, normalise) receives.
+
+    ENGINE: turned upright by its EXIF orientation, transparency shown over white, 16-bit grey scaled to
+    8 bits, and large JPEGs decoded at reduced scale (README, "Parity with the official release").
+    RELEASE: as the official release's ``GeoCLIP.predict()`` does it, for the paper's protocol: decoded in
+    full as the file stores it, then Pillow's ``convert("RGB")`` (EXIF orientation ignored, alpha dropped).
+    """
+
+    ENGINE = "engine"
+    RELEASE = "release"
+
+    @property
+    def pixels_name(self) -> str:
+        """Names the pixels this way gives, in the embedding cache's keys: its revision goes up whenever
+        they change, so embeddings of the old pixels are never reused."""
+        return f"{self.value}-{_PIXELS_REVISION[self.value]}"
+
+    @classmethod
+    def parse(cls, value: str | Preprocessing) -> Preprocessing:
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(p.value for p in cls)
+            raise GeoCLIPError(f"unknown preprocessing {value!r}: use one of {choices}") from None
 
 
 @dataclass(frozen=True)
@@ -89,7 +129,7 @@ class BadPath:
 @dataclass
 class Photo:
     source: str  # the path as given, or a label for an in-memory image
-    image: Image.Image  # RGB, upright
+    image: Image.Image  # RGB; upright unless decoded as the release does (Preprocessing.RELEASE)
     metadata: PhotoMetadata
     original_size: tuple[int, int]
 
@@ -218,13 +258,46 @@ def _bomb_message(pixels: int, size: str = "") -> str:
     )
 
 
-def _shrink(image: Image.Image) -> Image.Image:
-    factor = min(image.size) // DECODE_MIN_SIDE
+def _shrink(image: Image.Image, min_side: int) -> tuple[Image.Image, int]:
+    """The image reduced by the largest whole factor that keeps its short side at ``min_side`` or more,
+    and that factor."""
+    factor = min(image.size) // min_side
     if factor < 2:
-        return image
+        return image, 1
     if image.mode not in REDUCIBLE_MODES:  # reduce refuses P, 1, I;16 ("wrong mode"), averages PA's indexes
         image = _to_rgb(image)
-    return image.reduce(factor)
+    return image.reduce(factor), factor  # pixel i covers [factor * i, factor * (i + 1)) of the input
+
+
+# EXIF orientation -> the turn that makes the picture upright, as ImageOps.exif_transpose chooses it.
+_UPRIGHT_TURN = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_AXES = frozenset(
+    (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE)
+)
+
+
+def _turned_box(box: tuple[float, ...], size: tuple[int, int], turn: Image.Transpose) -> tuple[float, ...]:
+    """``box`` in an image of ``size``: the same region once the image is turned by ``turn``."""
+    width, height = size
+    moved = {
+        Image.Transpose.FLIP_LEFT_RIGHT: lambda x, y: (width - x, y),
+        Image.Transpose.FLIP_TOP_BOTTOM: lambda x, y: (x, height - y),
+        Image.Transpose.ROTATE_180: lambda x, y: (width - x, height - y),
+        Image.Transpose.ROTATE_90: lambda x, y: (y, width - x),  # counter-clockwise
+        Image.Transpose.ROTATE_270: lambda x, y: (height - y, x),  # clockwise
+        Image.Transpose.TRANSPOSE: lambda x, y: (y, x),
+        Image.Transpose.TRANSVERSE: lambda x, y: (height - y, width - x),
+    }[turn]
+    (a, b), (c, d) = moved(box[0], box[1]), moved(box[2], box[3])
+    return (min(a, c), min(b, d), max(a, c), max(b, d))
 
 
 def _centre(image: Image.Image) -> Image.Image:
@@ -244,27 +317,60 @@ def _centre(image: Image.Image) -> Image.Image:
     return image.crop(box)
 
 
-def _decode(image: Image.Image, source: str, original_size: tuple[int, int] | None = None) -> Photo:
+def _decode(
+    image: Image.Image,
+    source: str,
+    original_size: tuple[int, int] | None = None,
+    preprocessing: Preprocessing = Preprocessing.ENGINE,
+    min_side: int | None = DECODE_MIN_SIDE,
+) -> Photo:
+    """``min_side``: decode reduced down to no less than this short side (None: in full; only the
+    benchmarks ask for that)."""
     width, height = original_size or image.size
     if width * height > MAX_PIXELS:
         raise PhotoError(_bomb_message(width * height, f"{width}x{height} pixels, "))
     metadata = read_metadata(image)
-    image.draft(None, (DECODE_MIN_SIDE, DECODE_MIN_SIDE))  # JPEG: decode at 1/2..1/8 scale; others: no-op
+    if preprocessing is Preprocessing.RELEASE:
+        # The release's predict(): open, then convert("RGB"): every pixel as the file stores it. Only
+        # a panorama over MAX_ASPECT:1 is cut (_centre), or its resize would take gigabytes.
+        image.load()
+        return Photo(source, _centre(image).convert("RGB"), metadata, (width, height))
+    drafted = image.draft(None, (min_side, min_side)) if min_side else None  # JPEG: 1/2..1/8 scale
     image.load()
+    # Where the full picture lies in the decoded pixels: the draft says so; a HEIC thumbnail is all of it.
+    full, box = (width, height), drafted[1] if drafted else (0.0, 0.0, *image.size)
     upright = ImageOps.exif_transpose(image) or image
-    return Photo(source, _to_rgb(_shrink(_centre(upright))), metadata, (width, height))
+    turn = _UPRIGHT_TURN.get(image.getexif().get(0x0112))
+    if turn is not None:
+        box = _turned_box(box, image.size, turn)
+        full = (height, width) if turn in _SWAPS_AXES else full
+    centred = _centre(upright)
+    shrunk, factor = _shrink(centred, min_side) if min_side else (centred, 1)
+    rgb = _to_rgb(shrunk)
+    box = tuple(v / factor for v in box)
+    # A panorama cut around its centre (rare) keeps the geometry of its reduced pixels.
+    if centred.size == upright.size and (full != rgb.size or box != (0, 0, *rgb.size)):
+        rgb = rgb.copy() if rgb is image else rgb  # never write on the caller's own image
+        rgb.info[FULL_GEOMETRY] = (full, box)
+    return Photo(source, rgb, metadata, (width, height))
 
 
-def open_photo(item: str | os.PathLike | Image.Image, label: str | None = None, read: PhotoFile | None = None) -> Photo:
-    """Decode a photo path (or take a PIL image) into an upright RGB image plus its metadata. With
-    ``read`` (:func:`read_photo` of the same path) the pixels are those of the bytes hashed: decoded from
-    them, or from the file checked to be unchanged since (:data:`CHANGED` otherwise)."""
+def open_photo(
+    item: str | os.PathLike | Image.Image,
+    label: str | None = None,
+    read: PhotoFile | None = None,
+    preprocessing: Preprocessing = Preprocessing.ENGINE,
+) -> Photo:
+    """Decode a photo path (or take a PIL image) into an RGB image (upright, the engine's way, unless
+    ``preprocessing`` says the release's) plus its metadata. With ``read`` (:func:`read_photo` of the same
+    path) the pixels are those of the bytes hashed: decoded from them, or from the file checked to be
+    unchanged since (:data:`CHANGED` otherwise)."""
     if read is not None:
         if read.data is not None:
             in_memory = io.BytesIO(read.data)
             with _photo_errors(read.path), Image.open(in_memory, formats=_open_formats()) as image:
-                return _decode(image, label or str(item))
-        photo = open_photo(item, label)
+                return _decode(image, label or str(item), None, preprocessing)
+        photo = open_photo(item, label, preprocessing=preprocessing)
         read.check_unchanged()
         return photo
     if isinstance(item, BadPath):
@@ -272,7 +378,7 @@ def open_photo(item: str | os.PathLike | Image.Image, label: str | None = None, 
     if isinstance(item, Image.Image):
         source = label or getattr(item, "filename", "") or "<image>"
         try:
-            return _decode(item, source)
+            return _decode(item, source, None, preprocessing)
         except PhotoError:
             raise
         except Exception as exc:
@@ -281,10 +387,10 @@ def open_photo(item: str | os.PathLike | Image.Image, label: str | None = None, 
     check_file(path)
     with _photo_errors(path):
         if _is_heif(path):
-            original_size, image = _heif_child(path, "decode")
-            return _decode(image, label or str(item), original_size)
+            original_size, image = _heif_child(path, "decode", full=preprocessing is Preprocessing.RELEASE)
+            return _decode(image, label or str(item), original_size, preprocessing)
         with Image.open(path, formats=_open_formats()) as image:
-            return _decode(image, label or str(item))
+            return _decode(image, label or str(item), None, preprocessing)
 
 
 def probe_photo(path: str | os.PathLike, read: PhotoFile | None = None) -> PhotoMetadata:
@@ -349,9 +455,10 @@ _CHILD_ERRORS = {
 _PIXEL_BYTES = {"L": 1, "LA": 2, "I;16": 2, "I;16L": 2, "I;16B": 2, "RGB": 3, "RGBA": 4, "RGBa": 4}  # HEIF's modes
 
 
-def _heif_child(path: Path, task: str) -> tuple[tuple[int, int], Image.Image]:
+def _heif_child(path: Path, task: str, full: bool = False) -> tuple[tuple[int, int], Image.Image]:
     """(size in the file, image with its EXIF and XMP) from heif_child.py run on ``path``: ``task``
-    "probe" reads the header only (the image is 1x1), "decode" the pixels too. The child's own errors are
+    "probe" reads the header only (the image is 1x1), "decode" the pixels too (``full``: never from a
+    smaller embedded thumbnail, as the release would if it could read HEIC). The child's own errors are
     raised as the exceptions Pillow would have raised here, so :func:`_photo_errors` words them the same;
     its failures (crash, hang, garbage) are PhotoErrors."""
     command = [
@@ -362,7 +469,7 @@ def _heif_child(path: Path, task: str) -> tuple[tuple[int, int], Image.Image]:
         os.fspath(path.absolute()),
         str(MAX_PIXELS),
         str(Image.MAX_IMAGE_PIXELS or 0),
-        str(DECODE_MIN_SIDE),
+        "0" if full else str(DECODE_MIN_SIDE),
         "1" if ImageFile.LOAD_TRUNCATED_IMAGES else "0",
     ]
     flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # Windows: no console window flashing over QGIS

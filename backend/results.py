@@ -147,6 +147,7 @@ class PhotoResult:
     feature: np.ndarray | None = field(default=None, repr=False)  # the query vector (512,), for rasters and fusion
     sha256: str | None = None  # of the photo file's bytes: the key for resuming and caching
     skipped: str | None = None  # why the photo was not answered on purpose (SKIP_*): nothing to write
+    truth: tuple[float, float] | None = None  # (lat, lon) the run scores it against (a truth CSV's), over EXIF
 
     @property
     def ok(self) -> bool:
@@ -160,12 +161,21 @@ class PhotoResult:
     def exif_lon(self) -> float | None:
         return self.metadata.longitude if self.metadata and self.metadata.has_gps else None
 
+    @property
+    def known_position(self) -> tuple[float, float] | None:
+        """Where the photo was taken as far as the run knows: its truth (a CSV's) if the run was given
+        one, else its EXIF GPS; the position ``error_km`` and the accuracy table are measured from."""
+        if self.truth is not None:
+            return self.truth
+        return (self.exif_lat, self.exif_lon) if self.exif_lat is not None else None
+
     def error_km(self, candidate: Candidate | None = None) -> float | None:
-        """Great-circle km from the photo's EXIF position to a candidate (top-1 by default)."""
+        """Great-circle km from the photo's known position to a candidate (top-1 by default)."""
         candidate = candidate or (self.candidates[0] if self.candidates else None)
-        if candidate is None or self.exif_lat is None:
+        known = self.known_position
+        if candidate is None or known is None:
             return None
-        return float(haversine_km(self.exif_lat, self.exif_lon, candidate.lat, candidate.lon))
+        return float(haversine_km(known[0], known[1], candidate.lat, candidate.lon))
 
     def rows(self, model: str = "", run_at: str = "", area: str = "") -> list[dict]:
         """``model``, ``run_at`` and ``area`` describe the run: the weights, when, and the area of
@@ -217,6 +227,7 @@ def result_to_dict(result: PhotoResult) -> dict:
         "candidates": [[c.rank, c.lat, c.lon, c.probability] for c in result.candidates],
         "metadata": dataclasses.asdict(result.metadata) if result.metadata else None,
         "feature": result.feature.astype("float32").tolist() if result.feature is not None else None,
+        "truth": list(result.truth) if result.truth is not None else None,
     }
 
 
@@ -233,6 +244,7 @@ def result_from_dict(data: dict) -> PhotoResult:
         candidates=[Candidate(int(r), float(la), float(lo), float(p)) for r, la, lo, p in data["candidates"]],
         metadata=PhotoMetadata(**data["metadata"]) if data["metadata"] else None,
         feature=np.asarray(data["feature"], dtype=np.float32) if data.get("feature") is not None else None,
+        truth=(float(data["truth"][0]), float(data["truth"][1])) if data.get("truth") is not None else None,
     )
 
 

@@ -261,6 +261,7 @@ def run_parameters(request: RunRequest, engine) -> dict:
         "device": str(engine.device),
         "precision": engine.precision,
         "batch_size": engine.batch_size,
+        "preprocessing": engine.preprocessing.value,
     }
 
 
@@ -277,12 +278,14 @@ def _answer_all(request, engine, photos, total, skip, writer, truths, outcome, p
     units = "photos" if not request.texts else "queries" if total == len(request.texts) else "answers"
     stage = Stage(progress, "Answering " + units, total, unit=units)
     for result in _answers(request, engine, photos, skip):
+        if truths is not None:  # the CSV's position, not EXIF GPS, is what error_km and the table measure from
+            result.truth = truths.get(result.photo)
         answered = result.ok and not result.skipped
         if answered:  # its details first: the candidates' commit then covers them too
             result = details.named(result)
             outcome.files += details.add(result)
         writer.write(result)
-        summary.add(result, truths.get(result.photo) if truths is not None else None)
+        summary.add(result)
         if answered and request.fuse and not result.photo.startswith("text: "):
             members.append(result)
         elif result.skipped == SKIP_ANSWERED and request.fuse:
@@ -331,6 +334,7 @@ def _answers(request: RunRequest, engine, photos, skip) -> Iterator[PhotoResult]
             "device": str(engine.device),
             "precision": engine.precision,
             "batch_size": engine.batch_size,
+            "preprocessing": engine.preprocessing.value,  # workers decode photos as this engine does
         }
         stream: Iterable[PhotoResult] = RayAnswers(
             items,

@@ -11,7 +11,6 @@ import numpy as np
 
 from .errors import GeoCLIPError
 from .evaluation import accuracy_table, format_table
-from .geo import haversine_km
 from .results import PhotoResult
 
 
@@ -31,19 +30,19 @@ class RunSummary:
     finished: float | None = None
     stopped: bool = False  # cancelled before the end
 
-    def add(self, result: PhotoResult, truth: tuple[float, float] | None = None) -> None:
-        """Count one result; ``truth`` (lat, lon) overrides the photo's own EXIF position."""
+    def add(self, result: PhotoResult) -> None:
+        """Count one result, scored against its known position (a truth CSV's, else its EXIF GPS)."""
         if result.skipped:
             self.skipped[result.skipped] += 1
         elif result.ok:
             self.answered += 1
-            if truth is None and result.exif_lat is not None:
-                truth = (result.exif_lat, result.exif_lon)
+            truth = result.known_position
             if truth is None or not result.candidates:
                 self.without_truth += 1
             else:
                 top = result.candidates[0]
-                self.errors_km.append(float(haversine_km(truth[0], truth[1], top.lat, top.lon)))
+                # the very number written in the answer's error_km, so its file gives back this table
+                self.errors_km.append(result.error_km(top))
                 self.pairs.append((truth[0], truth[1], top.lat, top.lon))
         else:
             self.failed[result.error] += 1

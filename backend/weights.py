@@ -167,7 +167,7 @@ class ModelFiles:
 
     heads: HeadsFiles
     heads_source: str
-    clip_dir: Path
+    clip_dir: Path | None  # None: the heads alone (judging stored query vectors), no photos or text
     clip_source: str
 
     @property
@@ -175,10 +175,16 @@ class ModelFiles:
         return "release" if self.heads_source == "geoclip wheel" else self.heads.folder.name
 
 
-def resolve_model_files(heads: str | os.PathLike | None = None, clip: str | os.PathLike | None = None) -> ModelFiles:
-    """Both halves of the model, or a :class:`WeightsError` naming what is missing and where it was sought."""
-    heads_lookup, clip_lookup = find_heads(heads), find_backbone(clip)
+def resolve_model_files(
+    heads: str | os.PathLike | None = None, clip: str | os.PathLike | None = None, backbone: bool = True
+) -> ModelFiles:
+    """Both halves of the model, or a :class:`WeightsError` naming what is missing and where it was sought.
+    ``backbone=False``: the heads alone, for work on stored query vectors that never runs CLIP."""
+    heads_lookup = find_heads(heads)
     folder = heads_lookup.require()
+    if not backbone:
+        return ModelFiles(HeadsFiles(folder, gallery_csv(folder)), heads_lookup.source, None, "not needed")
+    clip_lookup = find_backbone(clip)
     clip_dir = clip_lookup.require()
     return ModelFiles(HeadsFiles(folder, gallery_csv(folder)), heads_lookup.source, clip_dir, clip_lookup.source)
 

@@ -68,8 +68,15 @@ def add_workbench_commands(subparsers) -> None:
 
 def _add_model_arguments(parser) -> None:
     parser.add_argument("--heads", metavar="DIR", help="GeoCLIP heads folder (the ones the run used)")
-    parser.add_argument("--clip", metavar="DIR", help="Hugging Face CLIP checkpoint folder")
+    # accepted as before, but unused: the answers' stored query vectors need only the heads
+    parser.add_argument("--clip", metavar="DIR", help="not needed (the run's query vectors need only the heads)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="precision of the location-encoder grid the densities are read from (as predict's --precision)",
+    )
 
 
 def run_workbench_command(args: argparse.Namespace) -> int:
@@ -81,9 +88,13 @@ def run_workbench_command(args: argparse.Namespace) -> int:
 
 
 def _engine(args):
+    """GeoCLIP's heads and gallery alone: answers are judged from their stored query vectors, so no CLIP
+    backbone is sought or loaded (a machine that only judges a colleague's run needs none)."""
     from .factory import build_engine
 
-    return build_engine(heads=args.heads, clip=args.clip, device=args.device, precision="fp32", embedding_cache=False)
+    return build_engine(
+        heads=args.heads, device=args.device, precision=args.precision, embedding_cache=False, backbone=False
+    )
 
 
 NOTES_ON_STDERR = 20  # rows left out that stderr names one by one (then how many more)

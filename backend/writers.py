@@ -45,7 +45,7 @@ from .version import __version__
 
 POINTS_LAYER = "predictions"
 ERRORS_LAYER = "errors"
-TRUTH_LAYER = "truth_lines"  # EXIF position -> top-1 answer, for photos that carry GPS
+TRUTH_LAYER = "truth_lines"  # known position (truth CSV's, else EXIF GPS) -> top-1 answer
 ACCURACY_LAYER = "accuracy"
 REGIONS_LAYER = "regions"
 AREAS_LAYER = "confidence_areas"
@@ -444,14 +444,15 @@ class OgrWriter:
                 feature.SetGeometry(point)
             self._create(self._points, feature)
             self._written += 1
-        if self._truth is not None and result.candidates and result.exif_lat is not None:
+        if self._truth is not None and result.candidates and result.known_position is not None:
             self._write_truth_line(result)
 
     def _write_truth_line(self, result: PhotoResult) -> None:
         ogr = self._ogr
         top = result.candidates[0]
         line = ogr.Geometry(ogr.wkbLineString)
-        line.AddPoint_2D(result.exif_lon, result.exif_lat)
+        lat, lon = result.known_position
+        line.AddPoint_2D(lon, lat)
         line.AddPoint_2D(top.lon, top.lat)
         feature = ogr.Feature(self._truth.GetLayerDefn())
         photo, photo_bytes_hex = path_text(result.photo)

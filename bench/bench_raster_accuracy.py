@@ -191,7 +191,8 @@ def main() -> None:
 
     print(f"precision {engine.precision}; fine integral: {args.fine}x{args.fine} sub-cells per 0.25 deg cell")
     print(
-        "query              | budget  | share | centre p1/median/p99   | raster p1/median/p99 | local p1/p99 | peak km centre/raster | s"
+        "query              | budget  | share | centre p1/median/p99   | raster p1/median/p99 "
+        "| local p1/p99 | peak km centre/raster | s"
     )
     for row in rows:
         c, r, loc = row["centre"], row["raster"], row["local"]

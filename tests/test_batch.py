@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
@@ -210,6 +211,48 @@ def test_evaluate_on_a_benchmark_style_csv(engine, tiny_clip, samples, tmp_path)
     assert figures["median_km"] == pytest.approx(errors[len(errors) // 2])
     assert figures["acc_2500km"] == pytest.approx(100 * sum(e <= 2500 for e in errors) / len(errors))
     assert "within     1 km    25 km" in out.stdout
+
+
+def test_evaluate_out_measures_from_the_csv_truth_not_exif(engine, tiny_clip, samples, tmp_path):
+    """Photos whose EXIF GPS is not the CSV's truth: the --out file's error_km is the distance to the
+    CSV's position, so the table evaluate prints comes back from the file alone."""
+    from geoclip_qgis.backend.evaluation import THRESHOLDS_KM, accuracy_table, format_table
+    from geoclip_qgis.backend.geo import haversine_km
+
+    gps = sorted((samples / "gps").glob("*.jpg"))
+    answers = engine.predict(gps, top_k=1)
+    # truths set at chosen distances due north or south of each answer, so the table's cells differ
+    distances = [0.3, 5, 20, 60, 150, 400, 1000, 2000, 6000]
+    truths = {}
+    for result, km in zip(answers, distances):
+        top = result.candidates[0]
+        degrees = km / 6371.0088 / np.pi * 180
+        truths[Path(result.photo).name] = (top.lat - degrees if top.lat > 0 else top.lat + degrees, top.lon)
+    table = tmp_path / "truth.csv"
+    with open(table, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["photo", "lat", "lon"])
+        writer.writerows([name, repr(lat), repr(lon)] for name, (lat, lon) in truths.items())
+    report = tmp_path / "report.json"
+    out = run(
+        "evaluate", table, "--images", samples / "gps", "--clip", tiny_clip, "--precision", "fp32",
+        "--report", report, "--out", tmp_path / "answers.csv",
+    )  # fmt: skip
+    rows = [r for r in csv.DictReader(open(tmp_path / "answers.csv")) if r["rank"] == "1"]
+    assert len(rows) == len(gps)
+    for row in rows:
+        lat, lon = truths[Path(row["photo"]).name]
+        assert float(row["error_km"]) == float(haversine_km(lat, lon, float(row["lat"]), float(row["lon"])))
+        exif_km = float(
+            haversine_km(float(row["exif_lat"]), float(row["exif_lon"]), float(row["lat"]), float(row["lon"]))
+        )
+        assert abs(float(row["error_km"]) - exif_km) > 1, row  # EXIF is not what was measured from
+    recomputed = accuracy_table(float(r["error_km"]) for r in rows)
+    figures = json.loads(report.read_text())
+    assert {key: figures[key] for key in recomputed} == recomputed
+    assert len({recomputed[f"acc_{km}km"] for km in THRESHOLDS_KM}) >= 3  # the cells are not all alike
+    printed = format_table({**recomputed, "acc_country": figures.get("acc_country")})
+    assert out.stdout.startswith(printed + "\n"), (out.stdout, printed)
 
 
 def test_heic_photos_are_read(engine, samples):

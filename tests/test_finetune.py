@@ -81,6 +81,7 @@ def test_finetuning_raises_accuracy_and_keeps_the_rest_of_the_world(engine, regi
     before, after = manifest["validation"]["before"], manifest["validation"]["after"]
     assert after["acc_25km"] >= before["acc_25km"] + 20, (before, after)
     assert after["median_km"] < before["median_km"]
+    assert manifest["validation"]["best_epoch"] >= 1 and not manifest["validation"]["kept_starting_heads"]
     assert manifest["photos"] == {"train": 2000, "validation": 500}
 
     from geoclip_qgis.backend import build_engine
@@ -123,6 +124,69 @@ def test_finetuned_folder_loads_and_changes_answers(engine, regional_task, photo
     plain = [r.candidates[0].probability for r in engine.predict(photos, top_k=1)]
     changed = [r.candidates[0].probability for r in tuned.predict(photos, top_k=1)]
     assert plain != changed
+
+
+@pytest.fixture(scope="module")
+def well_placed_task(engine):
+    """100 places worldwide whose embeddings were optimised so that the released heads already answer
+    near them: a task the starting heads do well on, which training can only spoil."""
+    generator = torch.Generator().manual_seed(5)
+    coords = engine.gallery.coordinates.cpu()
+    places = coords[torch.randperm(len(coords), generator=generator)[:100]]
+    with torch.no_grad():
+        target = torch.nn.functional.normalize(engine.heads.location_features(places), dim=-1)
+    embeddings = torch.randn(100, 768, generator=generator).requires_grad_(True)
+    optimizer = torch.optim.Adam([embeddings], lr=0.05)
+    with torch.enable_grad():
+        for _ in range(150):
+            features = torch.nn.functional.normalize(engine.heads.image_features(embeddings), dim=-1)
+            loss = -(features * target).sum(-1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return places, embeddings.detach()
+
+
+@pytest.mark.parametrize("shift_deg", [0.0, 3.0])  # 3 degrees: every answer ~330 km off, 0 % within 25 km
+def test_training_that_makes_things_worse_keeps_the_starting_heads(engine, well_placed_task, shift_deg, tmp_path):
+    """A learning rate that wrecks the heads: no epoch beats the starting heads on the validation set,
+    so they are what is written (best epoch 0), not the least bad epoch. Shifted truths make every
+    table score 0 % within 25 km, as in the audit's run: then the median error decides."""
+    from geoclip_qgis.backend.heads import load_heads
+    from geoclip_qgis.backend.heads_files import HeadsFiles
+
+    places, embeddings = well_placed_task
+    lats = places[:, 0] - shift_deg * torch.sign(places[:, 0])  # towards the equator: no pole crossing
+    task = [
+        Sample(f"p{i}", float(lat), float(lon), e.numpy())
+        for i, (lat, lon, e) in enumerate(zip(lats, places[:, 1], embeddings))
+    ]
+    settings = FinetuneSettings(epochs=2, batch_size=64, lr=0.5, queue_size=256, val_candidates=2000, patience=4)
+    manifest = finetune(engine, task, tmp_path / "tuned", settings)
+    validation, history = manifest["validation"], manifest["history"]
+    before = validation["before"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["median_km"] > before["median_km"] and h["acc_25km"] <= before["acc_25km"] for h in history)
+    if shift_deg:
+        assert before["acc_25km"] == 0 and all(h["acc_25km"] == 0 for h in history), history
+    assert validation["best_epoch"] == 0 and validation["kept_starting_heads"]
+    assert validation["after"] == before
+    folder = tmp_path / "tuned"
+    written = load_heads(HeadsFiles(folder, folder / "gps_gallery" / "coordinates_100K.csv"))
+    for key, tensor in engine.heads.state_dict().items():
+        torch.testing.assert_close(written.state_dict()[key], tensor.cpu(), rtol=0, atol=0)
+
+
+def test_an_epoch_that_beats_the_starting_heads_is_kept(engine, regional_task, tmp_path):
+    """The released heads start near chance on the regional task; the first epoch beats them and the
+    later, worse epochs do not replace it."""
+    settings = FinetuneSettings(epochs=3, batch_size=64, lr=1e-3, queue_size=256, val_candidates=2000, patience=4)
+    manifest = finetune(engine, regional_task[:100], tmp_path / "tuned", settings)
+    validation, history = manifest["validation"], manifest["history"]
+    assert validation["best_epoch"] == 1 and not validation["kept_starting_heads"], history
+    assert history[0]["acc_25km"] > validation["before"]["acc_25km"]
+    assert all(h["acc_25km"] < history[0]["acc_25km"] for h in history[1:])
+    assert validation["after"] == {k: v for k, v in history[0].items() if k not in ("epoch", "loss")}
 
 
 @pytest.mark.slow

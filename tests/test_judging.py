@@ -138,12 +138,71 @@ def test_zones_command(engine, run_gpkg, boxes_gpkg, tiny_clip, kauai_png):
     assert float(rows[0]["probability"]) >= float(rows[1]["probability"])
 
 
+def no_backbone_cli(tmp_path):
+    """The command line in this session's environment with no CLIP backbone anywhere to fall back on: no
+    $GEOCLIP_CLIP, an empty models folder, an empty Hugging Face cache (the feature caches stay)."""
+    import os
+    import subprocess
+
+    from test_cli import CLI
+
+    env = {key: value for key, value in os.environ.items() if key != "GEOCLIP_CLIP"}
+    for name, variable in (("models", "GEOCLIP_MODELS_DIR"), ("hf", "HF_HOME")):
+        (tmp_path / name).mkdir()
+        env[variable] = str(tmp_path / name)
+    env.update(HF_HUB_OFFLINE="1", COLUMNS="100")
+    return lambda *args: subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_zones_and_likely_need_only_the_heads(engine, raster_engine, run_gpkg, boxes_gpkg, kauai_png, tmp_path):
+    """Both judge the run's stored query vectors: they start and answer with no CLIP backbone anywhere,
+    and missing heads are still a named error."""
+    cli = no_backbone_cli(tmp_path)
+    refused = cli("predict", kauai_png, "--device", "cpu")  # reading a photo does need CLIP: none is here
+    assert refused.returncode == 2 and "CLIP backbone (openai/clip-vit-large-patch14) not found" in refused.stderr
+    (answer,) = judging.answers_with_vectors(run_gpkg, [kauai_png.name])
+
+    zones_args = ("zones", run_gpkg, boxes_gpkg, "--name-field", "name", "--photo", kauai_png.name)
+    out = cli(*zones_args, "--device", "cpu")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    rows = rows_of(out.stdout)
+    assert [r["rank"] for r in rows] == ["1", "2"]
+    p = engine.gallery_probabilities(answer.result.feature)
+    for row in rows:
+        assert float(row["probability"]) == pytest.approx(p[inside_box(engine, BOXES[row["zone"]])].sum(), rel=1e-6)
+
+    top = answer.result.candidates[0]
+    places = tmp_path / "places.csv"
+    places.write_text(
+        f"name,lat,lon\ntop,{top.lat},{top.lon}\nfar,{-top.lat},{top.lon - 170 if top.lon > 0 else top.lon + 170}\n"
+    )
+    likely_args = ("likely", run_gpkg, places, "--photo", kauai_png.name, "--id-field", "name")
+    out = cli(*likely_args, "--device", "cpu", "--precision", "bf16")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    rows = rows_of(out.stdout)
+    points = [("top", top.lat, top.lon), ("far", -top.lat, top.lon - 170 if top.lon > 0 else top.lon + 170)]
+    ((_, found),) = judging.likely_for_answers(raster_engine, [answer], points, judging.area_of_run(run_gpkg))
+    assert [r["id"] for r in rows] == ["top", "far"]
+    for row, expected in zip(rows, found):  # a session engine (bf16 grid), which has a backbone, gives the same
+        for key, value in expected.row().items():
+            if isinstance(value, float):
+                assert float(row[key]) == pytest.approx(value, rel=1e-6, abs=1e-12), key
+            elif value is not None:
+                assert row[key] == str(value), key
+
+    for args in (zones_args, likely_args):  # no heads: named, exit 2, nothing on stdout
+        out = cli(*args, "--heads", tmp_path / "no-heads")
+        assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr
+        assert "GeoCLIP heads not found" in out.stderr and "no-heads" in out.stderr, out.stderr
+
+
 # ------------------------------------------------------------------------------------- in QGIS
 
 
 @pytest.fixture(scope="module")
 def qgis_processing(tiny_clip):
-    """QGIS offscreen with the plugin's provider, its engine on the small CLIP in fp32 on the CPU."""
+    """QGIS offscreen with the plugin's provider, its engine on the small CLIP on the CPU; bf16, as the
+    judging algorithms read densities from the world grid (an fp32 engine would build an fp32 one)."""
     pytest.importorskip("qgis.core")
     from qgis_support import qgis_app
 
@@ -154,7 +213,7 @@ def qgis_processing(tiny_clip):
 
     geoclip_provider()  # the plugin's provider, as QGIS loads it
     saved = load_settings()
-    save_settings(EngineSettings(clip=str(tiny_clip), device="cpu", precision="fp32", embedding_cache=False))
+    save_settings(EngineSettings(clip=str(tiny_clip), device="cpu", precision="bf16", embedding_cache=False))
     import processing
 
     yield processing
@@ -341,7 +400,19 @@ def test_how_likely_here_algorithm(qgis_processing, run_gpkg, tiny_clip, kauai_p
     # the command line's `likely` on the same places (a CSV of lat/lon) gives the same numbers
     places = tmp_path / "places.csv"
     places.write_text(f"name,lat,lon\ntop,{top.lat!r},{top.lon!r}\nfar,{far_lat!r},{far_lon!r}\n")
-    out = run("likely", run_gpkg, places, "--photo", kauai_png.name, "--id-field", "name", "--clip", tiny_clip)
+    out = run(
+        "likely",
+        run_gpkg,
+        places,
+        "--photo",
+        kauai_png.name,
+        "--id-field",
+        "name",
+        "--clip",
+        tiny_clip,
+        "--precision",
+        "bf16",
+    )
     for row in rows_of(out.stdout):
         assert row["photo"] == str(kauai_png)
         for column in judging.LIKELY_COLUMNS:

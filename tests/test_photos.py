@@ -248,3 +248,123 @@ def test_large_jpeg_is_decoded_reduced(tmp_path, skimage_data):
     assert photo.original_size == (3000, 2000)
     assert min(photo.image.size) >= DECODE_MIN_SIDE
     assert photo.image.size[0] < 3000
+
+
+# ---- the release's decoding (Preprocessing.RELEASE, evaluate --preprocessing release) ----------------
+
+
+def release_cases(tmp_path: Path, skimage_data: Path, samples: Path) -> dict[str, Path]:
+    """Files the engine's way and the release's way read differently, each in its own way."""
+    base = Image.open(skimage_data / "astronaut.png").convert("RGB")
+    translucent = base.convert("RGBA")
+    translucent.putalpha(Image.linear_gradient("L").resize(base.size))
+    cases = {
+        "EXIF-rotated JPEG": samples / "orientation" / "landscape_6.jpg",
+        "semi-transparent PNG": tmp_path / "translucent.png",
+        "palette with a transparent colour": tmp_path / "palette.png",
+        "16-bit grey": tmp_path / "grey16.tif",
+        "large JPEG": tmp_path / "large.jpg",
+    }
+    translucent.save(cases["semi-transparent PNG"])
+    palette = base.quantize(64)
+    darkest = int(np.argmin(np.asarray(palette.getpalette()[: 64 * 3]).reshape(64, 3).sum(axis=1)))
+    palette.save(cases["palette with a transparent colour"], transparency=darkest)
+    Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257).save(cases["16-bit grey"])
+    base.resize((3000, 2000)).save(cases["large JPEG"], quality=90)
+    return cases
+
+
+def test_release_preprocessing_decodes_as_the_release(tmp_path, skimage_data, samples):
+    """Preprocessing.RELEASE gives the pixels of the release's ``Image.open(path).convert("RGB")``, bit
+    for bit (in full, as stored, alpha dropped, 16 bits clipped); the engine's way differs on each file."""
+    from geoclip_qgis.backend.photos import Preprocessing
+
+    for kind, path in release_cases(tmp_path, skimage_data, samples).items():
+        with Image.open(path) as image:
+            expected = np.asarray(image.convert("RGB"))
+        release = open_photo(path, preprocessing=Preprocessing.RELEASE)
+        assert release.image.mode == "RGB", kind
+        np.testing.assert_array_equal(np.asarray(release.image), expected, err_msg=kind)
+        engine = np.asarray(open_photo(path).image)
+        assert engine.shape != expected.shape or np.abs(engine.astype(int) - expected).max() > 20, kind
+    # the same from a PIL image as from its file
+    image = Image.open(samples / "orientation" / "landscape_6.jpg")
+    assert open_photo(image, preprocessing=Preprocessing.RELEASE).image.size == (112, 150)
+
+
+def test_an_unknown_preprocessing_is_a_named_error(tiny_clip):
+    from geoclip_qgis.backend import build_engine
+    from geoclip_qgis.backend.errors import GeoCLIPError
+    from geoclip_qgis.backend.photos import Preprocessing
+
+    assert Preprocessing.parse("release") is Preprocessing.RELEASE
+    with pytest.raises(GeoCLIPError, match="unknown preprocessing 'paper': use one of engine, release"):
+        build_engine(clip=tiny_clip, device="cpu", preprocessing="paper")
+    out = subprocess.run(
+        [sys.executable, "-m", "geoclip_qgis.backend", "evaluate", "x.csv", "--preprocessing", "paper"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "invalid choice: 'paper'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_release_preprocessing_reads_heic_in_full(samples):
+    pytest.importorskip("pillow_heif", reason="HEIC needs the optional pillow-heif")
+    from geoclip_qgis.backend.photos import Preprocessing
+
+    photo = open_photo(samples / "heic" / "IMG_5195.HEIC", preprocessing=Preprocessing.RELEASE)
+    assert photo.image.size == photo.original_size and photo.image.mode == "RGB"
+
+
+def clip_pixels(image: Image.Image) -> np.ndarray:
+    """CLIP ViT-L/14's preprocessing of an RGB image, in grey levels (0-255)."""
+    from clip_factory import OPENAI_PREPROCESSOR
+
+    from geoclip_qgis.backend.backbone import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipPreprocessor
+
+    pixels = ClipPreprocessor.from_config(OPENAI_PREPROCESSOR)(image)
+    mean, std = (np.asarray(v, dtype=np.float64)[:, None, None] for v in (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
+    return (pixels * std + mean) * 255
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_reduced_decoding_gives_clip_the_full_pictures_pixels(orientation, tmp_path, skimage_data):
+    """A large photo decoded at reduced scale reaches CLIP as its full decode does: same crop, same
+    sampling points (only the filtering before differs), in every EXIF orientation. Sizes that do not
+    divide by the draft's 1/4 are where rounding after the reduction used to move the crop."""
+    from geoclip_qgis.backend import photos
+
+    upright = Image.open(skimage_data / "chelsea.png").convert("RGB").resize((3001, 2003), Image.Resampling.BICUBIC)
+    inverse = {2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}  # the stored picture: upright turned the other way
+    stored = upright.transpose(photos._UPRIGHT_TURN[inverse[orientation]]) if orientation > 1 else upright
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"photo_{orientation}.jpg"
+    stored.save(path, quality=95, exif=exif)
+    with Image.open(path) as image:
+        full = photos._decode(image, "full", min_side=None).image
+    reduced = open_photo(path).image
+    assert full.size == upright.size and max(reduced.size) < 1000  # it was decoded reduced
+    assert photos.FULL_GEOMETRY in reduced.info and photos.FULL_GEOMETRY not in full.info
+    want = clip_pixels(full)
+    got = clip_pixels(reduced)
+    assert np.abs(got - want).mean() < 0.5 and np.abs(got - want).max() < 8, np.abs(got - want).max()
+    reduced.info.pop(photos.FULL_GEOMETRY)  # as before: sizes rounded after the reduction
+    assert np.abs(clip_pixels(reduced) - want).mean() > 2 * np.abs(got - want).mean()
+
+
+def test_integer_reduction_gives_clip_the_full_pictures_pixels(tmp_path, skimage_data):
+    """The same for a PNG, shrunk by a whole factor (3) that does not divide its size."""
+    from geoclip_qgis.backend import photos
+
+    path = tmp_path / "large.png"
+    Image.open(skimage_data / "astronaut.png").convert("RGB").resize((2003, 1501), Image.Resampling.BICUBIC).save(path)
+    with Image.open(path) as image:
+        want = clip_pixels(photos._decode(image, "full", min_side=None).image)
+    reduced = open_photo(path).image
+    assert reduced.size == (668, 501)
+    got = clip_pixels(reduced)
+    assert np.abs(got - want).mean() < 0.5 and np.abs(got - want).max() < 12, np.abs(got - want).max()
+    reduced.info.pop(photos.FULL_GEOMETRY)
+    assert np.abs(clip_pixels(reduced) - want).mean() > 2 * np.abs(got - want).mean()

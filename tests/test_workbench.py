@@ -593,7 +593,17 @@ def test_report_and_likely_commands_on_a_run_file(engine, tiny_clip, photo_dir, 
         f"name,lat,lon\ntop,{top_lat},{top_lon}\nfar,{-top_lat},{top_lon - 170 if top_lon > 0 else top_lon + 170}\n"
     )
     out = run(
-        "likely", gpkg, places_csv, "--photo", str(photo_dir / "kauai.png"), "--clip", tiny_clip, "--id-field", "name"
+        "likely",
+        gpkg,
+        places_csv,
+        "--photo",
+        str(photo_dir / "kauai.png"),
+        "--clip",
+        tiny_clip,
+        "--id-field",
+        "name",
+        "--precision",
+        "bf16",
     )
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert [r["id"] for r in rows] == ["top", "far"]

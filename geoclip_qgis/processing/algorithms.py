@@ -499,6 +499,8 @@ class FinetuneHeads(_GeoCLIPAlgorithm):
         manifest = finetune(engine, collected.samples, output, settings, progress, should_stop=feedback.isCanceled)
         feedback.pushInfo("before:\n" + format_table(manifest["validation"]["before"]))
         feedback.pushInfo("after:\n" + format_table(manifest["validation"]["after"]))
+        if manifest["validation"].get("kept_starting_heads"):
+            feedback.pushInfo("No epoch beat the starting heads on the validation photos: they are kept.")
         return {
             "OUTPUT": output,
             "ACC_25KM_BEFORE": manifest["validation"]["before"]["acc_25km"],
