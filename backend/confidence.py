@@ -57,7 +57,9 @@ from .geo import EARTH_RADIUS_KM
 if TYPE_CHECKING:  # annotations only: importing .rasters would import torch
     from .rasters import Raster
 
-LEVELS = (0.5, 0.9)
+LEVELS = (0.5, 0.9)  # the confidence areas a run stores as polygons
+RASTER_LEVELS = (0.25, 0.5, 0.75, 0.9)  # the areas the rasters' level band holds (LEVELS among them)
+OUTSIDE = 1.0  # the level band's value for a cell in none of the areas
 WORLD = -1  # the source index of world cells in Cells
 
 
@@ -143,6 +145,20 @@ def probability_cells(world: Raster, local: Sequence[Raster] = ()) -> Cells:
 def density_order(cells: Cells) -> np.ndarray:
     """Cell indices, densest first (ties in a stable order, so results repeat)."""
     return np.argsort(-cells.density, kind="stable")
+
+
+def joining_levels(cells: Cells) -> np.ndarray:
+    """(M,) for each cell, the share of the probability held by the cells taken before it, densest first
+    (:func:`density_order`, the order confidence areas take cells in): the cell lies in the exact
+    confidence area of level L exactly when this is below L: *How likely here?*'s credible level is this
+    plus the cell's own share."""
+    levels = np.empty(cells.probability.shape, dtype=np.float64)
+    if not levels.size:
+        return levels
+    order = density_order(cells)
+    held = np.cumsum(cells.probability[order])
+    levels[order] = np.concatenate([[0.0], held[:-1]]) / held[-1]
+    return levels
 
 
 @dataclass(frozen=True)
@@ -465,47 +481,111 @@ def _attempt(ranking: _Ranking, level: float, max_parts: int, last_resort: bool)
     return built if last_resort else None
 
 
-def confidence_areas(
-    world: Raster, local: Sequence[Raster] = (), levels: Sequence[float] = LEVELS, max_parts: int = MAX_PARTS
-) -> list[ConfidenceArea]:
-    """One :class:`ConfidenceArea` per level, from the world raster refined by ``local`` rasters: the
-    exact highest-density region when it has at most ``max_parts`` parts, else generalised."""
+def _areas(world: Raster, local: Sequence[Raster], levels: Sequence[float], max_parts: int):
+    """(the ranking the areas were built on, {level: its area}, the exact areas' km² by level)."""
     for level in levels:
         if not 0 < level <= 1:
             raise ValueError(f"a confidence level must lie in (0, 1], got {level}")
     if not np.nansum(world.values, dtype=np.float64) > 0:
         raise GeoCLIPError("the raster holds no probability")
-    levels = [float(level) for level in levels]
+    levels = sorted({float(level) for level in levels})  # the lower levels have fewer parts: quicker to turn down
     for index, ranking in enumerate(_rankings(world, local)):
         if index == 0:
             exact_km2 = {level: float(ranking.cells.area_km2[ranking.take(level)].sum()) for level in levels}
         last_resort = index == len(SMOOTHING_RADII)
         built: dict[float, _Built] = {}
-        for level in sorted(set(levels)):  # the lower levels have fewer parts: quicker to turn down
+        for level in levels:
             found = _attempt(ranking, level, max_parts, last_resort)
             if found is None:
                 break
             built[level] = found
-        if len(built) == len(set(levels)):
-            break
-    areas = []
-    for level in levels:
-        area = built[level]
-        areas.append(
-            ConfidenceArea(
-                level=level,
-                wkt=area.geometry.ExportToWkt(),
-                area_km2=geodesic_area_km2(area.geometry),
-                mass=area.mass,
-                cells=int(area.inside.sum()),
-                parts=area.geometry.GetGeometryCount(),
-                density_threshold=area.density_threshold,
-                refined=len(ranking.cells.rasters) > 1,
-                exact_km2=exact_km2[level],
-                smoothing_deg=ranking.smoothing_deg,
-                dropped_parts=area.dropped_parts,
-                simplified_deg=area.simplified_deg,
-                note=_note(area, ranking, level, exact_km2[level]),
-            )
-        )
-    return areas
+        if len(built) == len(levels):
+            return ranking, built, exact_km2
+    raise AssertionError("the last smoothing is a last resort: it always gives an area")  # pragma: no cover
+
+
+def _area(level: float, area: _Built, ranking: _Ranking, exact_km2: float) -> ConfidenceArea:
+    return ConfidenceArea(
+        level=level,
+        wkt=area.geometry.ExportToWkt(),
+        area_km2=geodesic_area_km2(area.geometry),
+        mass=area.mass,
+        cells=int(area.inside.sum()),
+        parts=area.geometry.GetGeometryCount(),
+        density_threshold=area.density_threshold,
+        refined=len(ranking.cells.rasters) > 1,
+        exact_km2=exact_km2,
+        smoothing_deg=ranking.smoothing_deg,
+        dropped_parts=area.dropped_parts,
+        simplified_deg=area.simplified_deg,
+        note=_note(area, ranking, level, exact_km2),
+    )
+
+
+def confidence_areas(
+    world: Raster, local: Sequence[Raster] = (), levels: Sequence[float] = LEVELS, max_parts: int = MAX_PARTS
+) -> list[ConfidenceArea]:
+    """One :class:`ConfidenceArea` per level, from the world raster refined by ``local`` rasters: the
+    exact highest-density region when it has at most ``max_parts`` parts, else generalised."""
+    ranking, built, exact_km2 = _areas(world, local, levels, max_parts)
+    return [_area(float(level), built[float(level)], ranking, exact_km2[float(level)]) for level in levels]
+
+
+@dataclass
+class DrawnAreas:
+    """An answer's confidence areas at :data:`RASTER_LEVELS`, as polygons and as one level per raster
+    cell: the smallest level whose area holds the cell (its centre, on the grid the area was built on),
+    :data:`OUTSIDE` in none, NaN where the raster has no data. A style with classes up to 0.25, 0.5,
+    0.75 and 0.9 on those grids draws the very cells of the polygons."""
+
+    areas: list[ConfidenceArea]  # one per level, in RASTER_LEVELS order
+    world_levels: np.ndarray  # (rows, cols) float32, as the world raster
+    local_levels: list[np.ndarray]  # one per local raster, as each
+
+    def stored(self, levels: Sequence[float] = LEVELS) -> list[ConfidenceArea]:
+        """The areas a run stores as polygons."""
+        return [area for area in self.areas if area.level in levels]
+
+
+def drawn_areas(world: Raster, local: Sequence[Raster] = (), max_parts: int = MAX_PARTS) -> DrawnAreas:
+    """The confidence areas of :data:`RASTER_LEVELS` (one build serves polygons and rasters alike)."""
+    ranking, built, exact_km2 = _areas(world, local, RASTER_LEVELS, max_parts)
+    cells = ranking.cells
+    per_cell = np.full(cells.probability.shape, OUTSIDE)
+    for level in sorted(built, reverse=True):  # the smallest level holding a cell is written last
+        per_cell[built[level].inside] = level
+    world_levels, local_levels = _grids(cells, per_cell, world, local)
+    areas = [_area(level, built[level], ranking, exact_km2[level]) for level in RASTER_LEVELS]
+    return DrawnAreas(areas, world_levels, local_levels)
+
+
+def _grids(cells: Cells, per_cell: np.ndarray, world: Raster, local: Sequence[Raster]):
+    """Per-cell values of ``cells`` (world cells, refined by some local rasters or none) as one grid per
+    raster. A world cell under a local raster takes the smallest value of its local cells; a local cell
+    that is not in ``cells`` takes the value of the cell that is: an earlier local raster's where windows
+    overlap, its world cell's where the cells are the world's alone (a smoothed ranking)."""
+    grids = [np.full(r.values.shape, np.nan, dtype=np.float64) for r in (world, *local)]
+    position = [next(i for i, r in enumerate(local) if r is used) for used in cells.rasters[1:]]
+    mine = cells.source == WORLD
+    grids[0][cells.row[mine], cells.col[mine]] = per_cell[mine]
+    for source, at in enumerate(position):
+        mine = cells.source == source
+        grids[1 + at][cells.row[mine], cells.col[mine]] = per_cell[mine]
+        world_row = np.floor((world.north - cells.lat[mine]) / world.cell).astype(np.int64)
+        world_col = np.floor((cells.lon[mine] - world.west) / world.cell).astype(np.int64)
+        np.fmin.at(grids[0], (world_row, world_col), per_cell[mine])
+    for at, raster in enumerate(local):
+        grid = grids[1 + at]
+        rows, cols = np.nonzero(np.isnan(grid) & np.isfinite(raster.values))
+        if not rows.size:
+            continue
+        lat, lon = raster.north - (rows + 0.5) * raster.cell, raster.west + (cols + 0.5) * raster.cell
+        sources = [(local[other], grids[1 + other]) for other in position if other != at] + [(world, grids[0])]
+        for taken, values in reversed(sources):  # the first that holds the cell is written last
+            row = np.floor((taken.north - lat) / taken.cell).astype(np.int64)
+            col = np.floor((lon - taken.west) / taken.cell).astype(np.int64)
+            inside = (row >= 0) & (row < taken.rows) & (col >= 0) & (col < taken.cols)
+            found = np.full(rows.shape, np.nan)
+            found[inside] = values[row[inside], col[inside]]
+            grid[rows, cols] = np.where(np.isnan(found), grid[rows, cols], found)
+    return grids[0].astype(np.float32), [grid.astype(np.float32) for grid in grids[1:]]

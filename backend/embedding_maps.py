@@ -179,6 +179,7 @@ class _GridFeatures:
     def __init__(self, model: LocationModel, grid: Grid, dtype: torch.dtype, reuse_cache: bool):
         self.model, self.grid, self.dtype = model, grid, dtype
         self.cached = _cached_world(model, grid) if reuse_cache else None
+        self._last_block: tuple[int, torch.Tensor] | None = None
 
     @property
     def source(self) -> str:
@@ -192,9 +193,25 @@ class _GridFeatures:
 
     @torch.inference_mode()
     def rows(self, row0: int, row1: int, should_stop: ShouldStop | None = None) -> torch.Tensor:
+        first, stop = row0 * self.grid.cols, row1 * self.grid.cols
         if self.cached is not None:
-            return self.cached.features[row0 * self.grid.cols : row1 * self.grid.cols]
-        return self._encode(self.grid.centres(row0, row1), should_stop)
+            return self.cached.features[first:stop]
+        # Cells go through the encoder in fixed blocks of ENCODE_BATCH counted from the grid's first cell,
+        # so each cell always shares its pass with the same cells at the same place: how tiles cut the
+        # grid cannot change a byte of the map (a matrix product's rounding can depend on the whole batch).
+        parts = []
+        for block in range(first // ENCODE_BATCH, (stop - 1) // ENCODE_BATCH + 1):
+            features = self._block(block, should_stop)
+            start = block * ENCODE_BATCH
+            parts.append(features[max(first - start, 0) : min(stop - start, ENCODE_BATCH)])
+        return torch.cat(parts)
+
+    def _block(self, block: int, should_stop: ShouldStop | None) -> torch.Tensor:
+        if self._last_block is None or self._last_block[0] != block:  # a tile's end and the next's start
+            cells = self.grid.rows * self.grid.cols
+            indices = np.arange(block * ENCODE_BATCH, min((block + 1) * ENCODE_BATCH, cells))
+            self._last_block = (block, self._encode(self.grid.cell_centres(indices), should_stop))
+        return self._last_block[1]
 
     def _encode(self, centres: np.ndarray, should_stop: ShouldStop | None) -> torch.Tensor:
         def check(done, total):

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GeoCLIPError, InputFileError
+from .geo import THRESHOLDS_KM
 
-THRESHOLDS_KM = (1, 25, 200, 750, 2500)
 PHOTO_COLUMNS = ("photo", "path", "image", "img_id", "filename", "file")
 LAT_COLUMNS = ("lat", "latitude")
 LON_COLUMNS = ("lon", "lng", "long", "longitude")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 EARTH_RADIUS_KM = 6371.0088  # IUGG mean radius
+# The paper's accuracy thresholds: evaluate, fine-tuning, the dock's table and Processing all read these.
+THRESHOLDS_KM = (1, 25, 200, 750, 2500)
 
 
 def haversine_km(lat1, lon1, lat2, lon2):

@@ -1,5 +1,10 @@
 """Probability rasters to GeoTIFF through GDAL: EPSG:4326, Float32, NaN as no-data, with metadata
-saying what the values are and where they come from; file names unique per answer."""
+saying what the values are and where they come from; file names unique per answer.
+
+Band 1 holds the probability per cell. Band 2, when written, holds each cell's confidence level
+(:class:`.confidence.DrawnAreas`): the smallest of 0.25 / 0.5 / 0.75 / 0.9 whose confidence area holds
+the cell, 1 in none. A style with classes up to those values on band 2 draws the very cells of the
+confidence polygons; nothing needs to rank the cells again."""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from .rasters import Raster
 from .results import path_text
 
@@ -17,6 +24,8 @@ VALUES_PER_CELL = (
     "each cell; the world raster's cells sum to 1"
 )
 VALUES_COMBINED = "probability per cell, mean over the run's answers; sums to 1"
+LEVELS_BAND = 2
+LEVELS_DESCRIPTION = "confidence level: the smallest confidence area (0.25, 0.5, 0.75, 0.9) holding the cell; 1: none"
 
 
 def raster_metadata(
@@ -40,11 +49,17 @@ def raster_metadata(
     }
 
 
-def write_geotiff(raster: Raster, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write one raster; it appears under ``path`` only once written whole (never half a file), and a
-    file of that name that GeoCLIP did not write (or a symbolic link) is refused, not replaced. The file
-    is written inside a fresh private folder beside ``path`` (:func:`.filelock.staged`), so nothing
-    already there under a ``.partial`` name can be written through."""
+def write_geotiff(
+    raster: Raster,
+    path: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
+    levels: np.ndarray | None = None,
+) -> Path:
+    """Write one raster (and ``levels``, its confidence levels, as band 2); it appears under ``path`` only
+    once written whole (never half a file), and a file of that name that GeoCLIP did not write (or a
+    symbolic link) is refused, not replaced. The file is written inside a fresh private folder beside
+    ``path`` (:func:`.filelock.staged`), so nothing already there under a ``.partial`` name can be
+    written through."""
     from osgeo import gdal, osr
 
     from .filelock import put_in_place, staged
@@ -59,7 +74,8 @@ def write_geotiff(raster: Raster, path: str | os.PathLike, metadata: dict[str, s
     with staged(path) as partial:
         driver = gdal.GetDriverByName("GTiff")
         options = ["COMPRESS=DEFLATE", "PREDICTOR=3", "TILED=YES"]
-        dataset = driver.Create(str(partial), raster.cols, raster.rows, 1, gdal.GDT_Float32, options=options)
+        bands = 1 if levels is None else LEVELS_BAND
+        dataset = driver.Create(str(partial), raster.cols, raster.rows, bands, gdal.GDT_Float32, options=options)
         if dataset is None:
             raise WriteError(f"cannot write {path}: {gdal.GetLastErrorMsg()}")
         try:
@@ -68,12 +84,21 @@ def write_geotiff(raster: Raster, path: str | os.PathLike, metadata: dict[str, s
             srs.ImportFromEPSG(4326)
             dataset.SetProjection(srs.ExportToWkt())
             marked = {"GEOCLIP_RASTER": raster.kind, **(metadata or {})}  # the mark that makes it ours
+            finite = raster.values[np.isfinite(raster.values)]
+            marked["GEOCLIP_PEAK"] = repr(float(finite.max())) if finite.size else "nan"
+            if levels is not None:
+                marked["GEOCLIP_LEVELS_BAND"] = str(LEVELS_BAND)
             dataset.SetMetadata({key: str(value) for key, value in marked.items()})
-            band = dataset.GetRasterBand(1)
-            band.SetNoDataValue(float("nan"))
-            band.SetDescription("probability per cell")
-            failed = band.WriteArray(raster.values) != 0
-            band.ComputeStatistics(False)
+            failed = False
+            written = [(raster.values, "probability per cell")]
+            if levels is not None:
+                written.append((levels, LEVELS_DESCRIPTION))
+            for number, (values, description) in enumerate(written, start=1):
+                band = dataset.GetRasterBand(number)
+                band.SetNoDataValue(float("nan"))
+                band.SetDescription(description)
+                failed = band.WriteArray(values) != 0 or failed
+                band.ComputeStatistics(False)
             failed = dataset.FlushCache() not in (None, 0) or failed
         finally:
             dataset = None  # closes the file

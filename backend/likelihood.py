@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .confidence import WORLD, Cells, cell_areas_km2, probability_cells
+from .confidence import WORLD, Cells, cell_areas_km2, joining_levels, probability_cells
 from .geo import EARTH_RADIUS_KM, haversine_km
 from .rasters import Raster
 
@@ -101,10 +101,8 @@ class LikelihoodMap:
         self.total = self.cells.total
         density_of = self.cells.density  # the one density per cell every figure below reads
         self.best_density = float(density_of.max()) if density_of.size else 0.0
-        # refined cells by density, ascending, with the probability at least as dense as each
-        order = np.argsort(density_of, kind="stable")
-        self._dense_sorted = density_of[order]
-        self._mass_at_least = np.cumsum(self.cells.probability[order][::-1])[::-1]
+        # the smallest confidence area holding each refined cell: the areas' own rule, plus the cell itself
+        self._levels = joining_levels(self.cells) + self.cells.probability / self.total if self.total else None
         # where each raster's cells are in the refined set (-1: replaced by a local raster, or no data)
         self._index = [np.full(r.values.shape, -1, dtype=np.int64) for r in self.cells.rasters]
         for source, index in enumerate(self._index):
@@ -199,8 +197,7 @@ class LikelihoodMap:
         if inside:  # 1 + the number of world cells strictly denser than the point's
             world_density = self._world_density[world_cell]
             rank = 1 + int(self._world_sorted.size - np.searchsorted(self._world_sorted, world_density, side="right"))
-            first = int(np.searchsorted(self._dense_sorted, density, side="left"))
-            level = float(self._mass_at_least[first] / self.total) if first < self._dense_sorted.size else 0.0
+            level = float(self._levels[refined]) if refined is not None and self._levels is not None else 0.0
         return Likelihood(
             id=str(id),
             lat=lat,

@@ -420,12 +420,13 @@ class _AnswerDetails:
             made = self.engine.rasters(
                 result, self.request.area, self.cells.regions, self.cells.world_cell, self.cells.local_cell
             )
-            if self.rasters is not None:
-                files = self.rasters.add(result, made, own_world)
-            if self.request.confidence:
-                from .confidence import confidence_areas
+            from .confidence import drawn_areas
 
-                areas = confidence_areas(made.world, made.local)
+            drawn = drawn_areas(made.world, made.local)  # one build: the polygons and the rasters' level band
+            if self.rasters is not None:
+                files = self.rasters.add(result, made, drawn, own_world)
+            if self.request.confidence:
+                areas = drawn.stored()
         self.writer.write_details(result, self._regions(result) if result.feature is not None else [], areas)
         return files
 
@@ -441,7 +442,7 @@ class _RasterOutputs:
         self.folder = Path(self.options.folder)
         self.names = RasterNames()
         self.area_label = request.area.label if request.area is not None else ""
-        self.pending: tuple[PhotoResult, Raster] | None = None  # the first world raster, until a second comes
+        self.pending: tuple | None = None  # the first world raster and its levels, until a second comes
         self.total: np.ndarray | None = None
         self.count = 0
 
@@ -456,31 +457,36 @@ class _RasterOutputs:
             **extra,
         )
 
-    def _write(self, raster: Raster, name: str, kind: OutputKind, answer: str, **extra) -> OutputFile:
-        path = write_geotiff(raster, self.folder / name, self._metadata(raster, answer, **extra))
+    def _write(self, raster: Raster, levels, name: str, kind: OutputKind, answer: str, **extra) -> OutputFile:
+        path = write_geotiff(raster, self.folder / name, self._metadata(raster, answer, **extra), levels)
         return OutputFile(kind, str(path), answer=answer)
 
-    def add(self, result: PhotoResult, made, own_world: bool = False) -> list[OutputFile]:
-        """Write an answer's local rasters and its world raster (or keep it for the run's mean)."""
+    def add(self, result: PhotoResult, made, drawn, own_world: bool = False) -> list[OutputFile]:
+        """Write an answer's local rasters and its world raster (or keep it for the run's mean), each with
+        its confidence areas' levels as band 2 (``drawn``: :class:`.confidence.DrawnAreas`)."""
+        world_levels, local_levels = drawn.world_levels, drawn.local_levels
         files = [
-            self._write(local, self.names.name(result.photo, "local", index), OutputKind.LOCAL_RASTER, result.photo)
-            for index, local in enumerate(made.local)
+            self._write(
+                local, levels, self.names.name(result.photo, "local", index), OutputKind.LOCAL_RASTER, result.photo
+            )
+            for index, (local, levels) in enumerate(zip(made.local, local_levels))
         ]
         if own_world or self.options.world == WORLD_EACH:
-            files.insert(0, self._world(result, made.world))
+            files.insert(0, self._world(result, made.world, world_levels))
         else:
-            files += self._combine(result, made.world)
+            files += self._combine(result, made.world, world_levels)
         return files
 
-    def _world(self, result: PhotoResult, world: Raster) -> OutputFile:
-        return self._write(world, self.names.name(result.photo, "world"), OutputKind.WORLD_RASTER, result.photo)
+    def _world(self, result: PhotoResult, world: Raster, levels) -> OutputFile:
+        name = self.names.name(result.photo, "world")
+        return self._write(world, levels, name, OutputKind.WORLD_RASTER, result.photo)
 
-    def _combine(self, result: PhotoResult, world: Raster) -> list[OutputFile]:
+    def _combine(self, result: PhotoResult, world: Raster, levels) -> list[OutputFile]:
         self.count += 1
         values = world.values.astype(np.float64)
         self.total = values if self.total is None else self.total + values
         if self.count == 1:
-            self.pending = (result, world)
+            self.pending = (result, world, levels)
         else:
             self.pending = None
         return []
@@ -491,7 +497,10 @@ class _RasterOutputs:
             return [self._world(*self.pending)]
         if self.count < 2:
             return []
+        from .confidence import drawn_areas
+
         mean = Raster((self.total / self.count).astype(np.float32), -180.0, 90.0, self.options.world_cell, "world")
         label = f"mean of {self.count} answers"
         name = self.names.name("all answers", "world")
-        return [self._write(mean, name, OutputKind.COMBINED_RASTER, label, values=VALUES_COMBINED)]
+        levels = drawn_areas(mean).world_levels
+        return [self._write(mean, levels, name, OutputKind.COMBINED_RASTER, label, values=VALUES_COMBINED)]

@@ -62,7 +62,6 @@ from .tasks import LOG_TAG, GeolocateTask, cancelled_text
 
 PHOTO_FILTER = "Photos (*.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp *.heic *.heif);;All files (*)"
 PATH_ROLE = Qt.ItemDataRole.UserRole
-THRESHOLDS = (1, 25, 200, 750, 2500)
 
 
 def _count_folder(folder: str) -> int:
@@ -970,7 +969,9 @@ class GeoCLIPDock(QgsDockWidget):
         self.accuracy_box.setVisible(bool(table))
         if not table:
             return
-        rows = [(f"within {km} km", f"{table[f'acc_{km}km']:.1f} %") for km in THRESHOLDS]
+        from .backend.geo import THRESHOLDS_KM
+
+        rows = [(f"within {km} km", f"{table[f'acc_{km}km']:.1f} %") for km in THRESHOLDS_KM]
         rows.append(("median error", f"{table['median_km']:,.0f} km"))
         if table.get("acc_country") is not None:
             rows.append(("right country", f"{table['acc_country']:.1f} %"))

@@ -108,8 +108,8 @@ MAP_TIP = (
     f"[% CASE WHEN {IS_FILE} THEN '<br><img src=\"file:///' || {_PHOTO_ESCAPED} || '\" width=\"240\">' END %]"
 )
 TOP_COLOUR, OTHER_COLOUR, TRUTH_COLOUR = "#d7191c", "#fdae61", "#2c7bb6"
-# Probability rasters: the smallest areas holding 90, 75, 50 and 25 % of the raster's probability, in blues
-# (the points are red and orange, so they stay visible on them); the rest is not drawn.
+# Probability rasters: the confidence areas of 90, 75, 50 and 25 % (the levels band the engine writes), in
+# blues (the points are red and orange, so they stay visible on them); the rest is not drawn.
 MASS_SHARES = ((0.9, "#74a9cf"), (0.75, "#2b8cbe"), (0.5, "#045a8d"), (0.25, "#023858"))
 RASTER_LEGEND_TITLE = "most likely areas, holding"
 FIELD_FORMATS = {  # field: (decimals shown, alias)
@@ -263,51 +263,51 @@ def style_truth_lines(layer: QgsVectorLayer) -> None:
     format_fields(layer)
 
 
-def mass_thresholds(path: str, shares=tuple(share for share, _ in MASS_SHARES)) -> dict | None:
-    """For each share, the value above which the raster's most probable cells hold that share of its
-    probability (its 'peak' too); None for a raster with nothing in it."""
-    import numpy as np
+def raster_facts(path: str) -> tuple[int | None, float | None]:
+    """(the band holding each cell's confidence level, the most probable cell's probability) as the
+    engine wrote them into a run's GeoTIFF (``GEOCLIP_LEVELS_BAND``, ``GEOCLIP_PEAK``); None for what a
+    file does not say, or says in a way no run writes (a received file is read, never trusted)."""
+    import math
+
     from osgeo import gdal
 
-    source = gdal.Open(path)
-    if source is None:
-        return None
-    values = source.GetRasterBand(1).ReadAsArray().astype(np.float64).ravel()
-    values = values[np.isfinite(values) & (values > 0)]
-    if values.size == 0:
-        return None
-    values = -np.sort(-values)  # most probable first
-    held = np.cumsum(values)
-    found = {"peak": float(values[0]), "total": float(held[-1])}
-    for share in shares:
-        found[share] = float(values[min(int(np.searchsorted(held, share * held[-1])), values.size - 1)])
-    return found
+    dataset = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY, allowed_drivers=["GTiff"])
+    if dataset is None:
+        return None, None
+    band, peak = dataset.GetMetadataItem("GEOCLIP_LEVELS_BAND"), dataset.GetMetadataItem("GEOCLIP_PEAK")
+    band = int(band) if band is not None and band.isdigit() and 2 <= int(band) <= dataset.RasterCount else None
+    try:
+        peak = float(peak) if peak is not None else None
+    except ValueError:
+        peak = None
+    return band, (peak if peak is not None and math.isfinite(peak) and 0 < peak <= 1 else None)
 
 
 def style_raster(layer: QgsRasterLayer) -> None:
-    """The smallest areas holding 90, 75, 50 and 25 % of the raster's probability, lighter to darker
-    blue: broad where the model hesitates, tight where it is sure, visible at world scale. The rest is
-    not drawn. The legend reads in those shares (see :func:`place_layer` for its title)."""
-    found = mass_thresholds(layer.source())
-    if found is None:
+    """The confidence areas of 90, 75, 50 and 25 %, lighter to darker blue, drawn from the confidence
+    levels the engine wrote as the raster's second band: exactly the cells of the run's confidence
+    polygons (before they are smoothed for drawing), broad where the model hesitates, tight where it is
+    sure. The rest is not drawn. A raster without that band (not written by a run) keeps QGIS's look."""
+    band, peak = raster_facts(layer.source())
+    if band is None:
         return
-    transparent = QColor(0, 0, 0, 0)
-    items = [QgsColorRampShader.ColorRampItem(found[MASS_SHARES[0][0]], transparent, "less likely: not drawn")]
-    bounds = [found[share] for share, _ in MASS_SHARES[1:]] + [found["peak"]]
-    for (share, colour), bound in zip(MASS_SHARES, bounds):
+    items = []
+    for share, colour in reversed(MASS_SHARES):  # ascending levels: a cell takes the first class it is below
         label = f"{100 * share:g} % of the probability" if share == MASS_SHARES[0][0] else f"{100 * share:g} %"
-        items.append(QgsColorRampShader.ColorRampItem(bound, QColor(colour), label))
-    shader = QgsColorRampShader(found[MASS_SHARES[0][0]], found["peak"])
+        items.append(QgsColorRampShader.ColorRampItem(share, QColor(colour), label))
+    items.append(QgsColorRampShader.ColorRampItem(1.0, QColor(0, 0, 0, 0), "less likely: not drawn"))
+    shader = QgsColorRampShader(0.0, 1.0)
     shader.setColorRampType(QgsColorRampShader.Type.Discrete)
     shader.setColorRampItemList(items)
     raster_shader = QgsRasterShader()
     raster_shader.setRasterShaderFunction(shader)
-    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, raster_shader)
-    renderer.setClassificationMin(found[MASS_SHARES[0][0]])
-    renderer.setClassificationMax(found["peak"])
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), band, raster_shader)
+    renderer.setClassificationMin(0.0)
+    renderer.setClassificationMax(1.0)
     renderer.setOpacity(0.85)
     layer.setRenderer(renderer)
-    layer.setCustomProperty("geoclip/peak", found["peak"])
+    if peak is not None:
+        layer.setCustomProperty("geoclip/peak", peak)
 
 
 def style_basemap(layer: QgsVectorLayer) -> None:
@@ -572,7 +572,7 @@ def _insert_sorted(group, layer, order: int, legend_title: str = ""):
     node.setCustomProperty(ORDER_PROPERTY, order)
     if legend_title:
         QgsMapLayerLegendUtils.setLegendNodeUserLabel(node, 0, legend_title)
-        QgsMapLayerLegendUtils.setLegendNodeOrder(node, [0] + list(range(2, len(MASS_SHARES) + 2)))
+        QgsMapLayerLegendUtils.setLegendNodeOrder(node, [0, *range(len(MASS_SHARES), 0, -1)])  # 90 % first
     group.insertChildNode(index, node)
     return node
 
@@ -596,14 +596,14 @@ def place_layer(project: QgsProject, group, layer, file: OutputFile, answers: in
     """Put one of a run's layers in its place in the run's group, with its legend and description."""
     own_group = file.kind == OutputKind.LOCAL_RASTER or (file.kind == OutputKind.WORLD_RASTER and answers > 1)
     target = _photo_group(group, file.answer) if own_group else group
-    raster = file.kind in RASTER_KINDS and layer.customProperty("geoclip/peak") is not None
+    raster = file.kind in RASTER_KINDS and isinstance(layer.renderer(), QgsSingleBandPseudoColorRenderer)
     node = _insert_sorted(target, layer, ORDER[file.kind], RASTER_LEGEND_TITLE if raster else "")
     layer.setCustomProperty(RUN_PROPERTY, run_at or "yes")
     layer.setCustomProperty(OUTPUT_PROPERTY, os.path.abspath(_output_of(group)))
     if file.answer:
         layer.setCustomProperty(ANSWER_PROPERTY, file.answer)
     about = f"GeoCLIP run {_local_time(run_at)}: {group.name()}\nWritten to {file.path}"
-    if raster:
+    if raster and layer.customProperty("geoclip/peak") is not None:
         peak = float(layer.customProperty("geoclip/peak"))
         about += f"\nMost probable cell: {100 * peak:.2g} % of the world's probability"
     layer.setAbstract(about)

@@ -49,7 +49,6 @@ def cancelled_text(kept: int, total: int) -> str:
 
 
 class GeolocateTask(QgsTask):
-    status = pyqtSignal(str)  # short progress text for the dock
     progress = pyqtSignal(object)  # backend.progress.Progress, every event, for the dock's bar and line
     done = pyqtSignal(object)  # TaskResult, emitted on the main thread from finished()
 
@@ -67,7 +66,6 @@ class GeolocateTask(QgsTask):
         if event.fraction is not None:
             self.setProgress(100.0 * event.fraction)
         self.progress.emit(event)
-        self.status.emit(event.text())
 
     def run(self) -> bool:  # worker thread
         from .backend.errors import GeoCLIPError, WeightsError

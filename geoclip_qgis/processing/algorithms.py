@@ -35,10 +35,10 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ..backend.geo import THRESHOLDS_KM
 from ..inputs import WGS84, InputError, area_from_extent, area_from_polygons, photo_paths
 from ..session import EngineSettings, get_engine, load_settings
 
-THRESHOLDS = (1, 25, 200, 750, 2500)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -423,7 +423,7 @@ class EvaluatePhotos(_GeoCLIPAlgorithm):
             )
         )
         self._add_run_outputs()
-        for km in THRESHOLDS:
+        for km in THRESHOLDS_KM:
             self.addOutput(QgsProcessingOutputNumber(f"ACC_{km}KM", f"% within {km} km"))
         self.addOutput(QgsProcessingOutputNumber("MEDIAN_KM", "Median error (km)"))
         self.addOutput(QgsProcessingOutputNumber("ACC_COUNTRY", "% of top-1 answers in the right country"))
@@ -445,7 +445,7 @@ class EvaluatePhotos(_GeoCLIPAlgorithm):
         table = self._last_outcome.summary.accuracy() or accuracy_table([])
         feedback.pushInfo(format_table(table))
         results.update(PHOTOS=table["photos"], MEDIAN_KM=table["median_km"], ACC_COUNTRY=table.get("acc_country"))
-        results.update({f"ACC_{km}KM": table[f"acc_{km}km"] for km in THRESHOLDS})
+        results.update({f"ACC_{km}KM": table[f"acc_{km}km"] for km in THRESHOLDS_KM})
         return results
 
 
