@@ -49,8 +49,9 @@ class Area:
     def from_file(cls, path: str | os.PathLike, layer: str | None = None) -> Area:
         """The union of every polygon in one layer of a vector file (any OGR format), reprojected to
         EPSG:4326. A file with several polygon layers needs ``layer`` to say which."""
-        from osgeo import ogr, osr
+        from osgeo import ogr
 
+        from .geo import transform_to_wgs84
         from .polygons import to_wgs84
 
         source = ogr.Open(os.fspath(path))
@@ -71,14 +72,8 @@ class Area:
         else:
             names = ", ".join(lyr.GetName() for lyr in candidates)
             raise GeoCLIPError(f"area file {path} has {len(candidates)} polygon layers ({names}): choose one")
-        wgs84 = osr.SpatialReference()
-        wgs84.ImportFromEPSG(4326)
-        wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
         union = ogr.Geometry(ogr.wkbMultiPolygon)
-        transform = None
-        if chosen.GetSpatialRef() is not None and not chosen.GetSpatialRef().IsSame(wgs84):
-            chosen.GetSpatialRef().SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-            transform = osr.CoordinateTransformation(chosen.GetSpatialRef(), wgs84)
+        transform = transform_to_wgs84(chosen.GetSpatialRef())
         for feature in chosen:
             geometry = feature.GetGeometryRef()
             if geometry is None:

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import GeoCLIPError
-from .geo import EARTH_RADIUS_KM
+from .geo import EARTH_RADIUS_KM, wgs84
 
 if TYPE_CHECKING:  # annotations only: importing .rasters would import torch
     from .rasters import Raster
@@ -192,21 +192,12 @@ SIMPLIFY_CELLS = 1.0  # ...topology-preserving Douglas–Peucker, tolerance in c
 TOP_UPS = 4  # rounds of taking more cells to make up for what leaving parts out and simplifying lost
 
 
-def _wgs84():
-    from osgeo import osr
-
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(4326)
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    return srs
-
-
 def _grid(raster: Raster, kind: int):
     from osgeo import gdal
 
     dataset = gdal.GetDriverByName("MEM").Create("", raster.cols, raster.rows, 1, kind)
     dataset.SetGeoTransform((raster.west, raster.cell, 0.0, raster.north, 0.0, -raster.cell))
-    dataset.SetProjection(_wgs84().ExportToWkt())
+    dataset.SetProjection(wgs84().ExportToWkt())
     return dataset
 
 
@@ -225,7 +216,7 @@ def _polygonised(mask: np.ndarray, raster: Raster):
     band = dataset.GetRasterBand(1)
     band.WriteArray(mask.astype(np.uint8))
     vectors = ogr.GetDriverByName("Memory").CreateDataSource("")
-    layer = vectors.CreateLayer("mask", _wgs84(), ogr.wkbPolygon)
+    layer = vectors.CreateLayer("mask", wgs84(), ogr.wkbPolygon)
     layer.CreateField(ogr.FieldDefn("value", ogr.OFTInteger))
     if gdal.Polygonize(band, band, layer, 0, []) != 0:  # the band masks itself: zero cells make no polygon
         raise GeoCLIPError(f"cannot polygonise a confidence area: {gdal.GetLastErrorMsg()}")
@@ -436,7 +427,7 @@ def _inside(geometry, cells: Cells) -> np.ndarray:
     from osgeo import ogr
 
     vectors = ogr.GetDriverByName("Memory").CreateDataSource("")
-    layer = vectors.CreateLayer("area", _wgs84(), ogr.wkbMultiPolygon)
+    layer = vectors.CreateLayer("area", wgs84(), ogr.wkbMultiPolygon)
     layer.CreateField(ogr.FieldDefn("inside", ogr.OFTInteger))
     feature = ogr.Feature(layer.GetLayerDefn())
     feature.SetField("inside", 1)

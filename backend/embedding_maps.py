@@ -27,7 +27,7 @@ import torch
 
 from .filelock import put_in_place, staged
 from .gallery import cached_location_features, encode_locations, features_key, load_gallery
-from .geo import haversine_km
+from .geo import haversine_km, wgs84
 from .location_features import (
     FEATURE_DIM,
     PCA_SAMPLE,
@@ -41,7 +41,6 @@ from .location_features import (
     fit_pca,
     grid_dtype,
     stop_check,
-    wgs84,
 )
 from .rasters import grid_centres, world_shape
 
@@ -242,7 +241,7 @@ class _TileWriter:
         descriptions: Sequence[str] = (),
         rgb: bool = False,
     ):
-        from osgeo import gdal, osr
+        from osgeo import gdal
 
         from .geotiff import refuse_foreign_raster
 
@@ -267,9 +266,7 @@ class _TileWriter:
             self.abandon()
             raise LocationError(f"cannot write {self.path}: {gdal.GetLastErrorMsg()}")
         self.dataset.SetGeoTransform(grid.geotransform)
-        srs = osr.SpatialReference()
-        srs.ImportFromEPSG(4326)
-        self.dataset.SetProjection(srs.ExportToWkt())
+        self.dataset.SetProjection(wgs84().ExportToWkt())
         self.dataset.SetMetadata({key: str(value) for key, value in metadata.items()})
         colours = (gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)
         for index in range(bands):

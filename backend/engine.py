@@ -33,7 +33,7 @@ from .heads import load_heads
 from .photos import Preprocessing
 from .progress import ProgressCallback, Stage, report_step
 from .rasters import RasterSet, SurfaceEvaluator, grid_centres, world_shape
-from .results import Candidate, PhotoResult
+from .results import AnswerKind, Candidate, PhotoResult
 from .weights import ModelFiles, sha256_file
 
 LOG = logging.getLogger("geoclip_qgis")
@@ -278,7 +278,7 @@ class Engine:
         self.check_top_k(top_k)
         features = self.text_features(queries)
         return [
-            PhotoResult(f"text: {q}", ranked, feature=f.cpu().numpy())
+            PhotoResult(f"text: {q}", ranked, feature=f.cpu().numpy(), kind=AnswerKind.TEXT)
             for q, ranked, f in zip(queries, self.answer(features, top_k, area), features)
         ]
 
@@ -295,7 +295,8 @@ class Engine:
             raise GeoCLIPError("nothing to fuse: no photo was answered")
         total = torch.from_numpy(np.sum([r.feature for r in members], axis=0))
         ranked = self.answer(total[None], top_k, area)[0]
-        return PhotoResult(label or f"fused: {len(members)} photos", ranked, feature=total.numpy())
+        label = label or f"fused: {len(members)} photos"
+        return PhotoResult(label, ranked, feature=total.numpy(), kind=AnswerKind.FUSED)
 
     # ------------------------------------------------------------------------------ rasters
 

@@ -7,6 +7,31 @@ EARTH_RADIUS_KM = 6371.0088  # IUGG mean radius
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
 
 
+def wgs84():
+    """EPSG:4326 with longitude first (x = lon, y = lat): the coordinate system of every layer and raster
+    the product writes, and of every geometry it computes with. A fresh object each call (GDAL's are
+    mutable)."""
+    from osgeo import osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return srs
+
+
+def transform_to_wgs84(srs):
+    """The transformation from ``srs`` (read with easting or longitude first) to :func:`wgs84`; None when
+    there is nothing to transform (no coordinate system, or WGS84 already). ``srs`` is left as it was."""
+    from osgeo import osr
+
+    target = wgs84()
+    if srs is None or srs.IsSame(target):
+        return None
+    source = srs.Clone()
+    source.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return osr.CoordinateTransformation(source, target)
+
+
 def haversine_km(lat1, lon1, lat2, lon2):
     """Great-circle distance in km between points in degrees; numpy arrays broadcast."""
     import numpy as np  # here, not at the top: the plugin reads this module where NumPy may be missing

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .rasters import Raster
-from .results import path_text
+from .results import AnswerKind, path_text
 
 VALUES_PER_CELL = (
     "probability per cell: the model's density (softmax score per unit area) integrated over "
@@ -60,9 +60,10 @@ def write_geotiff(
     symbolic link) is refused, not replaced. The file is written inside a fresh private folder beside
     ``path`` (:func:`.filelock.staged`), so nothing already there under a ``.partial`` name can be
     written through."""
-    from osgeo import gdal, osr
+    from osgeo import gdal
 
     from .filelock import put_in_place, staged
+    from .geo import wgs84
     from .writers import WriteError
 
     path = Path(path)
@@ -80,9 +81,7 @@ def write_geotiff(
             raise WriteError(f"cannot write {path}: {gdal.GetLastErrorMsg()}")
         try:
             dataset.SetGeoTransform((raster.west, raster.cell, 0.0, raster.north, 0.0, -raster.cell))
-            srs = osr.SpatialReference()
-            srs.ImportFromEPSG(4326)
-            dataset.SetProjection(srs.ExportToWkt())
+            dataset.SetProjection(wgs84().ExportToWkt())
             marked = {"GEOCLIP_RASTER": raster.kind, **(metadata or {})}  # the mark that makes it ours
             finite = raster.values[np.isfinite(raster.values)]
             marked["GEOCLIP_PEAK"] = repr(float(finite.max())) if finite.size else "nan"
@@ -147,8 +146,9 @@ def _quiet_gdal():
         gdal.PopErrorHandler()
 
 
-def _stem(label: str) -> str:
-    stem = label[len("text: ") :] if label.startswith("text: ") else Path(label).stem
+def _stem(label: str, answer: AnswerKind) -> str:
+    # a photo by its file name; a text query by its text (its label is "text: <the text>"); a fused set by its label
+    stem = {AnswerKind.PHOTO: Path(label).stem, AnswerKind.TEXT: label.partition(": ")[2]}.get(answer, label)
     return re.sub(r"[^\w.-]+", "_", stem).strip("_")[:60] or "query"
 
 
@@ -162,18 +162,18 @@ class RasterNames:
     def __init__(self):
         self._owner: dict[str, str] = {}  # stem -> the label that has it
 
-    def stem(self, label: str) -> str:
-        stem = _stem(label)
+    def stem(self, label: str, answer: AnswerKind = AnswerKind.PHOTO) -> str:
+        stem = _stem(label, answer)
         owner = self._owner.setdefault(stem, label)
         if owner != label:
             stem = f"{stem}_{hashlib.sha256(label.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
             self._owner.setdefault(stem, label)
         return stem
 
-    def name(self, label: str, kind: str, index: int = 0) -> str:
-        return f"{self.stem(label)}_{kind}{index + 1 if kind == 'local' else ''}.tif"
+    def name(self, label: str, kind: str, index: int = 0, answer: AnswerKind = AnswerKind.PHOTO) -> str:
+        return f"{self.stem(label, answer)}_{kind}{index + 1 if kind == 'local' else ''}.tif"
 
 
-def raster_name(label: str, kind: str, index: int = 0) -> str:
+def raster_name(label: str, kind: str, index: int = 0, answer: AnswerKind = AnswerKind.PHOTO) -> str:
     """The name of a raster of one answer, without regard to others in the run."""
-    return f"{_stem(label)}_{kind}{index + 1 if kind == 'local' else ''}.tif"
+    return f"{_stem(label, answer)}_{kind}{index + 1 if kind == 'local' else ''}.tif"

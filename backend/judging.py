@@ -116,8 +116,9 @@ def read_polygons(
     """The polygons of one layer of a vector file (any OGR format), reprojected to EPSG:4326, as WKT
     (curves made straight), with their names: the ``name_field`` value, else the feature id. Features
     without a polygon are left out."""
-    from osgeo import ogr, osr
+    from osgeo import ogr
 
+    from .geo import transform_to_wgs84
     from .polygons import to_wgs84
 
     source = ogr.Open(os.fspath(path))
@@ -144,14 +145,7 @@ def read_polygons(
         name_index = defn.GetFieldIndex(name_field)
         if name_index < 0:
             raise GeoCLIPError(f"{path}: no field {name_field!r} (fields: {', '.join(fields) or 'none'})")
-    wgs84 = osr.SpatialReference()
-    wgs84.ImportFromEPSG(4326)
-    wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    transform = None
-    crs = chosen.GetSpatialRef()
-    if crs is not None and not crs.IsSame(wgs84):
-        crs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        transform = osr.CoordinateTransformation(crs, wgs84)
+    transform = transform_to_wgs84(chosen.GetSpatialRef())
     wkts, names = [], []
     for feature in chosen:
         geometry = feature.GetGeometryRef()

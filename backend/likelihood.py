@@ -284,10 +284,10 @@ def unread_places(
     """The places of a point layer or CSV that :func:`.point_embeddings.read_points` (called with the same
     arguments) leaves out for want of a usable position — no position, not a number, a latitude beyond
     ±90, one that cannot be reprojected — each named by the id read_points would give it, with why."""
-    from osgeo import gdal, ogr, osr
+    from osgeo import gdal, ogr
 
     from .evaluation import LAT_COLUMNS, LON_COLUMNS
-    from .location_features import wgs84
+    from .geo import transform_to_wgs84
 
     dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR)
     source = None if dataset is None else dataset.GetLayerByName(layer) if layer else dataset.GetLayer(0)
@@ -307,12 +307,7 @@ def unread_places(
     lat_index, lon_index = (index(lat_column, LAT_COLUMNS), index(lon_column, LON_COLUMNS)) if from_columns else (0, 0)
     if lat_index is None or lon_index is None:
         return []
-    transform = None
-    srs = source.GetSpatialRef()
-    if not from_columns and srs is not None and not srs.IsSame(wgs84()):
-        srs = srs.Clone()
-        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        transform = osr.CoordinateTransformation(srs, wgs84())
+    transform = None if from_columns else transform_to_wgs84(source.GetSpatialRef())
     skipped = []
     source.ResetReading()
     for feature in source:

@@ -220,12 +220,3 @@ def delete_dataset(path: Path) -> None:
             candidate.unlink()
         except FileNotFoundError:
             pass
-
-
-def wgs84():
-    from osgeo import osr
-
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(4326)
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    return srs

@@ -29,6 +29,7 @@ import numpy as np
 from .evaluation import LAT_COLUMNS, LON_COLUMNS
 from .filelock import put_in_place, refuse_non_file, staged
 from .gallery import CHUNK
+from .geo import transform_to_wgs84, wgs84
 from .location_features import (
     FEATURE_DIM,
     PCA_SAMPLE,
@@ -40,7 +41,6 @@ from .location_features import (
     canonical_lat_lon,
     fit_pca,
     stop_check,
-    wgs84,
 )
 from .version import __version__
 
@@ -168,7 +168,7 @@ def read_points(
     survive), unless a ``.csvt`` file beside the CSV gives their types. Features without a position are
     skipped and counted; a layer without a coordinate system is taken as EPSG:4326 (noted).
     """
-    from osgeo import gdal, ogr, osr
+    from osgeo import gdal, ogr
 
     path = Path(path)
     if not path.exists():
@@ -208,14 +208,10 @@ def read_points(
 
     transform = None
     if not from_columns:
-        target = wgs84()
         srs = source.GetSpatialRef()
         if srs is None:
             notes.append(f"{path.name} has no coordinate system: positions taken as EPSG:4326")
-        elif not srs.IsSame(target):
-            srs = srs.Clone()
-            srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-            transform = osr.CoordinateTransformation(srs, target)
+        transform = transform_to_wgs84(srs)
 
     ids, lats, lons, rows = [], [], [], []
     skipped = 0

@@ -36,6 +36,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .errors import GeoCLIPError
+from .geo import transform_to_wgs84
 
 LOG = logging.getLogger("geoclip_qgis")
 
@@ -101,14 +102,10 @@ def wkt_to_wgs84(wkt: str, crs_wkt: str, what: str) -> str:
         raise GeoCLIPError(f"{what} is not a geometry")
     transform = None
     if crs_wkt:
-        source, wgs84 = osr.SpatialReference(), osr.SpatialReference()
+        source = osr.SpatialReference()
         if source.SetFromUserInput(crs_wkt) != 0:
             raise GeoCLIPError(f"{what}: its coordinate system cannot be read")
-        wgs84.ImportFromEPSG(4326)
-        for crs in (source, wgs84):
-            crs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        if not source.IsSame(wgs84):
-            transform = osr.CoordinateTransformation(source, wgs84)
+        transform = transform_to_wgs84(source)
     return to_wgs84(geometry, transform, what).ExportToWkt()
 
 

@@ -35,7 +35,7 @@ from .geo import haversine_km
 from .likelihood import Likelihood
 from .places import PLACES_CREDIT, nearest_places
 from .regions import COUNTRY, RegionRow
-from .results import Candidate, PhotoResult
+from .results import AnswerKind, Candidate, PhotoResult
 from .shown_text import visible_text
 from .version import __version__
 from .weights import backbone_provenance, not_vit_l14_warning, weight_checksums
@@ -88,6 +88,7 @@ class ReportAnswer:
     hypotheses: list[Likelihood] = field(default_factory=list)
     error: str | None = None  # why the photo has no answer
     notes: list[str] = field(default_factory=list)
+    kind: AnswerKind = AnswerKind.PHOTO  # what the answer answers
 
 
 @dataclass
@@ -212,10 +213,11 @@ def answer_from_result(
         confidence=list(confidence),
         hypotheses=list(hypotheses),
         error=result.error,
+        kind=result.kind,
     )
     if truth:
         answer.truth_place = nearest_places([truth[0]], [truth[1]])[0].label()
-    if thumbnail and os.path.isfile(result.photo):
+    if thumbnail and result.kind is AnswerKind.PHOTO and os.path.isfile(result.photo):
         try:
             answer.thumbnail_jpeg = thumbnail_jpeg(result.photo)
         except Exception as exc:  # a photo that cannot be shown still gets its report
@@ -249,7 +251,7 @@ def report_from_geopackage(
     answers, found = [], read_answers(path, list(photos) if photos else None, skipped)
     for stored in found:
         answer = answer_from_result(stored.result, thumbnail=False, regions=stored.regions, confidence=stored.areas)
-        if not stored.photo.startswith(("text: ", "fused: ")):
+        if stored.result.kind is AnswerKind.PHOTO:
             photo = photo_file(stored)
             if photo is None:
                 answer.notes.append(PHOTO_NOT_AVAILABLE)

@@ -45,6 +45,7 @@ COLUMNS = (
     "run_at",
     "area",
     "photo_bytes_hex",
+    "kind",
     "error",
 )
 POINT_COLUMNS = COLUMNS[:-1]
@@ -72,6 +73,7 @@ COLUMN_TYPES = {
     "run_at": str,
     "area": str,
     "photo_bytes_hex": str,
+    "kind": str,
     "error": str,
 }
 
@@ -114,12 +116,33 @@ class OutputKind(str, enum.Enum):
     COMBINED_RASTER = "combined_raster"  # the run's answers' world rasters, averaged
 
 
+class AnswerKind(str, enum.Enum):
+    """What an answer answers. Stored with every row (the ``kind`` column) and carried by results, so
+    nothing tells a text query from a photo by reading its label."""
+
+    PHOTO = "photo"
+    TEXT = "text"  # a text description through CLIP's text tower; labelled "text: <the text>"
+    FUSED = "fused"  # the joint answer of several photos; labelled "fused: N photos"
+
+    @classmethod
+    def of_row(cls, value, label: str) -> AnswerKind:
+        """The kind a stored row says. A run written before the ``kind`` column existed (``value`` None)
+        named its text and fused answers by their label's prefix: read so for those files alone."""
+        if value is None:
+            return cls.TEXT if label.startswith("text: ") else cls.FUSED if label.startswith("fused: ") else cls.PHOTO
+        try:
+            return cls(str(value))
+        except ValueError:
+            return cls.PHOTO  # an unknown kind is shown as a photo's: its file is still checked by sha256
+
+
 @dataclass(frozen=True)
 class OutputFile:
     kind: OutputKind
     path: str
     layer: str = ""  # the layer or table inside a GeoPackage
     answer: str = ""  # the photo, text query or fused set a raster belongs to
+    answer_kind: AnswerKind = AnswerKind.PHOTO  # which of those it is
 
 
 SKIP_ANSWERED = "answered in an earlier run"
@@ -148,6 +171,7 @@ class PhotoResult:
     sha256: str | None = None  # of the photo file's bytes: the key for resuming and caching
     skipped: str | None = None  # why the photo was not answered on purpose (SKIP_*): nothing to write
     truth: tuple[float, float] | None = None  # (lat, lon) the run scores it against (a truth CSV's), over EXIF
+    kind: AnswerKind = AnswerKind.PHOTO
 
     @property
     def ok(self) -> bool:
@@ -185,6 +209,7 @@ class PhotoResult:
         base = {
             "photo": photo,
             "photo_bytes_hex": photo_bytes_hex,
+            "kind": self.kind.value,
             "exif_lat": self.exif_lat,
             "exif_lon": self.exif_lon,
             "timestamp": meta.timestamp if meta else None,
@@ -228,6 +253,7 @@ def result_to_dict(result: PhotoResult) -> dict:
         "metadata": dataclasses.asdict(result.metadata) if result.metadata else None,
         "feature": result.feature.astype("float32").tolist() if result.feature is not None else None,
         "truth": list(result.truth) if result.truth is not None else None,
+        "kind": result.kind.value,
     }
 
 
@@ -245,7 +271,16 @@ def result_from_dict(data: dict) -> PhotoResult:
         metadata=PhotoMetadata(**data["metadata"]) if data["metadata"] else None,
         feature=np.asarray(data["feature"], dtype=np.float32) if data.get("feature") is not None else None,
         truth=(float(data["truth"][0]), float(data["truth"][1])) if data.get("truth") is not None else None,
+        kind=AnswerKind(data.get("kind", "photo")),
     )
+
+
+def answer_name(label: str, kind: AnswerKind) -> str:
+    """An answer's name for people: a photo's file name (no folders), or a text query's or fused set's
+    label as it is ("text: a harbour town", "fused: 4 photos")."""
+    if kind is not AnswerKind.PHOTO:
+        return label
+    return os.path.basename(label.replace("\\", "/")) or label
 
 
 def photo_label(item, number: int) -> str:

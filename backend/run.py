@@ -28,14 +28,13 @@ from .errors import GeoCLIPError
 from .geotiff import VALUES_COMBINED, RasterNames, raster_metadata, write_geotiff
 from .progress import ProgressCallback, Stage, report_step
 from .rasters import Raster
-from .results import SKIP_ANSWERED, OutputFile, OutputKind, PhotoResult
+from .results import SKIP_ANSWERED, AnswerKind, OutputFile, OutputKind, PhotoResult
 from .summary import RunSummary
 from .version import __version__
 
 WORLD_EACH = "each"  # a world raster per answer
 WORLD_COMBINED = "combined"  # one world raster for the run: the mean of its answers'
 FUSE_MINIMUM = 2  # a joint answer needs at least this many answered photos
-FUSED_PREFIX = "fused: "  # the label of a joint answer: "fused: 12 photos"
 
 
 @dataclass
@@ -286,7 +285,7 @@ def _answer_all(request, engine, photos, total, skip, writer, truths, outcome, p
             outcome.files += details.add(result)
         writer.write(result)
         summary.add(result)
-        if answered and request.fuse and not result.photo.startswith("text: "):
+        if answered and request.fuse and result.kind is AnswerKind.PHOTO:
             members.append(result)
         elif result.skipped == SKIP_ANSWERED and request.fuse:
             earlier.append(result.photo)
@@ -299,8 +298,8 @@ def _answer_all(request, engine, photos, total, skip, writer, truths, outcome, p
     if request.fuse and not summary.stopped:
         fused = _fuse(request, engine, members, earlier, summary, progress)
         if fused is not None:
-            if earlier and hasattr(writer, "remove_rows"):
-                writer.remove_rows(FUSED_PREFIX)  # the earlier joint answer covered fewer photos
+            if earlier and hasattr(writer, "remove_answers"):
+                writer.remove_answers(AnswerKind.FUSED)  # the earlier joint answer covered fewer photos
             outcome.fused = fused = details.named(fused)
             outcome.files += details.add(fused, own_world=True)
             writer.write(fused)
@@ -457,9 +456,11 @@ class _RasterOutputs:
             **extra,
         )
 
-    def _write(self, raster: Raster, levels, name: str, kind: OutputKind, answer: str, **extra) -> OutputFile:
+    def _write(
+        self, raster: Raster, levels, name: str, kind: OutputKind, answer: str, answer_kind: AnswerKind, **extra
+    ) -> OutputFile:
         path = write_geotiff(raster, self.folder / name, self._metadata(raster, answer, **extra), levels)
-        return OutputFile(kind, str(path), answer=answer)
+        return OutputFile(kind, str(path), answer=answer, answer_kind=answer_kind)
 
     def add(self, result: PhotoResult, made, drawn, own_world: bool = False) -> list[OutputFile]:
         """Write an answer's local rasters and its world raster (or keep it for the run's mean), each with
@@ -467,7 +468,12 @@ class _RasterOutputs:
         world_levels, local_levels = drawn.world_levels, drawn.local_levels
         files = [
             self._write(
-                local, levels, self.names.name(result.photo, "local", index), OutputKind.LOCAL_RASTER, result.photo
+                local,
+                levels,
+                self.names.name(result.photo, "local", index, result.kind),
+                OutputKind.LOCAL_RASTER,
+                result.photo,
+                result.kind,
             )
             for index, (local, levels) in enumerate(zip(made.local, local_levels))
         ]
@@ -478,8 +484,8 @@ class _RasterOutputs:
         return files
 
     def _world(self, result: PhotoResult, world: Raster, levels) -> OutputFile:
-        name = self.names.name(result.photo, "world")
-        return self._write(world, levels, name, OutputKind.WORLD_RASTER, result.photo)
+        name = self.names.name(result.photo, "world", answer=result.kind)
+        return self._write(world, levels, name, OutputKind.WORLD_RASTER, result.photo, result.kind)
 
     def _combine(self, result: PhotoResult, world: Raster, levels) -> list[OutputFile]:
         self.count += 1
@@ -501,6 +507,7 @@ class _RasterOutputs:
 
         mean = Raster((self.total / self.count).astype(np.float32), -180.0, 90.0, self.options.world_cell, "world")
         label = f"mean of {self.count} answers"
-        name = self.names.name("all answers", "world")
+        name = self.names.name("all answers", "world", answer=AnswerKind.FUSED)
         levels = drawn_areas(mean).world_levels
-        return [self._write(mean, levels, name, OutputKind.COMBINED_RASTER, label, values=VALUES_COMBINED)]
+        combined = (mean, levels, name, OutputKind.COMBINED_RASTER, label, AnswerKind.FUSED)
+        return [self._write(*combined, values=VALUES_COMBINED)]

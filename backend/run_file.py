@@ -35,14 +35,13 @@ from .confidence import ConfidenceArea
 from .errors import GeoCLIPError
 from .exif import PhotoMetadata
 from .regions import RegionRow
-from .results import Candidate, PhotoResult
+from .results import AnswerKind, Candidate, PhotoResult
 from .writers import AREAS_LAYER, ERRORS_LAYER, FEATURES_LAYER, POINTS_LAYER, REGIONS_LAYER, RUNS_LAYER
 
 FEATURE_BYTES = 512 * 4  # a query vector: 512 float32 numbers (heads.IMAGE_FEATURE_DIM)
 PHOTO_MAX_BYTES = 1 << 30  # a file larger than this is not hashed to find an answer's photo
 JSON_MAX_DEPTH = 16  # run settings are flat tables; deeper nesting is not ours
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_NOT_PHOTOS = ("text: ", "fused: ")
 
 
 class RunFileError(GeoCLIPError):
@@ -305,6 +304,7 @@ def _read_answers(db: _Db, photos: list[str] | None, skipped: list[str] | None) 
             error=entry.get("error") if not rows else None,
             feature=features.get(photo),
             sha256=sha,
+            kind=AnswerKind.of_row(first.get("kind"), photo) if rows else AnswerKind.PHOTO,  # only photos fail
         )
         path = _path(photo, raw_hex, notes)
         _note(skipped, table, first or {"photo": photo}, notes)
@@ -540,7 +540,7 @@ def photo_candidates(stored: StoredAnswer) -> list[str]:
     else that relative path under the GeoPackage's folder (never climbing out of it with ``..``); then
     the file name alone in the GeoPackage's folder. Never relative to the current folder."""
     path = stored.path
-    if not stored.gpkg or not path or "\0" in path or path.startswith(_NOT_PHOTOS):
+    if not stored.gpkg or not path or "\0" in path or stored.result.kind is not AnswerKind.PHOTO:
         return []
     folder = os.path.dirname(os.path.abspath(stored.gpkg))
     found = []
@@ -560,7 +560,7 @@ def photo_file(stored: StoredAnswer) -> str | None:
     fused set, a file that lost it) has none. The case report, the results panel and the PDF report show
     only this file, so a received GeoPackage cannot make them read any other."""
     expected = stored.result.sha256
-    if not expected or stored.photo.startswith(_NOT_PHOTOS):
+    if not expected or stored.result.kind is not AnswerKind.PHOTO:
         return None
     for candidate in photo_candidates(stored):
         if _file_sha256(candidate) == expected:

@@ -28,6 +28,7 @@ from typing import TextIO
 
 import numpy as np
 
+from . import geo
 from .csv_safety import neutralise_formula  # the one rule for every CSV the product writes
 from .errors import GeoCLIPError
 from .filelock import OutputLock
@@ -36,6 +37,7 @@ from .results import (
     COLUMNS,
     ERROR_COLUMNS,
     POINT_COLUMNS,
+    AnswerKind,
     OutputFile,
     OutputKind,
     PhotoResult,
@@ -63,6 +65,7 @@ LAYER_KINDS = {
 OUR_LAYERS = (*LAYER_KINDS, RUNS_LAYER, FEATURES_LAYER)
 AREA_COLUMNS = {
     "photo": str,
+    "kind": str,  # what the answer answers (results.AnswerKind): a map label needs it
     "level": float,
     "area_km2": float,
     "mass": float,
@@ -228,7 +231,7 @@ class OgrWriter:
     def __init__(self, path: Path, driver_name: str, model: str = "", run_at: str = "", area: str = "", batch: int = 8):
         """``batch``: photos per transaction (the engine's batch size): a crash or kill loses at most
         the photos of one batch, and a rerun answers them again."""
-        from osgeo import ogr, osr
+        from osgeo import ogr
 
         self._ogr = ogr
         self.path, self.model, self.run_at, self.area = Path(path), model, run_at, area
@@ -247,12 +250,12 @@ class OgrWriter:
         gdal.PushErrorHandler("CPLQuietErrorHandler")
         self._quiet = True
         try:
-            self._open(driver, osr)
+            self._open(driver)
         except BaseException:
             self._abandon()
             raise
 
-    def _open(self, driver, osr) -> None:
+    def _open(self, driver) -> None:
         ogr = self._ogr
         exists = self.path.exists()
         if exists:
@@ -269,9 +272,7 @@ class OgrWriter:
             raise WriteError(f"cannot write {self.path}: {_gdal_error()}")
         if self.is_gpkg and not exists:
             self._ds.SetMetadataItem(DATASET_MARK, __version__)
-        wgs84 = osr.SpatialReference()
-        wgs84.ImportFromEPSG(4326)
-        wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        wgs84 = geo.wgs84()
         self._columns = POINT_COLUMNS if self.is_gpkg else COLUMNS
         self._points = self._layer(POINTS_LAYER, ogr.wkbPoint, wgs84, self._columns)
         self._errors = self._truth = None
@@ -363,16 +364,25 @@ class OgrWriter:
             self._commit()
             self._begin()
 
-    def remove_rows(self, photo_prefix: str) -> None:
-        """Delete this file's answers whose photo label starts with ``photo_prefix`` (a superseded joint
-        answer), with their regions, areas and query vectors; only ever in our own layers."""
+    def remove_answers(self, kind: AnswerKind) -> None:
+        """Delete this file's answers of ``kind`` (a superseded joint answer), with their regions, areas
+        and query vectors; only ever in our own layers."""
         if not self.is_gpkg:
             return
-        escaped = photo_prefix.replace("'", "''")
+        found = self._ds.ExecuteSQL(f"SELECT DISTINCT photo, kind FROM {POINTS_LAYER}")  # nosec B608 - our layer
+        labels = set()
+        if found is not None:
+            for row in found:
+                label = row.GetField("photo") or ""
+                if AnswerKind.of_row(row.GetField("kind"), label) is kind:
+                    labels.add(label)
+            self._ds.ReleaseResultSet(found)
         for name in (POINTS_LAYER, REGIONS_LAYER, AREAS_LAYER, FEATURES_LAYER):
             if self._ds.GetLayerByName(name) is not None:
-                sql = f"DELETE FROM {name} WHERE substr(photo, 1, {len(photo_prefix)}) = '{escaped}'"  # nosec B608
-                self._ds.ExecuteSQL(sql)  # our own layer names; the one value is quoted above
+                for label in labels:
+                    escaped = label.replace("'", "''")
+                    sql = f"DELETE FROM {name} WHERE photo = '{escaped}'"  # nosec B608
+                    self._ds.ExecuteSQL(sql)  # our own layer names; the one value is quoted above
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -492,7 +502,7 @@ class OgrWriter:
                 },
             )
         if areas:
-            self._write_areas(photo, result.sha256, areas)
+            self._write_areas(photo, result.sha256, areas, result.kind)
         if result.feature is not None:
             vector = np.asarray(result.feature, dtype="<f4")
             self.write_table(
@@ -506,16 +516,11 @@ class OgrWriter:
                 },
             )
 
-    def _write_areas(self, photo: str, sha256: str | None, areas) -> None:
+    def _write_areas(self, photo: str, sha256: str | None, areas, answer_kind: AnswerKind) -> None:
         ogr = self._ogr
         layer = self._ds.GetLayerByName(AREAS_LAYER)
         if layer is None:
-            from osgeo import osr
-
-            wgs84 = osr.SpatialReference()
-            wgs84.ImportFromEPSG(4326)
-            wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-            layer = self._ds.CreateLayer(AREAS_LAYER, wgs84, ogr.wkbMultiPolygon, options=["FID=fid"])
+            layer = self._ds.CreateLayer(AREAS_LAYER, geo.wgs84(), ogr.wkbMultiPolygon, options=["FID=fid"])
             if layer is None:
                 raise WriteError(f"cannot create layer {AREAS_LAYER} in {self.path}: {_gdal_error()}")
             layer.SetMetadataItem(LAYER_MARK, AREAS_LAYER)
@@ -532,6 +537,7 @@ class OgrWriter:
             feature = ogr.Feature(layer.GetLayerDefn())
             values = {
                 "photo": photo,
+                "kind": answer_kind.value,
                 "level": float(area.level),
                 "area_km2": float(area.area_km2),
                 "mass": float(area.mass),

@@ -39,6 +39,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor, QFont
 
+from .backend.results import AnswerKind, answer_name
+
 PAGE_W, PAGE_H, MARGIN = 297.0, 210.0, 10.0  # A4 landscape, mm
 CANDIDATE_COLUMNS = (
     ("rank", "Rank"),
@@ -192,7 +194,7 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
     page = layout.pageCollection().page(0)
     page.setPageSize(QgsLayoutSize(PAGE_W, PAGE_H, QgsUnitTypes.LayoutUnit.LayoutMillimeters))
 
-    name = Path(answer.photo).name if not answer.photo.startswith(("text: ", "fused: ")) else answer.photo
+    name = answer_name(answer.photo, answer.kind)
     _label(layout, f"GeoCLIP case report — {name}", MARGIN, MARGIN, PAGE_W - 2 * MARGIN, 9, 14, True)
     if data.provenance.warning:
         warning = _label(layout, f"⚠ {data.provenance.warning}", MARGIN, 16.2, PAGE_W - 2 * MARGIN, 5.6, 6, True)
@@ -278,7 +280,7 @@ def _exif_text(answer) -> str:
 
     meta = answer.metadata
     lines = []
-    if answer.photo.startswith("text: "):
+    if answer.kind is AnswerKind.TEXT:
         lines.append("A text query, answered by CLIP's text tower in place of a photo.")
     if meta is not None:
         if meta.timestamp:

@@ -50,26 +50,35 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor, QFont
 
-from .backend.results import OutputFile, OutputKind
+from .backend.results import AnswerKind, OutputFile, OutputKind
 from .inputs import WGS84
 
 # -- names -------------------------------------------------------------------------------------------
 
-TEXT_PREFIX, FUSED_PREFIX = "text: ", "fused: "
-SHORT_NAME = (  # a row's answer in a few words: the photo's name without folder and extension, or the query
-    "CASE WHEN \"photo\" LIKE 'text: %' THEN '“' || left(substr(\"photo\", 7), 28) "
+# A row's answer in a few words, from the kind the engine stored with it ("kind": photo, text or fused):
+# the photo's name without folder and extension, the text query quoted (its label is "text: <the text>"),
+# or the fused set's label.
+SHORT_NAME = (
+    "CASE WHEN \"kind\" = 'text' THEN '“' || left(substr(\"photo\", 7), 28) "
     "|| CASE WHEN length(\"photo\") > 34 THEN '…' ELSE '' END || '”' "
-    'WHEN "photo" LIKE \'fused: %\' THEN "photo" ELSE base_file_name("photo") END'
+    'WHEN "kind" = \'fused\' THEN "photo" ELSE base_file_name("photo") END'
 )
-IS_FILE = "\"photo\" NOT LIKE 'text: %' AND \"photo\" NOT LIKE 'fused: %'"
+IS_FILE = "\"kind\" = 'photo'"
+# Layers without the column (truth lines, which only photos have; runs written before it existed)
+PHOTO_NAME, ALWAYS = 'base_file_name("photo")', "true"
 
 
-def short_name(answer: str) -> str:
+def short_name_of(layer: QgsVectorLayer) -> str:
+    """:data:`SHORT_NAME`, or for a layer without a ``kind`` column every row named as a photo."""
+    return SHORT_NAME if layer.fields().indexOf("kind") >= 0 else PHOTO_NAME
+
+
+def short_name(answer: str, kind: AnswerKind = AnswerKind.PHOTO) -> str:
     """What :data:`SHORT_NAME` says, in Python: 'IMG_0001', '“a harbour with fishing…”', 'fused: 4 photos'."""
-    if answer.startswith(TEXT_PREFIX):
-        text = answer[len(TEXT_PREFIX) :]
+    if kind is AnswerKind.TEXT:
+        text = answer.partition(": ")[2]
         return f"“{text[:28]}{'…' if len(text) > 28 else ''}”"
-    if answer.startswith(FUSED_PREFIX):
+    if kind is AnswerKind.FUSED:
         return answer
     return Path(answer).stem or answer
 
@@ -78,7 +87,7 @@ def run_title(items, texts=(), photos: int | None = None) -> str:
     """A run named after what it answers: 'holiday — 20 photos', 'IMG_0001.jpg', '“a tropical beach…”',
     'IMG_0001.jpg and 2 more — 7 photos'."""
     names = [Path(str(item)).name or str(item) for item in items]
-    names += [short_name(TEXT_PREFIX + text) for text in texts]
+    names += [short_name(f"text: {text}", AnswerKind.TEXT) for text in texts]
     if not names:
         return "GeoCLIP"
     title = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more"
@@ -100,13 +109,21 @@ def html_escaped(expression: str) -> str:
 
 
 _PHOTO_ESCAPED = html_escaped('"photo"')
-MAP_TIP = (
-    f"<b>[% {html_escaped(SHORT_NAME)} %]</b><br>"
-    'rank [% "rank" %] · [% format_number("probability" * 100, 2) %] %'
-    '[% CASE WHEN "error_km" IS NOT NULL '
-    "THEN '<br>EXIF truth: ' || format_number(\"error_km\", 1) || ' km away' END %]"
-    f"[% CASE WHEN {IS_FILE} THEN '<br><img src=\"file:///' || {_PHOTO_ESCAPED} || '\" width=\"240\">' END %]"
-)
+
+
+def map_tip(with_kind: bool = True) -> str:
+    """The answers layer's map tip (HTML): the answer's name, rank and probability, and the photo when
+    the row is one (``with_kind``: the layer has the ``kind`` column; without it, every row is a photo)."""
+    name, is_file = (SHORT_NAME, IS_FILE) if with_kind else (PHOTO_NAME, ALWAYS)
+    return (
+        f"<b>[% {html_escaped(name)} %]</b><br>"
+        'rank [% "rank" %] · [% format_number("probability" * 100, 2) %] %'
+        '[% CASE WHEN "error_km" IS NOT NULL '
+        "THEN '<br>EXIF truth: ' || format_number(\"error_km\", 1) || ' km away' END %]"
+        f"[% CASE WHEN {is_file} THEN '<br><img src=\"file:///' || {_PHOTO_ESCAPED} || '\" width=\"240\">' END %]"
+    )
+
+
 TOP_COLOUR, OTHER_COLOUR, TRUTH_COLOUR = "#d7191c", "#fdae61", "#2c7bb6"
 # Probability rasters: the confidence areas of 90, 75, 50 and 25 % (the levels band the engine writes), in
 # blues (the points are red and orange, so they stay visible on them); the rest is not drawn.
@@ -218,15 +235,16 @@ def style_points(layer: QgsVectorLayer) -> None:
     percent = "format_number(\"probability\" * 100, 1) || ' %'"
     rules = QgsRuleBasedLabeling.Rule(None)
     placement = QgsPalLayerSettings.Placement.OrderedPositionsAroundPoint
-    top_labels = _labels(f"{SHORT_NAME} || '\\n' || {percent}", _text_format(9, bold=True), 10, placement)
+    name = short_name_of(layer)
+    top_labels = _labels(f"{name} || '\\n' || {percent}", _text_format(9, bold=True), 10, placement)
     other_labels = _labels(f"'#' || \"rank\" || ' · ' || {percent}", _text_format(7, "#505050"), 2, placement)
     rules.appendChild(QgsRuleBasedLabeling.Rule(top_labels, 0, 0, '"rank" = 1', "top-1: photo and probability"))
     rules.appendChild(QgsRuleBasedLabeling.Rule(other_labels, 0, 0, '"rank" IN (2, 3)', "ranks 2 and 3"))
     layer.setLabeling(QgsRuleBasedLabeling(rules))
     layer.setLabelsEnabled(True)
 
-    layer.setMapTipTemplate(MAP_TIP)
-    layer.setDisplayExpression(SHORT_NAME)
+    layer.setMapTipTemplate(map_tip(layer.fields().indexOf("kind") >= 0))
+    layer.setDisplayExpression(name)
     format_fields(layer)
     action = QgsAction(
         QgsAction.ActionType.OpenUrl, "Open photo", '[% "photo" %]', "", False, "Open photo", {"Feature", "Canvas"}
@@ -249,7 +267,7 @@ def style_truth_lines(layer: QgsVectorLayer) -> None:
     renderer = QgsSingleSymbolRenderer(line)
     layer.setRenderer(renderer)
     labels = _labels(
-        f"{SHORT_NAME} || ': ' || format_number(\"error_km\", 0) || ' km'",
+        f"{short_name_of(layer)} || ': ' || format_number(\"error_km\", 0) || ' km'",
         _text_format(8, TRUTH_COLOUR, bold=True),
         8,
         QgsPalLayerSettings.Placement.Line,
@@ -259,7 +277,7 @@ def style_truth_lines(layer: QgsVectorLayer) -> None:
     )
     layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
     layer.setLabelsEnabled(True)
-    layer.setDisplayExpression(SHORT_NAME)
+    layer.setDisplayExpression(short_name_of(layer))
     format_fields(layer)
 
 
@@ -337,7 +355,7 @@ def style_confidence_areas(layer: QgsVectorLayer, answer: str | None = None) -> 
         root.appendChild(QgsRuleBasedRenderer.Rule(symbol, 0, 0, f'"level" = {level} AND {SHOWN_ANSWER}', label))
     layer.setRenderer(QgsRuleBasedRenderer(root))
     layer.setDisplayExpression(
-        f"{SHORT_NAME} || ': ' || format_number(\"level\" * 100, 0) || ' % in ' "
+        f"{short_name_of(layer)} || ': ' || format_number(\"level\" * 100, 0) || ' % in ' "
         "|| format_number(\"area_km2\", 0) || ' km²'"
     )
     format_fields(layer)
@@ -577,14 +595,14 @@ def _insert_sorted(group, layer, order: int, legend_title: str = ""):
     return node
 
 
-def _photo_group(group, answer: str):
+def _photo_group(group, answer: str, kind: AnswerKind = AnswerKind.PHOTO):
     """The folded group of one answer's rasters, inside the run's folded 'Rasters per photo'."""
     per_photo = group.findGroup(PER_PHOTO_GROUP)
     if per_photo is None:
         per_photo = group.addGroup(PER_PHOTO_GROUP)
         per_photo.setCustomProperty(ORDER_PROPERTY, 9)
         per_photo.setExpanded(False)
-    name = short_name(answer) if answer else "answer"
+    name = short_name(answer, kind) if answer else "answer"
     sub = per_photo.findGroup(name)
     if sub is None:
         sub = per_photo.addGroup(name)
@@ -595,7 +613,7 @@ def _photo_group(group, answer: str):
 def place_layer(project: QgsProject, group, layer, file: OutputFile, answers: int, run_at: str = ""):
     """Put one of a run's layers in its place in the run's group, with its legend and description."""
     own_group = file.kind == OutputKind.LOCAL_RASTER or (file.kind == OutputKind.WORLD_RASTER and answers > 1)
-    target = _photo_group(group, file.answer) if own_group else group
+    target = _photo_group(group, file.answer, file.answer_kind) if own_group else group
     raster = file.kind in RASTER_KINDS and isinstance(layer.renderer(), QgsSingleBandPseudoColorRenderer)
     node = _insert_sorted(target, layer, ORDER[file.kind], RASTER_LEGEND_TITLE if raster else "")
     layer.setCustomProperty(RUN_PROPERTY, run_at or "yes")

@@ -46,6 +46,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from .backend.results import AnswerKind, answer_name
 from .inputs import WGS84
 from .layers import ANSWER_PROPERTY, OUTPUT_PROPERTY, show_confidence_areas_of
 from .plain_text import as_html, tooltip
@@ -257,7 +258,7 @@ class ResultsPanel(QgsDockWidget):
         self.list.clear()
         self._thumbs = []
         for stored in answers:
-            name = stored.photo if stored.photo.startswith(("text: ", "fused: ")) else Path(stored.photo).name
+            name = answer_name(stored.photo, stored.result.kind)
             top = stored.result.candidates[0] if stored.result.candidates else None
             detail = (
                 f"{100 * top.probability:.1f} % · {top.place or ''}, {top.country or ''}".rstrip(", ")
@@ -267,7 +268,7 @@ class ResultsPanel(QgsDockWidget):
             item = QListWidgetItem(f"{name}\n{detail}")
             item.setToolTip(tooltip(stored.path))
             self.list.addItem(item)
-            if not stored.photo.startswith(("text: ", "fused: ")):
+            if stored.result.kind is AnswerKind.PHOTO:
                 self._thumbs.append((item, stored))  # its file is looked for (by sha256) when its turn comes
         self.list.blockSignals(False)
         if self._thumbs:
@@ -327,9 +328,9 @@ class ResultsPanel(QgsDockWidget):
         else:
             self.photo.setText(
                 "(a text query)"
-                if stored.photo.startswith("text: ")
+                if stored.result.kind is AnswerKind.TEXT
                 else "(several photos)"
-                if stored.photo.startswith("fused: ")
+                if stored.result.kind is AnswerKind.FUSED
                 else "(the photo is not available: no file has the bytes the run answered)"
             )
         self.info.setText(self._info_html(stored))
@@ -360,7 +361,7 @@ class ResultsPanel(QgsDockWidget):
         from .backend.exif import camera_label
 
         meta = stored.result.metadata
-        name = stored.photo if stored.photo.startswith(("text: ", "fused: ")) else Path(stored.photo).name
+        name = answer_name(stored.photo, stored.result.kind)
         rows = [f"<b>{as_html(name)}</b>"]
         if stored.result.error:
             rows.append(f"Not answered: {as_html(stored.result.error)}")

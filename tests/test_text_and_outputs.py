@@ -112,3 +112,79 @@ def test_cli_area_and_fusion(engine, tiny_clip, photo_dir, tmp_path):
     assert [r["rank"] for r in fused] == ["1", "2", "3", "4", "5"]
     bad = run("predict", photo_dir, "--clip", tiny_clip, "--area", "10,20,30", check=False)
     assert bad.returncode == 2 and "4 numbers" in bad.stderr
+
+
+def test_an_answers_kind_is_stored_not_read_from_its_label(engine, kauai_png, skimage_data, tmp_path, monkeypatch):
+    """Photos named like a text query's or a fused set's label ("text: …", "fused: …") stay photos: the
+    kind is a column of every answer and area row, read back as it was written; the plugin names rows
+    by it, and finds only photos' files."""
+    import shutil
+    import sqlite3
+
+    from geoclip_qgis.backend.results import AnswerKind, answer_name
+    from geoclip_qgis.backend.run import RunRequest, execute
+    from geoclip_qgis.backend.run_file import photo_file, read_answers
+
+    shutil.copy(kauai_png, tmp_path / "text: beach.png")
+    shutil.copy(skimage_data / "coffee.png", tmp_path / "fused: 2 photos.png")
+    monkeypatch.chdir(tmp_path)  # the labels are the paths as given: "text: beach.png"
+    photos = ["text: beach.png", "fused: 2 photos.png"]
+    request = RunRequest(photos=photos, texts=["beach"], fuse=True, top_k=1, output="run.gpkg", confidence=True)
+    execute(request, engine)
+    with sqlite3.connect(tmp_path / "run.gpkg") as db:
+        stored = set(db.execute("SELECT photo, kind FROM predictions"))
+        areas = set(db.execute("SELECT photo, kind FROM confidence_areas"))
+    expected = {
+        ("text: beach.png", "photo"),
+        ("fused: 2 photos.png", "photo"),
+        ("text: beach", "text"),
+        ("fused: 2 photos", "fused"),
+    }
+    assert stored == expected and areas == expected
+    answers = {a.photo: a for a in read_answers(tmp_path / "run.gpkg")}
+    assert {label: a.result.kind.value for label, a in answers.items()} == dict(expected)
+    assert photo_file(answers["text: beach.png"]) == str(tmp_path / "text: beach.png")
+    assert photo_file(answers["text: beach"]) is None
+    assert answer_name("text: beach.png", AnswerKind.PHOTO) == "text: beach.png"
+    assert answer_name("text: beach", AnswerKind.TEXT) == "text: beach"
+
+
+@pytest.mark.qgis
+def test_the_plugin_names_answers_by_their_kind(engine, kauai_png, tmp_path, monkeypatch):
+    import shutil
+
+    from qgis_support import qgis_app
+
+    qgis_app()
+    from qgis.core import QgsExpression, QgsExpressionContext, QgsVectorLayer
+
+    from geoclip_qgis.backend.run import RunRequest, execute
+    from geoclip_qgis.layers import style_points
+
+    shutil.copy(kauai_png, tmp_path / "text: beach.png")
+    monkeypatch.chdir(tmp_path)
+    execute(RunRequest(photos=["text: beach.png"], texts=["a beach"], top_k=1, output="run.gpkg"), engine)
+    layer = QgsVectorLayer(str(tmp_path / "run.gpkg") + "|layername=predictions", "answers", "ogr")
+    assert layer.isValid()
+    style_points(layer)
+    names = {}
+    for feature in layer.getFeatures():
+        context = QgsExpressionContext()
+        context.setFields(layer.fields())
+        context.setFeature(feature)
+        names[feature["photo"]] = QgsExpression(layer.displayExpression()).evaluate(context)
+    assert names == {"text: beach.png": "text: beach", "text: a beach": "“a beach”"}
+
+
+def test_the_plugin_never_reads_an_answers_kind_from_its_label():
+    """The plugin asks the stored kind; no code of it tells answers apart by a "text: " or "fused: " prefix."""
+    import re
+    from pathlib import Path
+
+    import geoclip_qgis
+
+    plugin = Path(geoclip_qgis.__file__).parent
+    pattern = re.compile(r"""startswith\(\(?\s*["'](text|fused): |LIKE\s+\\?'(text|fused): """)
+    for path in plugin.rglob("*.py"):
+        if "backend" not in path.relative_to(plugin).parts:
+            assert not pattern.search(path.read_text(encoding="utf-8")), path
