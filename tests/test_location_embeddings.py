@@ -255,6 +255,22 @@ def test_embedding_map_streams_tiles_to_the_same_raster(model, tmp_path):
     assert np.array_equal(gdal.Open(str(one.path)).ReadAsArray(), gdal.Open(str(many.path)).ReadAsArray())
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_embedding_map_bytes_do_not_depend_on_tiles_across_encoder_blocks(model, tmp_path, precision):
+    """A grid of 1,280 cells spans two of the encoder's fixed blocks (ENCODE_BATCH): tiles of 3 and 7 rows
+    cut those blocks anywhere, and the map is still the same, byte for byte, as in one tile."""
+    extent = (0.0, 40.0, 10.0, 48.0)  # 40 x 32 cells of 0.25 deg
+    assert 40 * 32 > embedding_maps.ENCODE_BATCH
+    maps = [
+        embedding_maps.embedding_map(model, tmp_path / f"{rows}.tif", extent, 0.25, precision=precision, tile_rows=rows)
+        for rows in (1000, 3, 7)
+    ]
+    assert [m.tiles for m in maps] == [1, 11, 5]
+    first, *others = (gdal.Open(str(m.path)).ReadAsArray() for m in maps)
+    for other in others:
+        assert np.array_equal(first, other)
+
+
 def test_embedding_map_float_bands_hold_components_and_features(model, tmp_path):
     pca = embedding_maps.embedding_map(
         model, tmp_path / "pca.tif", SMALL, 0.25, bands="pca", components=5, precision="fp32", tile_rows=4
