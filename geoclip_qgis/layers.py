@@ -9,6 +9,7 @@ same GeoPackage refreshes that group; earlier runs are folded and hidden. Main t
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -129,6 +130,7 @@ TOP_COLOUR, OTHER_COLOUR, TRUTH_COLOUR = "#d7191c", "#fdae61", "#2c7bb6"
 # blues (the points are red and orange, so they stay visible on them); the rest is not drawn.
 MASS_SHARES = ((0.9, "#74a9cf"), (0.75, "#2b8cbe"), (0.5, "#045a8d"), (0.25, "#023858"))
 RASTER_LEGEND_TITLE = "most likely areas, holding"
+CLASSES_PROPERTY = "geoclip/confidence_classes"  # a raster drawn in confidence classes
 FIELD_FORMATS = {  # field: (decimals shown, alias)
     "lat": (5, "latitude"),
     "lon": (5, "longitude"),
@@ -281,34 +283,56 @@ def style_truth_lines(layer: QgsVectorLayer) -> None:
     format_fields(layer)
 
 
-def raster_facts(path: str) -> tuple[int | None, float | None]:
-    """(the band holding each cell's confidence level, the most probable cell's probability) as the
-    engine wrote them into a run's GeoTIFF (``GEOCLIP_LEVELS_BAND``, ``GEOCLIP_PEAK``); None for what a
-    file does not say, or says in a way no run writes (a received file is read, never trusted)."""
+@dataclass(frozen=True)
+class RasterFacts:
+    """What the engine wrote into a run's GeoTIFF, as far as a style needs it; None for what a file does
+    not say, or says in a way no run writes (a received file is read, never trusted)."""
+
+    kind: str | None = None  # GEOCLIP_RASTER: "world" or "local"
+    levels_band: int | None = None  # GEOCLIP_LEVELS_BAND: each cell's confidence level
+    peak: float | None = None  # GEOCLIP_PEAK: the most probable cell's probability
+
+
+def raster_facts(path: str) -> RasterFacts:
     import math
 
     from osgeo import gdal
 
     dataset = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY, allowed_drivers=["GTiff"])
     if dataset is None:
-        return None, None
-    band, peak = dataset.GetMetadataItem("GEOCLIP_LEVELS_BAND"), dataset.GetMetadataItem("GEOCLIP_PEAK")
+        return RasterFacts()
+    kind, band = dataset.GetMetadataItem("GEOCLIP_RASTER"), dataset.GetMetadataItem("GEOCLIP_LEVELS_BAND")
     band = int(band) if band is not None and band.isdigit() and 2 <= int(band) <= dataset.RasterCount else None
     try:
-        peak = float(peak) if peak is not None else None
+        peak = float(dataset.GetMetadataItem("GEOCLIP_PEAK") or "nan")
     except ValueError:
-        peak = None
-    return band, (peak if peak is not None and math.isfinite(peak) and 0 < peak <= 1 else None)
+        peak = math.nan
+    peak = peak if math.isfinite(peak) and 0 < peak <= 1 else None
+    return RasterFacts(kind if kind in ("world", "local") else None, band, peak)
 
 
 def style_raster(layer: QgsRasterLayer) -> None:
-    """The confidence areas of 90, 75, 50 and 25 %, lighter to darker blue, drawn from the confidence
-    levels the engine wrote as the raster's second band: exactly the cells of the run's confidence
-    polygons (before they are smoothed for drawing), broad where the model hesitates, tight where it is
-    sure. The rest is not drawn. A raster without that band (not written by a run) keeps QGIS's look."""
-    band, peak = raster_facts(layer.source())
-    if band is None:
+    """A world raster: the confidence areas of 90, 75, 50 and 25 %, lighter to darker blue, drawn from
+    the confidence levels the engine wrote as its second band — the very cells of the run's confidence
+    polygons; the rest is not drawn. A local raster (0.01°, around a likely place): its probability per
+    cell on a blue ramp, darker where more likely — a window usually lies inside one confidence class
+    (all of it within the 25 % area, say), so classes would show nothing of what varies inside it. A
+    raster not written by a run keeps QGIS's look."""
+    facts = raster_facts(layer.source())
+    if facts.kind == "local" and facts.peak is not None:
+        renderer = _probability_ramp(layer, facts.peak)
+    elif facts.levels_band is not None:
+        renderer = _confidence_classes(layer, facts.levels_band)
+        layer.setCustomProperty(CLASSES_PROPERTY, True)
+    else:
         return
+    renderer.setOpacity(0.85)
+    layer.setRenderer(renderer)
+    if facts.peak is not None:
+        layer.setCustomProperty("geoclip/peak", facts.peak)
+
+
+def _confidence_classes(layer: QgsRasterLayer, band: int):
     items = []
     for share, colour in reversed(MASS_SHARES):  # ascending levels: a cell takes the first class it is below
         label = f"{100 * share:g} % of the probability" if share == MASS_SHARES[0][0] else f"{100 * share:g} %"
@@ -322,10 +346,29 @@ def style_raster(layer: QgsRasterLayer) -> None:
     renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), band, raster_shader)
     renderer.setClassificationMin(0.0)
     renderer.setClassificationMax(1.0)
-    renderer.setOpacity(0.85)
-    layer.setRenderer(renderer)
-    if peak is not None:
-        layer.setCustomProperty("geoclip/peak", peak)
+    return renderer
+
+
+def _probability_ramp(layer: QgsRasterLayer, peak: float):
+    """Band 1 from 0 (see-through) to the window's most probable cell (darkest blue)."""
+    light, _, mid, dark = (QColor(colour) for _, colour in MASS_SHARES)
+    clear = QColor(light)
+    clear.setAlpha(0)
+    items = [
+        QgsColorRampShader.ColorRampItem(0.0, clear, "0"),
+        QgsColorRampShader.ColorRampItem(peak / 3, light, ""),
+        QgsColorRampShader.ColorRampItem(2 * peak / 3, mid, ""),
+        QgsColorRampShader.ColorRampItem(peak, dark, f"{100 * peak:.2g} % (most probable cell)"),
+    ]
+    shader = QgsColorRampShader(0.0, peak)
+    shader.setColorRampType(QgsColorRampShader.Type.Interpolated)
+    shader.setColorRampItemList(items)
+    raster_shader = QgsRasterShader()
+    raster_shader.setRasterShaderFunction(shader)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, raster_shader)
+    renderer.setClassificationMin(0.0)
+    renderer.setClassificationMax(peak)
+    return renderer
 
 
 def style_basemap(layer: QgsVectorLayer) -> None:
@@ -614,14 +657,14 @@ def place_layer(project: QgsProject, group, layer, file: OutputFile, answers: in
     """Put one of a run's layers in its place in the run's group, with its legend and description."""
     own_group = file.kind == OutputKind.LOCAL_RASTER or (file.kind == OutputKind.WORLD_RASTER and answers > 1)
     target = _photo_group(group, file.answer, file.answer_kind) if own_group else group
-    raster = file.kind in RASTER_KINDS and isinstance(layer.renderer(), QgsSingleBandPseudoColorRenderer)
-    node = _insert_sorted(target, layer, ORDER[file.kind], RASTER_LEGEND_TITLE if raster else "")
+    classes = file.kind in RASTER_KINDS and bool(layer.customProperty(CLASSES_PROPERTY))
+    node = _insert_sorted(target, layer, ORDER[file.kind], RASTER_LEGEND_TITLE if classes else "")
     layer.setCustomProperty(RUN_PROPERTY, run_at or "yes")
     layer.setCustomProperty(OUTPUT_PROPERTY, os.path.abspath(_output_of(group)))
     if file.answer:
         layer.setCustomProperty(ANSWER_PROPERTY, file.answer)
     about = f"GeoCLIP run {_local_time(run_at)}: {group.name()}\nWritten to {file.path}"
-    if raster and layer.customProperty("geoclip/peak") is not None:
+    if file.kind in RASTER_KINDS and layer.customProperty("geoclip/peak") is not None:
         peak = float(layer.customProperty("geoclip/peak"))
         about += f"\nMost probable cell: {100 * peak:.2g} % of the world's probability"
     layer.setAbstract(about)

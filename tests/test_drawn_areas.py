@@ -193,6 +193,18 @@ def test_qgis_draws_the_classes_inside_the_outlines(photo_run):
             assert [pixel.red(), pixel.green(), pixel.blue()] == pytest.approx(expected, abs=3), (row, col, level)
     assert {0.5, 0.9, 1.0} <= classes  # the check saw inside and outside of both areas
 
+    # a local window (0.01 deg) lies inside one class here: it is drawn as its probabilities on a ramp,
+    # from see-through to the darkest blue at its most probable cell, with no claim of shares
+    local_file = sorted((photo_run / "rasters").glob("*_local1.tif"))[0]
+    window = QgsRasterLayer(str(local_file), "local")
+    style_raster(window)
+    ramp = window.renderer().shader().rasterShaderFunction()
+    local, _ = _raster(local_file)
+    peak = float(np.nanmax(local.values))
+    assert window.renderer().band() == 1 and ramp.colorRampType() == ramp.Type.Interpolated
+    assert [i.value for i in ramp.colorRampItemList()] == pytest.approx([0, peak / 3, 2 * peak / 3, peak], rel=1e-6)
+    assert not any("%" in i.label and "most probable" not in i.label for i in ramp.colorRampItemList())
+
     countries = QgsVectorLayer(world_map_path() + "|layername=countries", "countries", "ogr")
     style_basemap(countries)
     wide = extent.buffered(max(extent.width(), extent.height()) * 0.05)
