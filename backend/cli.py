@@ -332,8 +332,9 @@ def _report(terminal: Terminal, outcome) -> None:
         _print_lines(f"{len(rasters)} rasters in {Path(rasters[0].path).parent}")
 
 
-def _execute(args, request):
-    """The run pipeline with this command's engine, progress on stderr; returns the outcome."""
+def _execute(args, request, action=None):
+    """A run-pipeline action (``run.execute`` unless named) with this command's engine and progress on
+    stderr; returns what the action returned."""
     from .run import execute
 
     request.check()  # before loading a model
@@ -341,7 +342,7 @@ def _execute(args, request):
     terminal = Terminal(args.quiet)
     terminal.say(f"geoclip-qgis: {engine.model_name} on {engine.device}")
     try:
-        outcome = execute(request, engine, terminal.progress, on_result=terminal.on_result)
+        outcome = (action or execute)(request, engine, terminal.progress, on_result=terminal.on_result)
     finally:
         terminal.close()
     return terminal, outcome
@@ -377,29 +378,19 @@ def run_text(args) -> int:
 def run_evaluate(args) -> int:
     """Top-1 accuracy against known positions: a CSV of (photo, lat, lon), or photos' EXIF GPS. The table
     goes to stdout; per-photo answers only to --out."""
-    from .evaluation import accuracy_table, format_table, read_truth_csv
+    from .evaluate import evaluate, truth_inputs
+    from .evaluation import format_table
 
-    csv_truth = args.data.lower().endswith(".csv")
-    if csv_truth:
-        read_truth_csv(args.data, args.images)  # a table that cannot be read is named before any model loads
+    inputs = truth_inputs(args.data, args.images)
     if args.report:
         _refuse_foreign_report(Path(args.report))
-    request = _request(
-        args, photos=[] if csv_truth else [args.data], truth_csv=args.data if csv_truth else None, images=args.images
-    )
-    _, outcome = _execute(args, request)
-    summary = outcome.summary
-    table = summary.accuracy() or accuracy_table([])
-    table.update(model=outcome.model, failed=summary.failed_count, without_truth=summary.without_truth)
-    print(format_table(table))
-    if summary.failed_count or summary.without_truth:
-        print(
-            f"not counted: {summary.failed_count} failed to decode, {summary.without_truth} without a known position",
-            file=sys.stderr,
-        )
+    _, evaluation = _execute(args, _request(args, **inputs), evaluate)
+    print(format_table(evaluation.table))
+    if evaluation.not_counted:
+        print(evaluation.not_counted, file=sys.stderr)
     if args.report:
-        _write_report(Path(args.report), json.dumps(table, indent=2))
-    return 0 if table["photos"] else 1
+        _write_report(Path(args.report), json.dumps(evaluation.table, indent=2))
+    return 0 if evaluation.table["photos"] else 1
 
 
 REPORT_KEYS = ("photos", "median_km")  # every accuracy table has them
@@ -441,20 +432,16 @@ def _write_report(path: Path, text: str) -> None:
 
 
 def run_finetune(args) -> int:
-    from .evaluation import format_table
-    from .finetune import FinetuneSettings, check_out_folder, collect_samples, finetune
+    from .finetune import FinetuneSettings, check_out_folder, tune_heads
 
-    check_out_folder(args.out)  # before minutes of reading photos: a folder that is not ours is refused
+    check_out_folder(args.out)  # before minutes of loading a model: a folder that is not ours is refused
     engine = _engine(args)
-    check_out_folder(args.out, engine.heads_files.folder)
     terminal = Terminal(args.quiet)
-    source = args.data[0] if len(args.data) == 1 else args.data
-    collected = collect_samples(engine, source, args.images, terminal.progress)
-    terminal.close()
-    terminal.say(
-        f"geoclip-qgis: {len(collected.samples)} photos with a position, {collected.without_gps} without, "
-        f"{len(collected.failed)} unreadable"
-    )
+
+    def collected(samples) -> None:
+        terminal.close()
+        terminal.say(f"geoclip-qgis: {samples.line()}")
+
     settings = FinetuneSettings(
         epochs=args.epochs,
         batch_size=args.train_batch,
@@ -465,13 +452,14 @@ def run_finetune(args) -> int:
         extend_gallery=args.extend_gallery,
         val_candidates=args.val_candidates,
     )
-    manifest = finetune(engine, collected.samples, args.out, settings, terminal.progress, resume=args.resume)
+    source = args.data[0] if len(args.data) == 1 else args.data
+    tuned = tune_heads(
+        engine, source, args.out, settings, args.images, terminal.progress, resume=args.resume, on_collected=collected
+    )
     terminal.close()
-    validation = manifest["validation"]
-    print(f"validation before ({validation['candidates']} gallery places):\n{format_table(validation['before'])}")
-    print(f"after (best epoch {validation['best_epoch']}):\n{format_table(validation['after'])}")
-    if validation.get("kept_starting_heads"):
-        terminal.say("geoclip-qgis: no epoch beat the starting heads on the validation photos; they are kept")
+    print(tuned.tables())
+    if tuned.kept_note:
+        terminal.say(f"geoclip-qgis: {tuned.kept_note}")
     print(f"heads written to {args.out}: use --heads {args.out}")
     return 0
 

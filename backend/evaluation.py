@@ -44,6 +44,11 @@ def format_table(table: dict) -> str:
     return f"photos {table['photos']}, median error {table['median_km']:.1f} km{same}\nwithin {head}\n{'':6} {cells}"
 
 
+def is_truth_csv(source: str | os.PathLike) -> bool:
+    """Positions come from a CSV of photo,lat,lon when one is named; otherwise from the photos' EXIF GPS."""
+    return str(source).lower().endswith(".csv")
+
+
 @dataclass(frozen=True)
 class Truth:
     photo: str

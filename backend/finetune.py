@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .errors import ForeignFileError, GeoCLIPError
-from .evaluation import THRESHOLDS_KM, accuracy_table, read_truth_csv
+from .evaluation import THRESHOLDS_KM, accuracy_table, format_table, is_truth_csv, read_truth_csv
 from .filelock import put_in_place, refuse_link, refuse_non_file
 from .gallery import encode_locations, read_gallery_csv
 from .geo import haversine_km
@@ -170,6 +170,9 @@ class Collected:
     without_gps: int = 0
     failed: dict = field(default_factory=dict)  # photo -> reason
 
+    def line(self) -> str:
+        return f"{len(self.samples)} photos with a position, {self.without_gps} without, {len(self.failed)} unreadable"
+
 
 def collect_samples(
     engine,
@@ -184,7 +187,7 @@ def collect_samples(
 
     collected = Collected()
     sources = [source] if isinstance(source, (str, Path)) else list(source)
-    if len(sources) == 1 and str(sources[0]).lower().endswith(".csv"):
+    if len(sources) == 1 and is_truth_csv(sources[0]):
         truths = {t.photo: (t.lat, t.lon) for t in read_truth_csv(sources[0], images)}
         photos = list(truths)
     else:
@@ -424,3 +427,49 @@ def _write_heads_folder(heads: GeoCLIPHeads, gallery: np.ndarray, manifest: dict
         raise GeoCLIPError(f"cannot write the heads into {out_dir}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """What one fine-tuning action did: the photos it read and the manifest of the heads it wrote."""
+
+    collected: Collected
+    manifest: dict
+    out_dir: Path
+
+    def tables(self) -> str:
+        """The validation tables before and after."""
+        validation = self.manifest["validation"]
+        return (
+            f"validation before ({validation['candidates']} gallery places):\n{format_table(validation['before'])}\n"
+            f"after (best epoch {validation['best_epoch']}):\n{format_table(validation['after'])}"
+        )
+
+    @property
+    def kept_note(self) -> str:
+        """Said when no epoch beat the starting heads (they are what was written), else ""."""
+        if self.manifest["validation"].get("kept_starting_heads"):
+            return "no epoch beat the starting heads on the validation photos; they are kept"
+        return ""
+
+
+def tune_heads(
+    engine,
+    data: str | Path | list,
+    out_dir: str | Path,
+    settings: FinetuneSettings = FinetuneSettings(),
+    images: str | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = False,
+    on_collected: Callable[[Collected], None] | None = None,
+) -> Tuned:
+    """Fine-tuning as one action, for every door: refuse a folder that is not ours, read the photos of known
+    position (a CSV of photo,lat,lon or photos with EXIF GPS), train, write the heads folder."""
+    out = check_out_folder(out_dir, engine.heads_files.folder)  # before minutes of reading photos
+    engine.load(progress)
+    collected = collect_samples(engine, data, images, progress, should_stop=should_stop)
+    if on_collected is not None:
+        on_collected(collected)
+    manifest = finetune(engine, collected.samples, out, settings, progress, should_stop=should_stop, resume=resume)
+    return Tuned(collected, manifest, out)

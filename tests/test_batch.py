@@ -255,6 +255,29 @@ def test_evaluate_out_measures_from_the_csv_truth_not_exif(engine, tiny_clip, sa
     assert out.stdout.startswith(printed + "\n"), (out.stdout, printed)
 
 
+def test_evaluation_is_one_engine_action_that_the_command_line_prints(engine, tiny_clip, samples, tmp_path):
+    """The accuracy table is assembled once, by evaluate.evaluate: what the command line reports is that
+    function's table, for the same photos, truth and weights."""
+    from geoclip_qgis.backend.evaluate import evaluate, truth_inputs
+    from geoclip_qgis.backend.run import RunRequest
+
+    gps = sorted((samples / "gps").glob("*.jpg"))
+    table = tmp_path / "truth.csv"
+    with open(table, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["photo", "lat", "lon"])
+        writer.writerows([path.name, 45.0 + i, 7.0 + i] for i, path in enumerate(gps[:-1]))
+        writer.writerow(["not-there.jpg", 1.0, 2.0])  # fails to open: reported apart, not counted
+    evaluation = evaluate(RunRequest(**truth_inputs(table, samples / "gps")), engine)
+    report = tmp_path / "report.json"
+    out = run("evaluate", table, "--images", samples / "gps", "--clip", tiny_clip, "--precision", "fp32",
+              "--report", report)  # fmt: skip
+    assert json.loads(report.read_text()) == json.loads(json.dumps(evaluation.table))
+    assert evaluation.table["photos"] == len(gps) - 1 and evaluation.table["failed"] == 1
+    assert evaluation.not_counted == "not counted: 1 failed to decode, 0 without a known position"
+    assert evaluation.not_counted in out.stderr
+
+
 def test_heic_photos_are_read(engine, samples):
     pytest.importorskip("pillow_heif", reason="HEIC needs the optional pillow-heif")
     result = engine.predict([samples / "heic" / "IMG_5195.HEIC"], top_k=1)[0]

@@ -198,28 +198,41 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
 
     # -- running -----------------------------------------------------------------------------------
 
-    def _execute(self, request, parameters, context, feedback):
+    def _with_engine(self, parameters, context, feedback, work):
+        """``work(engine)`` with the engine of these settings; the engine's errors in QGIS's words."""
         from ..backend.errors import GeoCLIPError, WeightsError
-        from ..backend.run import execute
         from ..models_dialog import plain_weights_message
-
-        def on_result(result):
-            if result.error:
-                feedback.reportError(f"not answered: {result.photo}: {result.error}", False)
 
         settings = self._settings(parameters, context)
         try:
-            engine = get_engine(settings)
-            outcome = execute(request, engine, _FeedbackProgress(feedback), feedback.isCanceled, on_result)
+            return work(get_engine(settings))
         except WeightsError as exc:  # in QGIS's words (the Models dialog), the engine's own in the log
             feedback.pushInfo(str(exc))
             raise QgsProcessingException(plain_weights_message(settings)) from None
         except GeoCLIPError as exc:
             raise QgsProcessingException(str(exc)) from None
+
+    def _answer(self, action, request, parameters, context, feedback):
+        """A run-pipeline action (``run.execute``, ``evaluate.evaluate``) with this algorithm's engine,
+        progress and cancel; failed photos are reported as they come."""
+
+        def on_result(result):
+            if result.error:
+                feedback.reportError(f"not answered: {result.photo}: {result.error}", False)
+
+        progress = _FeedbackProgress(feedback)
+        return self._with_engine(
+            parameters,
+            context,
+            feedback,
+            lambda engine: action(request, engine, progress, feedback.isCanceled, on_result),
+        )
+
+    @staticmethod
+    def _say_outcome(outcome, feedback) -> None:
         feedback.pushInfo(outcome.summary.text())
         if not outcome.cancelled:
             feedback.setProgress(100)  # the last stage may have had no count: the toolbox shows done, not 0 %
-        return outcome
 
     def _load_layers(self, outcome, request, context) -> dict:
         """Every layer of the run, loaded into the project when the algorithm ends, styled and grouped as
@@ -261,7 +274,13 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
         return results
 
     def _run(self, request, parameters, context, feedback) -> dict:
-        outcome = self._last_outcome = self._execute(request, parameters, context, feedback)
+        from ..backend.run import execute
+
+        outcome = self._answer(execute, request, parameters, context, feedback)
+        self._say_outcome(outcome, feedback)
+        return self._results(outcome, request, context)
+
+    def _results(self, outcome, request, context) -> dict:
         results = self._load_layers(outcome, request, context)
         results.update(OUTPUT=request.output, ANSWERED=outcome.summary.answered, FAILED=len(outcome.failures))
         return results
@@ -430,20 +449,23 @@ class EvaluatePhotos(_GeoCLIPAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("PHOTOS", "Photos with a known position"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        from ..backend.evaluation import accuracy_table, format_table
+        from ..backend.errors import GeoCLIPError
+        from ..backend.evaluate import evaluate, truth_inputs
+        from ..backend.evaluation import format_table
         from ..backend.run import RunRequest
 
         data, images = self._truth_source(parameters, context)
-        csv_truth = data.lower().endswith(".csv")
-        request = RunRequest(
-            photos=[] if csv_truth else [data],
-            truth_csv=data if csv_truth else None,
-            images=images,
-            output=self._output(parameters, context),
-        )
-        results = self._run(request, parameters, context, feedback)
-        table = self._last_outcome.summary.accuracy() or accuracy_table([])
+        try:
+            request = RunRequest(**truth_inputs(data, images), output=self._output(parameters, context))
+        except GeoCLIPError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        evaluation = self._answer(evaluate, request, parameters, context, feedback)
+        self._say_outcome(evaluation.outcome, feedback)
+        results = self._results(evaluation.outcome, request, context)
+        table = evaluation.table
         feedback.pushInfo(format_table(table))
+        if evaluation.not_counted:
+            feedback.pushInfo(evaluation.not_counted)
         results.update(PHOTOS=table["photos"], MEDIAN_KM=table["median_km"], ACC_COUNTRY=table.get("acc_country"))
         results.update({f"ACC_{km}KM": table[f"acc_{km}km"] for km in THRESHOLDS_KM})
         return results
@@ -479,30 +501,34 @@ class FinetuneHeads(_GeoCLIPAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("ACC_25KM_AFTER", "Validation % within 25 km, after"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        from ..backend.evaluation import format_table
-        from ..backend.finetune import FinetuneSettings, collect_samples, finetune
+        from ..backend.finetune import FinetuneSettings, tune_heads
 
         data, images = self._truth_source(parameters, context)
         output = self.parameterAsString(parameters, "OUTPUT", context)
-        engine = get_engine(self._settings(parameters, context))
-        progress = _FeedbackProgress(feedback)
-        engine.load(progress)
-        collected = collect_samples(engine, data, images, progress, should_stop=feedback.isCanceled)
-        feedback.pushInfo(
-            f"{len(collected.samples)} photos with a position, {collected.without_gps} without, "
-            f"{len(collected.failed)} unreadable"
-        )
         settings = FinetuneSettings(
             epochs=self.parameterAsInt(parameters, "EPOCHS", context),
             extend_gallery=self.parameterAsBoolean(parameters, "EXTEND_GALLERY", context),
         )
-        manifest = finetune(engine, collected.samples, output, settings, progress, should_stop=feedback.isCanceled)
-        feedback.pushInfo("before:\n" + format_table(manifest["validation"]["before"]))
-        feedback.pushInfo("after:\n" + format_table(manifest["validation"]["after"]))
-        if manifest["validation"].get("kept_starting_heads"):
-            feedback.pushInfo("No epoch beat the starting heads on the validation photos: they are kept.")
+        tuned = self._with_engine(
+            parameters,
+            context,
+            feedback,
+            lambda engine: tune_heads(
+                engine,
+                data,
+                output,
+                settings,
+                images,
+                _FeedbackProgress(feedback),
+                should_stop=feedback.isCanceled,
+                on_collected=lambda collected: feedback.pushInfo(collected.line()),
+            ),
+        )
+        feedback.pushInfo(tuned.tables())
+        if tuned.kept_note:
+            feedback.pushInfo(tuned.kept_note)
         return {
             "OUTPUT": output,
-            "ACC_25KM_BEFORE": manifest["validation"]["before"]["acc_25km"],
-            "ACC_25KM_AFTER": manifest["validation"]["after"]["acc_25km"],
+            "ACC_25KM_BEFORE": tuned.manifest["validation"]["before"]["acc_25km"],
+            "ACC_25KM_AFTER": tuned.manifest["validation"]["after"]["acc_25km"],
         }
