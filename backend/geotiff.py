@@ -14,10 +14,14 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .rasters import Raster
-from .results import AnswerKind, path_text
+from .results import AnswerKind, RasterFacts, path_text
+
+if TYPE_CHECKING:  # the rasters are computed with torch; writing and reading them needs only GDAL
+    from .rasters import Raster
 
 VALUES_PER_CELL = (
     "probability per cell: the model's density (softmax score per unit area) integrated over "
@@ -47,6 +51,34 @@ def raster_metadata(
         "GEOCLIP_AREA": area or "whole world",
         "GEOCLIP_RASTER": raster.kind,
     }
+
+
+def facts_of(raster: Raster, levels: np.ndarray | None = None) -> RasterFacts:
+    """What a style needs of this raster: the same values :func:`write_geotiff` writes as metadata."""
+    finite = raster.values[np.isfinite(raster.values)]
+    peak = float(finite.max()) if finite.size else None
+    return RasterFacts(raster.kind, LEVELS_BAND if levels is not None else None, peak)
+
+
+def read_raster_facts(path: str | os.PathLike) -> RasterFacts:
+    """The facts a GeoTIFF says of itself (a raster of an earlier run, a received file): read, checked,
+    never trusted beyond what a run writes."""
+    import math
+
+    from osgeo import gdal
+
+    with _quiet_gdal():
+        dataset = gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_READONLY, allowed_drivers=["GTiff"])
+    if dataset is None:
+        return RasterFacts()
+    kind, band = dataset.GetMetadataItem("GEOCLIP_RASTER"), dataset.GetMetadataItem("GEOCLIP_LEVELS_BAND")
+    band = int(band) if band is not None and band.isdigit() and 2 <= int(band) <= dataset.RasterCount else None
+    try:
+        peak = float(dataset.GetMetadataItem("GEOCLIP_PEAK") or "nan")
+    except ValueError:
+        peak = math.nan
+    peak = peak if math.isfinite(peak) and 0 < peak <= 1 else None
+    return RasterFacts(kind if kind in ("world", "local") else None, band, peak)
 
 
 def write_geotiff(
@@ -83,10 +115,10 @@ def write_geotiff(
             dataset.SetGeoTransform((raster.west, raster.cell, 0.0, raster.north, 0.0, -raster.cell))
             dataset.SetProjection(wgs84().ExportToWkt())
             marked = {"GEOCLIP_RASTER": raster.kind, **(metadata or {})}  # the mark that makes it ours
-            finite = raster.values[np.isfinite(raster.values)]
-            marked["GEOCLIP_PEAK"] = repr(float(finite.max())) if finite.size else "nan"
-            if levels is not None:
-                marked["GEOCLIP_LEVELS_BAND"] = str(LEVELS_BAND)
+            facts = facts_of(raster, levels)
+            marked["GEOCLIP_PEAK"] = repr(facts.peak) if facts.peak is not None else "nan"
+            if facts.levels_band is not None:
+                marked["GEOCLIP_LEVELS_BAND"] = str(facts.levels_band)
             dataset.SetMetadata({key: str(value) for key, value in marked.items()})
             failed = False
             written = [(raster.values, "probability per cell")]

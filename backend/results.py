@@ -143,6 +143,17 @@ class OutputFile:
     layer: str = ""  # the layer or table inside a GeoPackage
     answer: str = ""  # the photo, text query or fused set a raster belongs to
     answer_kind: AnswerKind = AnswerKind.PHOTO  # which of those it is
+    raster: RasterFacts | None = None  # a raster the run wrote: what its style needs, without reading it back
+
+
+@dataclass(frozen=True)
+class RasterFacts:
+    """What a style needs to know of a probability raster (written into the GeoTIFF too, see
+    :mod:`.geotiff`); None for what a file does not say, or says in a way no run writes."""
+
+    kind: str | None = None  # "world" or "local"
+    levels_band: int | None = None  # the band holding each cell's confidence level
+    peak: float | None = None  # the most probable cell's probability
 
 
 SKIP_ANSWERED = "answered in an earlier run"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
@@ -25,12 +25,14 @@ from . import weights
 from .area import Area
 from .cache import warn_once
 from .errors import GeoCLIPError
-from .geotiff import VALUES_COMBINED, RasterNames, raster_metadata, write_geotiff
+from .geotiff import VALUES_COMBINED, RasterNames, facts_of, raster_metadata, write_geotiff
 from .progress import ProgressCallback, Stage, report_step
-from .rasters import Raster
 from .results import SKIP_ANSWERED, AnswerKind, OutputFile, OutputKind, PhotoResult
 from .summary import RunSummary
 from .version import __version__
+
+if TYPE_CHECKING:  # torch is loaded with the model, not with the pipeline (a cold start's largest part)
+    from .rasters import Raster
 
 WORLD_EACH = "each"  # a world raster per answer
 WORLD_COMBINED = "combined"  # one world raster for the run: the mean of its answers'
@@ -78,6 +80,10 @@ class RayOptions:
 @dataclass
 class RunRequest:
     photos: list = field(default_factory=list)  # photo files and folders (walked recursively), or PIL images
+    # How many photos ``photos`` names, when the caller has counted them already (the dock counts folders as
+    # they are added): the run then walks the folders once, lazily, while answering. None: the run's one walk
+    # lists them first, and that list is the count.
+    photo_count: int | None = None
     texts: list[str] = field(default_factory=list)  # descriptions of places, answered like photos
     truth_csv: str | None = None  # photo,lat,lon: the photos to answer and score (else EXIF GPS is the truth)
     images: str | None = None  # the folder the truth CSV's photo names are relative to
@@ -115,6 +121,7 @@ class RunOutcome:
     model: str = ""
     run_at: str = ""
     fused: PhotoResult | None = None
+    total: int = 0  # photos and text queries asked for
 
     @property
     def cancelled(self) -> bool:
@@ -134,15 +141,17 @@ def default_raster_folder(output: str | os.PathLike) -> str:
     return str(path.with_name(path.stem + "_rasters"))
 
 
-def count_photos(request: RunRequest) -> int:
-    """How many photos the request names (folders walked once, lazily, so memory stays flat)."""
+def _photo_items(request: RunRequest, truths: dict | None) -> tuple[Iterable, int]:
+    """The photos to answer and how many they are, from one walk of the folders: a lazy walk when the
+    caller counted them already, else a list (a path is about 100 bytes: 10 MB for 100,000 photos)."""
     from .walk import expand_paths
 
-    if request.truth_csv:
-        from .evaluation import read_truth_csv
-
-        return len(read_truth_csv(request.truth_csv, request.images))
-    return sum(1 for _ in expand_paths(request.photos))
+    if truths is not None:
+        return list(truths), len(truths)
+    if request.photo_count is not None:
+        return expand_paths(request.photos), request.photo_count
+    items = list(expand_paths(request.photos))
+    return items, len(items)
 
 
 def execute(
@@ -161,10 +170,10 @@ def execute(
     stop = should_stop or (lambda: False)
     summary = RunSummary()
     truths = _truths(request)
-    photos = list(truths) if truths is not None else request.photos
-    total = (len(photos) if truths is not None else count_photos(request)) + len(request.texts)
+    photos, photo_count = _photo_items(request, truths)
+    total = photo_count + len(request.texts)
     run_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    outcome = RunOutcome(summary=summary, model=engine.model_name, run_at=run_at)
+    outcome = RunOutcome(summary=summary, model=engine.model_name, run_at=run_at, total=total)
     if truths is not None:
         summary.truth_source = f"the positions in {Path(request.truth_csv).name}"
 
@@ -321,9 +330,7 @@ def _truths(request: RunRequest) -> dict[str, tuple[float, float]] | None:
 
 def _answers(request: RunRequest, engine, photos, skip) -> Iterator[PhotoResult]:
     """Photos (locally or on Ray), then text queries, as results in input order."""
-    from .walk import expand_paths
-
-    items = photos if request.truth_csv else expand_paths(photos)
+    items = photos
     if request.ray is not None:
         from .distributed import RayAnswers
 
@@ -460,7 +467,7 @@ class _RasterOutputs:
         self, raster: Raster, levels, name: str, kind: OutputKind, answer: str, answer_kind: AnswerKind, **extra
     ) -> OutputFile:
         path = write_geotiff(raster, self.folder / name, self._metadata(raster, answer, **extra), levels)
-        return OutputFile(kind, str(path), answer=answer, answer_kind=answer_kind)
+        return OutputFile(kind, str(path), answer=answer, answer_kind=answer_kind, raster=facts_of(raster, levels))
 
     def add(self, result: PhotoResult, made, drawn, own_world: bool = False) -> list[OutputFile]:
         """Write an answer's local rasters and its world raster (or keep it for the run's mean), each with
@@ -504,6 +511,8 @@ class _RasterOutputs:
         if self.count < 2:
             return []
         from .confidence import drawn_areas
+
+        from .rasters import Raster
 
         mean = Raster((self.total / self.count).astype(np.float32), -180.0, 90.0, self.options.world_cell, "world")
         label = f"mean of {self.count} answers"

@@ -769,10 +769,10 @@ class GeoCLIPDock(QgsDockWidget):
             rasters=rasters,
             fuse=self.fuse_check.isChecked(),
             confidence=self.confidence_check.isChecked(),
+            photo_count=self.photo_list.total() if self.paths() else 0,  # None while still counting
         )
-        self.task = GeolocateTask(request, settings, self.photo_list.total() if self.paths() else 0)
-        photos = self.task.result.total - len(texts)
-        self._title, self._last_output = run_title(self.paths(), texts, photos), output
+        self.task = GeolocateTask(request, settings)
+        self._named, self._last_output = (self.paths(), texts), output  # the title once the run has counted
         self.task.progress.connect(self._on_progress)
         self.task.done.connect(self._finished)
         self.failures.setRowCount(0)
@@ -826,6 +826,8 @@ class GeoCLIPDock(QgsDockWidget):
             self.runFinished.emit(result)
             return
         self._clear_error()
+        names, texts = self._named
+        self._title = run_title(names, texts, outcome.total - len(texts))
         title = self._title + (" (cancelled)" if outcome.cancelled else "")
         self.last_layers = add_run(
             outcome, title, self.iface.mapCanvas(), basemap=self.basemap_check.isChecked(), output=self._last_output
@@ -838,7 +840,7 @@ class GeoCLIPDock(QgsDockWidget):
             self.progress.setRange(0, 100)
             self.progress.setValue(0)
             self.progress.setTextVisible(False)  # the status line says how far it got
-            line = cancelled_text(outcome.summary.answered, result.total)
+            line = cancelled_text(result)
             # Run again continues this GeoPackage: the photos it holds are skipped.
             self._continue_output, self._continue_paths = self._last_output, self.paths()
             self.output.setFilePath(self._last_output)
@@ -877,7 +879,7 @@ class GeoCLIPDock(QgsDockWidget):
 
     def _bar_line(self, result) -> str:
         summary = result.outcome.summary
-        line = f"{summary.answered} of {result.total} answered"
+        line = f"{summary.answered} of {result.outcome.total} answered"
         if summary.failed_count:
             line += f", {summary.failed_count} not answered (see the dock's Results)"
         if summary.skipped_count:
@@ -941,7 +943,7 @@ class GeoCLIPDock(QgsDockWidget):
     def _show_results(self, result) -> None:
         outcome, summary = result.outcome, result.outcome.summary
         lines = [f"<b>{html.escape(self._title)}</b>"]
-        answered = f"{summary.answered} of {result.total} answered"
+        answered = f"{summary.answered} of {outcome.total} answered"
         if summary.failed_count:
             answered += f", {summary.failed_count} not answered (below)"
         lines.append(answered + ".")

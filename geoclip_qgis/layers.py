@@ -283,42 +283,18 @@ def style_truth_lines(layer: QgsVectorLayer) -> None:
     format_fields(layer)
 
 
-@dataclass(frozen=True)
-class RasterFacts:
-    """What the engine wrote into a run's GeoTIFF, as far as a style needs it; None for what a file does
-    not say, or says in a way no run writes (a received file is read, never trusted)."""
-
-    kind: str | None = None  # GEOCLIP_RASTER: "world" or "local"
-    levels_band: int | None = None  # GEOCLIP_LEVELS_BAND: each cell's confidence level
-    peak: float | None = None  # GEOCLIP_PEAK: the most probable cell's probability
-
-
-def raster_facts(path: str) -> RasterFacts:
-    import math
-
-    from osgeo import gdal
-
-    dataset = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY, allowed_drivers=["GTiff"])
-    if dataset is None:
-        return RasterFacts()
-    kind, band = dataset.GetMetadataItem("GEOCLIP_RASTER"), dataset.GetMetadataItem("GEOCLIP_LEVELS_BAND")
-    band = int(band) if band is not None and band.isdigit() and 2 <= int(band) <= dataset.RasterCount else None
-    try:
-        peak = float(dataset.GetMetadataItem("GEOCLIP_PEAK") or "nan")
-    except ValueError:
-        peak = math.nan
-    peak = peak if math.isfinite(peak) and 0 < peak <= 1 else None
-    return RasterFacts(kind if kind in ("world", "local") else None, band, peak)
-
-
-def style_raster(layer: QgsRasterLayer) -> None:
+def style_raster(layer: QgsRasterLayer, facts: RasterFacts | None = None) -> None:
     """A world raster: the confidence areas of 90, 75, 50 and 25 %, lighter to darker blue, drawn from
     the confidence levels the engine wrote as its second band — the very cells of the run's confidence
     polygons; the rest is not drawn. A local raster (0.01°, around a likely place): its probability per
     cell on a blue ramp, darker where more likely — a window usually lies inside one confidence class
     (all of it within the 25 % area, say), so classes would show nothing of what varies inside it. A
-    raster not written by a run keeps QGIS's look."""
-    facts = raster_facts(layer.source())
+    raster not written by a run keeps QGIS's look. ``facts``: what the run that wrote it says; else they
+    are read from the file (a raster of an earlier run, a received one)."""
+    if facts is None:
+        from .backend.geotiff import read_raster_facts
+
+        facts = read_raster_facts(layer.source())
     if facts.kind == "local" and facts.peak is not None:
         renderer = _probability_ramp(layer, facts.peak)
     elif facts.levels_band is not None:
@@ -509,8 +485,9 @@ def layer_name(file: OutputFile) -> str:
     return Path(file.path).stem
 
 
-def style_layer(layer, kind: OutputKind) -> None:
-    """The same look wherever a run's layer is loaded (the dock, Processing)."""
+def style_layer(layer, file: OutputFile) -> None:
+    """The same look wherever a run's layer is loaded (the dock, Processing), from what the run says of it."""
+    kind = file.kind
     if kind == OutputKind.POINTS:
         style_points(layer)
         add_time_and_direction(layer)
@@ -519,7 +496,7 @@ def style_layer(layer, kind: OutputKind) -> None:
     elif kind == OutputKind.TRUTH_LINES:
         style_truth_lines(layer)
     elif kind in RASTER_KINDS:
-        style_raster(layer)
+        style_raster(layer, file.raster)
 
 
 def make_layer(file: OutputFile, styled: bool = True):
@@ -535,7 +512,7 @@ def make_layer(file: OutputFile, styled: bool = True):
     if not layer.isValid():
         return None
     if styled:
-        style_layer(layer, file.kind)
+        style_layer(layer, file)
     return layer
 
 
@@ -784,7 +761,7 @@ class RunPlacement:
         if self.group is None:
             self.group = run_group(project, self.title, self.output, self.run_at)
         old = project.layerTreeRoot().findLayer(layer.id())
-        style_layer(layer, file.kind)
+        style_layer(layer, file)
         place_layer(project, self.group, layer, file, self.answers, self.run_at)
         if old is not None and old.parent() is not None:
             old.parent().removeChildNode(old)  # the layer stays: it has its node in the run's group

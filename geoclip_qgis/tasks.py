@@ -9,58 +9,57 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from .session import EngineSettings, get_engine
 
+if TYPE_CHECKING:  # the engine loads torch: imported when a run starts, not with the plugin
+    from .backend.run import RunOutcome, RunRequest
+
 LOG_TAG = "GeoCLIP"
 
 
 @dataclass
 class TaskResult:
-    outcome: object = None  # backend.run.RunOutcome, when the run got that far
+    outcome: RunOutcome | None = None  # when the run got that far
     error: str = ""  # the run as a whole failed (weights missing, disk full...), in QGIS's words
     detail: str = ""  # the engine's own message, for the log
     cancelled: bool = False
-    total: int = 0  # photos and queries asked for
     description: str = ""  # the task's description once it ended (what QGIS's own notice says)
 
 
-def task_name(request, photos: int | None = None) -> str:
-    """'GeoCLIP: 20 photos', 'GeoCLIP: 1 text query', 'GeoCLIP: 3 photos and 1 text query'.
-    ``photos``: the count when the caller knows it already (folders need not be walked again)."""
-    from .backend.run import count_photos
-
+def task_name(request: RunRequest) -> str:
+    """'GeoCLIP: 20 photos', 'GeoCLIP: 1 text query', 'GeoCLIP: 3 photos and 1 text query'; 'GeoCLIP:
+    photos' while the dock is still counting its folders (never walked here: this runs on QGIS's thread)."""
     parts = []
-    if photos is None:
-        photos = count_photos(request) if (request.photos or request.truth_csv) else 0
-    if photos:
+    photos = request.photo_count
+    if photos is None and (request.photos or request.truth_csv):
+        parts.append("photos")
+    elif photos:
         parts.append(f"{photos} photo{'s' if photos != 1 else ''}")
     if request.texts:
         parts.append(f"{len(request.texts)} text quer{'ies' if len(request.texts) != 1 else 'y'}")
     return "GeoCLIP: " + (" and ".join(parts) or "nothing to answer")
 
 
-def cancelled_text(kept: int, total: int) -> str:
-    """'Cancelled — 4 of 40 kept'."""
-    return f"Cancelled — {kept} of {total} kept"
+def cancelled_text(result: TaskResult) -> str:
+    """'Cancelled — 4 of 40 kept'; 'Cancelled before any answer' when the run had not begun."""
+    if result.outcome is None:
+        return "Cancelled before any answer"
+    return f"Cancelled — {result.outcome.summary.answered} of {result.outcome.total} kept"
 
 
 class GeolocateTask(QgsTask):
     progress = pyqtSignal(object)  # backend.progress.Progress, every event, for the dock's bar and line
     done = pyqtSignal(object)  # TaskResult, emitted on the main thread from finished()
 
-    def __init__(self, request, settings: EngineSettings, photos: int | None = None):
-        super().__init__(task_name(request, photos), QgsTask.Flag.CanCancel)
+    def __init__(self, request: RunRequest, settings: EngineSettings):
+        super().__init__(task_name(request), QgsTask.Flag.CanCancel)
         self.request, self.settings = request, settings
         self.result = TaskResult()
-        if photos is None and (request.photos or request.truth_csv):
-            from .backend.run import count_photos
-
-            photos = count_photos(request)
-        self.result.total = (photos or 0) + len(request.texts)
 
     def _progress(self, event) -> None:
         if event.fraction is not None:
@@ -91,7 +90,6 @@ class GeolocateTask(QgsTask):
         if not ok and not self.result.error:
             self.result.cancelled = True
         if self.result.cancelled:
-            answered = self.result.outcome.summary.answered if self.result.outcome is not None else 0
-            self.setDescription(f"GeoCLIP: {cancelled_text(answered, self.result.total).lower()}")
+            self.setDescription(f"GeoCLIP: {cancelled_text(self.result).lower()}")
         self.result.description = self.description()
         self.done.emit(self.result)
