@@ -13,7 +13,6 @@ import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np

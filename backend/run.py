@@ -511,7 +511,6 @@ class _RasterOutputs:
         if self.count < 2:
             return []
         from .confidence import drawn_areas
-
         from .rasters import Raster
 
         mean = Raster((self.total / self.count).astype(np.float32), -180.0, 90.0, self.options.world_cell, "world")

@@ -9,7 +9,6 @@ same GeoPackage refreshes that group; earlier runs are folded and hidden. Main t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -51,7 +50,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor, QFont
 
-from .backend.results import AnswerKind, OutputFile, OutputKind
+from .backend.results import AnswerKind, OutputFile, OutputKind, RasterFacts
 from .inputs import WGS84
 
 # -- names -------------------------------------------------------------------------------------------
