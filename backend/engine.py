@@ -223,8 +223,11 @@ class Engine:
         return self._area_cache[1]
 
     @torch.inference_mode()
-    def rank(self, features: torch.Tensor, top_k: int, area: Area | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Softmax over the gallery -> (B, k) candidate indices and probabilities, best first.
+    def rank(
+        self, features: torch.Tensor, top_k: int, area: Area | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Softmax over the gallery -> (B, k) candidate indices and probabilities, best first, and the
+        whole softmax (B, N) they come from.
 
         ``features`` are query vectors: unit image/text features, or a sum of them (fusion). With an
         area, places outside it are dropped and the probabilities renormalised over those inside.
@@ -235,8 +238,9 @@ class Engine:
         if inside is not None:
             logits = logits.masked_fill(~inside, float("-inf"))
             top_k = min(top_k, int(inside.sum()))
-        top = torch.topk(logits.softmax(dim=-1), top_k, dim=-1)
-        return top.indices, top.values
+        probabilities = logits.softmax(dim=-1)
+        top = torch.topk(probabilities, top_k, dim=-1)
+        return top.indices, top.values, probabilities
 
     def _candidates(self, indices: torch.Tensor, probabilities: torch.Tensor) -> list[list[Candidate]]:
         coordinates = self.gallery.coordinates[indices].cpu().numpy()
@@ -251,7 +255,15 @@ class Engine:
 
     def answer(self, features: torch.Tensor, top_k: int, area: Area | None = None) -> list[list[Candidate]]:
         """Ranked candidates for each query vector in ``features`` (B, 512)."""
-        return self._candidates(*self.rank(features, top_k, area))
+        return self._answers(features, top_k, area)[0]
+
+    def _answers(
+        self, features: torch.Tensor, top_k: int, area: Area | None, keep: bool = False
+    ) -> tuple[list[list[Candidate]], list[np.ndarray | None]]:
+        """Ranked candidates for each query vector and, with ``keep``, each one's whole gallery softmax."""
+        indices, values, probabilities = self.rank(features, top_k, area)
+        rows = list(probabilities.cpu().numpy()) if keep else [None] * len(indices)
+        return self._candidates(indices, values), rows
 
     # ------------------------------------------------------------------------------ text queries
 
@@ -277,9 +289,10 @@ class Engine:
         self.load()
         self.check_top_k(top_k)
         features = self.text_features(queries)
+        ranked, rows = self._answers(features, top_k, area, keep=True)  # a few queries: each keeps its softmax
         return [
-            PhotoResult(f"text: {q}", ranked, feature=f.cpu().numpy(), kind=AnswerKind.TEXT)
-            for q, ranked, f in zip(queries, self.answer(features, top_k, area), features)
+            PhotoResult(f"text: {q}", candidates, feature=f.cpu().numpy(), kind=AnswerKind.TEXT, probabilities=row)
+            for q, candidates, f, row in zip(queries, ranked, features, rows)
         ]
 
     # ------------------------------------------------------------------------------ fusion
@@ -294,9 +307,9 @@ class Engine:
         if not members:
             raise GeoCLIPError("nothing to fuse: no photo was answered")
         total = torch.from_numpy(np.sum([r.feature for r in members], axis=0))
-        ranked = self.answer(total[None], top_k, area)[0]
+        ranked, rows = self._answers(total[None], top_k, area, keep=True)
         label = label or f"fused: {len(members)} photos"
-        return PhotoResult(label, ranked, feature=total.numpy(), kind=AnswerKind.FUSED)
+        return PhotoResult(label, ranked[0], feature=total.numpy(), kind=AnswerKind.FUSED, probabilities=rows[0])
 
     # ------------------------------------------------------------------------------ rasters
 
@@ -342,11 +355,10 @@ class Engine:
         self.load_gallery(progress)
         evaluator = self.surface(world_cell, local_cell, progress)
         query = torch.from_numpy(result.feature).to(self.device)
-        gallery_logits = self.heads.logits(query[None], self.gallery.features)[0]
-        top = torch.topk(gallery_logits, 16)
-        coords = self.gallery.coordinates[top.indices].cpu().numpy()
-        seeds = [(float(a), float(b), float(v)) for (a, b), v in zip(coords, top.values.cpu().numpy())]
-        return evaluator.surface(query, seeds, area, regions)
+        # the answer's best candidate (ranked inside the area) gets a local raster; an answer that carries
+        # its candidates is not scored against the gallery again
+        best = result.candidates[0] if result.candidates else self.answer(query[None], 1, area)[0][0]
+        return evaluator.surface(query, [(best.lat, best.lon, best.probability)], area, regions)
 
     def density(
         self,
@@ -417,13 +429,15 @@ class Engine:
         area: Area | None = None,
         skip: Container[str] = frozenset(),
         skip_geotagged: bool = False,
+        keep_probabilities: bool = False,
     ) -> Iterator[PhotoResult]:
         """Yield one :class:`PhotoResult` per photo, in input order, as batches finish.
 
         Photos whose content hash is in ``skip`` (answered in an earlier run), and with
         ``skip_geotagged`` photos that have EXIF GPS, come back with ``skipped`` set to the reason,
         without being encoded. Stopping the iteration (or closing the generator) stops
-        the work within one batch.
+        the work within one batch. ``keep_probabilities``: each result carries the gallery softmax it
+        was ranked from (400 KB for the 100K gallery), for a caller that sums it by region.
         """
         self.load()
         self.check_top_k(top_k)
@@ -434,11 +448,18 @@ class Engine:
                 if good:
                     embeddings = torch.from_numpy(np.stack([p.embedding for p in good])).to(self.device)
                     features = self.heads.image_features(embeddings)
-                    ranked = iter(self.answer(features, top_k, area))
-                    vectors = iter(features.cpu().numpy())
+                    ranked, rows = self._answers(features, top_k, area, keep_probabilities)
+                    ranked, rows, vectors = iter(ranked), iter(rows), iter(features.cpu().numpy())
                 for label, p in prepared:
                     if isinstance(p, Prepared):
-                        yield PhotoResult(label, next(ranked), p.metadata, feature=next(vectors), sha256=p.sha256)
+                        yield PhotoResult(
+                            label,
+                            next(ranked),
+                            p.metadata,
+                            feature=next(vectors),
+                            sha256=p.sha256,
+                            probabilities=next(rows),
+                        )
                     elif isinstance(p, PhotoResult):
                         yield p
                     else:
@@ -483,10 +504,7 @@ class Engine:
     @torch.inference_mode()
     def gallery_probabilities(self, feature: np.ndarray, area: Area | None = None) -> np.ndarray:
         """The whole softmax over the gallery for one query vector (N,), in gallery order: the
-        probability of every place, for summing over regions. With an area, places outside get 0."""
+        probability of every place, for summing over regions. With an area, places outside get 0.
+        The same numbers :meth:`rank` ranks from (an answer read back from a file is scored again)."""
         query = torch.from_numpy(np.asarray(feature, dtype=np.float32)).to(self.device)
-        logits = self.heads.logits(query[None], self.gallery.features)[0]
-        inside = self._area_mask(area)
-        if inside is not None:
-            logits = logits.masked_fill(~inside, float("-inf"))
-        return logits.softmax(dim=-1).cpu().numpy().astype(np.float64)
+        return self.rank(query[None], 1, area)[2][0].cpu().numpy().astype(np.float64)

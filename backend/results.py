@@ -183,6 +183,9 @@ class PhotoResult:
     skipped: str | None = None  # why the photo was not answered on purpose (SKIP_*): nothing to write
     truth: tuple[float, float] | None = None  # (lat, lon) the run scores it against (a truth CSV's), over EXIF
     kind: AnswerKind = AnswerKind.PHOTO
+    # The gallery softmax (N,) the candidates were ranked from, in gallery order, while a run still needs it
+    # for the answer's region probabilities (computed once per answer); never stored, dropped once used.
+    probabilities: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:

@@ -356,7 +356,12 @@ def _answers(request: RunRequest, engine, photos, skip) -> Iterator[PhotoResult]
         yield from stream
     elif photos:
         stream = engine.predict_iter(
-            items, request.top_k, request.area, skip=skip, skip_geotagged=request.skip_geotagged
+            items,
+            request.top_k,
+            request.area,
+            skip=skip,
+            skip_geotagged=request.skip_geotagged,
+            keep_probabilities=True,  # the region probabilities sum the softmax the answer was ranked from
         )
         try:
             yield from stream
@@ -417,7 +422,9 @@ class _AnswerDetails:
         except GeoCLIPError as exc:
             warn_once("regions", f"probability by region left out: {exc}")
             return []
-        probabilities = self.engine.gallery_probabilities(result.feature, self.request.area)
+        probabilities = result.probabilities
+        if probabilities is None:  # an answer from Ray's workers: scored here
+            probabilities = self.engine.gallery_probabilities(result.feature, self.request.area)
         return region_probabilities(probabilities, self._assignment, photo=result.photo, top=self.REGION_ROWS)
 
     def add(self, result: PhotoResult, own_world: bool = False) -> list[OutputFile]:
@@ -434,6 +441,7 @@ class _AnswerDetails:
             if self.request.confidence:
                 areas = drawn.stored()
         self.writer.write_details(result, self._regions(result) if result.feature is not None else [], areas)
+        result.probabilities = None  # 400 KB an answer: not kept past its details (fusion keeps its members)
         return files
 
     def finish(self) -> list[OutputFile]:
