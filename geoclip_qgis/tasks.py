@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
-from .session import EngineSettings, get_engine
+from .session import EngineSettings, get_engine, weights_message
 
 LOG_TAG = "GeoCLIP"
 
@@ -77,9 +77,7 @@ class GeolocateTask(QgsTask):
             self.result.cancelled = self.result.outcome.cancelled
             return True
         except WeightsError as exc:  # said with the Models dialog's buttons, not the command line's options
-            from .models_dialog import plain_weights_message
-
-            self.result.error, self.result.detail = plain_weights_message(self.settings), str(exc)
+            self.result.error, self.result.detail = weights_message(self.settings), str(exc)
         except GeoCLIPError as exc:  # reported to the user in finished(), never raised into QGIS
             self.result.error = self.result.detail = str(exc)
         except Exception as exc:

@@ -37,7 +37,7 @@ from qgis.core import (
 
 from ..backend.geo import THRESHOLDS_KM
 from ..inputs import WGS84, InputError, area_from_extent, area_from_polygons, photo_paths
-from ..session import EngineSettings, get_engine, load_settings
+from ..session import EngineSettings, get_engine, load_settings, weights_message
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -201,7 +201,6 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
     def _execute(self, request, parameters, context, feedback):
         from ..backend.errors import GeoCLIPError, WeightsError
         from ..backend.run import execute
-        from ..models_dialog import plain_weights_message
 
         def on_result(result):
             if result.error:
@@ -213,7 +212,7 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
             outcome = execute(request, engine, _FeedbackProgress(feedback), feedback.isCanceled, on_result)
         except WeightsError as exc:  # in QGIS's words (the Models dialog), the engine's own in the log
             feedback.pushInfo(str(exc))
-            raise QgsProcessingException(plain_weights_message(settings)) from None
+            raise QgsProcessingException(weights_message(settings)) from None
         except GeoCLIPError as exc:
             raise QgsProcessingException(str(exc)) from None
         feedback.pushInfo(outcome.summary.text())
