@@ -425,16 +425,30 @@ def weight_checksums(heads_files, clip_dir: str | os.PathLike | None = None) -> 
     return sums
 
 
-# ------------------------------------------------------------------------------------- model state
+# ---------------------------------------------------------------------------- what a backbone folder holds
 
 VIT_L_14_VISION = {"hidden_size": 1024, "num_hidden_layers": 24, "patch_size": 14, "image_size": 224}
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 
 
-def backbone_architecture(folder: str | os.PathLike) -> dict:
-    """What a CLIP checkpoint folder holds, read from its config.json and file names (no weights
-    loaded): whether it is ViT-L/14 (the backbone GeoCLIP's heads were trained on), a short description,
-    and whether text queries can run on it (a text tower and its tokenizer files)."""
+@dataclass(frozen=True)
+class BackboneArchitecture:
+    """What a CLIP checkpoint folder holds: whether it is ViT-L/14 (the backbone GeoCLIP's heads were
+    trained on), a short description, its weights' size, and whether it has a text tower and tokenizer."""
+
+    vit_l14: bool
+    description: str
+    weights_bytes: int
+    text_tower: bool
+    tokenizer: bool
+
+    @property
+    def answers_text(self) -> bool:
+        return self.text_tower and self.tokenizer
+
+
+def backbone_architecture(folder: str | os.PathLike) -> BackboneArchitecture:
+    """What a CLIP checkpoint folder holds, read from its config.json and file names (no weights loaded)."""
     folder = Path(folder)
     try:
         config = parse_json((folder / "config.json").read_text(encoding="utf-8"))
@@ -453,13 +467,13 @@ def backbone_architecture(folder: str | os.PathLike) -> dict:
         else f"a CLIP vision transformer with {vision['num_hidden_layers']} layers, {vision['hidden_size']} wide, "
         f"patch {vision['patch_size']}, {vision['image_size']} px, projection {projection}"
     )
-    return {
-        "vit_l14": is_vit_l14,
-        "description": described,
-        "weights_bytes": size,
-        "text_tower": config.get("model_type") == "clip",
-        "tokenizer": any(all((folder / name).is_file() for name in names) for names in TOKENIZER_FILES),
-    }
+    return BackboneArchitecture(
+        vit_l14=is_vit_l14,
+        description=described,
+        weights_bytes=size,
+        text_tower=config.get("model_type") == "clip",
+        tokenizer=any(all((folder / name).is_file() for name in names) for names in TOKENIZER_FILES),
+    )
 
 
 def not_vit_l14_warning(description: str | None = None, checkpoint: str = "The CLIP checkpoint in use") -> str:
@@ -479,7 +493,7 @@ def backbone_provenance(clip_dir: str | os.PathLike | None) -> dict:
     if clip_dir is None:
         return {}
     architecture = backbone_architecture(clip_dir)
-    return {"backbone": architecture["description"], "backbone_vit_l14": int(architecture["vit_l14"])}
+    return {"backbone": architecture.description, "backbone_vit_l14": int(architecture.vit_l14)}
 
 
 def imported_message(imported: list[str], into: str | os.PathLike | None = None) -> str:
@@ -492,77 +506,9 @@ def imported_message(imported: list[str], into: str | os.PathLike | None = None)
             parts.append("GeoCLIP's trained heads (image head, location encoder, GPS gallery)")
             continue
         architecture = backbone_architecture(into / name)
-        if architecture["vit_l14"]:
+        if architecture.vit_l14:
             parts.append("the CLIP ViT-L/14 backbone")
         else:
-            parts.append(f"a CLIP backbone ({architecture['description']})")
+            parts.append(f"a CLIP backbone ({architecture.description})")
             warnings.append(not_vit_l14_warning(checkpoint="That backbone"))
     return f"Imported {' and '.join(parts)} into {into}." + "".join(f" {w}" for w in warnings)
-
-
-def model_state(heads: str | os.PathLike | None = None, clip: str | os.PathLike | None = None) -> dict:
-    """What can run with the weights found, and what stands in the way, in plain words (no commands:
-    each door adds its own way to fix it). ``problems`` hold a ``code`` (heads_missing,
-    backbone_missing, not_vit_l14, no_text), the ``text`` and the capabilities it ``blocks``."""
-    heads_lookup, clip_lookup = find_heads(heads), find_backbone(clip)
-    architecture = backbone_architecture(clip_lookup.path) if clip_lookup.path is not None else None
-    problems = []
-
-    def passed_over(lookup: Lookup) -> str:
-        if lookup.tried and lookup.tried[0][0].startswith(("--", "$")):  # the folder the user named
-            return f" The folder {lookup.tried[0][1]} cannot be used: {lookup.tried[0][2]}."
-        return ""
-
-    if heads_lookup.path is None:
-        problems.append(
-            {
-                "code": "heads_missing",
-                "text": "GeoCLIP's trained heads (image head, location encoder, GPS gallery) were not found."
-                + passed_over(heads_lookup),
-                "blocks": ["photos", "text", "rasters"],
-            }
-        )
-    if clip_lookup.path is None:
-        problems.append(
-            {
-                "code": "backbone_missing",
-                "text": "The CLIP ViT-L/14 backbone, which turns photos into features, was not found."
-                + passed_over(clip_lookup),
-                "blocks": ["photos", "text"],
-            }
-        )
-    elif not architecture["vit_l14"]:
-        problems.append(
-            {
-                "code": "not_vit_l14",
-                "text": not_vit_l14_warning(architecture["description"]),
-                "blocks": [],
-            }
-        )
-    if architecture is not None and not (architecture["text_tower"] and architecture["tokenizer"]):
-        missing = "its text tower" if not architecture["text_tower"] else "its tokenizer (vocab.json and merges.txt)"
-        problems.append(
-            {
-                "code": "no_text",
-                "text": f"The CLIP checkpoint lacks {missing}: text queries cannot run (photos can).",
-                "blocks": ["text"],
-            }
-        )
-    blocked = {capability for problem in problems for capability in problem["blocks"]}
-    return {
-        "heads": {
-            "found": heads_lookup.path is not None,
-            "path": str(heads_lookup.path or ""),
-            "source": heads_lookup.source,
-            "tried": heads_lookup.tried,
-        },
-        "backbone": {
-            "found": clip_lookup.path is not None,
-            "path": str(clip_lookup.path or ""),
-            "source": clip_lookup.source,
-            "tried": clip_lookup.tried,
-            "architecture": architecture,
-        },
-        "can": {capability: capability not in blocked for capability in ("photos", "text", "rasters")},
-        "problems": problems,
-    }

@@ -223,25 +223,25 @@ def cuda_lines() -> Iterator[str]:
 
 
 def weights_lines(settings=None) -> Iterator[str]:
-    from .models_dialog import CAPABILITIES, current_state, source_words
+    from .backend.model_state import Capability, source_words
+    from .session import current_state
 
     state = current_state(settings)
-    for key, label, _needs in CAPABILITIES:
-        yield f"{label}: {'ready' if state['can'][key] else 'not yet'}"
-    for key, title in (("heads", "GeoCLIP heads"), ("backbone", "CLIP backbone")):
-        entry = state[key]
-        if entry["found"]:
-            architecture = entry.get("architecture")
-            what = f" ({architecture['description']})" if architecture else ""
-            yield f"{title}: found in {source_words(entry['source'])}: {entry['path']}{what}"
+    for capability in Capability:
+        yield f"{capability.label}: {'ready' if state.can(capability) else 'not yet'}"
+    for part in state.parts:
+        if part.found:
+            what = f" ({part.architecture.description})" if part.architecture else ""
+            yield f"{part.title}: found in {source_words(part.source)}: {part.path}{what}"
         else:
             tried = "; ".join(
-                f"{source_words(source)}: " + (path.strip("()") if path.startswith("(") else f"{path} ({why})")
-                for source, path, why in entry["tried"]
+                f"{source_words(place.source)}: "
+                + (f"{place.path} ({place.reason})" if place.has_folder else place.path.strip("()"))
+                for place in part.tried
             )
-            yield f"{title}: not found; looked in {tried}"
-    for problem in state["problems"]:
-        yield f"Problem: {problem['text']}"
+            yield f"{part.title}: not found; looked in {tried}"
+    for problem in state.problems:
+        yield f"Problem: {problem.text}"
 
 
 def folder_lines() -> Iterator[str]:

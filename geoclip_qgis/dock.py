@@ -54,10 +54,18 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import deps
+from .backend.model_state import Capability, ModelState, Problem, ProblemCode
 from .inputs import InputError, area_from_extent, area_from_polygons, guess_photo_field, photo_paths
 from .layers import add_run, run_title
 from .plain_text import as_html, bar_text, show_message, tooltip
-from .session import load_dock_settings, load_settings, runs_folder, save_dock_settings, save_settings
+from .session import (
+    current_state,
+    load_dock_settings,
+    load_settings,
+    runs_folder,
+    save_dock_settings,
+    save_settings,
+)
 from .tasks import LOG_TAG, GeolocateTask, cancelled_text
 
 PHOTO_FILTER = "Photos (*.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp *.heic *.heif);;All files (*)"
@@ -220,8 +228,8 @@ class GeoCLIPDock(QgsDockWidget):
         self.iface = iface
         self.task: GeolocateTask | None = None
         self.last_layers: dict = {}
-        self.state: dict | None = None  # the weights' state (models_dialog.current_state)
-        self.model_problem: dict | None = None
+        self.state: ModelState | None = None  # the weights' state (session.current_state)
+        self.model_problem: Problem | None = None  # what keeps Run off, if anything
         self.error_item = None  # the message bar's notice of the last failed run, gone with the next success
         self.quitting = False  # QGIS is quitting: stop the run and let it quit
         self._cancel_asked = False
@@ -584,8 +592,6 @@ class GeoCLIPDock(QgsDockWidget):
     def refresh_model_state(self) -> None:
         """Say what the weights allow, before any run, and keep Run off (with the reason) while they
         cannot answer."""
-        from .models_dialog import SHORT_PROBLEMS, current_state
-
         try:
             self.state = current_state()
         except Exception as exc:
@@ -593,16 +599,14 @@ class GeoCLIPDock(QgsDockWidget):
             self.model_label.setText(f"<b style='color:#b00'>✘ The weights could not be checked: {as_html(exc)}</b>")
             self._update_run_state()
             return
-        blocking = [p for p in self.state["problems"] if "photos" in p["blocks"]]
-        warning = next((p for p in self.state["problems"] if p["code"] == "not_vit_l14"), None)
-        if blocking:
-            problem = blocking[0]
+        problem = self.state.blocking(Capability.PHOTOS)
+        if problem is not None:
             self.model_label.setText(
-                f"<b style='color:#b00'>✘ Not ready: {html.escape(SHORT_PROBLEMS[problem['code']])}.</b> "
+                f"<b style='color:#b00'>✘ Not ready: {html.escape(problem.short)}.</b> "
                 "Press <b>Fix…</b> to import or download it."
             )
             self.models_button.setText("Fix…")
-        elif warning is not None:
+        elif self.state.warning is not None:
             self.model_label.setText(
                 "<b style='color:#a15c00'>⚠ Runs, but its CLIP is not <span style='white-space:nowrap'>ViT-L/14"
                 "</span>: answers are not meaningful places.</b>"
@@ -618,15 +622,13 @@ class GeoCLIPDock(QgsDockWidget):
         if deps.missing() or self.task is not None:
             return
         state = self.state
-        needs = ["photos"] + (["text"] if self.text_edit.text().strip() else [])
-        problem = None if state is None else next((p for p in state["problems"] if set(p["blocks"]) & set(needs)), None)
+        needs = [Capability.PHOTOS] + ([Capability.TEXT] if self.text_edit.text().strip() else [])
+        problem = None if state is None else state.blocking(*needs)
         self.model_problem = problem
         if state is None:
             reason = "the weights could not be checked"
         elif problem is not None:
-            from .models_dialog import SHORT_PROBLEMS
-
-            reason = SHORT_PROBLEMS[problem["code"]]
+            reason = problem.short
         else:
             reason = ""
         self.run_button.setEnabled(not reason)
@@ -634,7 +636,7 @@ class GeoCLIPDock(QgsDockWidget):
         self.run_button.setToolTip(
             f"Run is off: {reason}. Press {fix} above." if reason else "Answer in the background"
         )
-        if reason and problem is not None and problem["code"] == "no_text":
+        if reason and problem is not None and problem.code is ProblemCode.NO_TEXT:
             self._say(f"Run is off: {reason}. Press Models… to import a full checkpoint, or clear the text.")
         elif self.status.text().startswith("Run is off"):
             self._say("")
@@ -1038,9 +1040,9 @@ class GeoCLIPDock(QgsDockWidget):
     def open_models_dialog(self) -> None:
         from .models_dialog import ModelsDialog
 
-        focus = self.model_problem["code"] if self.model_problem else ""
-        if not focus and self.state and self.state["problems"]:
-            focus = self.state["problems"][0]["code"]
+        focus = self.model_problem.code if self.model_problem else None
+        if focus is None and self.state and self.state.problems:
+            focus = self.state.problems[0].code
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # it reads the weight folders before it shows
         try:
             self.models_dialog = ModelsDialog(self, focus=focus)

@@ -3,8 +3,8 @@ it; where each weight file was found, its size and checksum; choose folders, pre
 import a folder or bundle, export a bundle, download the backbone (the only network use); diagnostics
 for a bug report.
 
-The engine's :func:`.backend.weights.model_state` says what is missing; the words here say how to fix
-it inside QGIS (dialogs and buttons, never command-line options)."""
+The engine's :class:`.backend.model_state.ModelState` says what is missing and how to fix it inside QGIS
+(dialogs and buttons, never command-line options); this dialog shows it."""
 
 from __future__ import annotations
 
@@ -37,123 +37,51 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import deps, diagnostics
+from .backend.model_state import Capability, ModelState, ProblemCode, source_words
 from .plain_text import show_message
-from .session import EngineSettings, dialog_folder, drop_engines, load_settings, save_settings
+from .session import EngineSettings, current_state, dialog_folder, drop_engines, load_settings, save_settings
 
 LOG_TAG = "GeoCLIP"
 
-# Where a weight file was found, in the words of someone using QGIS.
-SOURCE_WORDS = {
-    "--heads": "the heads folder chosen in Models…",
-    "--clip": "the CLIP folder chosen in Models…",
-    "$GEOCLIP_HEADS": "the folder in the GEOCLIP_HEADS environment variable",
-    "$GEOCLIP_CLIP": "the folder in the GEOCLIP_CLIP environment variable",
-    "models folder": "GeoCLIP's models folder",
-    "geoclip wheel": "the installed geoclip package",
-    "Hugging Face cache": "the Hugging Face cache",
-}
 
-# How to fix each problem the engine names, with this dialog's buttons.
-FIXES = {
-    "heads_missing": "In Models…, press Install heads… for GeoCLIP's release (about 40 MB, online or from a folder "
-    "of wheels), Import folder… for a heads folder (weights/*.pth and gps_gallery/*.csv) or Import bundle… for a "
-    "GeoCLIP model bundle (.zip).",
-    "backbone_missing": "In Models…, press Import folder… and choose a CLIP ViT-L/14 checkpoint folder (from a "
-    "USB stick, say), Import bundle… for a GeoCLIP model bundle (.zip), or Download backbone (about 1.7 GB, the "
-    "only time GeoCLIP uses the network).",
-    "not_vit_l14": "For real answers, import the CLIP ViT-L/14 checkpoint in Models… (Import folder…, Import "
-    "bundle… or Download backbone) and leave the CLIP folder empty, or choose the ViT-L/14 folder there.",
-    "no_text": "Import the full CLIP checkpoint (with vocab.json and merges.txt) in Models…, or use photos.",
-}
-
-
-def fix_words(code: str, inside: bool = False) -> str:
-    """How to fix a problem; ``inside``: said in the Models dialog itself, so not "open Models…"."""
-    text = FIXES[code]
-    return text.replace("In Models…, press", "Press").replace(" in Models…", "") if inside else text
-
-
-CAPABILITIES = (
-    ("photos", "Answer photos", "the heads and a CLIP backbone"),
-    ("text", "Text queries", "the heads and a CLIP checkpoint with its text tower and tokenizer"),
-    ("rasters", "Probability rasters, location embeddings", "the heads"),
-)
-SHORT_PROBLEMS = {
-    "heads_missing": "GeoCLIP's heads are missing",
-    "backbone_missing": "the CLIP backbone is missing",
-    "not_vit_l14": "the CLIP checkpoint is not ViT-L/14: answers are not meaningful",
-    "no_text": "this CLIP checkpoint cannot answer text queries",
-}
-
-
-def source_words(source: str) -> str:
-    return SOURCE_WORDS.get(source, source)
-
-
-def current_state(settings: EngineSettings | None = None) -> dict:
-    """The engine's model state for the plugin's chosen folders."""
-    from .backend import weights
-
-    settings = settings or load_settings()
-    return weights.model_state(settings.heads or None, settings.clip or None)
-
-
-def blocking_problem(state: dict, capabilities=("photos",)) -> dict | None:
-    """The first problem that stops any of these capabilities, or None when they can all run."""
-    return next((p for p in state["problems"] if set(p["blocks"]) & set(capabilities)), None)
-
-
-def plain_weights_message(settings: EngineSettings | None = None, detail: str = "") -> str:
-    """A weights failure in QGIS's words: what is missing and the button that fixes it. ``detail``
-    (the engine's own message) goes to the log, not here."""
-    try:
-        state = current_state(settings)
-    except Exception:  # the report itself failed: say what we can
-        state = {"problems": []}
-    problem = blocking_problem(state, ("photos", "text", "rasters"))
-    if problem is None:
-        return "The model could not be loaded. Open Models… to check the weights (details in the GeoCLIP log)."
-    return f"{problem['text']} {FIXES[problem['code']]}"
-
-
-def state_html(state: dict, checksums: dict | None = None, versions: str = "", inside: bool = True) -> str:
+def state_html(state: ModelState, checksums: dict | None = None, versions: str = "") -> str:
     """The model state as HTML for the dialog: what runs, then each part's weight files."""
     checksums = checksums or {}
     parts = ["<h3>What can run</h3><table cellspacing='2' cellpadding='2'>"]
-    for key, label, needs in CAPABILITIES:
-        ok = state["can"][key]
+    for capability in Capability:
+        ok = state.can(capability)
         mark = "<span style='color:#1a7f37'>✔ ready</span>" if ok else "<span style='color:#b00'>✘ not yet</span>"
-        parts.append(f"<tr><td><b>{label}</b></td><td>{mark}</td><td>needs {html.escape(needs)}</td></tr>")
-    parts.append("</table>")
-    for problem in state["problems"]:
-        colour = "#b00" if problem["blocks"] else "#a15c00"
         parts.append(
-            f"<p style='color:{colour}'>⚠ {html.escape(problem['text'])}<br>"
-            f"<i>{html.escape(fix_words(problem['code'], inside))}</i></p>"
+            f"<tr><td><b>{capability.label}</b></td><td>{mark}</td><td>needs {html.escape(capability.needs)}</td></tr>"
         )
-    for key, title in (("heads", "GeoCLIP heads"), ("backbone", "CLIP backbone")):
-        entry = state[key]
-        parts.append(f"<h3><a name='{key}'></a>{title}</h3>")
-        if not entry["found"]:
+    parts.append("</table>")
+    for problem in state.problems:
+        colour = "#b00" if problem.blocks else "#a15c00"
+        parts.append(
+            f"<p style='color:{colour}'>⚠ {html.escape(problem.text)}<br>"
+            f"<i>{html.escape(problem.fix_in_models_dialog())}</i></p>"
+        )
+    for part in state.parts:
+        parts.append(f"<h3><a name='{part.key}'></a>{part.title}</h3>")
+        if not part.found:
             parts.append("<p style='color:#b00'>not found. Looked in:</p><ul>")
-            for source, path, reason in entry["tried"]:
-                where = html.escape(source_words(source))
-                if path.startswith("("):  # nothing to point at: "(no openai/... in the cache)"
-                    parts.append(f"<li>{where}: {html.escape(path.strip('()'))}</li>")
-                else:
-                    parts.append(f"<li>{where}: <code>{html.escape(path)}</code> ({html.escape(reason)})</li>")
+            for place in part.tried:
+                where = html.escape(source_words(place.source))
+                if place.has_folder:
+                    folder, reason = html.escape(place.path), html.escape(place.reason)
+                    parts.append(f"<li>{where}: <code>{folder}</code> ({reason})</li>")
+                else:  # nothing to point at: "(no openai/... in the cache)"
+                    parts.append(f"<li>{where}: {html.escape(place.path.strip('()'))}</li>")
             parts.append("</ul>")
             continue
-        parts.append(
-            f"<p>Found in {html.escape(source_words(entry['source']))}:<br><code>{html.escape(entry['path'])}</code>"
-        )
-        architecture = entry.get("architecture")
+        parts.append(f"<p>Found in {html.escape(source_words(part.source))}:<br><code>{html.escape(part.path)}</code>")
+        architecture = part.architecture
         if architecture:
-            text = "yes" if architecture["text_tower"] and architecture["tokenizer"] else "no"
-            parts.append(f"<br>Checkpoint: {html.escape(architecture['description'])}; text queries: {text}")
+            text = "yes" if architecture.answers_text else "no"
+            parts.append(f"<br>Checkpoint: {html.escape(architecture.description)}; text queries: {text}")
         parts.append("</p><table cellspacing='2' cellpadding='2'><tr><th align='left'>weight file</th>")
         parts.append("<th align='right'>size</th><th align='left'>sha256</th></tr>")
-        for row in weight_files(entry["path"], key):
+        for row in weight_files(part.path, part.key):
             digest = checksums.get(row["path"], "computing…")
             parts.append(
                 f"<tr><td>{html.escape(row['file'])}</td><td align='right'>{row['size']}</td>"
@@ -293,16 +221,16 @@ class DownloadTask(QgsTask):
 
 
 class ModelsDialog(QDialog):
-    """``focus``: a problem code (backbone_missing...) to open at, its fix buttons first."""
+    """``focus``: the problem to open at, its fix buttons first."""
 
     headsInstalled = pyqtSignal()  # noqa: N815 - Qt naming
 
-    def __init__(self, parent=None, focus: str = ""):
+    def __init__(self, parent=None, focus: ProblemCode | None = None):
         super().__init__(parent)
         self.setWindowTitle("GeoCLIP models")
         self.resize(760, 640)
         self.focus_code = focus
-        self.state: dict | None = None
+        self.state: ModelState | None = None
         self.checksums: dict = {}
         self.checksums_done = False
         self._checksum_worker = _Checksums(self)
@@ -420,8 +348,8 @@ class ModelsDialog(QDialog):
         self._render()
         paths = [
             row["path"]
-            for key in ("heads", "backbone")
-            for row in weight_files(self.state[key]["path"], key)
+            for part in self.state.parts
+            for row in weight_files(part.path, part.key)
             if row["path"] not in self.checksums
         ]
         if paths:
@@ -451,18 +379,17 @@ class ModelsDialog(QDialog):
         self.report.setHtml(state_html(self.state, self.checksums, self._versions_text))
 
     def _show_fix(self) -> None:
-        problems = self.state["problems"]
-        focused = next((p for p in problems if p["code"] == self.focus_code), None)
+        problems = self.state.problems
+        focused = self.state.problem(self.focus_code) if self.focus_code else None
         problem = focused or (problems[0] if problems else None)
         self.fix_box.setVisible(problem is not None)
         if problem is None:
             return
-        self.fix_text.setText(
-            f"<b>{html.escape(problem['text'])}</b><br>{html.escape(fix_words(problem['code'], inside=True))}"
-        )
-        self.fix_download.setVisible(problem["code"] in ("backbone_missing", "not_vit_l14"))
-        self.fix_heads.setVisible(problem["code"] == "heads_missing")
-        (self.fix_heads if problem["code"] == "heads_missing" else self.fix_import).setFocus()
+        self.fix_text.setText(f"<b>{html.escape(problem.text)}</b><br>{html.escape(problem.fix_in_models_dialog())}")
+        self.fix_download.setVisible(problem.code in (ProblemCode.BACKBONE_MISSING, ProblemCode.NOT_VIT_L14))
+        heads_missing = problem.code is ProblemCode.HEADS_MISSING
+        self.fix_heads.setVisible(heads_missing)
+        (self.fix_heads if heads_missing else self.fix_import).setFocus()
 
     def _checksums_ready(self, sums: dict) -> None:
         self.checksums.update(sums)

@@ -1,13 +1,18 @@
-"""Settings the user chose in the plugin (kept in QGIS's settings, so they survive restarts), and the
-engine kept loaded for the QGIS session."""
+"""Settings the user chose in the plugin (kept in QGIS's settings, so they survive restarts), the
+engine kept loaded for the QGIS session, and the model state for the folders chosen (no widgets: the
+dock, the Models dialog, Processing and the run task all ask here)."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qgis.core import QgsSettings
+
+if TYPE_CHECKING:
+    from .backend.model_state import ModelState
 
 PREFIX = "geoclip_qgis/"
 _engines: dict = {}
@@ -69,6 +74,26 @@ def load_dock_settings() -> DockSettings:
 
 def save_dock_settings(choice: DockSettings) -> None:
     _save(choice, "dock/")
+
+
+def current_state(settings: EngineSettings | None = None) -> ModelState:
+    """The engine's :class:`~.backend.model_state.ModelState` for the plugin's chosen folders."""
+    from .backend.model_state import model_state
+
+    settings = settings or load_settings()
+    return model_state(settings.heads or None, settings.clip or None)
+
+
+def weights_message(settings: EngineSettings | None = None) -> str:
+    """A weights failure in QGIS's words: what is missing and the button that fixes it (the engine's
+    own message, with command-line options, goes to the log)."""
+    from .backend.model_state import NOT_LOADED, Door
+
+    try:
+        state = current_state(settings)
+    except Exception:  # the check itself failed: say what we can
+        return NOT_LOADED[Door.QGIS]
+    return state.plain_message(Door.QGIS)
 
 
 def runs_folder() -> Path:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
-from .session import EngineSettings, get_engine
+from .session import EngineSettings, get_engine, weights_message
 
 if TYPE_CHECKING:  # the engine loads torch: imported when a run starts, not with the plugin
     from .backend.run import RunOutcome, RunRequest
@@ -76,9 +76,7 @@ class GeolocateTask(QgsTask):
             self.result.cancelled = self.result.outcome.cancelled
             return True
         except WeightsError as exc:  # said with the Models dialog's buttons, not the command line's options
-            from .models_dialog import plain_weights_message
-
-            self.result.error, self.result.detail = plain_weights_message(self.settings), str(exc)
+            self.result.error, self.result.detail = weights_message(self.settings), str(exc)
         except GeoCLIPError as exc:  # reported to the user in finished(), never raised into QGIS
             self.result.error = self.result.detail = str(exc)
         except Exception as exc:

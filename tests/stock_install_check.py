@@ -76,7 +76,7 @@ def install(dialog):
 in_modal(install)
 started = time.monotonic()
 dock.install_button.click()  # returns when the dialog is closed
-state = dock.state or {}
+state = dock.state
 step(
     "after_install",
     seconds=round(time.monotonic() - started, 1),
@@ -85,8 +85,8 @@ step(
     algorithms=sorted(a.id() for a in registry.providerById("geoclip").algorithms())
     if registry.providerById("geoclip")
     else [],
-    heads_source=state.get("heads", {}).get("source"),
-    problems=[p["code"] for p in state.get("problems", [])],
+    heads_source=state.heads.source if state else None,
+    problems=[p.code.value for p in state.problems] if state else [],
     model_label=dock.model_label.text(),
     fix_button=dock.models_button.text(),
 )
@@ -105,7 +105,7 @@ dock.models_button.click()
 step(
     "after_import",
     said=said,
-    problems=[p["code"] for p in (dock.state or {}).get("problems", [])],
+    problems=[p.code.value for p in dock.state.problems] if dock.state else [],
     run_enabled=dock.run_button.isEnabled(),
 )
 

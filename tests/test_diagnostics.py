@@ -210,7 +210,7 @@ def test_a_library_that_will_not_import_is_named_and_the_report_goes_on(tmp_path
     """A safetensors that is installed but whose import raises (a DLL that will not load) and weights
     that cannot be checked: each shows where it is, the rest of the report is still written."""
     qgis_app()
-    from geoclip_qgis import diagnostics, models_dialog
+    from geoclip_qgis import diagnostics, session
     from geoclip_qgis.session import EngineSettings
 
     broken = tmp_path / "safetensors"
@@ -236,7 +236,7 @@ def test_a_library_that_will_not_import_is_named_and_the_report_goes_on(tmp_path
     def no_state(settings=None):
         raise RuntimeError("the weights could not be read")
 
-    monkeypatch.setattr(models_dialog, "current_state", no_state)
+    monkeypatch.setattr(session, "current_state", no_state)
     text = diagnostics.report()
     assert "### Weights\n- (could not be gathered: RuntimeError: the weights could not be read)\n\n" in text
     assert "### Folders and caches\n- Cache folder: " in text

@@ -470,8 +470,8 @@ def test_the_dialog_button_uses_qgis_proxy_reports_a_cancel_and_resumes(hub, qgi
         assert said[1][0] == "info" and said[1][1].startswith("Download cancelled after")
         hub.delay, mark = 0.0, len(hub.requests)
         dialog.download()
-        wait_for(lambda: dialog.state["backbone"]["found"], timeout=60)
-        assert dialog.state["backbone"]["source"] == "models folder" and len(said) == 2
+        wait_for(lambda: dialog.state.backbone.found, timeout=60)
+        assert dialog.state.backbone.source == "models folder" and len(said) == 2
         assert hub.sent(mark) < sum(map(len, hub.files.values()))  # resumed
         assert all(r["via_proxy"] for r in hub.requests)
         wait_for(lambda: dialog.checksums_done, timeout=120)

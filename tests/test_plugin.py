@@ -689,6 +689,7 @@ def test_a_checkpoint_without_tokenizer_runs_photos_not_text(plugin, tmp_path):
 def test_before_any_backbone_the_dock_says_so_and_run_waits(plugin, monkeypatch, tmp_path):
     from qgis.core import QgsSettings
 
+    from geoclip_qgis.backend.model_state import ProblemCode
     from geoclip_qgis.dock import GeoCLIPDock
     from geoclip_qgis.models_dialog import ModelsDialog
 
@@ -704,7 +705,7 @@ def test_before_any_backbone_the_dock_says_so_and_run_waits(plugin, monkeypatch,
         assert "Run is off: the CLIP backbone is missing" in dock.run_button.toolTip()
         dock.models_button.click()
         dialog = opened[0]
-        assert dialog.focus_code == "backbone_missing" and dialog.fix_box.isVisibleTo(dialog)
+        assert dialog.focus_code is ProblemCode.BACKBONE_MISSING and dialog.fix_box.isVisibleTo(dialog)
         assert dialog.fix_download.isVisibleTo(dialog)
         fix = dialog.fix_text.text()
         assert "Import folder…" in fix and "Download backbone" in fix

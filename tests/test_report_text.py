@@ -80,19 +80,19 @@ def test_characters_that_act_are_written_out():
 
 def test_the_import_message_names_the_backbone_by_its_architecture(tiny_clip, tmp_path):
     from geoclip_qgis.backend import weights
+    from geoclip_qgis.backend.model_state import ProblemCode, model_state
 
     shutil.copytree(tiny_clip, tmp_path / weights.BACKBONE_FOLDER)
     said = weights.imported_message(["heads", weights.BACKBONE_FOLDER], into=tmp_path)
     architecture = weights.backbone_architecture(tiny_clip)
-    assert not architecture["vit_l14"]
+    assert not architecture.vit_l14
     assert said.startswith("Imported GeoCLIP's trained heads") and f"into {tmp_path}." in said
-    assert f"a CLIP backbone ({architecture['description']})" in said
+    assert f"a CLIP backbone ({architecture.description})" in said
     assert weights.BACKBONE_FOLDER not in said  # the folder's name says nothing about what it holds
     assert weights.not_vit_l14_warning(checkpoint="That backbone") in said
     # the dock's and the Models dialog's problem text is the same sentence
-    state = weights.model_state(clip=tiny_clip)
-    problem = next(p for p in state["problems"] if p["code"] == "not_vit_l14")
-    assert problem["text"] == weights.not_vit_l14_warning(architecture["description"])
+    problem = model_state(clip=tiny_clip).problem(ProblemCode.NOT_VIT_L14)
+    assert problem.text == weights.not_vit_l14_warning(architecture.description)
 
 
 # ----------------------------------------------------------------------------------- one real run
@@ -124,7 +124,7 @@ def test_the_run_records_what_its_backbone_is(run_file, tiny_clip):
     from geoclip_qgis.backend.run_file import read_provenance
 
     record = read_provenance(run_file[0])
-    assert record["backbone"] == weights.backbone_architecture(tiny_clip)["description"]
+    assert record["backbone"] == weights.backbone_architecture(tiny_clip).description
     assert record["backbone"].startswith("a CLIP vision transformer with 2 layers")
     assert record["backbone_vit_l14"] is False
 
@@ -150,7 +150,7 @@ def test_the_html_report_names_the_backbone_and_warns(run_file, tiny_clip):
     gpkg, _, _ = run_file
     text = _html_of(gpkg)
     items = _table(text, "item")
-    description = weights.backbone_architecture(tiny_clip)["description"]
+    description = weights.backbone_architecture(tiny_clip).description
     assert items["CLIP backbone"] == description
     assert items["Warning"] == weights.not_vit_l14_warning(
         description, "The CLIP backbone these answers were computed with"
@@ -235,7 +235,7 @@ def test_the_pdf_prints_exif_and_names_as_written_never_evaluated(run_file, tmp_
     assert f"Camera: {HOSTILE_MAKE} Model <b>9</b>" in flat
     assert "\x1b" not in text and "\\x1b[31m<script>odd.jpg" in flat  # the name, its escape written out
     # provenance: the backbone by its architecture, the warning, the weights' sha256, settings in words
-    description = weights.backbone_architecture(tiny_clip)["description"]
+    description = weights.backbone_architecture(tiny_clip).description
     assert f"CLIP backbone: {description}" in flat
     assert "is not ViT-L/14" in flat and "will not be meaningful places" in flat
     assert weights.sha256_file(tiny_clip / "model.safetensors") in flat

@@ -37,7 +37,7 @@ from qgis.core import (
 
 from ..backend.geo import THRESHOLDS_KM
 from ..inputs import WGS84, InputError, area_from_extent, area_from_polygons, photo_paths
-from ..session import EngineSettings, get_engine, load_settings
+from ..session import EngineSettings, get_engine, load_settings, weights_message
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -201,14 +201,13 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
     def _with_engine(self, parameters, context, feedback, work):
         """``work(engine)`` with the engine of these settings; the engine's errors in QGIS's words."""
         from ..backend.errors import GeoCLIPError, WeightsError
-        from ..models_dialog import plain_weights_message
 
         settings = self._settings(parameters, context)
         try:
             return work(get_engine(settings))
         except WeightsError as exc:  # in QGIS's words (the Models dialog), the engine's own in the log
             feedback.pushInfo(str(exc))
-            raise QgsProcessingException(plain_weights_message(settings)) from None
+            raise QgsProcessingException(weights_message(settings)) from None
         except GeoCLIPError as exc:
             raise QgsProcessingException(str(exc)) from None
 
