@@ -24,6 +24,7 @@ How it is evaluated:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 
 from .area import Area
 from .cell_integrals import CellBlock, integrate
+from .errors import GeoCLIPError
 from .gallery import encode_locations
 
 # Model evaluations spent integrating the world cells of one raster set (each local window adds its own
@@ -118,7 +120,18 @@ def _logsumexp(values: np.ndarray, axis=None) -> np.ndarray:
     return np.squeeze(out, axis=axis) if axis is not None else out.item()
 
 
+POINTS_VARIABLE = "GEOCLIP_RASTER_POINTS"
+MIN_POINTS = 4096
+
+
 def point_budget(device: torch.device) -> int:
+    """Model evaluations per raster set: a count, so rasters repeat exactly. $GEOCLIP_RASTER_POINTS sets
+    another (fewer: faster rasters whose cells are integrated more coarsely); read at each raster set."""
+    raw = os.environ.get(POINTS_VARIABLE, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < MIN_POINTS:
+            raise GeoCLIPError(f"{POINTS_VARIABLE} must be a whole number of at least {MIN_POINTS}, got {raw!r}")
+        return int(raw)
     return GPU_POINT_BUDGET if device.type in ("cuda", "mps") else CPU_POINT_BUDGET
 
 
@@ -146,9 +159,17 @@ class SurfaceEvaluator:
         self.sub = round(ratio)  # local cells per world cell, per side
         self.window_cells = window_cells  # world cells per window side
         self.dtype = dtype
-        self.budget = point_budget(heads.logit_scale.device) if budget is None else int(budget)
+        self._budget = None if budget is None else int(budget)
         self.scale = float(heads.logit_scale.exp())
         self.block = world_block(world_cell)
+
+    @property
+    def budget(self) -> int:
+        return point_budget(self.heads.logit_scale.device) if self._budget is None else self._budget
+
+    @budget.setter
+    def budget(self, value: int) -> None:
+        self._budget = int(value)
 
     # -- evaluation --------------------------------------------------------------------------------
 

@@ -26,6 +26,9 @@ os.environ["GEOCLIP_MODELS_DIR"] = str(_session_home / "models")
 os.environ["GEOCLIP_CACHE_DIR"] = str(ROOT / ".cache" / "tests")
 os.environ["HF_HOME"] = str(_session_home / "hf")
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Rasters at a quarter of the CPU budget, except where their accuracy is measured (test_raster_integrals
+# restores the default): what the other tests check does not depend on how finely cells are integrated.
+os.environ["GEOCLIP_RASTER_POINTS"] = "16384"
 for name in ("GEOCLIP_HEADS", "GEOCLIP_CLIP"):
     os.environ.pop(name, None)
 

@@ -18,6 +18,28 @@ from geoclip_qgis.backend.likelihood import LikelihoodMap, how_likely
 from geoclip_qgis.backend.results import PhotoResult
 
 
+@pytest.fixture(scope="module", autouse=True)
+def default_budget():
+    """The accuracy measured here is the default budget's (the session's other tests use fewer points)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("GEOCLIP_RASTER_POINTS", raising=False)
+        yield
+
+
+def test_the_point_budget_is_a_setting_checked_when_read(monkeypatch):
+    from geoclip_qgis.backend.errors import GeoCLIPError
+    from geoclip_qgis.backend.rasters import CPU_POINT_BUDGET, GPU_POINT_BUDGET, point_budget
+
+    assert point_budget(torch.device("cpu")) == CPU_POINT_BUDGET
+    assert point_budget(torch.device("cuda")) == GPU_POINT_BUDGET
+    monkeypatch.setenv("GEOCLIP_RASTER_POINTS", "20000")
+    assert point_budget(torch.device("cpu")) == point_budget(torch.device("cuda")) == 20000
+    for bad in ("100", "lots", "-5", "1e6"):
+        monkeypatch.setenv("GEOCLIP_RASTER_POINTS", bad)
+        with pytest.raises(GeoCLIPError, match="GEOCLIP_RASTER_POINTS"):
+            point_budget(torch.device("cpu"))
+
+
 @pytest.fixture(scope="module")
 def engine(raster_engine):
     """This module's answers go on to rasters: the bf16 engine (see conftest)."""
