@@ -203,7 +203,7 @@ def cancel_finished(result):
     report["cancelled"] = {
         "cancelled": result.cancelled,
         "answered": result.outcome.summary.answered if result.outcome else None,
-        "total": result.total,
+        "total": result.outcome.total if result.outcome else None,
         "status": d.status.text(),
         "progress": d.progress.value(),
         "description": result.description,
