@@ -31,11 +31,11 @@ class TaskResult:
     description: str = ""  # the task's description once it ended (what QGIS's own notice says)
 
 
-def task_name(request: RunRequest) -> str:
+def task_name(request: RunRequest, photos: int | None = None) -> str:
     """'GeoCLIP: 20 photos', 'GeoCLIP: 1 text query', 'GeoCLIP: 3 photos and 1 text query'; 'GeoCLIP:
-    photos' while the dock is still counting its folders (never walked here: this runs on QGIS's thread)."""
+    photos' while nobody has counted the folders yet (never walked here: this runs on QGIS's thread)."""
     parts = []
-    photos = request.photo_count
+    photos = request.photo_count if photos is None else photos
     if photos is None and (request.photos or request.truth_csv):
         parts.append("photos")
     elif photos:
@@ -60,6 +60,13 @@ class GeolocateTask(QgsTask):
         super().__init__(task_name(request), QgsTask.Flag.CanCancel)
         self.request, self.settings = request, settings
         self.result = TaskResult()
+        if request.photo_count is None:  # named by its count once the run has walked the folders
+            self.progress.connect(self._name_from_count)
+
+    def _name_from_count(self, event) -> None:  # main thread (a queued signal)
+        if event.stage.startswith("Answering") and event.total:
+            self.progress.disconnect(self._name_from_count)
+            self.setDescription(task_name(self.request, event.total - len(self.request.texts)))
 
     def _progress(self, event) -> None:
         if event.fraction is not None:
