@@ -361,7 +361,7 @@ def _answers(request: RunRequest, engine, photos, skip) -> Iterator[PhotoResult]
             request.area,
             skip=skip,
             skip_geotagged=request.skip_geotagged,
-            keep_probabilities=True,  # the region probabilities sum the softmax the answer was ranked from
+            keep_probabilities=_stores_regions(request),  # summed by region: the softmax the answer was ranked from
         )
         try:
             yield from stream
@@ -389,6 +389,13 @@ def _fuse(
         )
         return None
     return engine.fuse(members, request.top_k, request.area)
+
+
+def _stores_regions(request: RunRequest) -> bool:
+    """Only a GeoPackage holds an answer's probability by region (CSV and GeoJSON hold one table)."""
+    from .writers import output_format
+
+    return bool(request.output) and output_format(request.output) == "GPKG"
 
 
 class _AnswerDetails:
@@ -440,7 +447,8 @@ class _AnswerDetails:
                 files = self.rasters.add(result, made, drawn, own_world)
             if self.request.confidence:
                 areas = drawn.stored()
-        self.writer.write_details(result, self._regions(result) if result.feature is not None else [], areas)
+        regions = self._regions(result) if result.feature is not None and _stores_regions(self.request) else []
+        self.writer.write_details(result, regions, areas)
         result.probabilities = None  # 400 KB an answer: not kept past its details (fusion keeps its members)
         return files
 
