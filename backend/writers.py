@@ -30,7 +30,7 @@ import numpy as np
 
 from . import geo
 from .csv_safety import neutralise_formula  # the one rule for every CSV the product writes
-from .errors import GeoCLIPError
+from .errors import GeoCLIPError, WriteError
 from .filelock import OutputLock
 from .results import (
     COLUMN_TYPES,
@@ -83,10 +83,6 @@ FORMATS = {".csv": "CSV", ".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJ
 DATASET_MARK = "GEOCLIP_QGIS"  # dataset metadata item of every GeoPackage we create (the version)
 LAYER_MARK = "GEOCLIP_LAYER"  # layer metadata item of every layer and table we create (its name)
 TEXT_COLUMNS = frozenset(k for k, kind in COLUMN_TYPES.items() if kind is str)
-
-
-class WriteError(GeoCLIPError):
-    """An output could not be written (disk full, permissions...); what was committed before is kept."""
 
 
 def _gdal_error() -> str:
