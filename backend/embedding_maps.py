@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .filelock import put_in_place, staged
 from .gallery import cached_location_features, encode_locations, features_key, load_gallery
-from .geo import haversine_km, wgs84
+from .geo import haversine_km
 from .geotiff_files import GeoTiffFile, refuse_foreign_raster
+from .gpkg_files import GeoPackage, write_output
 from .location_features import (
     FEATURE_DIM,
     PCA_SAMPLE,
@@ -643,38 +643,18 @@ def similar_places(
 def write_places_gpkg(result: SimilarPlaces, path: str | os.PathLike) -> Path:
     """The similar places as a point layer ``similar_places`` (EPSG:4326): rank, lat, lon, similarity,
     distance_km, plus the query point and exclusion radius in every row."""
-    from osgeo import ogr
-
-    from .point_embeddings import check_features, refuse_foreign_gpkg
-
-    path = Path(path)
-    refuse_foreign_gpkg(path, PLACES_LAYER, PLACES_LEGACY_FIELDS)
-    with staged(path) as partial:
-        dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(partial))
-        if dataset is None:
-            raise LocationError(f"cannot write {path}")
-        try:
-            _fill_places(dataset, result, path)
-        finally:
-            dataset = None  # closes the file
-        check_features(partial, PLACES_LAYER, len(result.places))
-        refuse_foreign_gpkg(path, PLACES_LAYER, PLACES_LEGACY_FIELDS)
-        put_in_place(partial, path)
-    return path
+    return write_output(
+        path, PLACES_LAYER, lambda gpkg: _fill_places(gpkg, result), len(result.places), PLACES_LEGACY_FIELDS
+    )
 
 
 PLACES_LEGACY_FIELDS = frozenset({"rank", "similarity", "distance_km", "query_lat", "query_lon", "exclude_km"})
 
 
-def _fill_places(dataset, result: SimilarPlaces, path: Path) -> None:
+def _fill_places(gpkg: GeoPackage, result: SimilarPlaces) -> None:
     from osgeo import ogr
 
-    layer = dataset.CreateLayer(PLACES_LAYER, wgs84(), ogr.wkbPoint)
-    if layer is None:
-        raise LocationError(f"cannot create the layer {PLACES_LAYER} in {path}")
-    from .point_embeddings import mark_gpkg
-
-    mark_gpkg(dataset, layer, PLACES_LAYER)
+    layer = gpkg.create_layer(PLACES_LAYER, ogr.wkbPoint, options=())
     columns = [
         ("rank", ogr.OFTInteger),
         ("lat", ogr.OFTReal),
@@ -686,9 +666,8 @@ def _fill_places(dataset, result: SimilarPlaces, path: Path) -> None:
         ("exclude_km", ogr.OFTReal),
     ]
     for name, kind in columns:
-        if layer.CreateField(ogr.FieldDefn(name, kind)) != 0:
-            raise LocationError(f"cannot create field {name} in {path}")
-    for place in result.places:
+        gpkg.add_field(layer, ogr.FieldDefn(name, kind))
+    for place in result.places:  # a few rows: no transaction
         feature = ogr.Feature(layer.GetLayerDefn())
         values = (
             place.rank,
@@ -705,5 +684,4 @@ def _fill_places(dataset, result: SimilarPlaces, path: Path) -> None:
         point = ogr.Geometry(ogr.wkbPoint)
         point.AddPoint_2D(place.lon, place.lat)
         feature.SetGeometry(point)
-        if layer.CreateFeature(feature) != 0:
-            raise LocationError(f"cannot write place {place.rank} to {path}")
+        gpkg.add_feature(layer, feature)

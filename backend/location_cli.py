@@ -220,10 +220,10 @@ def _run_embedmap(args, progress) -> int:
 
 def _run_similar(args, progress) -> int:
     from .embedding_maps import PLACE_COLUMNS, PLACES_LAYER, PLACES_LEGACY_FIELDS, similar_places, write_places_gpkg
-    from .point_embeddings import refuse_foreign_gpkg
+    from .gpkg_files import refuse_foreign_output
 
     if args.places:  # before the model loads: another program's file is never replaced
-        refuse_foreign_gpkg(args.places, PLACES_LAYER, PLACES_LEGACY_FIELDS)
+        refuse_foreign_output(args.places, PLACES_LAYER, PLACES_LEGACY_FIELDS)
     if args.raster:
         from .embedding_maps import check_grid
         from .geotiff_files import refuse_foreign_raster

@@ -32,6 +32,7 @@ from . import geo
 from .csv_safety import neutralise_formula  # the one rule for every CSV the product writes
 from .errors import GeoCLIPError, WriteError
 from .filelock import OutputLock
+from .gpkg_files import DATASET_MARK, LAYER_MARK
 from .results import (
     COLUMN_TYPES,
     COLUMNS,
@@ -80,8 +81,6 @@ AREA_COLUMNS = {
     "run_at": str,
 }
 FORMATS = {".csv": "CSV", ".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
-DATASET_MARK = "GEOCLIP_QGIS"  # dataset metadata item of every GeoPackage we create (the version)
-LAYER_MARK = "GEOCLIP_LAYER"  # layer metadata item of every layer and table we create (its name)
 TEXT_COLUMNS = frozenset(k for k, kind in COLUMN_TYPES.items() if kind is str)
 
 
