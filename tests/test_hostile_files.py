@@ -163,9 +163,9 @@ def _foreign_gpkg(path: Path) -> None:
 
 
 def _predict_run(path: Path) -> None:
-    from geoclip_qgis.backend.writers import OgrWriter
+    from geoclip_qgis.backend.writers import GeoPackageWriter
 
-    OgrWriter(path, "GPKG", model="test").close()
+    GeoPackageWriter(path, model="test").close()
 
 
 def _foreign_tif(path: Path) -> None:
