@@ -1,14 +1,15 @@
 """Answers as GeoJSON: one layer of candidates, a failed photo as a feature without geometry and with its
-error. A GeoJSON file is only valid once closed, so it is written beside its target (``<name>.partial``)
-and renamed into place only when it reads back with every feature; a run that fails leaves none."""
+error. A GeoJSON file is only valid once closed, so it is written in a fresh private folder beside its target
+(:func:`.filelock.staged`: nothing already there, a link included, is written through) and renamed into
+place only when it reads back with every feature; a run that fails leaves none."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from contextlib import ExitStack
 
 from .answer_layers import POINTS_LAYER
 from .errors import WriteError
+from .filelock import put_in_place, staged
 from .gdal_messages import gdal_error
 from .geo import wgs84
 from .gpkg_files import field_type
@@ -24,13 +25,11 @@ class GeoJsonWriter(OgrWriter):
 
     def _open(self) -> None:
         ogr = self._ogr
-        self._ds = None
+        self._ds, self._staging = None, ExitStack()
         if self.path.exists():
             self._refuse_foreign()
         driver = ogr.GetDriverByName(self.DRIVER)
-        self._partial = self.path.with_name(self.path.name + ".partial")
-        if self._partial.exists():
-            driver.DeleteDataSource(str(self._partial))
+        self._partial = self._staging.enter_context(staged(self.path))
         self._ds = driver.CreateDataSource(str(self._partial))
         if self._ds is None:
             raise WriteError(f"cannot write {self.path}: {gdal_error()}")
@@ -70,14 +69,14 @@ class GeoJsonWriter(OgrWriter):
         count = check.GetLayer(0).GetFeatureCount() if check is not None and check.GetLayerCount() else -1
         check = None
         if count != self._written:
-            Path(self._partial).unlink(missing_ok=True)
+            self._staging.close()
             raise WriteError(f"cannot write {self.path}: it did not read back whole (disk full?); nothing was kept")
-        os.replace(self._partial, self.path)
+        put_in_place(self._partial, self.path)
+        self._staging.close()
 
     def _discard(self) -> None:
-        if self._ds is not None:
-            self._ds = None
-            Path(self._partial).unlink(missing_ok=True)
+        self._ds = None
+        self._staging.close()  # the private folder and whatever is in it
 
     def outputs(self) -> list[OutputFile]:
         """The file itself: GeoJSON holds one layer (after :meth:`close`)."""

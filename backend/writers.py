@@ -17,6 +17,7 @@ from typing import TextIO
 from .answer_writer import AnswerWriter, DiscardWriter, ResumableStore, check_output_path
 from .csv_writer import CsvWriter
 from .errors import GeoCLIPError, WriteError
+from .filelock import refuse_link
 from .geojson_writer import GeoJsonWriter
 from .gpkg_writer import GeoPackageWriter
 
@@ -56,6 +57,7 @@ def open_writer(
     per GeoPackage transaction."""
     if not path:
         return CsvWriter(stdout or sys.stdout, model, run_at, area=area)
+    refuse_link(path, "where the answers would go")  # never written through, whatever the format
     kind = output_format(path)
     if kind == "CSV":
         return CsvWriter(path, model, run_at, area=area)
