@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .filelock import put_in_place, staged
 from .gallery import cached_location_features, encode_locations, features_key, load_gallery
-from .geo import haversine_km, wgs84
+from .geo import haversine_km
+from .geotiff_files import GeoTiffFile, refuse_foreign_raster
+from .gpkg_files import GeoPackage, write_output
 from .location_features import (
     FEATURE_DIM,
     PCA_SAMPLE,
@@ -226,9 +227,9 @@ class _GridFeatures:
 
 
 class _TileWriter:
-    """A GeoTIFF written row tile by row tile (GDAL WriteArray at a row offset) under a ``.partial``
-    name, renamed when complete and deleted when not. Strips are one tile high, so every strip is
-    written once and compressed once. Per-band statistics are gathered as tiles pass."""
+    """A GeoTIFF (:class:`.geotiff_files.GeoTiffFile`) written row tile by row tile (GDAL WriteArray at a
+    row offset). Strips are one tile high, so every strip is written once and compressed once. Per-band
+    statistics are gathered as tiles pass."""
 
     def __init__(
         self,
@@ -243,12 +244,6 @@ class _TileWriter:
     ):
         from osgeo import gdal
 
-        from .geotiff import refuse_foreign_raster
-
-        self.path = Path(path)
-        refuse_foreign_raster(self.path)
-        self._staging = staged(self.path)
-        self.partial = self._staging.__enter__()  # a fresh private folder beside the target, removed at the end
         options = [
             "COMPRESS=DEFLATE",
             f"PREDICTOR={2 if gdal_type == gdal.GDT_Byte else 3}",
@@ -259,18 +254,10 @@ class _TileWriter:
         ]
         if rgb:
             options.append("PHOTOMETRIC=RGB")
-        self.dataset = gdal.GetDriverByName("GTiff").Create(
-            str(self.partial), grid.cols, grid.rows, bands, gdal_type, options=options
-        )
-        if self.dataset is None:
-            self.abandon()
-            raise LocationError(f"cannot write {self.path}: {gdal.GetLastErrorMsg()}")
-        self.dataset.SetGeoTransform(grid.geotransform)
-        self.dataset.SetProjection(wgs84().ExportToWkt())
-        self.dataset.SetMetadata({key: str(value) for key, value in metadata.items()})
+        self.file = GeoTiffFile(path, grid.cols, grid.rows, bands, gdal_type, options, grid.geotransform, metadata)
         colours = (gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)
         for index in range(bands):
-            band = self.dataset.GetRasterBand(index + 1)
+            band = self.file.band(index + 1)
             if index < len(descriptions):
                 band.SetDescription(descriptions[index])
             if rgb:
@@ -285,8 +272,7 @@ class _TileWriter:
     def write(self, row0: int, values: np.ndarray) -> None:
         """``values``: (bands, rows, cols) for the rows from ``row0``."""
         for index in range(self.bands):
-            if self.dataset.GetRasterBand(index + 1).WriteArray(values[index], 0, row0) != 0:
-                raise LocationError(f"cannot write rows {row0}.. of {self.path}")
+            self.file.write(index + 1, values[index], row0)
         flat = values.reshape(self.bands, -1).astype(np.float64)
         self.count += flat.shape[1]
         self.total += flat.sum(axis=1)
@@ -299,35 +285,17 @@ class _TileWriter:
         mean = self.total / max(self.count, 1)
         std = np.sqrt(np.maximum(self.squares / max(self.count, 1) - mean**2, 0.0))
         for index in range(self.bands):
-            band = self.dataset.GetRasterBand(index + 1)
+            band = self.file.band(index + 1)
             band.SetStatistics(float(self.low[index]), float(self.high[index]), float(mean[index]), float(std[index]))
         if overviews:
-            smaller = min(self.dataset.RasterXSize, self.dataset.RasterYSize)
+            smaller = min(self.file.dataset.RasterXSize, self.file.dataset.RasterYSize)
             factors = [f for f in (2, 4, 8, 16, 32, 64) if smaller // f >= 64]
             if factors:
-                self.dataset.BuildOverviews("AVERAGE", factors)
-        from osgeo import gdal
-
-        from .geotiff import refuse_foreign_raster
-        from .writers import WriteError
-
-        failed = self.dataset.FlushCache() not in (None, 0)
-        self.dataset = None  # closes the file
-        if failed or gdal.Open(str(self.partial)) is None:
-            raise WriteError(f"cannot write {self.path}: {gdal.GetLastErrorMsg() or 'the file did not read back'}")
-        refuse_foreign_raster(self.path)  # still ours (or absent) when it is replaced
-        aux = Path(f"{self.partial}.aux.xml")
-        if aux.exists():
-            put_in_place(aux, Path(f"{self.path}.aux.xml"))
-        put_in_place(self.partial, self.path)
-        self.abandon()  # the staging folder, now empty
-        return self.path
+                self.file.dataset.BuildOverviews("AVERAGE", factors)
+        return self.file.finish()
 
     def abandon(self) -> None:
-        self.dataset = None
-        if self._staging is not None:
-            self._staging.__exit__(None, None, None)
-            self._staging = None
+        self.file.abandon()
 
 
 def check_grid(extent, cell: float, tile_rows: int | None = None) -> Grid:
@@ -435,8 +403,6 @@ def embedding_map(
     world grid when the grid is that grid and encodes in bf16 where the device is fast at it;
     ``fp32`` encodes everything in float32.
     """
-    from .geotiff import refuse_foreign_raster
-
     if bands not in MAP_BANDS:
         raise LocationError(f"bands must be one of {', '.join(MAP_BANDS)}, got {bands!r}")
     grid = Grid.over(extent, cell)
@@ -592,8 +558,6 @@ def similar_places(
     point = canonical_lat_lon([[lat, lon]])
     lat, lon = float(point[0, 0]), float(point[0, 1])
     if raster is not None:  # before any work: a grid that cannot be, or a file that is not ours
-        from .geotiff import refuse_foreign_raster
-
         check_grid(extent, cell, tile_rows)
         refuse_foreign_raster(raster)
     if not 1 <= int(top):
@@ -679,38 +643,18 @@ def similar_places(
 def write_places_gpkg(result: SimilarPlaces, path: str | os.PathLike) -> Path:
     """The similar places as a point layer ``similar_places`` (EPSG:4326): rank, lat, lon, similarity,
     distance_km, plus the query point and exclusion radius in every row."""
-    from osgeo import ogr
-
-    from .point_embeddings import check_features, refuse_foreign_gpkg
-
-    path = Path(path)
-    refuse_foreign_gpkg(path, PLACES_LAYER, PLACES_LEGACY_FIELDS)
-    with staged(path) as partial:
-        dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(partial))
-        if dataset is None:
-            raise LocationError(f"cannot write {path}")
-        try:
-            _fill_places(dataset, result, path)
-        finally:
-            dataset = None  # closes the file
-        check_features(partial, PLACES_LAYER, len(result.places))
-        refuse_foreign_gpkg(path, PLACES_LAYER, PLACES_LEGACY_FIELDS)
-        put_in_place(partial, path)
-    return path
+    return write_output(
+        path, PLACES_LAYER, lambda gpkg: _fill_places(gpkg, result), len(result.places), PLACES_LEGACY_FIELDS
+    )
 
 
 PLACES_LEGACY_FIELDS = frozenset({"rank", "similarity", "distance_km", "query_lat", "query_lon", "exclude_km"})
 
 
-def _fill_places(dataset, result: SimilarPlaces, path: Path) -> None:
+def _fill_places(gpkg: GeoPackage, result: SimilarPlaces) -> None:
     from osgeo import ogr
 
-    layer = dataset.CreateLayer(PLACES_LAYER, wgs84(), ogr.wkbPoint)
-    if layer is None:
-        raise LocationError(f"cannot create the layer {PLACES_LAYER} in {path}")
-    from .point_embeddings import mark_gpkg
-
-    mark_gpkg(dataset, layer, PLACES_LAYER)
+    layer = gpkg.create_layer(PLACES_LAYER, ogr.wkbPoint, options=())
     columns = [
         ("rank", ogr.OFTInteger),
         ("lat", ogr.OFTReal),
@@ -722,9 +666,8 @@ def _fill_places(dataset, result: SimilarPlaces, path: Path) -> None:
         ("exclude_km", ogr.OFTReal),
     ]
     for name, kind in columns:
-        if layer.CreateField(ogr.FieldDefn(name, kind)) != 0:
-            raise LocationError(f"cannot create field {name} in {path}")
-    for place in result.places:
+        gpkg.add_field(layer, ogr.FieldDefn(name, kind))
+    for place in result.places:  # a few rows: no transaction
         feature = ogr.Feature(layer.GetLayerDefn())
         values = (
             place.rank,
@@ -741,5 +684,4 @@ def _fill_places(dataset, result: SimilarPlaces, path: Path) -> None:
         point = ogr.Geometry(ogr.wkbPoint)
         point.AddPoint_2D(place.lon, place.lat)
         feature.SetGeometry(point)
-        if layer.CreateFeature(feature) != 0:
-            raise LocationError(f"cannot write place {place.rank} to {path}")
+        gpkg.add_feature(layer, feature)

@@ -18,5 +18,9 @@ class ForeignFileError(GeoCLIPError):
     and is not GeoCLIP's: another program's file, or a symbolic link. It is left as it is."""
 
 
+class WriteError(GeoCLIPError):
+    """An output could not be written (disk full, permissions...); what was committed before is kept."""
+
+
 class InputFileError(GeoCLIPError):
     """A file the user gave (a table of photos, a configuration) cannot be read as what it should be."""

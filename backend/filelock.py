@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from .errors import ForeignFileError, GeoCLIPError
+from .errors import ForeignFileError, GeoCLIPError, WriteError
 
 LOCK_TEXT = re.compile(r"\Aprocess \d+, since [\d :-]+\Z")  # what acquire() writes, and nothing else
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT
@@ -77,8 +77,6 @@ def staged(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f".{path.name[:40]}.", suffix=".partial", dir=path.parent))
     except OSError as exc:
-        from .writers import WriteError
-
         raise WriteError(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
     try:
         yield folder / path.name
@@ -93,8 +91,6 @@ def put_in_place(staged_file: str | os.PathLike, path: str | os.PathLike) -> Pat
     try:
         os.replace(staged_file, path)
     except OSError as exc:
-        from .writers import WriteError
-
         raise WriteError(f"cannot put {path} in place: {exc.strerror or exc}") from None
     return path
 

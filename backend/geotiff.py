@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .gdal_messages import quiet_gdal
+from .geotiff_files import GeoTiffFile
 from .results import AnswerKind, RasterFacts, path_text
 
 if TYPE_CHECKING:  # the rasters are computed with torch; writing and reading them needs only GDAL
@@ -66,7 +67,7 @@ def read_raster_facts(path: str | os.PathLike) -> RasterFacts:
 
     from osgeo import gdal
 
-    with _quiet_gdal():
+    with quiet_gdal():
         dataset = gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_READONLY, allowed_drivers=["GTiff"])
     if dataset is None:
         return RasterFacts()
@@ -88,93 +89,28 @@ def write_geotiff(
 ) -> Path:
     """Write one raster (and ``levels``, its confidence levels, as band 2); it appears under ``path`` only
     once written whole (never half a file), and a file of that name that GeoCLIP did not write (or a
-    symbolic link) is refused, not replaced. The file is written inside a fresh private folder beside
-    ``path`` (:func:`.filelock.staged`), so nothing already there under a ``.partial`` name can be
-    written through."""
+    symbolic link) is refused, not replaced (:class:`.geotiff_files.GeoTiffFile`)."""
     from osgeo import gdal
 
-    from .filelock import put_in_place, staged
-    from .geo import wgs84
-    from .writers import WriteError
-
-    path = Path(path)
-    refuse_foreign_raster(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WriteError(f"cannot create the folder {path.parent}: {exc.strerror or exc}") from None
-    with staged(path) as partial:
-        driver = gdal.GetDriverByName("GTiff")
-        options = ["COMPRESS=DEFLATE", "PREDICTOR=3", "TILED=YES"]
-        bands = 1 if levels is None else LEVELS_BAND
-        dataset = driver.Create(str(partial), raster.cols, raster.rows, bands, gdal.GDT_Float32, options=options)
-        if dataset is None:
-            raise WriteError(f"cannot write {path}: {gdal.GetLastErrorMsg()}")
-        try:
-            dataset.SetGeoTransform((raster.west, raster.cell, 0.0, raster.north, 0.0, -raster.cell))
-            dataset.SetProjection(wgs84().ExportToWkt())
-            marked = {"GEOCLIP_RASTER": raster.kind, **(metadata or {})}  # the mark that makes it ours
-            facts = facts_of(raster, levels)
-            marked["GEOCLIP_PEAK"] = repr(facts.peak) if facts.peak is not None else "nan"
-            if facts.levels_band is not None:
-                marked["GEOCLIP_LEVELS_BAND"] = str(facts.levels_band)
-            dataset.SetMetadata({key: str(value) for key, value in marked.items()})
-            failed = False
-            written = [(raster.values, "probability per cell")]
-            if levels is not None:
-                written.append((levels, LEVELS_DESCRIPTION))
-            for number, (values, description) in enumerate(written, start=1):
-                band = dataset.GetRasterBand(number)
-                band.SetNoDataValue(float("nan"))
-                band.SetDescription(description)
-                failed = band.WriteArray(values) != 0 or failed
-                band.ComputeStatistics(False)
-            failed = dataset.FlushCache() not in (None, 0) or failed
-        finally:
-            dataset = None  # closes the file
-        if failed or gdal.Open(str(partial)) is None:
-            raise WriteError(f"cannot write {path}: {gdal.GetLastErrorMsg() or 'the file did not read back'}")
-        refuse_foreign_raster(path)  # still ours (or absent) when it is replaced
-        put_in_place(partial, path)
-    return path
-
-
-def refuse_foreign_raster(path: str | os.PathLike) -> None:
-    """A raster about to be replaced must be absent or a GeoTIFF GeoCLIP wrote; a symbolic link, a folder
-    or another program's file is refused (:class:`.writers.WriteError`, a :class:`.errors.GeoCLIPError`)."""
-    from .filelock import refuse_non_file
-    from .writers import WriteError
-
-    path = Path(path)
-    refuse_non_file(path, "where a raster would go")
-    if path.exists() and not is_ours(path):
-        raise WriteError(f"{path} exists and was not written by GeoCLIP; refusing to overwrite it")
-
-
-def is_ours(path: str | os.PathLike) -> bool:
-    """True for a GeoTIFF GeoCLIP wrote (it carries GEOCLIP_* metadata)."""
-    from osgeo import gdal
-
-    if Path(path).is_symlink():
-        return False
-    try:
-        with _quiet_gdal():
-            dataset = gdal.OpenEx(str(path), gdal.OF_RASTER, allowed_drivers=["GTiff"])
-    except RuntimeError:  # GDAL with exceptions on
-        return False
-    return dataset is not None and any(key.startswith("GEOCLIP_") for key in (dataset.GetMetadata() or {}))
-
-
-@contextmanager
-def _quiet_gdal():
-    """GDAL's own messages about a file it cannot read stay out of stderr (QGIS shows them as errors)."""
-    from osgeo import gdal
-
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        yield
-    finally:
-        gdal.PopErrorHandler()
+    marked = {"GEOCLIP_RASTER": raster.kind, **(metadata or {})}  # the mark that makes it ours
+    facts = facts_of(raster, levels)
+    marked["GEOCLIP_PEAK"] = repr(facts.peak) if facts.peak is not None else "nan"
+    written = [(raster.values, "probability per cell")]
+    if facts.levels_band is not None:
+        marked["GEOCLIP_LEVELS_BAND"] = str(facts.levels_band)
+        written.append((levels, LEVELS_DESCRIPTION))
+    geotransform = (raster.west, raster.cell, 0.0, raster.north, 0.0, -raster.cell)
+    options = ["COMPRESS=DEFLATE", "PREDICTOR=3", "TILED=YES"]
+    with GeoTiffFile(
+        path, raster.cols, raster.rows, len(written), gdal.GDT_Float32, options, geotransform, marked
+    ) as tiff:
+        for number, (values, description) in enumerate(written, start=1):
+            band = tiff.band(number)
+            band.SetNoDataValue(float("nan"))
+            band.SetDescription(description)
+            tiff.write(number, values)
+            band.ComputeStatistics(False)
+        return tiff.finish()
 
 
 def _stem(label: str, answer: AnswerKind) -> str:

@@ -195,7 +195,7 @@ def _run_embed(args, progress) -> int:
 
 def _run_embedmap(args, progress) -> int:
     from .embedding_maps import check_grid, embedding_map
-    from .geotiff import refuse_foreign_raster
+    from .geotiff_files import refuse_foreign_raster
 
     check_grid(args.extent, args.cell, args.tile_rows)  # before the model loads
     refuse_foreign_raster(args.out)
@@ -220,13 +220,13 @@ def _run_embedmap(args, progress) -> int:
 
 def _run_similar(args, progress) -> int:
     from .embedding_maps import PLACE_COLUMNS, PLACES_LAYER, PLACES_LEGACY_FIELDS, similar_places, write_places_gpkg
-    from .point_embeddings import refuse_foreign_gpkg
+    from .gpkg_files import refuse_foreign_output
 
     if args.places:  # before the model loads: another program's file is never replaced
-        refuse_foreign_gpkg(args.places, PLACES_LAYER, PLACES_LEGACY_FIELDS)
+        refuse_foreign_output(args.places, PLACES_LAYER, PLACES_LEGACY_FIELDS)
     if args.raster:
         from .embedding_maps import check_grid
-        from .geotiff import refuse_foreign_raster
+        from .geotiff_files import refuse_foreign_raster
 
         check_grid(args.extent, args.cell, args.tile_rows)
         refuse_foreign_raster(args.raster)

@@ -26,10 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import WriteError
 from .evaluation import LAT_COLUMNS, LON_COLUMNS
 from .filelock import put_in_place, refuse_non_file, staged
 from .gallery import CHUNK
-from .geo import transform_to_wgs84, wgs84
+from .geo import transform_to_wgs84
+from .gpkg_files import GeoPackage, refuse_foreign_output, write_output
 from .location_features import (
     FEATURE_DIM,
     PCA_SAMPLE,
@@ -47,8 +49,7 @@ from .version import __version__
 EMBEDDING_FIELD = "embedding"
 SOURCE_ID_FIELD = "source_id"
 POINTS_LAYER = "embeddings"
-OUTPUT_MARK = "GEOCLIP_OUTPUT"  # dataset metadata of the GeoPackages the location tools write: their kind
-VERSION_MARK = "GEOCLIP_VERSION"
+POINTS_LEGACY_FIELDS = frozenset({SOURCE_ID_FIELD, EMBEDDING_FIELD})  # a file from before the GEOCLIP_OUTPUT mark
 NPZ_ARRAYS = frozenset({"ids", "lat", "lon", "embeddings", "model"})
 NPZ_PCA_ARRAYS = frozenset({"pcs", "pca_mean", "pca_components"})
 PARQUET_COLUMNS = frozenset({"id", "lat", "lon", "embedding"})
@@ -318,42 +319,8 @@ OGR_TYPES = {
 # ------------------------------------------------------------------------------- whose file is it
 
 
-def _refused(path: Path, kind: str):
-    from .writers import WriteError
-
+def _refused(path: Path, kind: str) -> WriteError:
     return WriteError(f"{path} exists and is not a {kind} GeoCLIP wrote; refusing to overwrite it: choose another file")
-
-
-def gpkg_is_ours(path: str | os.PathLike, layer: str, legacy_fields: frozenset[str] = frozenset()) -> bool:
-    """True for a GeoPackage that a location tool wrote as this kind of output: marked with
-    ``GEOCLIP_OUTPUT`` = ``layer`` and holding that one layer. A file from before the mark counts when it
-    holds exactly that layer with all of ``legacy_fields``."""
-    from osgeo import gdal
-
-    if Path(path).is_symlink():
-        return False
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR, allowed_drivers=["GPKG"])
-    except RuntimeError:  # GDAL with exceptions on
-        dataset = None
-    finally:
-        gdal.PopErrorHandler()
-    if dataset is None or dataset.GetLayerCount() != 1 or dataset.GetLayer(0).GetName() != layer:
-        return False
-    mark = dataset.GetMetadataItem(OUTPUT_MARK)
-    if mark is not None:
-        return mark == layer
-    definition = dataset.GetLayer(0).GetLayerDefn()
-    fields = {definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())}
-    return bool(legacy_fields) and legacy_fields <= fields
-
-
-def refuse_foreign_gpkg(path: str | os.PathLike, layer: str, legacy_fields: frozenset[str] = frozenset()) -> None:
-    path = Path(path)
-    refuse_non_file(path, "where a GeoPackage would go")
-    if path.exists() and not gpkg_is_ours(path, layer, legacy_fields):
-        raise _refused(path, f"GeoPackage of {layer}")
 
 
 def npz_is_ours(path: str | os.PathLike) -> bool:
@@ -385,40 +352,13 @@ def parquet_is_ours(path: str | os.PathLike) -> bool:
 def refuse_foreign_outputs(gpkg=None, npz=None, parquet=None) -> None:
     """Refuse, before any work, an output name held by a file these tools did not write as that kind."""
     if gpkg:
-        refuse_foreign_gpkg(gpkg, POINTS_LAYER, frozenset({SOURCE_ID_FIELD, EMBEDDING_FIELD}))
+        refuse_foreign_output(gpkg, POINTS_LAYER, POINTS_LEGACY_FIELDS)
     for target, ours, kind in ((npz, npz_is_ours, ".npz of embeddings"), (parquet, parquet_is_ours, "Parquet table")):
         if target:
             target = Path(target)
             refuse_non_file(target, f"where a {kind} would go")
             if target.exists() and not ours(target):
                 raise _refused(target, kind)
-
-
-def mark_gpkg(dataset, layer, kind: str) -> None:
-    """The marks that make a location tool's GeoPackage ours (see :func:`gpkg_is_ours`)."""
-    from .writers import LAYER_MARK
-
-    dataset.SetMetadataItem(OUTPUT_MARK, kind)
-    dataset.SetMetadataItem(VERSION_MARK, __version__)
-    layer.SetMetadataItem(LAYER_MARK, kind)
-
-
-def check_features(path: Path, layer: str, count: int) -> None:
-    """Read a finished GeoPackage back: it opens and holds ``count`` features (what is on disk)."""
-    from osgeo import gdal
-
-    from .writers import WriteError
-
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR, allowed_drivers=["GPKG"])
-        found = dataset.GetLayerByName(layer) if dataset is not None else None
-        if found is None or found.GetFeatureCount() != count:
-            raise WriteError(f"cannot write {path.name}: {gdal.GetLastErrorMsg() or 'it did not read back whole'}")
-    except RuntimeError as exc:
-        raise WriteError(f"cannot write {path.name}: {exc}") from None
-    finally:
-        gdal.PopErrorHandler()
 
 
 def write_points_gpkg(
@@ -434,9 +374,6 @@ def write_points_gpkg(
     an array usable in expressions, SQLite's json functions and every GeoPackage reader can use it, and 9
     significant digits give back the float32 values exactly. For bulk work the .npz is smaller and faster.
     """
-    from osgeo import ogr
-
-    path = Path(path)
     table = result.table
     taken = {name.lower() for name, _ in table.fields}
     added = [SOURCE_ID_FIELD, EMBEDDING_FIELD]
@@ -444,34 +381,22 @@ def write_points_gpkg(
     clash = [name for name in added if name.lower() in taken]
     if clash:
         raise LocationError(f"the input already has field(s) {', '.join(clash)}; rename them first")
-    driver = ogr.GetDriverByName("GPKG")
-    refuse_foreign_gpkg(path, POINTS_LAYER, frozenset({SOURCE_ID_FIELD, EMBEDDING_FIELD}))
-    with staged(path) as partial:
-        dataset = driver.CreateDataSource(str(partial))
-        if dataset is None:
-            from osgeo import gdal
-
-            raise LocationError(f"cannot write {path}: {gdal.GetLastErrorMsg()}")
-        try:
-            _fill_points_gpkg(dataset, result, path, added, taken, progress, should_stop)
-        finally:
-            dataset = None  # closes the file
-        check_features(partial, POINTS_LAYER, len(table))
-        refuse_foreign_gpkg(path, POINTS_LAYER, frozenset({SOURCE_ID_FIELD, EMBEDDING_FIELD}))
-        put_in_place(partial, path)
-    return path
+    return write_output(
+        path,
+        POINTS_LAYER,
+        lambda gpkg: _fill_points_gpkg(gpkg, result, added, taken, progress, should_stop),
+        len(table),
+        POINTS_LEGACY_FIELDS,
+    )
 
 
-def _fill_points_gpkg(dataset, result: PointEmbeddings, path: Path, added, taken, progress, should_stop) -> None:
+def _fill_points_gpkg(gpkg: GeoPackage, result: PointEmbeddings, added, taken, progress, should_stop) -> None:
     from osgeo import ogr
 
     table = result.table
     # A source field called "fid" (common in CSVs) would collide with the GeoPackage's own id column.
     fid_column = next(name for name in ("fid", "ogc_fid", "gpkg_fid") if name not in taken)
-    layer = dataset.CreateLayer(POINTS_LAYER, wgs84(), ogr.wkbPoint, ["SPATIAL_INDEX=YES", f"FID={fid_column}"])
-    if layer is None:
-        raise LocationError(f"cannot create the layer {POINTS_LAYER} in {path}")
-    mark_gpkg(dataset, layer, POINTS_LAYER)
+    layer = gpkg.create_layer(POINTS_LAYER, ogr.wkbPoint, ["SPATIAL_INDEX=YES", f"FID={fid_column}"])
     definitions = []
     for name, kind in table.fields:
         type_name, subtype = OGR_TYPES[kind]
@@ -487,34 +412,32 @@ def _fill_points_gpkg(dataset, result: PointEmbeddings, path: Path, added, taken
     definitions.append(vector_defn)
     definitions += [ogr.FieldDefn(name, ogr.OFTReal) for name in added[2:]]
     for defn in definitions:  # fields are then set by position, so every one must exist
-        if layer.CreateField(defn) != 0:
-            raise LocationError(f"cannot create field {defn.GetName()!r} in a GeoPackage; rename it first")
+        try:
+            gpkg.add_field(layer, defn)
+        except WriteError:  # a name a GeoPackage cannot take (two that differ only in case...)
+            raise LocationError(f"cannot create field {defn.GetName()!r} in a GeoPackage; rename it first") from None
     layer_defn = layer.GetLayerDefn()
     first_added = len(table.fields)
-    if dataset.StartTransaction() != 0:
-        raise LocationError(f"cannot write {path}")
-    for index in range(len(table)):
-        if index % CHUNK == 0:
-            stop_check(should_stop)
-            if progress:
-                progress("Writing the GeoPackage", index, len(table))
-        feature = ogr.Feature(layer_defn)
-        for column, value in enumerate(table.rows[index]):
-            if value is not None:
-                feature.SetField(column, value)
-        source_id = table.ids[index]
-        feature.SetField(first_added, int(source_id) if table.ids.dtype.kind in "iu" else str(source_id))
-        feature.SetField(first_added + 1, embedding_json(result.embeddings[index]))
-        if result.components is not None:
-            for k, value in enumerate(result.components[index].tolist()):
-                feature.SetField(first_added + 2 + k, float(value))
-        point = ogr.Geometry(ogr.wkbPoint)
-        point.AddPoint_2D(float(table.lon[index]), float(table.lat[index]))
-        feature.SetGeometry(point)
-        if layer.CreateFeature(feature) != 0:
-            raise LocationError(f"cannot write point {index} to {path}")
-    if dataset.CommitTransaction() != 0:
-        raise LocationError(f"cannot write {path}: the points could not be committed")
+    with gpkg.transaction():
+        for index in range(len(table)):
+            if index % CHUNK == 0:
+                stop_check(should_stop)
+                if progress:
+                    progress("Writing the GeoPackage", index, len(table))
+            feature = ogr.Feature(layer_defn)
+            for column, value in enumerate(table.rows[index]):
+                if value is not None:
+                    feature.SetField(column, value)
+            source_id = table.ids[index]
+            feature.SetField(first_added, int(source_id) if table.ids.dtype.kind in "iu" else str(source_id))
+            feature.SetField(first_added + 1, embedding_json(result.embeddings[index]))
+            if result.components is not None:
+                for k, value in enumerate(result.components[index].tolist()):
+                    feature.SetField(first_added + 2 + k, float(value))
+            point = ogr.Geometry(ogr.wkbPoint)
+            point.AddPoint_2D(float(table.lon[index]), float(table.lat[index]))
+            feature.SetGeometry(point)
+            gpkg.add_feature(layer, feature)
     if progress:
         progress("Writing the GeoPackage", len(table), len(table))
 
@@ -539,8 +462,6 @@ def write_npz(result: PointEmbeddings, path: str | os.PathLike) -> Path:
             with open(partial, "wb") as handle:  # a file handle keeps numpy from appending another .npz
                 np.savez(handle, **arrays)
         except OSError as exc:
-            from .writers import WriteError
-
             raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
         refuse_foreign_outputs(npz=path)
         put_in_place(partial, path)
@@ -589,8 +510,6 @@ def write_parquet(result: PointEmbeddings, path: str | os.PathLike) -> Path:
         try:
             pq.write_table(schema_table, str(partial))
         except OSError as exc:
-            from .writers import WriteError
-
             raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
         refuse_foreign_outputs(parquet=path)
         put_in_place(partial, path)

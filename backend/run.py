@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 
 from . import weights
+from .answer_writer import AnswerWriter, ResumableStore
 from .area import Area
 from .cache import warn_once
 from .errors import GeoCLIPError
@@ -200,7 +201,7 @@ def execute(
     return outcome
 
 
-def _open_writer(request: RunRequest, engine, run_at: str):
+def _open_writer(request: RunRequest, engine, run_at: str) -> AnswerWriter:
     from .writers import DiscardWriter, open_writer
 
     if not (request.output or request.stream):
@@ -212,10 +213,10 @@ def _open_writer(request: RunRequest, engine, run_at: str):
 RESUME_SETTINGS = {"weights_key": "model weights", "top_k": "top-k", "area": "area of interest"}
 
 
-def _resume(request: RunRequest, engine, writer, run_at: str) -> frozenset[str] | set[str]:
+def _resume(request: RunRequest, engine, writer: AnswerWriter, run_at: str) -> frozenset[str] | set[str]:
     """The photos to skip because this output already answers them, after checking that it answered them
     with the same settings (store this run's settings for the next one)."""
-    if not hasattr(writer, "previous_settings"):
+    if not isinstance(writer, ResumableStore):
         return frozenset()
     settings = {
         "run_at": run_at,
@@ -307,7 +308,7 @@ def _answer_all(request, engine, photos, total, skip, writer, truths, outcome, p
     if request.fuse and not summary.stopped:
         fused = _fuse(request, engine, members, earlier, summary, progress)
         if fused is not None:
-            if earlier and hasattr(writer, "remove_answers"):
+            if earlier and isinstance(writer, ResumableStore):
                 writer.remove_answers(AnswerKind.FUSED)  # the earlier joint answer covered fewer photos
             outcome.fused = fused = details.named(fused)
             outcome.files += details.add(fused, own_world=True)
@@ -316,7 +317,7 @@ def _answer_all(request, engine, photos, total, skip, writer, truths, outcome, p
                 on_result(fused)
     outcome.files += details.finish()
     accuracy = summary.accuracy()
-    if accuracy and hasattr(writer, "write_table"):
+    if accuracy and isinstance(writer, ResumableStore):
         writer.write_table("accuracy", {"run_at": outcome.run_at, "model": engine.model_name, **accuracy})
 
 

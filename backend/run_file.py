@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .answer_layers import AREAS_LAYER, ERRORS_LAYER, FEATURES_LAYER, POINTS_LAYER, REGIONS_LAYER, RUNS_LAYER
 from .confidence import ConfidenceArea
 from .errors import GeoCLIPError
 from .exif import PhotoMetadata
 from .regions import RegionRow
 from .results import AnswerKind, Candidate, PhotoResult
-from .writers import AREAS_LAYER, ERRORS_LAYER, FEATURES_LAYER, POINTS_LAYER, REGIONS_LAYER, RUNS_LAYER
 
 FEATURE_BYTES = 512 * 4  # a query vector: 512 float32 numbers (heads.IMAGE_FEATURE_DIM)
 PHOTO_MAX_BYTES = 1 << 30  # a file larger than this is not hashed to find an answer's photo

@@ -119,6 +119,26 @@ def test_a_link_at_the_lock_file_is_refused_and_its_target_untouched(engine, tin
     assert not stale.exists()
 
 
+@pytest.mark.parametrize("name", ["run.gpkg", "run.geojson", "run.csv"])
+def test_a_link_at_the_output_or_an_unfinished_name_is_never_written_through(
+    engine, tiny_clip, kauai_png, tmp_path, outside, name
+):
+    case = tmp_path / "case"
+    case.mkdir()
+    (case / name).symlink_to(outside)  # at the output's own name: refused, whatever the format
+    out = cli("predict", kauai_png, "--clip", tiny_clip, "--out", case / name, "--quiet")
+    named_error(out, name, "symbolic link")
+    assert outside.read_bytes() == PRECIOUS and (case / name).is_symlink()
+    (case / name).unlink()
+    dangling = tmp_path / "elsewhere" / "made-through-a-link"
+    (case / f"{name}.partial").symlink_to(dangling)  # where an unfinished file once went: not used
+    out = cli("predict", kauai_png, "--clip", tiny_clip, "--out", case / name, "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert (case / name).is_file() and not (case / name).is_symlink()
+    assert not dangling.exists() and (case / f"{name}.partial").is_symlink()
+    assert sorted(p.name for p in case.iterdir()) == sorted([name, f"{name}.partial"])
+
+
 def test_links_at_partial_names_are_never_written_through(wheel_model_dir, tmp_path, outside):
     from geoclip_qgis.backend.errors import GeoCLIPError
     from geoclip_qgis.backend.geotiff import write_geotiff
@@ -163,9 +183,9 @@ def _foreign_gpkg(path: Path) -> None:
 
 
 def _predict_run(path: Path) -> None:
-    from geoclip_qgis.backend.writers import OgrWriter
+    from geoclip_qgis.backend.writers import GeoPackageWriter
 
-    OgrWriter(path, "GPKG", model="test").close()
+    GeoPackageWriter(path, model="test").close()
 
 
 def _foreign_tif(path: Path) -> None:

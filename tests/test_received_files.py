@@ -384,10 +384,10 @@ def test_likely_names_every_place_it_skips_and_writes_no_formula(hostile_run, ti
 def test_one_csv_rule_for_every_csv():
     import numpy as np
 
-    from geoclip_qgis.backend import writers
+    from geoclip_qgis.backend import csv_writer
     from geoclip_qgis.backend.csv_safety import csv_cell, neutralise_formula
 
-    assert writers.neutralise_formula is neutralise_formula
+    assert csv_writer.neutralise_formula is neutralise_formula
     cells = [csv_cell(v) for v in ("=1", "-2", 3, -4.5, np.float32(0.5), np.int64(-7), None, True, "a=b")]
     assert cells == ["'=1", "'-2", 3, "-4.5", "0.5", -7, "", True, "a=b"]
 

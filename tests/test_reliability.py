@@ -416,7 +416,7 @@ def test_csv_cells_that_spreadsheets_would_run_are_neutralised(warm, tiny_clip, 
     row = next(csv.DictReader(io.StringIO(out.stdout)))
     assert Path(row["photo"]).name == "=1+2.jpg" and row["photo"].startswith("/")  # a path: harmless as is
     assert row["camera_make"] == '\'=HYPERLINK("http://x")' and row["camera_model"] == "'@SUM(1)"
-    from geoclip_qgis.backend.writers import _csv_value, neutralise_formula
+    from geoclip_qgis.backend.csv_writer import _csv_value, neutralise_formula
 
     assert _csv_value("lat", -33.5) == "-33.5" and _csv_value("photo", "-x.jpg") == "'-x.jpg"  # numbers stay numbers
 
