@@ -57,8 +57,9 @@ class _PlaceLayer(QgsProcessingLayerPostProcessorInterface):
         self.placement.place(layer, self.file)
 
 
-class _FeedbackProgress:
-    """The engine's progress events as Processing feedback: the bar per stage, one log line per stage."""
+class FeedbackProgress:
+    """The engine's progress events as Processing feedback: the bar per stage, one log line per stage.
+    Every GeoCLIP algorithm reports through it."""
 
     def __init__(self, feedback):
         self.feedback, self.stage = feedback, None
@@ -210,7 +211,7 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
         settings = self._settings(parameters, context)
         try:
             engine = get_engine(settings)
-            outcome = execute(request, engine, _FeedbackProgress(feedback), feedback.isCanceled, on_result)
+            outcome = execute(request, engine, FeedbackProgress(feedback), feedback.isCanceled, on_result)
         except WeightsError as exc:  # in QGIS's words (the Models dialog), the engine's own in the log
             feedback.pushInfo(str(exc))
             raise QgsProcessingException(plain_weights_message(settings)) from None
@@ -485,7 +486,7 @@ class FinetuneHeads(_GeoCLIPAlgorithm):
         data, images = self._truth_source(parameters, context)
         output = self.parameterAsString(parameters, "OUTPUT", context)
         engine = get_engine(self._settings(parameters, context))
-        progress = _FeedbackProgress(feedback)
+        progress = FeedbackProgress(feedback)
         engine.load(progress)
         collected = collect_samples(engine, data, images, progress, should_stop=feedback.isCanceled)
         feedback.pushInfo(
