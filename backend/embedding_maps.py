@@ -36,13 +36,11 @@ from .location_features import (
     LocationError,
     LocationModel,
     PrincipalComponents,
-    Progress,
-    ShouldStop,
     canonical_lat_lon,
     fit_pca,
     grid_dtype,
-    stop_check,
 )
+from .progress import ProgressCallback, ShouldStop, Stage, stop_check
 from .rasters import grid_centres, world_shape
 
 WORLD = (-180.0, -90.0, 180.0, 90.0)  # west, south, east, north
@@ -214,12 +212,9 @@ class _GridFeatures:
         return self._last_block[1]
 
     def _encode(self, centres: np.ndarray, should_stop: ShouldStop | None) -> torch.Tensor:
-        def check(done, total):
-            stop_check(should_stop)
-
         coordinates = torch.from_numpy(canonical_lat_lon(centres).astype(np.float32))
         return encode_locations(
-            self.model.heads, coordinates, check if should_stop else None, self.dtype, fixed_batch=ENCODE_BATCH
+            self.model.heads, coordinates, None, self.dtype, fixed_batch=ENCODE_BATCH, should_stop=should_stop
         )
 
 
@@ -326,20 +321,20 @@ def _stream(
     features: _GridFeatures,
     to_values: Callable[[torch.Tensor, int, int], np.ndarray],
     stage: str,
-    progress: Progress | None,
+    progress: ProgressCallback | None,
     should_stop: ShouldStop | None,
 ) -> Path:
     """Encode, convert (``to_values(features, row0, rows)`` -> (bands, rows, cols)) and write each row
     tile; the file is renamed into place at the end, or deleted on cancel or failure."""
     tiles = math.ceil(grid.rows / rows_per_tile)
+    counter = Stage(progress, stage, tiles, "row tiles", interval=0.0)  # coarse steps: each is worth showing
     try:
         for tile in range(tiles):
             stop_check(should_stop)
             row0 = tile * rows_per_tile
             row1 = min(grid.rows, row0 + rows_per_tile)
             writer.write(row0, to_values(features.rows(row0, row1, should_stop), row0, row1 - row0))
-            if progress:
-                progress(stage, tile + 1, tiles)
+            counter.update(tile + 1)
         stop_check(should_stop)
         return writer.finish(overviews=writer.bands <= 4)
     except BaseException:
@@ -388,7 +383,7 @@ def embedding_map(
     seed: int = PCA_SEED,
     precision: str = "auto",
     tile_rows: int | None = None,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     should_stop: ShouldStop | None = None,
 ) -> EmbeddingMap:
     """A GeoTIFF of the location encoder over ``extent`` (W,S,E,N degrees) at ``cell`` degrees.
@@ -422,8 +417,7 @@ def embedding_map(
     if bands != "all":
         if count >= grid.cells:
             raise LocationError(f"{count} principal components need more than {count} cells; the grid has {grid.cells}")
-        if progress:
-            progress("Fitting principal components", 0, 1)
+        fitting = Stage(progress, "Fitting principal components", 1)
         rng = np.random.default_rng(seed)
         picked = np.sort(rng.choice(grid.cells, min(sample, grid.cells), replace=False))
         sampled = features.at(picked, should_stop).float().cpu().numpy()
@@ -438,8 +432,7 @@ def embedding_map(
                 axis=1,
             )
             byte_ranges[:, 1] = np.maximum(byte_ranges[:, 1], byte_ranges[:, 0] + 1e-6)
-        if progress:
-            progress("Fitting principal components", 1, 1)
+        fitting.update(1)
 
     from osgeo import gdal
 
@@ -543,7 +536,7 @@ def similar_places(
     spread_km: float = 0.0,
     precision: str = "auto",
     tile_rows: int | None = None,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     should_stop: ShouldStop | None = None,
 ) -> SimilarPlaces:
     """Where else does GeoCLIP's location encoder see a place like (lat, lon)?
@@ -567,14 +560,8 @@ def similar_places(
     query = torch.from_numpy(model.encode(point)[0]).to(model.device)
     result = SimilarPlaces(lat, lon, [], float(exclude_km), float(spread_km))
 
-    if progress:
-        progress("Loading the GPS gallery", 0, 1)
-    gallery = load_gallery(
-        model.heads,
-        model.files,
-        model.device,
-        lambda done, total: progress("Encoding the GPS gallery (first use only)", done, total) if progress else None,
-    )
+    loading = Stage(progress, "Loading the GPS gallery", 1)
+    gallery = load_gallery(model.heads, model.files, model.device, progress, should_stop)
     with torch.inference_mode():
         similarity = (gallery.features.float() @ query).cpu().numpy().astype(np.float64)
     coordinates = gallery.coordinates.float().cpu().numpy().astype(np.float64)
@@ -599,8 +586,7 @@ def similar_places(
         )
         for rank, i in enumerate(picked)
     ]
-    if progress:
-        progress("Loading the GPS gallery", 1, 1)
+    loading.update(1)
 
     if raster is not None:
         from osgeo import gdal

@@ -31,7 +31,7 @@ from .exif import PhotoMetadata
 from .gallery import Gallery, cached_location_features, features_key, load_gallery
 from .heads import load_heads
 from .photos import Preprocessing
-from .progress import ProgressCallback, Stage, report_step
+from .progress import ProgressCallback, ShouldStop, Stage, report_step
 from .rasters import RasterSet, SurfaceEvaluator, grid_centres, world_shape
 from .results import AnswerKind, Candidate, PhotoResult
 from .weights import ModelFiles, sha256_file
@@ -108,17 +108,18 @@ class Engine:
                 "but cannot read photos or text"
             )
 
-    def load(self, progress: ProgressCallback | None = None) -> Engine:
+    def load(self, progress: ProgressCallback | None = None, should_stop: ShouldStop | None = None) -> Engine:
         """Load what image work needs: vision tower, preprocessing, gallery features. Idempotent. A GPU
-        that fails here (out of memory, a kernel it cannot run) leaves the engine on the CPU."""
+        that fails here (out of memory, a kernel it cannot run) leaves the engine on the CPU. The
+        gallery's first encoding stops with :class:`.errors.Cancelled` when ``should_stop`` says so."""
         try:
-            self._load(progress)
+            self._load(progress, should_stop)
         except Exception as exc:
             self._fall_back_to_cpu(exc)
-            self._load(progress)
+            self._load(progress, should_stop)
         return self
 
-    def _load(self, progress: ProgressCallback | None) -> None:
+    def _load(self, progress: ProgressCallback | None, should_stop: ShouldStop | None) -> None:
         self._require_backbone()
         with self._lock:
             if self._processor is None:
@@ -126,7 +127,7 @@ class Engine:
             if self._vision is None:
                 report_step(progress, "Loading the CLIP vision tower")
                 self._vision = backbone.load_vision_tower(self.clip_dir, self.device, self.dtype)
-        self.load_gallery(progress)
+        self.load_gallery(progress, should_stop)
 
     @property
     def effective_decode_workers(self) -> int:
@@ -159,19 +160,14 @@ class Engine:
             self._tower_batches = HalvingBatches(device=cpu)
             self._staging = Staging(cpu)
 
-    def load_gallery(self, progress: ProgressCallback | None = None) -> Gallery:
+    def load_gallery(self, progress: ProgressCallback | None = None, should_stop: ShouldStop | None = None) -> Gallery:
         """The GPS gallery and its location features (encoded once, then read from the disk cache)."""
         if self._gallery is not None:
             return self._gallery
         with self._lock:
             if self._gallery is None:
                 report_step(progress, "Loading the GPS gallery")
-                stage = (
-                    Stage(progress, "Encoding the GPS gallery (first use only)", unit="places") if progress else None
-                )
-                self._gallery = load_gallery(
-                    self.heads, self.heads_files, self.device, stage.step_callback() if stage else None
-                )
+                self._gallery = load_gallery(self.heads, self.heads_files, self.device, progress, should_stop)
         return self._gallery
 
     @property
@@ -314,23 +310,27 @@ class Engine:
     # ------------------------------------------------------------------------------ rasters
 
     def surface(
-        self, world_cell: float = 0.25, local_cell: float = 0.01, progress: ProgressCallback | None = None
+        self,
+        world_cell: float = 0.25,
+        local_cell: float = 0.01,
+        progress: ProgressCallback | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> SurfaceEvaluator:
-        """The raster evaluator; the world grid's features are computed once and cached."""
+        """The raster evaluator; the world grid's features are computed once (stoppable) and cached."""
         key = (world_cell, local_cell)
         if key not in self._surfaces:
             rows, cols = world_shape(world_cell)
-            stage = (
-                Stage(progress, "Preparing probability rasters (first use only)", unit="cells") if progress else None
-            )
             dtype = self._grid_dtype()  # fp32 answers get an fp32 grid; else bf16, half the memory
             grid = cached_location_features(
                 self.heads,
                 features_key(self.heads_files, f"world-{world_cell}", PRECISION_NAMES[dtype]),
                 lambda: grid_centres(-180.0, 90.0, world_cell, rows, cols),
                 self.device,
-                stage.step_callback() if stage else None,
-                dtype=dtype,
+                progress,
+                dtype,
+                stage="Preparing probability rasters (first use only)",
+                unit="cells",
+                should_stop=should_stop,
             )
             self._surfaces[key] = SurfaceEvaluator(self.heads, grid, world_cell, local_cell, dtype=dtype)
         return self._surfaces[key]
@@ -347,13 +347,15 @@ class Engine:
         world_cell: float = 0.25,
         local_cell: float = 0.01,
         progress: ProgressCallback | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> RasterSet:
         """World and local probability rasters for an answered photo, text query or fused set. The first
-        call encodes the gallery and the world grid (minutes on a CPU; cached on disk), with ``progress``."""
+        call encodes the gallery and the world grid (minutes on a CPU; cached on disk), with ``progress``,
+        stopping with :class:`.errors.Cancelled` when ``should_stop`` says so."""
         if result.feature is None:
             raise GeoCLIPError(f"no feature for {result.photo}: {result.error or 'not answered'}")
-        self.load_gallery(progress)
-        evaluator = self.surface(world_cell, local_cell, progress)
+        self.load_gallery(progress, should_stop)
+        evaluator = self.surface(world_cell, local_cell, progress, should_stop)
         query = torch.from_numpy(result.feature).to(self.device)
         # the answer's best candidate (ranked inside the area) gets a local raster; an answer that carries
         # its candidates is not scored against the gallery again

@@ -24,3 +24,11 @@ class WriteError(GeoCLIPError):
 
 class InputFileError(GeoCLIPError):
     """A file the user gave (a table of photos, a configuration) cannot be read as what it should be."""
+
+
+class Cancelled(GeoCLIPError):  # noqa: N818 - a stop on request, not a failure
+    """Work stopped because its caller asked (its ``should_stop()`` said yes). The message says what was
+    kept and what a next call resumes; a run turns it into a partial outcome rather than an error."""
+
+    def __init__(self, message: str = "cancelled"):
+        super().__init__(message)

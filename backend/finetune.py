@@ -27,7 +27,6 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from .gallery import encode_locations, read_gallery_csv
 from .geo import haversine_km
 from .heads import GeoCLIPHeads, save_heads
 from .heads_files import WEIGHT_FILES
-from .progress import ProgressCallback, Stage
+from .progress import ProgressCallback, ShouldStop, Stage
 from .weights import DEFAULT_GALLERY, parse_json, sha256_file
 
 CHECKPOINT = "checkpoint.pt"
@@ -179,7 +178,7 @@ def collect_samples(
     source: str | Path,
     images: str | None = None,
     progress: ProgressCallback | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Collected:
     """Photos with known positions and their CLIP embeddings: a CSV of photo,lat,lon, or photos
     (files or folders) with EXIF GPS (photos without it are counted and left out)."""
@@ -254,7 +253,7 @@ def finetune(
     out_dir: str | Path,
     settings: FinetuneSettings = FinetuneSettings(),
     progress: ProgressCallback | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: ShouldStop | None = None,
     resume: bool = False,
 ) -> dict:
     """Train from the engine's heads on ``samples``; write a heads folder to ``out_dir``; return its manifest."""

@@ -24,10 +24,13 @@ from .backbone import read_exactly, safetensors_index
 from .cache import cache_dir, private_folder, warn_once
 from .errors import WeightsError
 from .heads import LOCATION_ENCODER_FILE, GeoCLIPHeads, HeadsFiles
+from .progress import ProgressCallback, ShouldStop, Stage, stop_check
 from .weights import sha256_file
 
 FEATURE_FORMAT = "v1"  # bump when the location encoder's arithmetic changes
 CHUNK = 8192
+ENCODING = "Encoding locations"
+GALLERY_ENCODING = "Encoding the GPS gallery (first use only)"
 
 _memory: dict[tuple[str, str], Gallery] = {}
 
@@ -78,11 +81,18 @@ def gallery_key(files: HeadsFiles) -> str:
 def encode_locations(
     heads: GeoCLIPHeads,
     coordinates: torch.Tensor,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     dtype: torch.dtype = torch.float32,
     fixed_batch: int | None = None,
+    *,
+    stage: str = ENCODING,
+    unit: str = "places",
+    should_stop: ShouldStop | None = None,
 ) -> torch.Tensor:
     """Unit-length location features for (N, 2) coordinates, in chunks to bound memory.
+
+    ``progress`` hears ``stage`` counted in ``unit`` after each chunk; ``should_stop`` is asked before
+    each chunk and stops the work with :class:`.errors.Cancelled` (nothing is returned).
 
     ``dtype`` bfloat16/float16 runs the MLPs under autocast (Fourier phases stay float32) and stores
     half-size features: for dense raster grids, where ~2x speed and half the memory matter more than
@@ -98,15 +108,16 @@ def encode_locations(
     out = torch.empty(total, 512, dtype=dtype, device=device)
     autocast = dtype != torch.float32
     step = fixed_batch or CHUNK
+    counter = Stage(progress, stage, total, unit)
     for start in range(0, total, step):
+        stop_check(should_stop)
         chunk = coordinates[start : start + step].to(device)
         size = chunk.shape[0]
         if fixed_batch and size < fixed_batch:  # padded with copies of its first point, dropped after
             chunk = torch.cat([chunk, chunk[:1].expand(fixed_batch - size, chunk.shape[1])])
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
             out[start : start + size] = heads.location_features(chunk)[:size].to(dtype)
-        if progress:
-            progress(min(start + step, total), total)
+        counter.update(min(start + step, total))
     return out
 
 
@@ -173,10 +184,15 @@ def cached_location_features(
     key: str,
     make_coordinates: Callable[[], np.ndarray],
     device: torch.device,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     dtype: torch.dtype = torch.float32,
+    *,
+    stage: str = ENCODING,
+    unit: str = "places",
+    should_stop: ShouldStop | None = None,
 ) -> Gallery:
-    """Coordinates and their features under ``key``: from memory, else disk, else computed and saved."""
+    """Coordinates and their features under ``key``: from memory, else disk, else computed (``progress``
+    hears ``stage``; a stop on request keeps nothing) and saved."""
     cached = _memory.get((key, str(device)))
     if cached is not None:
         return cached
@@ -185,7 +201,9 @@ def cached_location_features(
         coordinates, features = on_disk
     else:
         coordinates = torch.from_numpy(make_coordinates()).to(device)
-        features = encode_locations(heads, coordinates, progress, dtype)
+        features = encode_locations(
+            heads, coordinates, progress, dtype, stage=stage, unit=unit, should_stop=should_stop
+        )
         _write_disk_cache(_cache_file(key), coordinates, features)
     result = Gallery(coordinates, features, key)
     _memory[(key, str(device))] = result
@@ -193,8 +211,18 @@ def cached_location_features(
 
 
 def load_gallery(
-    heads: GeoCLIPHeads, files: HeadsFiles, device: torch.device, progress: Callable[[int, int], None] | None = None
+    heads: GeoCLIPHeads,
+    files: HeadsFiles,
+    device: torch.device,
+    progress: ProgressCallback | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Gallery:
     return cached_location_features(
-        heads, gallery_key(files), lambda: read_gallery_csv(files.gallery_csv), device, progress
+        heads,
+        gallery_key(files),
+        lambda: read_gallery_csv(files.gallery_csv),
+        device,
+        progress,
+        stage=GALLERY_ENCODING,
+        should_stop=should_stop,
     )

@@ -3,7 +3,8 @@
 Plain ``urllib``, not huggingface_hub's downloader: recent huggingface_hub releases delete a failed
 download's partial file (each attempt writes a uniquely named temporary file), so nothing could resume;
 and a proxy handed in here must reach every request whichever HTTP client huggingface_hub uses. No Qt:
-progress is a plain ``progress(done_bytes, total_bytes)`` callable, cancelling a ``should_stop()`` one.
+progress is reported as :class:`.progress.Progress` events counting bytes, and a ``should_stop()`` that
+says yes stops the download with :class:`.errors.Cancelled`.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from .errors import WeightsError
+from .errors import Cancelled, WeightsError
+from .progress import BYTES, ProgressCallback, ShouldStop, Stage
 from .version import __version__
 
 CHUNK = 256 * 1024  # cancel and progress granularity
+PROGRESS_INTERVAL = 0.1  # seconds between progress reports: a 1.7 GB download has thousands of chunks
 TIMEOUT_S = 30
 RETRIES = 3  # per file, only after bytes arrived: a dropped connection, not an unreachable host
 PARTIAL = ".incomplete"
@@ -35,10 +38,6 @@ PARTIAL = ".incomplete"
 
 class DownloadError(WeightsError):
     """A download failed; the message says why and what to do. Partial files are kept for a resume."""
-
-
-class DownloadCancelledError(DownloadError):
-    """``should_stop()`` said stop."""
 
 
 class NoNetworkError(DownloadError):
@@ -142,19 +141,23 @@ def mismatch(path: Path, remote: RemoteFile) -> str | None:
 
 
 class _Meter:
-    def __init__(self, total: int, done: int, progress, should_stop):
-        self.total, self.done = total, done
-        self.progress, self.should_stop = progress, should_stop or (lambda: False)
+    """Bytes on disk over all files, as a progress stage; the stop check between chunks."""
+
+    def __init__(self, stage: Stage, should_stop: ShouldStop | None):
+        self.stage, self.should_stop = stage, should_stop
+
+    @property
+    def done(self) -> int:
+        return self.stage.done
 
     def add(self, count: int) -> None:
-        self.done += count
-        if self.progress is not None:
-            self.progress(self.done, self.total)
+        self.stage.update(self.stage.done + count)
 
     def check(self) -> None:
-        if self.should_stop():
-            raise DownloadCancelledError(
-                f"download cancelled after {_mb(self.done)} of {_mb(self.total)}; what was fetched is kept: "
+        if self.should_stop is not None and self.should_stop():
+            self.stage.flush()  # where it stopped: what the next call resumes from
+            raise Cancelled(
+                f"download cancelled after {_mb(self.done)} of {_mb(self.stage.total)}; what was fetched is kept: "
                 "download again to continue from there"
             )
 
@@ -172,23 +175,25 @@ def download_files(
     folder: Path,
     *,
     proxies: dict[str, str] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: ShouldStop | None = None,
+    stage: str = "Downloading",
 ) -> None:
     """Fetch ``files`` into ``folder``. Each is written as ``NAME.incomplete`` and takes its own name
-    only when complete; a failed or cancelled call leaves the partial files, and the next call resumes
-    them with HTTP Range requests. ``progress(done, total)`` counts bytes on disk, so it starts at what
-    earlier calls fetched and rises to the sum of the files' sizes."""
+    only when complete; a failed or stopped call (:class:`.errors.Cancelled`, ``should_stop`` is asked
+    after each chunk) leaves the partial files, and the next call resumes them with HTTP Range requests.
+    ``progress`` hears ``stage`` counting bytes on disk (unit :data:`.progress.BYTES`), so it starts at
+    what earlier calls fetched and rises to the sum of the files' sizes."""
     folder.mkdir(parents=True, exist_ok=True)
     total = sum(remote.size for remote in files)
-    meter = _Meter(total, sum(_on_disk(folder, remote) for remote in files), progress, should_stop)
+    on_disk = sum(_on_disk(folder, remote) for remote in files)
     free = shutil.disk_usage(folder).free
-    if free < total - meter.done:
+    if free < total - on_disk:
         raise DiskFullError(
-            f"not enough free disk space in {folder}: the download needs {_mb(total - meter.done)} more and "
+            f"not enough free disk space in {folder}: the download needs {_mb(total - on_disk)} more and "
             f"{_mb(free)} is free. Free some space (or choose another models folder) and download again"
         )
-    meter.add(0)
+    meter = _Meter(Stage(progress, stage, total, BYTES, PROGRESS_INTERVAL, done=on_disk), should_stop)
     opener = build_opener(proxies)
     for remote in files:
         url = url_for(remote.name)

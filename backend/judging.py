@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from .errors import GeoCLIPError
 from .likelihood import RADII_KM, Likelihood, for_answer
-from .progress import ProgressCallback
+from .progress import ProgressCallback, ShouldStop
 from .regions import RegionRow, Zones, zonal_probabilities, zones_of
 from .run_file import StoredAnswer, read_answers, read_provenance, run_area
 
@@ -75,7 +75,7 @@ def zonal_for_answers(
     names: Sequence[str] | None = None,
     area=None,
     progress: ProgressCallback | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Iterator[ZonalAnswer]:
     """Per answer, its probability in each polygon (WKT, EPSG:4326, lon/lat): the gallery softmax
     summed over the gallery places inside (:func:`.regions.zonal_probabilities`; 0 for a polygon holding

@@ -26,6 +26,7 @@ import numpy as np
 
 from .confidence import WORLD, Cells, cell_areas_km2, joining_levels, probability_cells
 from .geo import EARTH_RADIUS_KM, haversine_km
+from .progress import ProgressCallback, ShouldStop
 from .rasters import Raster
 
 RADII_KM = (1.0, 25.0, 200.0)
@@ -236,12 +237,18 @@ def how_likely_many(
 
 
 def for_answer(
-    engine, result, points: Iterable[tuple[str, float, float]], area=None, progress=None
+    engine,
+    result,
+    points: Iterable[tuple[str, float, float]],
+    area=None,
+    progress: ProgressCallback | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> list[Likelihood]:
     """\"How likely here?\" for an answer (a photo, text or fused result with its query vector): its
     rasters are made again from the vector (the location encoder only), then each point is judged.
-    ``progress``: the first use's encoding of the gallery and world grid, stage by stage."""
-    made = engine.rasters(result, area, progress=progress)
+    ``progress``: the first use's encoding of the gallery and world grid, stage by stage, which
+    ``should_stop`` can stop (:class:`.errors.Cancelled`)."""
+    made = engine.rasters(result, area, progress=progress, should_stop=should_stop)
     return how_likely_many(made.world, points, made.local, density=engine.density(result, made, area))
 
 

@@ -16,6 +16,7 @@ import sys
 
 from .csv_safety import csv_row
 from .errors import GeoCLIPError
+from .progress import Progress
 
 LOCATION_COMMANDS = ("embed", "embedmap", "similar")
 
@@ -129,24 +130,24 @@ def add_location_commands(subparsers) -> None:
 
 
 class _StderrProgress:
-    """One progress bar per stage on stderr."""
+    """One progress bar per stage on stderr, from the engine's :class:`.progress.Progress` events."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.stage = None
         self.bar = None
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(self, event: Progress) -> None:
         if not self.enabled:
             return
-        if stage != self.stage:
+        if event.stage != self.stage:
             self.close()
             from tqdm import tqdm
 
-            self.stage = stage
-            self.bar = tqdm(total=total, desc=stage, file=sys.stderr, dynamic_ncols=True, leave=False)
-        self.bar.total = total
-        self.bar.update(done - self.bar.n)
+            self.stage = event.stage
+            self.bar = tqdm(total=event.total, desc=event.stage, file=sys.stderr, dynamic_ncols=True, leave=False)
+        self.bar.total = event.total
+        self.bar.update(event.done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:

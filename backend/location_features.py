@@ -10,7 +10,7 @@ vectors. Here longitudes are wrapped into [-180, 180) and a pole is encoded at l
 features still change sharply across the antimeridian (179.99 and -179.99 are far apart for it).
 
 Here too: the heads loaded for this work (:class:`LocationModel`), the precision for dense grids, a
-principal-component basis of features (:func:`fit_pca`), the errors of the location tools, and the
+principal-component basis of features (:func:`fit_pca`), the error of the location tools, and the
 small output-file helpers that :mod:`.point_embeddings` and :mod:`.embedding_maps` share (write under
 a ``.partial`` name, delete a dataset and its side files, EPSG:4326). Nothing here imports Qt or QGIS.
 """
@@ -18,7 +18,6 @@ a ``.partial`` name, delete a dataset and its side files, EPSG:4326). Nothing he
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +26,10 @@ import torch
 
 from .device import PRECISIONS, choose_device, choose_dtype
 from .errors import GeoCLIPError
-from .gallery import CHUNK, encode_locations
+from .gallery import CHUNK, ENCODING, encode_locations
 from .heads import GeoCLIPHeads, HeadsFiles, load_heads
+from .progress import ProgressCallback, ShouldStop, Stage, stop_check
 from .weights import find_heads, gallery_csv
-
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
-ShouldStop = Callable[[], bool]
 
 FEATURE_DIM = 512
 PCA_SAMPLE = 20_000  # cells (or points) the principal components are fitted on
@@ -41,13 +38,6 @@ PCA_SEED = 0
 
 class LocationError(GeoCLIPError):
     """Bad positions, extents, files or options for the location tools."""
-
-
-class RunCancelledError(GeoCLIPError):
-    """The caller asked to stop; no finished-looking output is left behind."""
-
-    def __init__(self, message: str = "cancelled"):
-        super().__init__(message)
 
 
 # ------------------------------------------------------------------------------------------ positions
@@ -70,17 +60,12 @@ def canonical_lat_lon(lat_lon) -> np.ndarray:
     return points
 
 
-def stop_check(should_stop: ShouldStop | None) -> None:
-    if should_stop is not None and should_stop():
-        raise RunCancelledError()
-
-
 @torch.inference_mode()
 def encode_points(
     heads: GeoCLIPHeads,
     lat_lon,
     device: torch.device | str | None = None,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     should_stop: ShouldStop | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
@@ -88,9 +73,10 @@ def encode_points(
 
     The vectors are unit-normalised exactly as the model does (``GeoCLIPHeads.location_features``).
     Points are encoded in chunks of :data:`.gallery.CHUNK` on ``device`` (default: where the heads are),
-    so working memory beyond the (N, 512) result stays bounded; ``should_stop`` is checked between chunks
-    and raises :class:`RunCancelledError`. ``dtype`` bfloat16/float16 runs the MLPs in half precision (Fourier
-    phases stay float32); the default float32 gives the model's own numbers.
+    so working memory beyond the (N, 512) result stays bounded; ``progress`` hears each chunk and
+    ``should_stop`` is asked before each (:class:`.errors.Cancelled`: the caller writes nothing).
+    ``dtype`` bfloat16/float16 runs the MLPs in half precision (Fourier phases stay float32); the
+    default float32 gives the model's own numbers.
     """
     points = canonical_lat_lon(lat_lon)
     on = heads.logit_scale.device
@@ -101,12 +87,12 @@ def encode_points(
     total = points.shape[0]
     out = np.empty((total, FEATURE_DIM), dtype=np.float32)
     coordinates = torch.from_numpy(points.astype(np.float32))
+    stage = Stage(progress, ENCODING, total, "points")
     for start in range(0, total, CHUNK):
         stop_check(should_stop)
         chunk = coordinates[start : start + CHUNK]
         out[start : start + chunk.shape[0]] = encode_locations(heads, chunk, dtype=dtype).float().cpu().numpy()
-        if progress:
-            progress("Encoding locations", start + chunk.shape[0], total)
+        stage.update(start + chunk.shape[0])
     return out
 
 
@@ -125,7 +111,7 @@ class LocationModel:
     def encode(
         self,
         lat_lon,
-        progress: Progress | None = None,
+        progress: ProgressCallback | None = None,
         should_stop: ShouldStop | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> np.ndarray:

@@ -38,12 +38,10 @@ from .location_features import (
     LocationError,
     LocationModel,
     PrincipalComponents,
-    Progress,
-    ShouldStop,
     canonical_lat_lon,
     fit_pca,
-    stop_check,
 )
+from .progress import ProgressCallback, ShouldStop, Stage, stop_check
 from .version import __version__
 
 EMBEDDING_FIELD = "embedding"
@@ -279,7 +277,7 @@ def embed_table(
     model: LocationModel,
     table: PointTable,
     pca_components: int = 0,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     should_stop: ShouldStop | None = None,
 ) -> PointEmbeddings:
     """Location features (float32, unit length) for every point; with ``pca_components`` also the first
@@ -364,7 +362,7 @@ def refuse_foreign_outputs(gpkg=None, npz=None, parquet=None) -> None:
 def write_points_gpkg(
     result: PointEmbeddings,
     path: str | os.PathLike,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     should_stop: ShouldStop | None = None,
 ) -> Path:
     """A GeoPackage copy of the points (layer ``embeddings``, EPSG:4326, input order) with the source's
@@ -418,12 +416,12 @@ def _fill_points_gpkg(gpkg: GeoPackage, result: PointEmbeddings, added, taken, p
             raise LocationError(f"cannot create field {defn.GetName()!r} in a GeoPackage; rename it first") from None
     layer_defn = layer.GetLayerDefn()
     first_added = len(table.fields)
+    stage = Stage(progress, "Writing the GeoPackage", len(table), "points")
     with gpkg.transaction():
         for index in range(len(table)):
             if index % CHUNK == 0:
                 stop_check(should_stop)
-                if progress:
-                    progress("Writing the GeoPackage", index, len(table))
+                stage.update(index)
             feature = ogr.Feature(layer_defn)
             for column, value in enumerate(table.rows[index]):
                 if value is not None:
@@ -438,8 +436,7 @@ def _fill_points_gpkg(gpkg: GeoPackage, result: PointEmbeddings, added, taken, p
             point.AddPoint_2D(float(table.lon[index]), float(table.lat[index]))
             feature.SetGeometry(point)
             gpkg.add_feature(layer, feature)
-    if progress:
-        progress("Writing the GeoPackage", len(table), len(table))
+    stage.update(len(table))
 
 
 def write_npz(result: PointEmbeddings, path: str | os.PathLike) -> Path:
@@ -536,7 +533,7 @@ def embed_file(
     lat_column: str | None = None,
     lon_column: str | None = None,
     id_field: str | None = None,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     should_stop: ShouldStop | None = None,
 ) -> EmbedOutcome:
     """Embeddings for the points of a vector file or CSV (see :func:`read_points`), written to a
@@ -546,11 +543,9 @@ def embed_file(
     if parquet:
         _require_parquet()  # before any work, not after it
     refuse_foreign_outputs(gpkg, npz, parquet)  # before any work: another program's file is never replaced
-    if progress:
-        progress("Reading points", 0, 1)
+    reading = Stage(progress, "Reading points", 1)
     table = read_points(source, layer, lat_column, lon_column, id_field)
-    if progress:
-        progress("Reading points", 1, 1)
+    reading.update(1)
     result = embed_table(model, table, pca_components, progress, should_stop)
     written = []
     if gpkg:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ import numpy as np
 from .cache import private_folder
 from .errors import GeoCLIPError
 from .places import gazetteer
-from .progress import ProgressCallback, Stage
+from .progress import ProgressCallback, ShouldStop, Stage, stop_check
 from .weights import cache_dir
 
 COUNTRY = "country"
@@ -240,12 +240,12 @@ def zones_of(
     wkts: Sequence[str],
     names: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Zones:
     """Points (``(N, 2)`` lat, lon) inside each polygon (WKT, EPSG:4326, lon/lat axis order), by the rule
     of :mod:`.polygons` (OGR ``Contains``: points on an edge are outside; invalid polygons are repaired
     with a warning). ``progress`` hears one step per polygon; ``should_stop`` is asked before each
-    polygon and, when it says yes, :class:`~.location_features.RunCancelledError` is raised."""
+    polygon and, when it says yes, :class:`~.errors.Cancelled` is raised."""
     from .polygons import PointIndex, polygon_parts
 
     coordinates = _as_array(coordinates)
@@ -256,12 +256,8 @@ def zones_of(
     stage = Stage(progress, "Finding the gallery places inside the polygons", len(wkts), "polygons")
     members = []
     for number, (wkt, name) in enumerate(zip(wkts, names)):
-        if should_stop is not None and should_stop():
-            from .location_features import RunCancelledError
-
-            raise RunCancelledError(
-                f"cancelled while finding the gallery places inside the polygons ({number} of {len(wkts)} done)"
-            )
+        done = f"{number} of {len(wkts)} done"
+        stop_check(should_stop, f"cancelled while finding the gallery places inside the polygons ({done})")
         parts = polygon_parts(wkt, f"zone {name!r}")  # not a polygon, or not repairable: a named error
         members.append(np.flatnonzero(points.inside(parts, f"zone {name!r}")).astype(np.int64))
         stage.update(number + 1)

@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,9 +26,9 @@ from . import weights
 from .answer_writer import AnswerWriter, ResumableStore
 from .area import Area
 from .cache import warn_once
-from .errors import GeoCLIPError
+from .errors import Cancelled, GeoCLIPError
 from .geotiff import VALUES_COMBINED, RasterNames, facts_of, raster_metadata, write_geotiff
-from .progress import ProgressCallback, Stage, report_step
+from .progress import ProgressCallback, ShouldStop, Stage, report_step, stop_check
 from .results import SKIP_ANSWERED, AnswerKind, OutputFile, OutputKind, PhotoResult
 from .summary import RunSummary
 from .version import __version__
@@ -159,16 +160,16 @@ def execute(
     request: RunRequest,
     engine,
     progress: ProgressCallback | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: ShouldStop | None = None,
     on_result: Callable[[PhotoResult], None] | None = None,
 ) -> RunOutcome:
     """Answer the request into its output; raise :class:`GeoCLIPError` for what stops the whole run.
 
     Bad photos do not stop it: each is recorded with its reason and the rest go on. ``should_stop`` is
-    checked after every answer; the run then ends within the current batch and what was written stays.
+    asked while the model's caches are first built and after every answer; the run then ends within the
+    current batch and returns its outcome, ``cancelled``, with what was written kept for a resume.
     """
     request.check()
-    stop = should_stop or (lambda: False)
     summary = RunSummary()
     truths = _truths(request)
     photos, photo_count = _photo_items(request, truths)
@@ -182,15 +183,16 @@ def execute(
     writer = _open_writer(request, engine, run_at)
     try:
         skip = _resume(request, engine, writer, run_at)
-        if request.ray is not None:
-            engine.load_gallery(progress)  # the workers load the vision tower; the driver scores and writes
-        else:
-            engine.load(progress)
-        engine.check_top_k(request.top_k)
-        if request.rasters is not None:
-            engine.surface(request.rasters.world_cell, request.rasters.local_cell, progress)
-        summary.load_seconds = summary.seconds
-        _answer_all(request, engine, photos, total, skip, writer, truths, outcome, progress, stop, on_result)
+        answers = _RunAnswers(request, engine, writer, outcome, on_result)
+        try:
+            _load(request, engine, progress, should_stop)
+            summary.load_seconds = summary.seconds
+            answers.answer_all(photos, total, skip, truths, progress, should_stop)
+        except Cancelled:
+            # A stop on request is an outcome, not an error: every answer so far is written whole, and a
+            # run into the same output resumes after them.
+            summary.stopped = True
+        answers.conclude(progress)
     except BaseException:
         writer.abort()  # a GeoPackage keeps every whole batch; a half-written GeoJSON is removed
         raise
@@ -199,6 +201,17 @@ def execute(
     writer.close()
     outcome.files = writer.outputs() + outcome.files
     return outcome
+
+
+def _load(request: RunRequest, engine, progress: ProgressCallback | None, should_stop: ShouldStop | None) -> None:
+    """The model and its caches (their first build can be stopped), before the first answer."""
+    if request.ray is not None:
+        engine.load_gallery(progress, should_stop)  # the workers load the vision tower; the driver scores and writes
+    else:
+        engine.load(progress, should_stop)
+    engine.check_top_k(request.top_k)
+    if request.rasters is not None:
+        engine.surface(request.rasters.world_cell, request.rasters.local_cell, progress, should_stop)
 
 
 def _open_writer(request: RunRequest, engine, run_at: str) -> AnswerWriter:
@@ -278,47 +291,57 @@ def _shown(value) -> str:
     return repr(value) if value not in (None, "") else "whole world / none"
 
 
-def _answer_all(request, engine, photos, total, skip, writer, truths, outcome, progress, stop, on_result) -> None:
-    """Every answer to the writer as it comes, with its rasters; then the joint answer and the table."""
-    summary = outcome.summary
-    details = _AnswerDetails(request, engine, writer)
-    members: list[PhotoResult] = []  # answers that go into the joint answer
-    earlier: list[str] = []  # photos answered by an earlier run: still members of the joint answer
-    units = "photos" if not request.texts else "queries" if total == len(request.texts) else "answers"
-    stage = Stage(progress, "Answering " + units, total, unit=units)
-    for result in _answers(request, engine, photos, skip):
-        if truths is not None:  # the CSV's position, not EXIF GPS, is what error_km and the table measure from
-            result.truth = truths.get(result.photo)
-        answered = result.ok and not result.skipped
-        if answered:  # its details first: the candidates' commit then covers them too
-            result = details.named(result)
-            outcome.files += details.add(result)
-        writer.write(result)
-        summary.add(result)
-        if answered and request.fuse and result.kind is AnswerKind.PHOTO:
-            members.append(result)
-        elif result.skipped == SKIP_ANSWERED and request.fuse:
-            earlier.append(result.photo)
-        stage.advance()
-        if on_result:
-            on_result(result)
-        if stop():
-            summary.stopped = True
-            break
-    if request.fuse and not summary.stopped:
-        fused = _fuse(request, engine, members, earlier, summary, progress)
-        if fused is not None:
-            if earlier and isinstance(writer, ResumableStore):
-                writer.remove_answers(AnswerKind.FUSED)  # the earlier joint answer covered fewer photos
-            outcome.fused = fused = details.named(fused)
-            outcome.files += details.add(fused, own_world=True)
-            writer.write(fused)
-            if on_result:
-                on_result(fused)
-    outcome.files += details.finish()
-    accuracy = summary.accuracy()
-    if accuracy and isinstance(writer, ResumableStore):
-        writer.write_table("accuracy", {"run_at": outcome.run_at, "model": engine.model_name, **accuracy})
+class _RunAnswers:
+    """Every answer to the writer as it comes, with its rasters (:meth:`answer_all`, which a stop on
+    request ends between answers); then the joint answer, unless stopped, and the table (:meth:`conclude`)."""
+
+    def __init__(self, request: RunRequest, engine, writer, outcome: RunOutcome, on_result):
+        self.request, self.engine, self.writer, self.outcome = request, engine, writer, outcome
+        self.on_result = on_result
+        self.details = _AnswerDetails(request, engine, writer)
+        self.members: list[PhotoResult] = []  # answers that go into the joint answer
+        self.earlier: list[str] = []  # photos answered by an earlier run: still members of the joint answer
+
+    def answer_all(self, photos, total: int, skip, truths, progress, should_stop: ShouldStop | None) -> None:
+        request, summary = self.request, self.outcome.summary
+        units = "photos" if not request.texts else "queries" if total == len(request.texts) else "answers"
+        stage = Stage(progress, "Answering " + units, total, unit=units)
+        with closing(_answers(request, self.engine, photos, skip)) as results:  # a stop ends its batches now
+            for result in results:
+                if truths is not None:  # the CSV's position, not EXIF GPS, is what error_km and the table use
+                    result.truth = truths.get(result.photo)
+                answered = result.ok and not result.skipped
+                if answered:  # its details first: the candidates' commit then covers them too
+                    result = self.details.named(result)
+                    self.outcome.files += self.details.add(result)
+                self.writer.write(result)
+                summary.add(result)
+                if answered and request.fuse and result.kind is AnswerKind.PHOTO:
+                    self.members.append(result)
+                elif result.skipped == SKIP_ANSWERED and request.fuse:
+                    self.earlier.append(result.photo)
+                stage.advance()
+                if self.on_result:
+                    self.on_result(result)
+                stop_check(should_stop)
+
+    def conclude(self, progress) -> None:
+        request, engine, writer, outcome, details = self.request, self.engine, self.writer, self.outcome, self.details
+        summary = outcome.summary
+        if request.fuse and not summary.stopped:
+            fused = _fuse(request, engine, self.members, self.earlier, summary, progress)
+            if fused is not None:
+                if self.earlier and isinstance(writer, ResumableStore):
+                    writer.remove_answers(AnswerKind.FUSED)  # the earlier joint answer covered fewer photos
+                outcome.fused = fused = details.named(fused)
+                outcome.files += details.add(fused, own_world=True)
+                writer.write(fused)
+                if self.on_result:
+                    self.on_result(fused)
+        outcome.files += details.finish()
+        accuracy = summary.accuracy()
+        if accuracy and isinstance(writer, ResumableStore):
+            writer.write_table("accuracy", {"run_at": outcome.run_at, "model": engine.model_name, **accuracy})
 
 
 def _truths(request: RunRequest) -> dict[str, tuple[float, float]] | None:

@@ -340,9 +340,9 @@ def download_backbone(tqdm_class=None, *, progress=None, should_stop=None, proxi
     publishes for the revision, and the backbone takes its place in the models folder only then, so a
     half download is never found as a backbone.
 
-    ``progress(done_bytes, total_bytes)``: after each chunk, over all files; None draws a tqdm bar
-    (``tqdm_class``) on stderr. ``should_stop()``: polled after each chunk; True raises
-    :class:`~.hub_download.DownloadCancelledError`. ``proxies``: {"http": URL, "https": URL} for this download
+    ``progress``: :class:`~.progress.Progress` events counting bytes over all files; None draws a tqdm
+    bar (``tqdm_class``) on stderr. ``should_stop()``: polled after each chunk; True raises
+    :class:`~.errors.Cancelled`, the partial files kept. ``proxies``: {"http": URL, "https": URL} for this download
     only, ``{}`` for none; None leaves it to ``HTTPS_PROXY``/``HTTP_PROXY`` and the system's settings.
     Failures are :class:`~.hub_download.DownloadError` subclasses with a plain message.
     """
@@ -357,8 +357,8 @@ def download_backbone(tqdm_class=None, *, progress=None, should_stop=None, proxi
 
         bar = (tqdm_class or tqdm)(total=sum(f.size for f in files), unit="B", unit_scale=True, desc=BACKBONE_FOLDER)
 
-        def progress(done, total):
-            bar.update(done - bar.n)
+        def progress(event):
+            bar.update(event.done - bar.n)
 
     try:
         hub.download_files(
@@ -368,6 +368,7 @@ def download_backbone(tqdm_class=None, *, progress=None, should_stop=None, proxi
             proxies=proxies,
             progress=progress,
             should_stop=should_stop,
+            stage="Downloading the CLIP backbone",
         )
     finally:
         if bar is not None:

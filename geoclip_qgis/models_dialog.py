@@ -146,16 +146,15 @@ class DownloadTask(QgsTask):
     ``proxies``: the engine's mapping (see :meth:`proxies_from_settings`), read on the main thread."""
 
     TITLE = "GeoCLIP: downloading the CLIP backbone"
-    status_text = pyqtSignal(str)  # not `status`: QgsTask.status() is the task's state
+    status_line = pyqtSignal(object)  # a backend Progress; not `status`: QgsTask.status() is the task's state
 
     def __init__(self, proxies: dict | None = None):
         super().__init__(self.TITLE, QgsTask.Flag.CanCancel)
         self.error = ""
         self.cancelled = False
         self.proxies = proxies
-        self._shown = (-1, 0.0)
         # Queued to the main thread, where the task object lives: descriptions are not set from workers.
-        self.status_text.connect(self._show_status)
+        self.status_line.connect(self._show_status)
 
     @staticmethod
     def proxies_from_settings(url: str = "") -> dict | None:
@@ -194,30 +193,24 @@ class DownloadTask(QgsTask):
 
     def run(self) -> bool:
         from .backend import weights
-        from .backend.hub_download import DownloadCancelledError
+        from .backend.errors import Cancelled
 
         try:
             weights.download_backbone(progress=self._progress, should_stop=self.isCanceled, proxies=self.proxies)
             return True
-        except DownloadCancelledError as exc:
+        except Cancelled as exc:
             self.cancelled, self.error = True, str(exc)
         except Exception as exc:
             self.error = str(exc)
         return False
 
-    def _progress(self, done: int, total: int) -> None:
-        import time
+    def _progress(self, event) -> None:
+        from .tasks import show_progress
 
-        percent = 100.0 * done / total if total else 100.0
-        now = time.monotonic()
-        if done < total and int(percent * 10) == self._shown[0] and now - self._shown[1] < 0.5:
-            return  # a 1.7 GB download reports thousands of chunks
-        self._shown = (int(percent * 10), now)
-        self.setProgress(percent)
-        self.status_text.emit(f"{done / 1e6:,.1f} MB of {total / 1e6:,.1f} MB")
+        show_progress(self, event, self.status_line)
 
-    def _show_status(self, text: str) -> None:
-        self.setDescription(f"{self.TITLE}: {text}")
+    def _show_status(self, event) -> None:
+        self.setDescription(f"{self.TITLE}: {event.counted()}")  # "1.2 MB of 1,710.7 MB"
 
 
 class ModelsDialog(QDialog):

@@ -50,6 +50,7 @@ from .backend.results import AnswerKind, answer_name
 from .inputs import WGS84
 from .layers import ANSWER_PROPERTY, OUTPUT_PROPERTY, show_confidence_areas_of
 from .plain_text import as_html, tooltip
+from .tasks import show_progress
 
 THUMBNAIL = 72  # px, list icons
 PHOTO_HEIGHT = 220  # px, the selected photo
@@ -70,7 +71,7 @@ def _pixmap(path: str, side: int) -> QPixmap | None:
 class LikelyTask(QgsTask):
     """ "How likely here?" in the background: the answer's rasters are made again from its query vector."""
 
-    stage = pyqtSignal(str)  # the first use's stages (encoding the gallery and the world grid), as text
+    stage = pyqtSignal(object)  # a backend Progress: the first use's stages (the gallery, the world grid)
 
     def __init__(self, settings, result, lat: float, lon: float, area=None):
         super().__init__("GeoCLIP: how likely here?", QgsTask.Flag.CanCancel)
@@ -79,19 +80,20 @@ class LikelyTask(QgsTask):
         self.error = ""
 
     def _progress(self, event) -> None:
-        if event.fraction is not None:
-            self.setProgress(100 * event.fraction)
-        self.stage.emit(event.text())
+        show_progress(self, event, self.stage)
 
     def run(self) -> bool:
+        from .backend.errors import Cancelled
         from .backend.likelihood import for_answer
         from .session import get_engine
 
         try:
             spot = [("here", self.lat, self.lon)]
             engine = get_engine(self.settings)
-            self.found = for_answer(engine, self.result, spot, self.area, progress=self._progress)[0]
+            self.found = for_answer(engine, self.result, spot, self.area, self._progress, self.isCanceled)[0]
             return True
+        except Cancelled:  # said as "cancelled" by the panel
+            return False
         except Exception as exc:  # shown in the panel, never raised into QGIS
             self.error = f"{type(exc).__name__}: {exc}"
             return False
@@ -509,7 +511,7 @@ class ResultsPanel(QgsDockWidget):
         area = run_area(read_provenance(self.gpkg))
         self.task = LikelyTask(load_settings(), stored.result, lat, lon, area)
         self.task.stage.connect(
-            lambda text: self._say_likely(f"Working out how likely {lat:.4f}, {lon:.4f} is… {text}")
+            lambda event: self._say_likely(f"Working out how likely {lat:.4f}, {lon:.4f} is… {event.text()}")
         )
         self.task.taskCompleted.connect(self._likely_finished)
         self.task.taskTerminated.connect(self._likely_finished)

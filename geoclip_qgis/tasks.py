@@ -1,8 +1,10 @@
 """The dock's background run: the engine's one run pipeline (:func:`.backend.run.execute`) in a
-QgsTask, with progress per stage and cancel.
+QgsTask, with progress per stage and cancel; and :func:`show_progress`, how every GeoCLIP task shows
+the engine's progress.
 
 ``run()`` happens in a worker thread; ``finished()`` on the main thread hands the outcome to the dock,
-which makes the layers (see :mod:`.layers`).
+which makes the layers (see :mod:`.layers`). Every task hands the engine ``self.isCanceled`` as its
+``should_stop``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ def task_name(request: RunRequest, photos: int | None = None) -> str:
     return "GeoCLIP: " + (" and ".join(parts) or "nothing to answer")
 
 
+def show_progress(task: QgsTask, event, status) -> None:
+    """A :class:`.backend.progress.Progress` event as the task's share in QGIS's task manager, and sent
+    on ``status`` (a signal of the task's, queued to the main thread, where widgets and descriptions are
+    set) for its status line. Called in the worker thread."""
+    if event.fraction is not None:
+        task.setProgress(100.0 * event.fraction)
+    status.emit(event)
+
+
 def cancelled_text(result: TaskResult) -> str:
     """'Cancelled — 4 of 40 kept'; 'Cancelled before any answer' when the run had not begun."""
     if result.outcome is None:
@@ -69,9 +80,7 @@ class GeolocateTask(QgsTask):
             self.setDescription(task_name(self.request, event.total - len(self.request.texts)))
 
     def _progress(self, event) -> None:
-        if event.fraction is not None:
-            self.setProgress(100.0 * event.fraction)
-        self.progress.emit(event)
+        show_progress(self, event, self.progress)
 
     def run(self) -> bool:  # worker thread
         from .backend.errors import GeoCLIPError, WeightsError

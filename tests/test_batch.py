@@ -90,6 +90,31 @@ def test_killed_run_resumes_and_answers_every_photo_once(engine, tiny_clip, skim
     assert ranks == len(photos)
 
 
+def test_a_run_stopped_on_request_is_a_resumable_outcome(engine, photo_dir, tmp_path):
+    """should_stop ends the run after the answer it is asked after: the outcome says cancelled, the joint
+    answer waits, every written photo is whole, and the next run into the file answers only the rest."""
+    from geoclip_qgis.backend.results import SKIP_ANSWERED
+    from geoclip_qgis.backend.run import RunRequest, execute
+
+    gpkg = tmp_path / "stopped.gpkg"
+    request = RunRequest(photos=[str(photo_dir)], top_k=2, output=str(gpkg), fuse=True)
+    seen = []
+    stopped = execute(request, engine, should_stop=lambda: len(seen) >= 2, on_result=seen.append)
+    assert stopped.cancelled and stopped.summary.stopped and stopped.summary.answered == 2
+    assert stopped.fused is None and "(stopped early)" in stopped.summary.first_line()
+    with sqlite3.connect(gpkg) as db:
+        per_photo = dict(db.execute("SELECT photo, COUNT(*) FROM predictions GROUP BY photo").fetchall())
+    assert sorted(per_photo) == sorted(r.photo for r in seen) and set(per_photo.values()) == {2}
+
+    resumed = execute(request, engine)
+    assert not resumed.cancelled and resumed.summary.answered == 2
+    assert resumed.summary.skipped == {SKIP_ANSWERED: 2}
+    assert resumed.fused is not None and resumed.fused.photo == "fused: 4 photos"
+    with sqlite3.connect(gpkg) as db:
+        photos = db.execute("SELECT DISTINCT photo FROM predictions").fetchall()
+    assert len(photos) == 5 and (resumed.fused.photo,) in photos  # each photo once, and the joint answer
+
+
 def test_bad_photos_and_malformed_exif_in_a_folder(engine, tiny_clip, skimage_data, samples, tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()

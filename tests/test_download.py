@@ -19,12 +19,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from geoclip_qgis.backend import hub_download, weights
-from geoclip_qgis.backend.hub_download import (
-    DiskFullError,
-    DownloadCancelledError,
-    NoNetworkError,
-    ProxyError,
-)
+from geoclip_qgis.backend.errors import Cancelled, GeoCLIPError
+from geoclip_qgis.backend.hub_download import DiskFullError, NoNetworkError, ProxyError
+from geoclip_qgis.backend.progress import BYTES, Progress
 
 REPO, REVISION = weights.BACKBONE_REPO, weights.BACKBONE_REVISION
 PROXY_VARS = [f"{name}_proxy" for name in ("http", "https", "all", "no")]
@@ -153,6 +150,12 @@ def staging():
     return weights.models_dir() / f".{weights.BACKBONE_FOLDER}.partial"
 
 
+@pytest.fixture
+def every_chunk(monkeypatch):
+    """Progress after every chunk, not a few times a second: what a test that stops at a byte count needs."""
+    monkeypatch.setattr(hub_download, "PROGRESS_INTERVAL", 0.0)
+
+
 def assert_installed(hub: FakeHub) -> None:
     target = weights.models_dir() / weights.BACKBONE_FOLDER
     assert weights.find_backbone().path == target
@@ -160,26 +163,28 @@ def assert_installed(hub: FakeHub) -> None:
     assert not staging().exists()
 
 
-def test_progress_rises_to_the_total_and_the_backbone_lands_in_the_models_folder(hub):
-    seen = []
-    path = weights.download_backbone(progress=lambda done, total: seen.append((done, total)))
+def test_progress_rises_to_the_total_and_the_backbone_lands_in_the_models_folder(hub, every_chunk):
+    seen: list[Progress] = []
+    path = weights.download_backbone(progress=seen.append)
     total = sum(map(len, hub.files.values()))
     assert path == weights.models_dir() / weights.BACKBONE_FOLDER
-    assert {t for _, t in seen} == {total}
-    dones = [d for d, _ in seen]
+    assert {(p.stage, p.total, p.unit) for p in seen} == {("Downloading the CLIP backbone", total, BYTES)}
+    dones = [p.done for p in seen]
     assert dones[0] == 0 and dones[-1] == total and dones == sorted(dones) and len(dones) > 10
+    assert seen[-1].counted() == "4.2 MB of 4.2 MB" and seen[-1].fraction == 1.0
     assert hub.sent() == total
     assert all(REVISION in r["path"] or r["path"].startswith("/cdn/") for r in hub.requests)  # the pinned commit
     assert_installed(hub)
 
 
-def test_cancel_stops_promptly_and_a_second_call_resumes_with_range(hub):
+def test_cancel_stops_promptly_and_a_second_call_resumes_with_range(hub, every_chunk):
     total = sum(map(len, hub.files.values()))
     seen = []
-    with pytest.raises(DownloadCancelledError, match="download again to continue"):
+    with pytest.raises(Cancelled, match="download again to continue") as stopped:
         weights.download_backbone(
-            progress=lambda done, _: seen.append(done), should_stop=lambda: seen[-1] >= total // 2
+            progress=lambda event: seen.append(event.done), should_stop=lambda: seen[-1] >= total // 2
         )
+    assert isinstance(stopped.value, GeoCLIPError)  # the command line names it
     assert total // 2 <= seen[-1] < total // 2 + hub_download.CHUNK  # stopped within one chunk
     assert weights.find_backbone().path is None  # nothing presented as a backbone
     assert not (weights.models_dir() / weights.BACKBONE_FOLDER).exists()
@@ -191,22 +196,33 @@ def test_cancel_stops_promptly_and_a_second_call_resumes_with_range(hub):
     first, mark = hub.sent(), len(hub.requests)
     resume_at = partial.stat().st_size
     again = []
-    weights.download_backbone(progress=lambda done, _: again.append(done))
+    weights.download_backbone(progress=lambda event: again.append(event.done))
     assert again[0] == kept and again[-1] == total and again == sorted(again)
     assert hub.sent(mark) == total - kept < first  # only the missing bytes travelled
     assert [r["range"] for r in hub.requests if r["range"]] == [f"bytes={resume_at}-"] * 2  # resolve, then CDN
     assert_installed(hub)
 
 
-def test_a_server_that_ignores_range_gets_the_file_from_the_start(hub):
+def test_a_resumed_download_estimates_the_time_left_from_this_calls_bytes(monkeypatch):
+    from geoclip_qgis.backend import progress
+
+    clock = iter([0.0, 0.0, 2.0])  # started, the first report, the next one
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    seen = []
+    stage = progress.Stage(seen.append, "Downloading", 100, BYTES, interval=0.0, done=50)
+    stage.update(60)  # 10 bytes in 2 s, 40 to go
+    assert [p.done for p in seen] == [50, 60] and seen[-1].eta_s == pytest.approx(8.0)
+
+
+def test_a_server_that_ignores_range_gets_the_file_from_the_start(hub, every_chunk):
     seen = [0.0]
-    with pytest.raises(DownloadCancelledError):  # half way
+    with pytest.raises(Cancelled):  # half way
         weights.download_backbone(
-            progress=lambda done, total: seen.append(done / total), should_stop=lambda: seen[-1] > 0.5
+            progress=lambda event: seen.append(event.fraction), should_stop=lambda: seen[-1] > 0.5
         )
     assert (staging() / "model.safetensors.incomplete").stat().st_size > 0
     hub.honour_range, mark = False, len(hub.requests)
-    weights.download_backbone(progress=lambda done, total: None)
+    weights.download_backbone(progress=lambda event: None)
     assert hub.sent(mark) == len(hub.files["model.safetensors"])  # whole, written from the start
     assert_installed(hub)
 
@@ -215,7 +231,7 @@ def test_proxies_carry_every_request_with_their_credentials(hub, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://hub.invalid")  # reachable only through the proxy
     hub.proxy_auth = "Basic " + base64.b64encode(b"ann:p@ss:word").decode()
     address = f"http://ann:{'p%40ss%3Aword'}@127.0.0.1:{hub.server_address[1]}"
-    weights.download_backbone(progress=lambda done, total: None, proxies={"http": address, "https": address})
+    weights.download_backbone(progress=lambda event: None, proxies={"http": address, "https": address})
     assert hub.requests and all(r["via_proxy"] for r in hub.requests)
     assert {r["path"].split("/")[1] for r in hub.requests} == {"api", "openai", "cdn"}
     assert_installed(hub)
@@ -223,7 +239,7 @@ def test_proxies_carry_every_request_with_their_credentials(hub, monkeypatch):
 
 def test_no_proxy_mapping_goes_direct_despite_the_environment(hub, monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
-    weights.download_backbone(progress=lambda done, total: None, proxies={})
+    weights.download_backbone(progress=lambda event: None, proxies={})
     assert_installed(hub)
 
 
@@ -254,7 +270,7 @@ def test_failures_are_named_and_plain(hub, monkeypatch, case, error, words):
     else:
         monkeypatch.setattr(hub_download.shutil, "disk_usage", lambda path: type("U", (), {"free": 1000})())
     with pytest.raises(error, match=words) as caught:
-        weights.download_backbone(progress=lambda done, total: None, proxies=proxies)
+        weights.download_backbone(progress=lambda event: None, proxies=proxies)
     assert isinstance(caught.value, weights.WeightsError)  # the CLI's exit 2
     assert "Traceback" not in str(caught.value) and "secret" not in str(caught.value)
     assert hub.sent() == 0 and weights.find_backbone().path is None
@@ -281,12 +297,12 @@ def test_a_disk_that_fills_up_midway_is_named_and_the_partial_file_resumes(hub, 
 
     monkeypatch.setattr(hub_download, "open", FillingDisk, raising=False)
     with pytest.raises(DiskFullError, match="the disk is full .*download again to resume"):
-        weights.download_backbone(progress=lambda done, total: None)
+        weights.download_backbone(progress=lambda event: None)
     kept = (staging() / "model.safetensors.incomplete").stat().st_size
     assert kept >= 1 << 20 and weights.find_backbone().path is None
     monkeypatch.delattr(hub_download, "open")
     mark = len(hub.requests)
-    weights.download_backbone(progress=lambda done, total: None)
+    weights.download_backbone(progress=lambda event: None)
     assert hub.sent(mark) == len(hub.files["model.safetensors"]) - kept
     assert_installed(hub)
 
@@ -294,10 +310,10 @@ def test_a_disk_that_fills_up_midway_is_named_and_the_partial_file_resumes(hub, 
 def test_a_file_that_does_not_match_its_checksum_is_deleted_and_not_installed(hub):
     hub.files["model.safetensors"] = b"x" * len(hub.files["model.safetensors"])
     with pytest.raises(weights.WeightsError, match="model.safetensors does not match the Hub's sha256"):
-        weights.download_backbone(progress=lambda done, total: None)
+        weights.download_backbone(progress=lambda event: None)
     assert not (staging() / "model.safetensors").exists() and weights.find_backbone().path is None
     hub.files = dict(hub.published)
-    weights.download_backbone(progress=lambda done, total: None)  # the other files are kept: only it travels
+    weights.download_backbone(progress=lambda event: None)  # the other files are kept: only it travels
     assert hub.sent() == 2 * len(hub.files["model.safetensors"]) + sum(
         len(v) for k, v in hub.files.items() if k != "model.safetensors"
     )

@@ -14,8 +14,10 @@ import torch
 
 from geoclip_qgis.backend import embedding_maps, location_features, point_embeddings
 from geoclip_qgis.backend import gallery as gallery_module
+from geoclip_qgis.backend.errors import Cancelled
 from geoclip_qgis.backend.geo import haversine_km
 from geoclip_qgis.backend.heads import HeadsFiles, load_heads
+from geoclip_qgis.backend.progress import Progress
 from geoclip_qgis.backend.weights import gallery_csv
 
 gdal = pytest.importorskip("osgeo.gdal")
@@ -81,20 +83,53 @@ def test_encode_points_in_chunks_equals_the_model_in_one_go(model, monkeypatch):
     count = 256 + 100
     points = np.stack([rng.uniform(-89, 89, count), rng.uniform(-179, 179, count)], axis=1)
     calls = []
-    vectors = location_features.encode_points(model.heads, points, "cpu", lambda *a: calls.append(a))
+    vectors = location_features.encode_points(model.heads, points, "cpu", calls.append)
     with torch.inference_mode():
         direct = model.heads.location_features(torch.from_numpy(points.astype(np.float32))).numpy()
     assert vectors.dtype == np.float32 and vectors.shape == (len(points), 512)
     np.testing.assert_allclose(vectors, direct, atol=2e-5)
     np.testing.assert_allclose(unit_rows(vectors), 1.0, atol=1e-5)
-    assert calls[-1] == ("Encoding locations", len(points), len(points)) and len(calls) == 2
+    assert {(p.stage, p.total, p.unit) for p in calls} == {("Encoding locations", len(points), "points")}
+    assert calls[0].done == 0 and calls[-1].done == len(points)
 
-    with pytest.raises(location_features.RunCancelledError):
+    with pytest.raises(Cancelled):
         location_features.encode_points(model.heads, points, "cpu", should_stop=lambda: True)
     with pytest.raises(location_features.LocationError, match="latitude"):
         location_features.encode_points(model.heads, [[91.0, 0.0]])
     with pytest.raises(location_features.LocationError, match="not a number"):
         location_features.encode_points(model.heads, [[np.nan, 0.0]])
+
+
+def test_gallery_encoding_reports_its_stage_and_stops_between_chunks(model, monkeypatch, tmp_path):
+    monkeypatch.setattr(gallery_module, "CHUNK", 100)
+    monkeypatch.setenv("GEOCLIP_CACHE_DIR", str(tmp_path))
+    coordinates = np.stack([np.linspace(-60, 60, 250), np.linspace(-170, 170, 250)], axis=1).astype(np.float32)
+    stage = gallery_module.GALLERY_ENCODING
+    seen = []
+    features = gallery_module.encode_locations(model.heads, torch.from_numpy(coordinates), seen.append, stage=stage)
+    assert features.shape == (250, 512)
+    assert seen[0] == Progress(stage, 0, 250, None, "places") and (seen[-1].done, seen[-1].fraction) == (250, 1.0)
+    assert all(p.stage == stage and p.total == 250 for p in seen)
+
+    asked = []
+
+    def stop_before_the_second_chunk() -> bool:
+        asked.append(1)
+        return len(asked) > 1
+
+    seen.clear()
+    with pytest.raises(Cancelled):  # a first use stopped on request: nothing is kept as the cache
+        gallery_module.cached_location_features(
+            model.heads,
+            "stopped",
+            lambda: coordinates,
+            model.device,
+            seen.append,
+            should_stop=stop_before_the_second_chunk,
+        )
+    assert len(asked) == 2 and seen[0].done == 0 and max(p.done for p in seen) <= 100
+    assert ("stopped", str(model.device)) not in gallery_module._memory
+    assert not (tmp_path / "features" / "stopped.safetensors").exists()
 
 
 # ----------------------------------------------------------------------------------- point files
@@ -248,10 +283,10 @@ def test_embedding_map_streams_tiles_to_the_same_raster(model, tmp_path):
         SMALL,
         0.25,
         tile_rows=3,
-        progress=lambda stage, done, total: tiles.append((stage, done, total)),
+        progress=lambda event: tiles.append((event.stage, event.done, event.total)),
     )
     assert one.tiles == 1 and many.tiles == 4
-    assert [t for t in tiles if t[0] == "Embedding map"] == [("Embedding map", i, 4) for i in range(1, 5)]
+    assert [t for t in tiles if t[0] == "Embedding map"] == [("Embedding map", i, 4) for i in range(5)]
     assert np.array_equal(gdal.Open(str(one.path)).ReadAsArray(), gdal.Open(str(many.path)).ReadAsArray())
 
 
@@ -292,16 +327,16 @@ def test_cancelled_map_leaves_no_finished_looking_file(model, tmp_path):
     seen = []
 
     def stop_after_first_tile():
-        return any(stage == "Embedding map" for stage, _, _ in seen)
+        return ("Embedding map", 1, 5) in seen
 
-    with pytest.raises(location_features.RunCancelledError):
+    with pytest.raises(Cancelled):
         embedding_maps.embedding_map(
             model,
             tmp_path / "map.tif",
             SMALL,
             0.25,
             tile_rows=2,
-            progress=lambda *a: seen.append(a),
+            progress=lambda event: seen.append((event.stage, event.done, event.total)),
             should_stop=stop_after_first_tile,
         )
     assert ("Embedding map", 1, 5) in seen and ("Embedding map", 2, 5) not in seen

@@ -173,7 +173,7 @@ def test_area_contains_uses_the_same_rule():
 
 
 def test_zones_of_reports_progress_per_polygon_and_stops_when_asked():
-    from geoclip_qgis.backend.location_features import RunCancelledError
+    from geoclip_qgis.backend.errors import Cancelled
 
     rng = np.random.default_rng(2)
     lat_lon = np.stack([rng.uniform(-30, 30, 5000), rng.uniform(-30, 30, 5000)], axis=1)
@@ -198,7 +198,7 @@ def test_zones_of_reports_progress_per_polygon_and_stops_when_asked():
         asked.append(1)
         return len(asked) > 1
 
-    with pytest.raises(RunCancelledError, match="1 of 3"):
+    with pytest.raises(Cancelled, match="1 of 3"):
         regions.zones_of(lat_lon, wkts, progress=seen.append, should_stop=cancel_after_the_first)
     assert len(asked) == 2 and max(p.done for p in seen) <= 1  # no other polygon was started
 

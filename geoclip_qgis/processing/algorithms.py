@@ -57,8 +57,9 @@ class _PlaceLayer(QgsProcessingLayerPostProcessorInterface):
         self.placement.place(layer, self.file)
 
 
-class _FeedbackProgress:
-    """The engine's progress events as Processing feedback: the bar per stage, one log line per stage."""
+class FeedbackProgress:
+    """The engine's progress events as Processing feedback: the bar per stage, one log line per stage.
+    Every GeoCLIP algorithm reports through it."""
 
     def __init__(self, feedback):
         self.feedback, self.stage = feedback, None
@@ -219,7 +220,7 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
             if result.error:
                 feedback.reportError(f"not answered: {result.photo}: {result.error}", False)
 
-        progress = _FeedbackProgress(feedback)
+        progress = FeedbackProgress(feedback)
         return self._with_engine(
             parameters,
             context,
@@ -518,7 +519,7 @@ class FinetuneHeads(_GeoCLIPAlgorithm):
                 output,
                 settings,
                 images,
-                _FeedbackProgress(feedback),
+                FeedbackProgress(feedback),
                 should_stop=feedback.isCanceled,
                 on_collected=lambda collected: feedback.pushInfo(collected.line()),
             ),

@@ -234,7 +234,7 @@ class ProbabilityByRegion(_JudgingAlgorithm):
 
         judged = []
         zonal = zonal_for_answers(_engine(), answers, wkts, names, area, polygons_done, feedback.isCanceled)
-        for number, found in enumerate(zonal, 1):  # a Cancel among the regions: RunCancelledError, a GeoCLIPError
+        for number, found in enumerate(zonal, 1):  # a Cancel among the regions: Cancelled, a GeoCLIPError
             judged.append(found)
             for row in found.rows:
                 entry = QgsFeature(table_fields)

@@ -49,6 +49,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
+from .algorithms import FeedbackProgress
+
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 BAND_CHOICES = (
     ("rgb", "RGB: first 3 principal components (Byte)"),
@@ -231,27 +233,13 @@ class _LocationAlgorithm(QgsProcessingAlgorithm):
     def createInstance(self):  # noqa: N802 - QGIS API
         return type(self)()
 
-    @staticmethod
-    def _progress(feedback):
-        """The engine's (stage, done, total) as Processing progress; the stage shown when it changes."""
-        shown = {"stage": None}
-
-        def report(stage: str, done: int, total: int) -> None:
-            if stage != shown["stage"]:
-                shown["stage"] = stage
-                feedback.setProgressText(stage)
-            feedback.setProgress(100.0 * done / total if total else 0.0)
-
-        return report
-
     def _call(self, feedback, work):
         """Run engine work; its errors become Processing errors, a cancel says nothing was written."""
-        from ..backend.errors import GeoCLIPError
-        from ..backend.location_features import RunCancelledError
+        from ..backend.errors import Cancelled, GeoCLIPError
 
         try:
             return work(location_model(feedback.setProgressText))
-        except RunCancelledError:
+        except Cancelled:
             raise QgsProcessingException("cancelled; no output was written") from None
         except GeoCLIPError as exc:
             raise QgsProcessingException(str(exc)) from None
@@ -364,7 +352,7 @@ class LocationEmbeddings(_LocationAlgorithm):
             table = points_from_arrays(
                 ids, lats, lons, [(f.name(), k) for f, k in zip(fields, kinds)], rows, source=source.sourceName()
             )
-            progress = self._progress(feedback)
+            progress = FeedbackProgress(feedback)
             result = embed_table(
                 model, table, self.parameterAsInt(parameters, "PCA", context), progress, feedback.isCanceled
             )
@@ -449,7 +437,7 @@ class EmbeddingMap(_LocationAlgorithm):
                 self.parameterAsDouble(parameters, "CELL", context),
                 bands,
                 self.parameterAsInt(parameters, "COMPONENTS", context),
-                progress=self._progress(feedback),
+                progress=FeedbackProgress(feedback),
                 should_stop=feedback.isCanceled,
             )
 
@@ -541,7 +529,7 @@ class SimilarPlaces(_LocationAlgorithm):
                 self.parameterAsInt(parameters, "TOP", context),
                 self.parameterAsDouble(parameters, "EXCLUDE_KM", context),
                 self.parameterAsDouble(parameters, "SPREAD_KM", context),
-                progress=self._progress(feedback),
+                progress=FeedbackProgress(feedback),
                 should_stop=feedback.isCanceled,
             )
 
