@@ -14,8 +14,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := python3-venv python3-pip python3-qgis qgis qgis-providers python3-gdal gdal-bin \
                 libimage-exiftool-perl xvfb x11-apps imagemagick poppler-utils
 TORCH_VERSION ?= 2.13.0
-# The release pinned in one place, the plugin installer's (geoclip_qgis/deps.py).
-GEOCLIP_RELEASE := $(shell sed -n 's/^HEADS_RELEASE = "\(.*\)"/\1/p' geoclip_qgis/deps.py)
+# The release pinned in one place, the plugin installer's (geoclip_qgis/core/deps.py).
+GEOCLIP_RELEASE := $(shell sed -n 's/^HEADS_RELEASE = "\(.*\)"/\1/p' geoclip_qgis/core/deps.py)
 CPU_INDEX := https://download.pytorch.org/whl/cpu
 
 .PHONY: setup test test-fast test-qgis-versions lint run bench package wheelhouse clean
@@ -79,7 +79,7 @@ package: setup
 # Every wheel the plugin's offline install needs, for machines without internet (same Python version and
 # platform as the target QGIS). In QGIS: Install dependencies... > from a folder of wheels.
 wheelhouse: setup
-	PYTHONPATH=$(CURDIR) $(PY) -m geoclip_qgis.installer wheelhouse wheelhouse --python /usr/bin/python3 \
+	PYTHONPATH=$(CURDIR) $(PY) -m geoclip_qgis.install.installer wheelhouse wheelhouse --python /usr/bin/python3 \
 	  --torch "torch==$(TORCH_VERSION)"
 
 clean:

@@ -20,11 +20,11 @@ __all__ = ["Engine", "build_engine", "PhotoResult", "Candidate", "GeoCLIPError",
 
 def __getattr__(name):  # torch loads only when the engine is actually used
     if name == "Engine":
-        from .engine import Engine
+        from .model.engine import Engine
 
         return Engine
     if name == "build_engine":
-        from .factory import build_engine
+        from .model.factory import build_engine
 
         return build_engine
     if name in ("PhotoResult", "Candidate"):

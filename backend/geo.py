@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 EARTH_RADIUS_KM = 6371.0088  # IUGG mean radius
 # The paper's accuracy thresholds: evaluate, fine-tuning, the dock's table and Processing all read these.
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
+
+
+def cell_areas_km2(north: float, cell: float, rows: int):
+    """(rows,) area in km² of one cell in each row of a north-up grid of ``cell`` degrees."""
+    import numpy as np
+
+    top = np.radians(north - np.arange(rows) * cell)
+    bottom = np.radians(north - (np.arange(rows) + 1) * cell)
+    return EARTH_RADIUS_KM**2 * math.radians(cell) * (np.sin(top) - np.sin(bottom))
 
 
 def wgs84():

@@ -18,7 +18,7 @@ from .geo import haversine_km
 if TYPE_CHECKING:  # the plugin imports this schema in a QGIS that may have neither NumPy nor Pillow yet
     import numpy as np
 
-    from .exif import PhotoMetadata
+    from .photos.exif import PhotoMetadata
 
 # The columns of every output, in order. CSV writes all of them; point layers drop ``error``
 # (failed photos go to an errors table instead).
@@ -274,7 +274,7 @@ def result_to_dict(result: PhotoResult) -> dict:
 def result_from_dict(data: dict) -> PhotoResult:
     import numpy as np
 
-    from .exif import PhotoMetadata
+    from .photos.exif import PhotoMetadata
 
     return PhotoResult(
         photo=data["photo"],

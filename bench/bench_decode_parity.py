@@ -80,8 +80,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from geoclip_qgis.backend import photos  # noqa: E402
-from geoclip_qgis.backend.backbone import OPENAI_CLIP_STD  # noqa: E402
+from geoclip_qgis.backend.model.backbone import OPENAI_CLIP_STD  # noqa: E402
+from geoclip_qgis.backend.photos import loader as photos  # noqa: E402
 
 DEBIAN_PACKAGES = (
     "plasma-workspace-wallpapers",

@@ -155,7 +155,7 @@ def main() -> None:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
 
-    from geoclip_qgis.backend.location_features import load_location_model
+    from geoclip_qgis.backend.location.location_features import load_location_model
 
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     started = time.perf_counter()
@@ -165,7 +165,7 @@ def main() -> None:
     if args.where == "land":
         lat_lon, labels = sample_land(grids, args.points, rng)
     else:
-        from geoclip_qgis.backend.gallery import read_gallery_csv
+        from geoclip_qgis.backend.model.gallery import read_gallery_csv
 
         lat_lon, labels = sample_photos(grids, read_gallery_csv(model.files.gallery_csv), args.points, rng)
     print(f"{len(lat_lon)} points ({args.where}) labelled in {time.perf_counter() - started:.0f} s", file=sys.stderr)

@@ -27,7 +27,7 @@ from clip_factory import make_clip_checkpoint  # noqa: E402
 
 RUN = """
 import resource, sys
-from geoclip_qgis.backend.cli import main
+from geoclip_qgis.backend.cli.main import main
 code = main(sys.argv[1:])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)
 sys.exit(code)

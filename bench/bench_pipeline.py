@@ -88,8 +88,8 @@ def spread(values: list[float]) -> dict:
 
 def stage_breakdown(preprocess, photos: list[Path]) -> dict:
     """Milliseconds per photo of each step, one thread."""
-    from geoclip_qgis.backend.embedding_cache import photo_sha256
-    from geoclip_qgis.backend.photos import open_photo, probe_photo
+    from geoclip_qgis.backend.photos.loader import open_photo, probe_photo
+    from geoclip_qgis.backend.store.embedding_cache import photo_sha256
 
     steps = {"header and EXIF check": probe_photo, "sha256 of the file": photo_sha256}
     times = {}
@@ -152,7 +152,7 @@ def prepare_rate(preparer, photos: list[Path], pool=None, workers: int = 1) -> f
         start = time.perf_counter()
         outcomes = list(pool.map(preparer, photos, labels))
     elapsed = time.perf_counter() - start
-    from geoclip_qgis.backend.decoding import Prepared
+    from geoclip_qgis.backend.photos.decoding import Prepared
 
     assert all(isinstance(o, Prepared) and o.pixels is not None for o in outcomes), outcomes[:3]
     return len(photos) / elapsed
@@ -205,8 +205,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    from geoclip_qgis.backend import backbone, build_engine
-    from geoclip_qgis.backend.decoding import PhotoPreparer, choose_decode_workers, usable_cores
+    from geoclip_qgis.backend import build_engine
+    from geoclip_qgis.backend.model import backbone
+    from geoclip_qgis.backend.photos.decoding import PhotoPreparer, choose_decode_workers, usable_cores
 
     clip = full_size_clip(args.cache)
     distinct = camera_photos(args.cache / "photos-12mp", args.distinct)
@@ -259,7 +260,7 @@ def main() -> None:
 
     # (c): the real tower's cost with the engine around it, and without.
     engine = build_engine(clip=clip, embedding_cache=False).load()
-    from geoclip_qgis.backend.photos import open_photo
+    from geoclip_qgis.backend.photos.loader import open_photo
 
     tower_photos = [distinct[i % len(distinct)] for i in range(args.tower_photos)]
     pixels = torch.from_numpy(np.stack([engine.preprocess(open_photo(p).image) for p in tower_photos]))

@@ -1,5 +1,5 @@
 """Points of the 100K GPS gallery inside polygons: the old rule (OGR ``polygon.Contains(point)`` one
-point at a time after the whole geometry's box test) against backend/polygons.py, side by side.
+point at a time after the whole geometry's box test) against backend/photos/polygons.py, side by side.
 
   (a) one 100,000-vertex polygon the size of a country (a circle of radius 4 deg latitude over central
       Europe with a coastline-like multi-scale radial noise) against the 100K gallery;
@@ -99,7 +99,7 @@ def old_estimate(wkts, lat, lon, per_polygon: int, full: bool, rng, members) -> 
 
 
 def new_time(coordinates, wkts, repeat: int):
-    from geoclip_qgis.backend.regions import zones_of
+    from geoclip_qgis.backend.earth.regions import zones_of
 
     times, zones = [], None
     for _ in range(repeat):

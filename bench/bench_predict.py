@@ -101,7 +101,7 @@ def bench_bare_tower(engine, photos: list[Path], batch_size: int, vision=None) -
     """The vision tower alone on already-preprocessed pixels: the floor for any pipeline."""
     import numpy as np
 
-    from geoclip_qgis.backend.photos import open_photo
+    from geoclip_qgis.backend.photos.loader import open_photo
 
     pixels = torch.from_numpy(np.stack([engine.preprocess(open_photo(p).image) for p in photos]))
     vision = vision or engine._vision

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from qgis.core import QgsApplication, QgsProject
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 
-from . import deps, diagnostics
 from .compat import QAction
-from .session import load_dock_settings, save_dock_settings
+from .core import deps
+from .core.session import load_dock_settings, save_dock_settings
+from .icon import icon_path
+from .ui import diagnostics
 
 MENU = "&GeoCLIP"
-
-
-def icon_path() -> str:
-    """The icon beside the plugin (in the ZIP) or in the repository's resources/ (development)."""
-    here = Path(__file__).parent
-    for candidate in (here / "resources" / "icon.svg", here.parent / "resources" / "icon.svg"):
-        if candidate.is_file():
-            return str(candidate)
-    return ""
 
 
 class _MessageLogHandler(logging.Handler):
@@ -66,7 +58,7 @@ class GeoCLIPPlugin:
 
     def _project_opened(self, *_args) -> None:
         """A project opened (or a new one): its runs come back with its layers, in the dock and the panel."""
-        from .layers import project_runs
+        from .map.layers import project_runs
 
         runs = project_runs(QgsProject.instance())
         if self.dock is not None:
@@ -89,7 +81,7 @@ class GeoCLIPPlugin:
 
     def toggle_dock(self, checked: bool) -> None:
         if self.dock is None:
-            from .dock import GeoCLIPDock
+            from .ui.dock import GeoCLIPDock
 
             self.dock = GeoCLIPDock(self.iface, self.iface.mainWindow())
             self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
@@ -98,7 +90,7 @@ class GeoCLIPPlugin:
             self.dock.resultsWanted.connect(self.show_results)
             self.dock.resultsUpdated.connect(self._follow_run)
             self.dock.dependenciesInstalled.connect(self.initProcessing)  # no restart needed
-            from .layers import project_runs
+            from .map.layers import project_runs
 
             self.dock.show_project_runs(project_runs(QgsProject.instance()))
         self.dock.setUserVisible(checked)
@@ -106,14 +98,14 @@ class GeoCLIPPlugin:
     def show_results(self, gpkg: str) -> None:
         """The results panel, on a run's GeoPackage (or as it was, for an empty path)."""
         if self.results is None:
-            from .results_panel import ResultsPanel
+            from .ui.results_panel import ResultsPanel
 
             self.results = ResultsPanel(self.iface, self.iface.mainWindow())
             self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.results)
             if self.dock is not None and self.iface.mainWindow() is not None:  # tabs beside the dock: full height
                 self.iface.mainWindow().tabifyDockWidget(self.dock, self.results)
         if not gpkg and not self.results.gpkg:  # opened from the menu: the project's latest run, if any
-            from .layers import project_runs
+            from .map.layers import project_runs
 
             gpkg = next(iter(project_runs(QgsProject.instance())), "")
         if gpkg:

@@ -119,8 +119,8 @@ def wheelhouse(stock_qgis):
     import json
     import subprocess
 
-    from geoclip_qgis import installer
-    from geoclip_qgis.deps import HEADS_RELEASE, OPTIONAL, REQUIRED
+    from geoclip_qgis.core.deps import HEADS_RELEASE, OPTIONAL, REQUIRED
+    from geoclip_qgis.install import installer
 
     python, torch = stock_qgis, "torch==2.13.0"  # the CPU build this workplace holds
     folder = ROOT / ".cache" / "wheelhouse"
@@ -133,7 +133,15 @@ def wheelhouse(stock_qgis):
     )
     stamp = folder / "wanted.json"
     if not stamp.is_file() or stamp.read_text() != wanted:
-        command = [sys.executable, "-m", "geoclip_qgis.installer", "wheelhouse", str(folder), "--python", python]
+        command = [
+            sys.executable,
+            "-m",
+            "geoclip_qgis.install.installer",
+            "wheelhouse",
+            str(folder),
+            "--python",
+            python,
+        ]
         subprocess.run(
             [*command, "--torch", torch], check=True, timeout=1800, env={**os.environ, "PYTHONPATH": str(ROOT)}
         )

@@ -21,7 +21,7 @@ from qgis_support import StandInInterface, qgis_app, wait_for  # noqa: E402
 
 qgis_app()
 import geoclip_qgis  # noqa: E402
-from geoclip_qgis import deps  # noqa: E402
+from geoclip_qgis.core import deps  # noqa: E402
 
 report = {"steps": []}
 said = []
@@ -93,7 +93,7 @@ step(
 
 
 def import_clip(dialog):
-    from geoclip_qgis import models_dialog
+    from geoclip_qgis.ui import models_dialog
 
     models_dialog.show_message = lambda parent, title, text, warning=False: said.append(text)  # "Imported …"
     dialog._import(clip)  # what Import folder… does with the folder chosen

@@ -93,8 +93,8 @@ def test_killed_run_resumes_and_answers_every_photo_once(engine, tiny_clip, skim
 def test_a_run_stopped_on_request_is_a_resumable_outcome(engine, photo_dir, tmp_path):
     """should_stop ends the run after the answer it is asked after: the outcome says cancelled, the joint
     answer waits, every written photo is whole, and the next run into the file answers only the rest."""
+    from geoclip_qgis.backend.pipeline.run import RunRequest, execute
     from geoclip_qgis.backend.results import SKIP_ANSWERED
-    from geoclip_qgis.backend.run import RunRequest, execute
 
     gpkg = tmp_path / "stopped.gpkg"
     request = RunRequest(photos=[str(photo_dir)], top_k=2, output=str(gpkg), fuse=True)
@@ -241,8 +241,8 @@ def test_evaluate_on_a_benchmark_style_csv(engine, tiny_clip, samples, tmp_path)
 def test_evaluate_out_measures_from_the_csv_truth_not_exif(engine, tiny_clip, samples, tmp_path):
     """Photos whose EXIF GPS is not the CSV's truth: the --out file's error_km is the distance to the
     CSV's position, so the table evaluate prints comes back from the file alone."""
-    from geoclip_qgis.backend.evaluation import THRESHOLDS_KM, accuracy_table, format_table
     from geoclip_qgis.backend.geo import haversine_km
+    from geoclip_qgis.backend.pipeline.evaluation import THRESHOLDS_KM, accuracy_table, format_table
 
     gps = sorted((samples / "gps").glob("*.jpg"))
     answers = engine.predict(gps, top_k=1)
@@ -283,8 +283,8 @@ def test_evaluate_out_measures_from_the_csv_truth_not_exif(engine, tiny_clip, sa
 def test_evaluation_is_one_engine_action_that_the_command_line_prints(engine, tiny_clip, samples, tmp_path):
     """The accuracy table is assembled once, by evaluate.evaluate: what the command line reports is that
     function's table, for the same photos, truth and weights."""
-    from geoclip_qgis.backend.evaluate import evaluate, truth_inputs
-    from geoclip_qgis.backend.run import RunRequest
+    from geoclip_qgis.backend.pipeline.evaluate import evaluate, truth_inputs
+    from geoclip_qgis.backend.pipeline.run import RunRequest
 
     gps = sorted((samples / "gps").glob("*.jpg"))
     table = tmp_path / "truth.csv"

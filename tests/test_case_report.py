@@ -21,7 +21,7 @@ pytestmark = pytest.mark.qgis
 
 @pytest.fixture(scope="module")
 def case(engine, samples, tmp_path_factory):
-    from geoclip_qgis.backend.run import RunRequest, execute
+    from geoclip_qgis.backend.pipeline.run import RunRequest, execute
 
     folder = tmp_path_factory.mktemp("case")
     gpkg = folder / "case.gpkg"
@@ -37,8 +37,8 @@ def test_pdf_report_renders_with_photo_table_and_provenance(case, tmp_path):
     if shutil.which("pdftoppm") is None or shutil.which("pdftotext") is None:
         pytest.fail("poppler-utils is missing; `make setup` installs it")
     qgis_app()
-    from geoclip_qgis.backend.run_file import read_answers, read_provenance
-    from geoclip_qgis.case_report import export_case_report
+    from geoclip_qgis.backend.workbench.run_file import read_answers, read_provenance
+    from geoclip_qgis.map.case_report import export_case_report
 
     gpkg, photo = case
     pdf, html = export_case_report(str(gpkg), photo, str(tmp_path / "report.pdf"))
@@ -68,7 +68,7 @@ def test_pdf_report_renders_with_photo_table_and_provenance(case, tmp_path):
 
 def test_a_report_of_a_failed_photo_says_why(case, tmp_path):
     qgis_app()
-    from geoclip_qgis.case_report import ReportError, export_case_report
+    from geoclip_qgis.map.case_report import ReportError, export_case_report
 
     gpkg, _ = case
     with pytest.raises(ReportError, match="holds no answer"):

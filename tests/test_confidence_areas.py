@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from qgis_support import StandInInterface, qgis_app
 
-from geoclip_qgis.backend import confidence
+from geoclip_qgis.backend.earth import confidence
+from geoclip_qgis.backend.earth.rasters import Raster
 from geoclip_qgis.backend.geo import EARTH_RADIUS_KM
-from geoclip_qgis.backend.rasters import Raster
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,8 @@ LEVELS = (0.5, 0.9)
 @pytest.fixture(scope="module")
 def run(engine, samples, skimage_data, tmp_path_factory):
     """Three photos answered by the tests' small random CLIP: answers as unsure as they come."""
-    from geoclip_qgis.backend.run import RunRequest, execute
-    from geoclip_qgis.backend.run_file import read_answers
+    from geoclip_qgis.backend.pipeline.run import RunRequest, execute
+    from geoclip_qgis.backend.workbench.run_file import read_answers
 
     gpkg = tmp_path_factory.mktemp("areas") / "areas.gpkg"
     photos = [str(samples / "gps" / "DSCN0010.jpg"), str(skimage_data / "coffee.png"), str(skimage_data / "camera.png")]
@@ -241,7 +241,7 @@ def _drawn(layer) -> set[str]:
 
 def _areas_layer(gpkg):
     from geoclip_qgis.backend.results import OutputFile, OutputKind
-    from geoclip_qgis.layers import make_layer
+    from geoclip_qgis.map.layers import make_layer
 
     return make_layer(OutputFile(OutputKind.CONFIDENCE_AREAS, str(gpkg), layer="confidence_areas"))
 
@@ -253,8 +253,8 @@ def test_qgis_draws_outlines_of_the_selected_answer_only(run):
     from qgis.PyQt.QtCore import QSize, Qt
     from qgis.PyQt.QtGui import QColor
 
-    from geoclip_qgis.layers import confidence_answer, show_confidence_areas_of
-    from geoclip_qgis.results_panel import ResultsPanel
+    from geoclip_qgis.map.layers import confidence_answer, show_confidence_areas_of
+    from geoclip_qgis.ui.results_panel import ResultsPanel
 
     gpkg, answers = run
     layer = _areas_layer(gpkg)
@@ -307,7 +307,7 @@ def test_camera_direction_is_in_the_legend_only_when_a_photo_has_one():
     qgis_app()
     from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorLayer
 
-    from geoclip_qgis.layers import add_time_and_direction, style_points
+    from geoclip_qgis.map.layers import add_time_and_direction, style_points
 
     def points(direction):
         layer = QgsVectorLayer(
@@ -336,7 +336,7 @@ def test_similar_places_raster_is_see_through_and_apart_from_runs(tmp_path):
     from osgeo import gdal
     from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProject, QgsRasterLayer
 
-    from geoclip_qgis.layers import APART_PROPERTY, RUN_PROPERTY, run_group
+    from geoclip_qgis.map.layers import APART_PROPERTY, RUN_PROPERTY, run_group
     from geoclip_qgis.processing.location_algorithms import (
         SIMILAR_OPACITY,
         SimilarPlaces,

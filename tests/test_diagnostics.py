@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from qgis_support import qgis_app, wait_for
 
-from geoclip_qgis import install_failures
+from geoclip_qgis.install import install_failures
 
 COMMAND = (
     "$ /usr/bin/python3 -m pip install --target /home/ana/.local/share/QGIS/QGIS3/profiles/default/geoclip_qgis/"
@@ -140,7 +140,7 @@ def test_an_unknown_failure_falls_back_to_pips_own_words():
 @pytest.mark.qgis
 def test_the_install_dialog_explains_a_failure_above_the_raw_output():
     qgis_app()
-    from geoclip_qgis.install_dialog import InstallDialog, InstallTask
+    from geoclip_qgis.install.install_dialog import InstallDialog, InstallTask
 
     dialog = InstallDialog()
     assert not dialog.failure.isVisibleTo(dialog)
@@ -178,10 +178,11 @@ def test_the_report_names_each_library_with_its_version_and_file_and_the_weights
     import torch
     from qgis.core import Qgis
 
-    from geoclip_qgis import deps, diagnostics
-    from geoclip_qgis.backend.cache import cache_dir
-    from geoclip_qgis.backend.weights import models_dir
-    from geoclip_qgis.session import EngineSettings
+    from geoclip_qgis.backend.store.cache import cache_dir
+    from geoclip_qgis.backend.store.weights import models_dir
+    from geoclip_qgis.core import deps
+    from geoclip_qgis.core.session import EngineSettings
+    from geoclip_qgis.ui import diagnostics
 
     monkeypatch.setattr(diagnostics, "RECENT", diagnostics.RecentErrors())  # no errors from other tests
     text = diagnostics.report(EngineSettings(clip=str(tiny_clip)))
@@ -210,8 +211,9 @@ def test_a_library_that_will_not_import_is_named_and_the_report_goes_on(tmp_path
     """A safetensors that is installed but whose import raises (a DLL that will not load) and weights
     that cannot be checked: each shows where it is, the rest of the report is still written."""
     qgis_app()
-    from geoclip_qgis import diagnostics, session
-    from geoclip_qgis.session import EngineSettings
+    from geoclip_qgis.core import session
+    from geoclip_qgis.core.session import EngineSettings
+    from geoclip_qgis.ui import diagnostics
 
     broken = tmp_path / "safetensors"
     broken.mkdir()
@@ -247,8 +249,8 @@ def test_the_last_errors_are_kept_once_each_and_bounded(monkeypatch):
     qgis_app()
     from qgis.core import Qgis, QgsApplication, QgsMessageLog
 
-    from geoclip_qgis import diagnostics
     from geoclip_qgis.plugin import _MessageLogHandler
+    from geoclip_qgis.ui import diagnostics
 
     monkeypatch.setattr(diagnostics, "RECENT", diagnostics.RecentErrors(size=20))
     logger = logging.getLogger("geoclip_qgis")
@@ -256,7 +258,7 @@ def test_the_last_errors_are_kept_once_each_and_bounded(monkeypatch):
     logger.addHandler(forward)
     recent = diagnostics.watch()
     try:
-        logging.getLogger("geoclip_qgis.backend.cache").warning("cannot remember checksums in /ro (read-only)")
+        logging.getLogger("geoclip_qgis.backend.store.cache").warning("cannot remember checksums in /ro (read-only)")
         logger.info("not an error")
         QgsMessageLog.logMessage("run failed: the CLIP folder is gone", "GeoCLIP", Qgis.MessageLevel.Critical)
         QgsMessageLog.logMessage("another plugin's trouble", "Python", Qgis.MessageLevel.Critical)
@@ -297,7 +299,7 @@ def test_diagnostics_from_the_models_dialog_copies_the_exact_report(monkeypatch)
     qgis_app()
     from qgis.PyQt.QtWidgets import QApplication
 
-    from geoclip_qgis.models_dialog import DiagnosticsDialog, ModelsDialog
+    from geoclip_qgis.ui.models_dialog import DiagnosticsDialog, ModelsDialog
 
     opened = []
     monkeypatch.setattr(DiagnosticsDialog, "exec", lambda self: opened.append(self) or 0)

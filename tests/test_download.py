@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from geoclip_qgis.backend import hub_download, weights
 from geoclip_qgis.backend.errors import Cancelled, GeoCLIPError
-from geoclip_qgis.backend.hub_download import DiskFullError, NoNetworkError, ProxyError
 from geoclip_qgis.backend.progress import BYTES, Progress
+from geoclip_qgis.backend.store import hub_download, weights
+from geoclip_qgis.backend.store.hub_download import DiskFullError, NoNetworkError, ProxyError
 
 REPO, REVISION = weights.BACKBONE_REPO, weights.BACKBONE_REVISION
 PROXY_VARS = [f"{name}_proxy" for name in ("http", "https", "all", "no")]
@@ -366,7 +366,7 @@ def qgis_proxy():
 
 @pytest.mark.qgis
 def test_qgis_proxy_settings_become_the_engine_mapping(qgis_proxy, monkeypatch):
-    from geoclip_qgis.models_dialog import DownloadTask
+    from geoclip_qgis.ui.models_dialog import DownloadTask
 
     monkeypatch.setenv("HF_ENDPOINT", "https://huggingface.co")
     qgis_proxy()
@@ -399,7 +399,7 @@ def run_task(task, until=None):
 
 @pytest.mark.qgis
 def test_the_task_downloads_through_qgis_proxy_with_progress_in_percent(hub, qgis_proxy, monkeypatch):
-    from geoclip_qgis.models_dialog import DownloadTask
+    from geoclip_qgis.ui.models_dialog import DownloadTask
 
     monkeypatch.setenv("HF_ENDPOINT", "http://hub.invalid")  # reachable only through the proxy
     hub.proxy_auth = "Basic " + base64.b64encode(b"ann:secret").decode()
@@ -432,7 +432,7 @@ def test_cancelling_the_task_keeps_partial_files_and_the_next_task_resumes(hub, 
     from qgis_support import qgis_app
 
     qgis_app()
-    from geoclip_qgis.models_dialog import DownloadTask
+    from geoclip_qgis.ui.models_dialog import DownloadTask
 
     hub.delay = 0.04  # about 2.6 s for the weights: time to press Cancel
     task = DownloadTask()
@@ -457,8 +457,8 @@ def test_the_dialog_button_uses_qgis_proxy_reports_a_cancel_and_resumes(hub, qgi
     from qgis.PyQt.QtWidgets import QMessageBox
     from qgis_support import wait_for
 
-    from geoclip_qgis import models_dialog
-    from geoclip_qgis.models_dialog import ModelsDialog
+    from geoclip_qgis.ui import models_dialog
+    from geoclip_qgis.ui.models_dialog import ModelsDialog
 
     said = []
     monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.StandardButton.Yes)

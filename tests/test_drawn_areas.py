@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geoclip_qgis.backend import confidence
-from geoclip_qgis.backend.rasters import Raster
+from geoclip_qgis.backend.earth import confidence
+from geoclip_qgis.backend.earth.rasters import Raster
 
 
 def _raster(path) -> tuple[Raster, np.ndarray]:
@@ -74,7 +74,7 @@ def _check(world: Raster, local: list[Raster], levels: list[np.ndarray], polygon
 
 @pytest.fixture(scope="module")
 def photo_run(raster_engine, samples, tmp_path_factory):
-    from geoclip_qgis.backend.run import RasterOptions, RunRequest, execute
+    from geoclip_qgis.backend.pipeline.run import RasterOptions, RunRequest, execute
 
     folder = tmp_path_factory.mktemp("drawn")
     photo = samples / "gps" / "DSCN0010.jpg"
@@ -148,7 +148,7 @@ def test_qgis_draws_the_classes_inside_the_outlines(photo_run):
     from qgis.core import QgsRasterLayer, QgsRectangle, QgsSingleBandPseudoColorRenderer, QgsVectorLayer
     from qgis.PyQt.QtGui import QColor
 
-    from geoclip_qgis.layers import MASS_SHARES, style_basemap, style_confidence_areas, style_raster, world_map_path
+    from geoclip_qgis.map.layers import MASS_SHARES, style_basemap, style_confidence_areas, style_raster, world_map_path
 
     (world_file,) = sorted((photo_run / "rasters").glob("*_world.tif"))
     raster = QgsRasterLayer(str(world_file), "world")

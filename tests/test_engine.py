@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from geoclip_qgis.backend import GeoCLIPError, build_engine
-from geoclip_qgis.backend import gallery as gallery_module
-from geoclip_qgis.backend.walk import expand_paths
+from geoclip_qgis.backend.model import gallery as gallery_module
+from geoclip_qgis.backend.photos.walk import expand_paths
 
 
 def test_candidates_are_ranked_probabilities(engine, photo_dir):

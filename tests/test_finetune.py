@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_cli import run
 
-from geoclip_qgis.backend.finetune import FinetuneSettings, GPSQueue, Sample, finetune
 from geoclip_qgis.backend.geo import haversine_km
+from geoclip_qgis.backend.pipeline.finetune import FinetuneSettings, GPSQueue, Sample, finetune
 
 
 def release_queue(release_module, size):
@@ -152,8 +152,8 @@ def test_training_that_makes_things_worse_keeps_the_starting_heads(engine, well_
     """A learning rate that wrecks the heads: no epoch beats the starting heads on the validation set,
     so they are what is written (best epoch 0), not the least bad epoch. Shifted truths make every
     table score 0 % within 25 km, as in the audit's run: then the median error decides."""
-    from geoclip_qgis.backend.heads import load_heads
-    from geoclip_qgis.backend.heads_files import HeadsFiles
+    from geoclip_qgis.backend.model.heads import load_heads
+    from geoclip_qgis.backend.store.heads_files import HeadsFiles
 
     places, embeddings = well_placed_task
     lats = places[:, 0] - shift_deg * torch.sign(places[:, 0])  # towards the equator: no pole crossing

@@ -47,7 +47,7 @@ def in_process(*argv) -> tuple[int, str]:
     import io
     from contextlib import redirect_stderr, redirect_stdout
 
-    from geoclip_qgis.backend.cli import main
+    from geoclip_qgis.backend.cli.main import main
 
     err = io.StringIO()
     with redirect_stdout(io.StringIO()), redirect_stderr(err):
@@ -100,7 +100,7 @@ def test_a_link_at_the_lock_file_is_refused_and_its_target_untouched(engine, tin
     assert not (case / "run.gpkg").exists()
 
     from geoclip_qgis.backend.errors import ForeignFileError
-    from geoclip_qgis.backend.filelock import OutputLock
+    from geoclip_qgis.backend.output.filelock import OutputLock
 
     hard = case / "hard.gpkg.lock"  # a hard link to a file of the case folder
     os.link(outside, hard)
@@ -140,9 +140,9 @@ def test_a_link_at_the_output_or_an_unfinished_name_is_never_written_through(
 
 
 def test_links_at_partial_names_are_never_written_through(wheel_model_dir, tmp_path, outside):
+    from geoclip_qgis.backend.earth.rasters import Raster
     from geoclip_qgis.backend.errors import GeoCLIPError
-    from geoclip_qgis.backend.geotiff import write_geotiff
-    from geoclip_qgis.backend.rasters import Raster
+    from geoclip_qgis.backend.output.geotiff import write_geotiff
 
     case = tmp_path / "case"
     case.mkdir()
@@ -183,7 +183,7 @@ def _foreign_gpkg(path: Path) -> None:
 
 
 def _predict_run(path: Path) -> None:
-    from geoclip_qgis.backend.writers import GeoPackageWriter
+    from geoclip_qgis.backend.output.writers import GeoPackageWriter
 
     GeoPackageWriter(path, model="test").close()
 
@@ -252,8 +252,8 @@ def test_the_location_tools_replace_their_own_outputs(wheel_model_dir, tmp_path)
 
 
 def test_bundles_are_never_written_into_weight_folders(wheel_model_dir, tiny_clip, tmp_path):
-    from geoclip_qgis.backend import bundles, weights
     from geoclip_qgis.backend.errors import GeoCLIPError, WeightsError
+    from geoclip_qgis.backend.store import bundles, weights
 
     heads = tmp_path / "heads"
     shutil.copytree(wheel_model_dir / "weights", heads / "weights")
@@ -302,8 +302,9 @@ def _cached(path: Path) -> dict[str, np.ndarray]:
 def test_a_photo_changed_while_read_never_gets_another_photos_hash(
     engine, skimage_data, tmp_path, monkeypatch, kept_in_memory
 ):
-    from geoclip_qgis.backend import decoding, photos
-    from geoclip_qgis.backend.embedding_cache import EmbeddingCache
+    from geoclip_qgis.backend.photos import decoding
+    from geoclip_qgis.backend.photos import loader as photos
+    from geoclip_qgis.backend.store.embedding_cache import EmbeddingCache
 
     a_bytes = (skimage_data / "astronaut.png").read_bytes()
     b_bytes = (skimage_data / "coffee.png").read_bytes()
@@ -421,8 +422,8 @@ DEEP = "[" * 100_000 + "]" * 100_000
 def test_clip_numbers_no_clip_has_are_named_errors(tiny_clip, tmp_path, config, preprocessor, raw, message):
     import torch
 
-    from geoclip_qgis.backend import backbone
     from geoclip_qgis.backend.errors import WeightsError
+    from geoclip_qgis.backend.model import backbone
 
     folder = _altered_clip(tiny_clip, tmp_path / "clip", config, preprocessor, raw)
     with pytest.raises(WeightsError, match=re.escape(message)):
@@ -433,8 +434,8 @@ def test_clip_numbers_no_clip_has_are_named_errors(tiny_clip, tmp_path, config, 
 
 
 def test_hostile_clip_folders_stop_the_command_with_exit_2(engine, tiny_clip, kauai_png, tmp_path):
-    from geoclip_qgis.backend import bundles, weights
     from geoclip_qgis.backend.errors import WeightsError
+    from geoclip_qgis.backend.store import bundles, weights
 
     huge = _altered_clip(tiny_clip, tmp_path / "huge", preprocessor=_set("size", {"shortest_edge": 1_000_000}))
     named_error(cli("predict", kauai_png, "--clip", huge, "--quiet"), "size.shortest_edge is 1000000")
@@ -483,7 +484,7 @@ def test_inputs_that_ended_in_tracebacks_are_named_errors(tiny_clip, tmp_path):
 
 
 def test_the_regions_cache_folder_is_private(tmp_path):
-    from geoclip_qgis.backend import regions
+    from geoclip_qgis.backend.earth import regions
 
     zeros = np.zeros(2, np.int32)
     made = regions.RegionAssignment(zeros, zeros, zeros.astype(np.float32), ["FR"], ["France"], ["Paris"], zeros[:1])

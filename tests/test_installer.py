@@ -9,7 +9,7 @@ import venv
 
 import pytest
 
-from geoclip_qgis import installer
+from geoclip_qgis.install import installer
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_a_cpu_build_that_would_bring_cuda_stops_before_downloading(tmp_path):
 
 
 def test_the_heads_step_is_pinned_by_hash_and_takes_no_dependencies(tmp_path):
-    from geoclip_qgis.deps import HEADS_RELEASE
+    from geoclip_qgis.core.deps import HEADS_RELEASE
 
     requirements = tmp_path / "release.txt"
     requirements.write_text(installer.heads_requirement())

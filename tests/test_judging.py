@@ -1,5 +1,5 @@
 """Judging answers already in a run's GeoPackage: probability by region over the user's polygons and
-"how likely here?" for the user's hypotheses, in the engine (backend/judging.py), on the command line
+"how likely here?" for the user's hypotheses, in the engine (backend/workbench/judging.py), on the command line
 (`zones`, `likely`) and as Processing algorithms; the three give the same numbers."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import io
 import numpy as np
 import pytest
 
-from geoclip_qgis.backend import judging
 from geoclip_qgis.backend.errors import GeoCLIPError
-from geoclip_qgis.backend.run import RunRequest, execute
+from geoclip_qgis.backend.pipeline.run import RunRequest, execute
+from geoclip_qgis.backend.workbench import judging
 
 # Two boxes splitting the world at an odd meridian (no gallery place lies on an edge):
 # name -> (west, south, east, north)
@@ -209,7 +209,7 @@ def qgis_processing(tiny_clip):
     qgis_app()
     from qgis_support import geoclip_provider
 
-    from geoclip_qgis.session import EngineSettings, load_settings, save_settings
+    from geoclip_qgis.core.session import EngineSettings, load_settings, save_settings
 
     geoclip_provider()  # the plugin's provider, as QGIS loads it
     saved = load_settings()

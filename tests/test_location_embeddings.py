@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from geoclip_qgis.backend import embedding_maps, location_features, point_embeddings
-from geoclip_qgis.backend import gallery as gallery_module
 from geoclip_qgis.backend.errors import Cancelled
 from geoclip_qgis.backend.geo import haversine_km
-from geoclip_qgis.backend.heads import HeadsFiles, load_heads
+from geoclip_qgis.backend.location import embedding_maps, location_features, point_embeddings
+from geoclip_qgis.backend.model import gallery as gallery_module
+from geoclip_qgis.backend.model.heads import HeadsFiles, load_heads
 from geoclip_qgis.backend.progress import Progress
-from geoclip_qgis.backend.weights import gallery_csv
+from geoclip_qgis.backend.store.weights import gallery_csv
 
 gdal = pytest.importorskip("osgeo.gdal")
 ogr = pytest.importorskip("osgeo.ogr")
@@ -410,7 +410,7 @@ def test_similar_places(model, tmp_path):
 
 def run_cli(*argv) -> tuple[int, str, str]:
     """The command line's own entry point (``geoclip-qgis ...``), in this process."""
-    from geoclip_qgis.backend.cli import main
+    from geoclip_qgis.backend.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from clip_factory import make_clip_checkpoint
 
-from geoclip_qgis.backend.model_state import (
+from geoclip_qgis.backend.model.model_state import (
     NOT_LOADED,
     Capability,
     Door,
@@ -92,8 +92,8 @@ HEADLESS_IMPORTS = """
 import json, sys
 from qgis_support import qgis_app
 qgis_app()
-import geoclip_qgis.processing.algorithms, geoclip_qgis.tasks, geoclip_qgis.session
-geoclip_qgis.session.weights_message()  # said with the engine's words, no dialog behind it
+import geoclip_qgis.processing.algorithms, geoclip_qgis.core.tasks, geoclip_qgis.core.session
+geoclip_qgis.core.session.weights_message()  # said with the engine's words, no dialog behind it
 print(json.dumps({name: getattr(module, "__file__", "") for name, module in sys.modules.items()
                   if name.startswith("geoclip_qgis")}))
 """
@@ -112,7 +112,7 @@ def test_processing_and_the_run_task_import_no_dialog_module():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
-    assert "geoclip_qgis.processing.algorithms" in loaded and "geoclip_qgis.backend.model_state" in loaded
-    assert "geoclip_qgis.models_dialog" not in loaded and "geoclip_qgis.dock" not in loaded
+    assert "geoclip_qgis.processing.algorithms" in loaded and "geoclip_qgis.backend.model.model_state" in loaded
+    assert "geoclip_qgis.ui.models_dialog" not in loaded and "geoclip_qgis.ui.dock" not in loaded
     with_widgets = [name for name, path in loaded.items() if path and WIDGETS_AT_IMPORT.search(Path(path).read_text())]
     assert with_widgets == []

@@ -8,10 +8,10 @@ import io
 import numpy as np
 import pytest
 
-from geoclip_qgis.backend.answer_writer import AnswerWriter, DiscardWriter, ResumableStore
 from geoclip_qgis.backend.errors import GeoCLIPError, WriteError
+from geoclip_qgis.backend.output.answer_writer import AnswerWriter, DiscardWriter, ResumableStore
+from geoclip_qgis.backend.output.writers import CsvWriter, GeoJsonWriter, GeoPackageWriter, open_writer
 from geoclip_qgis.backend.results import AnswerKind, Candidate, OutputKind, PhotoResult
-from geoclip_qgis.backend.writers import CsvWriter, GeoJsonWriter, GeoPackageWriter, open_writer
 
 gdal = pytest.importorskip("osgeo.gdal")
 ogr = pytest.importorskip("osgeo.ogr")
@@ -83,7 +83,7 @@ def test_a_geojson_is_whole_or_absent(tmp_path):
 
 
 def test_a_geopackage_file_marks_checks_and_leaves_nothing_when_filling_fails(tmp_path):
-    from geoclip_qgis.backend.gpkg_files import LAYER_MARK, OUTPUT_MARK, output_is_ours, write_output
+    from geoclip_qgis.backend.output.gpkg_files import LAYER_MARK, OUTPUT_MARK, output_is_ours, write_output
 
     path = tmp_path / "out.gpkg"
 
@@ -118,7 +118,7 @@ def test_a_geopackage_file_marks_checks_and_leaves_nothing_when_filling_fails(tm
 
 
 def test_a_geotiff_is_put_in_place_whole_or_not_at_all(tmp_path):
-    from geoclip_qgis.backend.geotiff_files import GeoTiffFile, is_ours
+    from geoclip_qgis.backend.output.geotiff_files import GeoTiffFile, is_ours
 
     path = tmp_path / "r" / "map.tif"
     values = np.arange(12, dtype=np.float32).reshape(3, 4)

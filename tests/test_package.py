@@ -16,7 +16,7 @@ def test_zip_layout_metadata_and_scanners(tmp_path):
     package = build(tmp_path)
     assert package.name == f"geoclip_qgis-{version()}.zip"
     names = zipfile.ZipFile(package).namelist()
-    assert "geoclip_qgis/backend/engine.py" in names and "geoclip_qgis/metadata.txt" in names
+    assert "geoclip_qgis/backend/model/engine.py" in names and "geoclip_qgis/metadata.txt" in names
     assert "geoclip_qgis/LICENSE" in names and "geoclip_qgis/resources/icon.svg" in names
     assert not any(n.startswith("geoclip_qgis/tests") or "__pycache__" in n or n.endswith(".pyc") for n in names)
     assert check(package) == []

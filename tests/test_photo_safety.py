@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from geoclip_qgis.backend import interpreter, photos
-from geoclip_qgis.backend.decoding import PhotoPreparer, Prepared
+from geoclip_qgis.backend import interpreter
 from geoclip_qgis.backend.errors import PhotoError
-from geoclip_qgis.backend.photos import DECODE_MIN_SIDE, open_photo, probe_photo
+from geoclip_qgis.backend.photos import loader as photos
+from geoclip_qgis.backend.photos.decoding import PhotoPreparer, Prepared
+from geoclip_qgis.backend.photos.loader import DECODE_MIN_SIDE, open_photo, probe_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_heif = pytest.mark.skipif(
@@ -102,7 +103,7 @@ QGIS_LIKE = """
 import ctypes, sys
 ctypes.CDLL(sys.argv[2], mode=ctypes.RTLD_GLOBAL)  # as in QGIS: GDAL's libheif in the global scope
 if sys.argv[3] == "engine":
-    from geoclip_qgis.backend.photos import open_photo, probe_photo
+    from geoclip_qgis.backend.photos.loader import open_photo, probe_photo
     photo = open_photo(sys.argv[1])
     print("decoded", photo.image.size, probe_photo(sys.argv[1]) == photo.metadata, flush=True)
 else:  # what the engine used to do
@@ -278,7 +279,7 @@ def test_postscript_named_jpg_is_refused_without_running_ghostscript(tmp_path):
         """
         import json, sys
         from geoclip_qgis.backend.errors import PhotoError
-        from geoclip_qgis.backend.photos import open_photo, probe_photo
+        from geoclip_qgis.backend.photos.loader import open_photo, probe_photo
 
         messages = []
         for read in (open_photo, probe_photo):

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from geoclip_qgis.backend.errors import PhotoError
-from geoclip_qgis.backend.photos import DECODE_MIN_SIDE, open_photo
+from geoclip_qgis.backend.photos.loader import DECODE_MIN_SIDE, open_photo
 
 
 def png_claiming(path: Path, width: int, height: int) -> Path:
@@ -83,7 +83,7 @@ def test_unreadable_file(tmp_path, skimage_data):
         shutil.copy(skimage_data / "camera.png", photo)
         photo.chmod(0o000)
         code = (
-            "import sys\nfrom geoclip_qgis.backend.photos import open_photo\n"
+            "import sys\nfrom geoclip_qgis.backend.photos.loader import open_photo\n"
             "from geoclip_qgis.backend.errors import PhotoError\n"
             "try:\n    open_photo(sys.argv[1])\nexcept PhotoError as e:\n    print(e)\n"
         )
@@ -111,7 +111,7 @@ def test_broken_sample_files_neither_hang_nor_crash(samples, tmp_path):
     broken = sorted((samples / "broken").glob("*.jpg")) + sorted((samples / "exif-quirks").glob("*.jpg"))
     broken.append(corrupted_copy(samples / "gps" / "DSCN0021.jpg", tmp_path / "corrupted.jpg"))
     code = (
-        "import sys\nfrom geoclip_qgis.backend.photos import open_photo\n"
+        "import sys\nfrom geoclip_qgis.backend.photos.loader import open_photo\n"
         "from geoclip_qgis.backend.errors import PhotoError\n"
         "for p in sys.argv[1:]:\n"
         "    try:\n        ph = open_photo(p); print('ok', ph.image.mode, p)\n"
@@ -159,7 +159,7 @@ def test_gps_signs_and_refs():
     """South and west are negative; a missing or unknown reference leaves the position empty."""
     from PIL import ExifTags
 
-    from geoclip_qgis.backend.exif import read_metadata
+    from geoclip_qgis.backend.photos.exif import read_metadata
 
     def photo_with(gps: dict) -> Image.Image:
         image = Image.new("RGB", (8, 8))
@@ -277,7 +277,7 @@ def release_cases(tmp_path: Path, skimage_data: Path, samples: Path) -> dict[str
 def test_release_preprocessing_decodes_as_the_release(tmp_path, skimage_data, samples):
     """Preprocessing.RELEASE gives the pixels of the release's ``Image.open(path).convert("RGB")``, bit
     for bit (in full, as stored, alpha dropped, 16 bits clipped); the engine's way differs on each file."""
-    from geoclip_qgis.backend.photos import Preprocessing
+    from geoclip_qgis.backend.photos.loader import Preprocessing
 
     for kind, path in release_cases(tmp_path, skimage_data, samples).items():
         with Image.open(path) as image:
@@ -295,7 +295,7 @@ def test_release_preprocessing_decodes_as_the_release(tmp_path, skimage_data, sa
 def test_an_unknown_preprocessing_is_a_named_error(tiny_clip):
     from geoclip_qgis.backend import build_engine
     from geoclip_qgis.backend.errors import GeoCLIPError
-    from geoclip_qgis.backend.photos import Preprocessing
+    from geoclip_qgis.backend.photos.loader import Preprocessing
 
     assert Preprocessing.parse("release") is Preprocessing.RELEASE
     with pytest.raises(GeoCLIPError, match="unknown preprocessing 'paper': use one of engine, release"):
@@ -311,7 +311,7 @@ def test_an_unknown_preprocessing_is_a_named_error(tiny_clip):
 
 def test_release_preprocessing_reads_heic_in_full(samples):
     pytest.importorskip("pillow_heif", reason="HEIC needs the optional pillow-heif")
-    from geoclip_qgis.backend.photos import Preprocessing
+    from geoclip_qgis.backend.photos.loader import Preprocessing
 
     photo = open_photo(samples / "heic" / "IMG_5195.HEIC", preprocessing=Preprocessing.RELEASE)
     assert photo.image.size == photo.original_size and photo.image.mode == "RGB"
@@ -321,7 +321,7 @@ def clip_pixels(image: Image.Image) -> np.ndarray:
     """CLIP ViT-L/14's preprocessing of an RGB image, in grey levels (0-255)."""
     from clip_factory import OPENAI_PREPROCESSOR
 
-    from geoclip_qgis.backend.backbone import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipPreprocessor
+    from geoclip_qgis.backend.model.backbone import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipPreprocessor
 
     pixels = ClipPreprocessor.from_config(OPENAI_PREPROCESSOR)(image)
     mean, std = (np.asarray(v, dtype=np.float64)[:, None, None] for v in (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
@@ -333,7 +333,7 @@ def test_reduced_decoding_gives_clip_the_full_pictures_pixels(orientation, tmp_p
     """A large photo decoded at reduced scale reaches CLIP as its full decode does: same crop, same
     sampling points (only the filtering before differs), in every EXIF orientation. Sizes that do not
     divide by the draft's 1/4 are where rounding after the reduction used to move the crop."""
-    from geoclip_qgis.backend import photos
+    from geoclip_qgis.backend.photos import loader as photos
 
     upright = Image.open(skimage_data / "chelsea.png").convert("RGB").resize((3001, 2003), Image.Resampling.BICUBIC)
     inverse = {2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}  # the stored picture: upright turned the other way
@@ -356,7 +356,7 @@ def test_reduced_decoding_gives_clip_the_full_pictures_pixels(orientation, tmp_p
 
 def test_integer_reduction_gives_clip_the_full_pictures_pixels(tmp_path, skimage_data):
     """The same for a PNG, shrunk by a whole factor (3) that does not divide its size."""
-    from geoclip_qgis.backend import photos
+    from geoclip_qgis.backend.photos import loader as photos
 
     path = tmp_path / "large.png"
     Image.open(skimage_data / "astronaut.png").convert("RGB").resize((2003, 1501), Image.Resampling.BICUBIC).save(path)

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from geoclip_qgis.backend import backbone, build_engine
-from geoclip_qgis.backend.decoding import choose_decode_workers, prepared_batches, read_ahead
-from geoclip_qgis.backend.device import HalvingBatches, Staging, is_device_failure, is_out_of_memory
+from geoclip_qgis.backend import build_engine
 from geoclip_qgis.backend.errors import GeoCLIPError, WeightsError
+from geoclip_qgis.backend.model import backbone
+from geoclip_qgis.backend.model.device import HalvingBatches, Staging, is_device_failure, is_out_of_memory
+from geoclip_qgis.backend.photos.decoding import choose_decode_workers, prepared_batches, read_ahead
 
 
 @pytest.fixture

@@ -220,7 +220,7 @@ def test_top1_star_is_drawn_above_other_photos_dots(plugin, tmp_path):
     from qgis.PyQt.QtCore import QSize
     from qgis.PyQt.QtGui import QColor, QImage, QPainter
 
-    from geoclip_qgis.layers import style_points
+    from geoclip_qgis.map.layers import style_points
 
     layer = QgsVectorLayer(
         "Point?crs=EPSG:4326&field=photo:string&field=rank:integer&field=probability:double", "p", "memory"
@@ -414,7 +414,7 @@ def test_progress_shows_each_stage_with_its_share_and_time_left(plugin):
 
 
 def test_a_run_reports_every_stage(plugin, photo_dir, tmp_path):
-    from geoclip_qgis.session import drop_engines
+    from geoclip_qgis.core.session import drop_engines
 
     drop_engines()  # a fresh engine: the model loads in this run
     seen = []
@@ -471,8 +471,8 @@ def test_text_query_and_map_extent_area(plugin, tmp_path):
 
 
 def test_missing_dependencies_disable_run_with_an_explanation(plugin, monkeypatch):
-    from geoclip_qgis import deps
-    from geoclip_qgis.dock import GeoCLIPDock
+    from geoclip_qgis.core import deps
+    from geoclip_qgis.ui.dock import GeoCLIPDock
 
     monkeypatch.setattr(deps, "missing", lambda: ["torch", "transformers"])
     dock = GeoCLIPDock(plugin.iface)
@@ -603,7 +603,7 @@ def test_processing_finetune_writes_a_heads_folder(plugin, skimage_data, tmp_pat
         "geoclip:finetune_heads",
         {"CSV": str(table), "EPOCHS": 1, "EXTEND_GALLERY": True, "OUTPUT": str(tmp_path / "heads")},
     )
-    from geoclip_qgis.backend.weights import heads_problem
+    from geoclip_qgis.backend.store.weights import heads_problem
 
     assert heads_problem(tmp_path / "heads") is None
     assert (tmp_path / "heads" / "manifest.json").is_file()
@@ -613,8 +613,8 @@ def test_processing_finetune_writes_a_heads_folder(plugin, skimage_data, tmp_pat
 def test_models_dialog_shows_weight_files_what_runs_and_what_the_checkpoint_is(plugin, tiny_clip):
     from qgis.PyQt.QtWidgets import QLabel
 
-    from geoclip_qgis.install_dialog import InstallDialog
-    from geoclip_qgis.models_dialog import ModelsDialog
+    from geoclip_qgis.install.install_dialog import InstallDialog
+    from geoclip_qgis.ui.models_dialog import ModelsDialog
 
     dialog = ModelsDialog(plugin.dock)
     wait_for(lambda: dialog.checksums_done, 120)
@@ -628,7 +628,7 @@ def test_models_dialog_shows_weight_files_what_runs_and_what_the_checkpoint_is(p
     assert "weights/logit_scale_weights.pth" in text and "gps_gallery/coordinates_100K.csv" in text
     assert ".py" not in text.replace(".pth", "") and "config.json" not in text
     assert "computing…" not in text
-    from geoclip_qgis.backend.weights import sha256_file
+    from geoclip_qgis.backend.store.weights import sha256_file
 
     assert sha256_file(tiny_clip / "model.safetensors")[:16] in text
     # what runs, and that this small checkpoint is not what GeoCLIP was trained on
@@ -644,8 +644,8 @@ def test_models_dialog_shows_weight_files_what_runs_and_what_the_checkpoint_is(p
 def test_decoding_threads_are_a_setting_the_engine_gets(plugin, tiny_clip):
     from dataclasses import replace
 
-    from geoclip_qgis.models_dialog import ModelsDialog
-    from geoclip_qgis.session import drop_engines, get_engine, load_settings, save_settings
+    from geoclip_qgis.core.session import drop_engines, get_engine, load_settings, save_settings
+    from geoclip_qgis.ui.models_dialog import ModelsDialog
 
     saved = load_settings()
     try:
@@ -665,8 +665,8 @@ def test_a_checkpoint_without_tokenizer_runs_photos_not_text(plugin, tmp_path):
     from clip_factory import make_clip_checkpoint
     from qgis.core import QgsSettings
 
-    from geoclip_qgis.dock import GeoCLIPDock
-    from geoclip_qgis.models_dialog import ModelsDialog
+    from geoclip_qgis.ui.dock import GeoCLIPDock
+    from geoclip_qgis.ui.models_dialog import ModelsDialog
 
     no_text = make_clip_checkpoint(tmp_path / "vision-only", with_text=False)
     settings = QgsSettings()
@@ -689,9 +689,9 @@ def test_a_checkpoint_without_tokenizer_runs_photos_not_text(plugin, tmp_path):
 def test_before_any_backbone_the_dock_says_so_and_run_waits(plugin, monkeypatch, tmp_path):
     from qgis.core import QgsSettings
 
-    from geoclip_qgis.backend.model_state import ProblemCode
-    from geoclip_qgis.dock import GeoCLIPDock
-    from geoclip_qgis.models_dialog import ModelsDialog
+    from geoclip_qgis.backend.model.model_state import ProblemCode
+    from geoclip_qgis.ui.dock import GeoCLIPDock
+    from geoclip_qgis.ui.models_dialog import ModelsDialog
 
     settings = QgsSettings()
     previous = settings.value("geoclip_qgis/clip")
@@ -751,7 +751,7 @@ def test_a_failed_run_gives_a_short_notice_with_details_cleared_by_the_next_succ
 def test_dock_layout_labels_and_fit(plugin, photo_dir, tmp_path):
     from qgis.PyQt.QtWidgets import QFormLayout, QLabel, QScrollArea
 
-    from geoclip_qgis.plain_text import tooltip
+    from geoclip_qgis.core.plain_text import tooltip
 
     dock = plugin.dock
     # every tab scrolls on its own; Run, Cancel and progress stay below them
@@ -791,9 +791,9 @@ def test_dock_layout_labels_and_fit(plugin, photo_dir, tmp_path):
 def test_choices_survive_a_restart_and_the_dock_reopens(plugin, monkeypatch, tmp_path):
     from qgis_support import StandInInterface
 
-    from geoclip_qgis.dock import GeoCLIPDock
+    from geoclip_qgis.core.session import load_dock_settings, runs_folder
     from geoclip_qgis.plugin import GeoCLIPPlugin
-    from geoclip_qgis.session import load_dock_settings, runs_folder
+    from geoclip_qgis.ui.dock import GeoCLIPDock
 
     dock = plugin.dock
     dock.top_k.setValue(7)
@@ -1011,7 +1011,7 @@ def test_a_reopened_project_brings_its_runs_back(plugin, photo_dir, tmp_path):
 def test_file_dialogs_never_open_in_the_hidden_runs_folder(plugin, tmp_path):
     from qgis.core import QgsProject
 
-    from geoclip_qgis.session import dialog_folder, runs_folder
+    from geoclip_qgis.core.session import dialog_folder, runs_folder
 
     QgsProject.instance().clear()
     inside = runs_folder() / "holiday_20261202.gpkg"
@@ -1026,7 +1026,7 @@ def test_a_photo_named_like_markup_stays_text_in_the_map_tip(plugin):
     from qgis.core import QgsExpression, QgsExpressionContext, QgsFeature, QgsField, QgsFields
     from qgis.PyQt.QtCore import QVariant
 
-    from geoclip_qgis.layers import map_tip
+    from geoclip_qgis.map.layers import map_tip
 
     for with_kind in (True, False):  # a run's layer, and one written before the kind column existed
         fields = QgsFields()
@@ -1054,7 +1054,7 @@ def test_message_boxes_and_the_bar_quote_errors_as_text(plugin):
     from qgis.PyQt.QtCore import Qt, QTimer
     from qgis.PyQt.QtWidgets import QApplication
 
-    from geoclip_qgis.plain_text import bar_text, show_message
+    from geoclip_qgis.core.plain_text import bar_text, show_message
 
     seen = []
 

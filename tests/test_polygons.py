@@ -1,4 +1,4 @@
-"""Which points lie inside a polygon (backend/polygons.py): the batched rule must give exactly what OGR's
+"""Which points lie inside a polygon (backend/photos/polygons.py): the batched rule must give exactly what OGR's
 per-point ``polygon.Contains(point)`` gives (the reference below, the engine's rule before), edges and
 vertices included, and fast enough for the 100K gallery against QGIS's 240-country world map."""
 
@@ -11,10 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geoclip_qgis.backend import polygons, regions
-from geoclip_qgis.backend.area import Area
+from geoclip_qgis.backend.earth import regions
 from geoclip_qgis.backend.errors import GeoCLIPError
-from geoclip_qgis.backend.polygons import InvalidPolygonError, PointIndex, points_in_polygon, polygon_parts
+from geoclip_qgis.backend.photos import polygons
+from geoclip_qgis.backend.photos.area import Area
+from geoclip_qgis.backend.photos.polygons import (
+    InvalidPolygonError,
+    PointIndex,
+    points_in_polygon,
+    polygon_parts,
+)
 
 ogr = pytest.importorskip("osgeo.ogr")
 
@@ -270,9 +276,9 @@ def _mercator_square(path, half_side_m: float):
 def test_a_polygon_beyond_its_coordinate_system_is_a_named_error(tmp_path):
     """An EPSG:3857 square 10^12 m wide reprojects to longitudes of millions of degrees: refused by name,
     not silently given a share of the gallery. One inside the projection's domain reads as usual."""
-    from geoclip_qgis.backend.area import Area
     from geoclip_qgis.backend.errors import GeoCLIPError
-    from geoclip_qgis.backend.judging import read_polygons
+    from geoclip_qgis.backend.photos.area import Area
+    from geoclip_qgis.backend.workbench.judging import read_polygons
 
     huge = _mercator_square(tmp_path / "huge.gpkg", 5e11)
     with pytest.raises(GeoCLIPError, match="beyond its coordinate system's valid area"):

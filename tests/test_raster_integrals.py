@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from geoclip_qgis.backend.confidence import cell_areas_km2
-from geoclip_qgis.backend.geo import EARTH_RADIUS_KM, haversine_km
-from geoclip_qgis.backend.likelihood import LikelihoodMap, how_likely
+from geoclip_qgis.backend.earth.likelihood import LikelihoodMap, how_likely
+from geoclip_qgis.backend.geo import EARTH_RADIUS_KM, cell_areas_km2, haversine_km
 from geoclip_qgis.backend.results import PhotoResult
 
 
@@ -27,8 +26,8 @@ def default_budget():
 
 
 def test_the_point_budget_is_a_setting_checked_when_read(monkeypatch):
+    from geoclip_qgis.backend.earth.rasters import CPU_POINT_BUDGET, GPU_POINT_BUDGET, point_budget
     from geoclip_qgis.backend.errors import GeoCLIPError
-    from geoclip_qgis.backend.rasters import CPU_POINT_BUDGET, GPU_POINT_BUDGET, point_budget
 
     assert point_budget(torch.device("cpu")) == CPU_POINT_BUDGET
     assert point_budget(torch.device("cuda")) == GPU_POINT_BUDGET

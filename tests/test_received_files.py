@@ -72,7 +72,7 @@ def craft(source: Path, target: Path, *statements: str) -> Path:
 def run_gpkg(engine, samples, tmp_path_factory) -> Path:
     """A real run: one camera photo (kept in the run's folder) and a text query, with regions, confidence
     areas and query vectors."""
-    from geoclip_qgis.backend.run import RunRequest, execute
+    from geoclip_qgis.backend.pipeline.run import RunRequest, execute
 
     folder = tmp_path_factory.mktemp("received")
     (folder / "photos").mkdir()
@@ -158,7 +158,7 @@ def test_a_file_that_is_no_geopackage_is_a_named_error(tmp_path, content):
 
 def test_rows_left_out_leave_the_others_as_they_were(run_gpkg, tmp_path):
     """Reading a crafted file keeps every usable row and names each one left out."""
-    from geoclip_qgis.backend.run_file import read_answers, read_provenance
+    from geoclip_qgis.backend.workbench.run_file import read_answers, read_provenance
 
     photo = photo_of(run_gpkg)
     gpkg = craft(
@@ -180,8 +180,8 @@ def test_rows_left_out_leave_the_others_as_they_were(run_gpkg, tmp_path):
 
 
 def test_a_run_area_that_is_no_area_is_a_named_error(run_gpkg, tmp_path):
-    from geoclip_qgis.backend.judging import area_of_run
-    from geoclip_qgis.backend.run_file import RunFileError
+    from geoclip_qgis.backend.workbench.judging import area_of_run
+    from geoclip_qgis.backend.workbench.run_file import RunFileError
 
     for bbox in ('"abc"', "[1, 2, 3]", '[0, 10, "x", 20]', "[0, 95, 10, 96]"):
         params = json.dumps({"area": "x", "area_bbox": "BBOX", "area_wkt": None}).replace('"BBOX"', bbox)
@@ -254,7 +254,7 @@ def test_the_report_embeds_only_a_photo_with_the_bytes_the_run_answered(run_gpkg
 
 
 def test_photo_file_never_reads_what_is_not_a_regular_file(run_gpkg, tmp_path):
-    from geoclip_qgis.backend.run_file import photo_file, read_answers
+    from geoclip_qgis.backend.workbench.run_file import photo_file, read_answers
 
     photo = photo_of(run_gpkg)
     fifo = tmp_path / "pipe.jpg"
@@ -279,7 +279,7 @@ def test_the_results_panel_and_the_pdf_show_only_the_answered_photo(run_gpkg, sa
     qgis_app()
     from qgis.core import QgsApplication
 
-    from geoclip_qgis.results_panel import ResultsPanel
+    from geoclip_qgis.ui.results_panel import ResultsPanel
 
     secret = tmp_path / "secret.jpg"
     shutil.copy(samples / "gps" / "DSCN0012.jpg", secret)
@@ -301,7 +301,7 @@ def test_the_results_panel_and_the_pdf_show_only_the_answered_photo(run_gpkg, sa
 
     from qgis.core import QgsLayoutItemPicture, QgsProject
 
-    from geoclip_qgis.case_report import build_layout
+    from geoclip_qgis.map.case_report import build_layout
 
     for shown, pictures in ((gpkg, 0), (run_gpkg, 1)):
         layout, layers = build_layout(str(shown), str(secret) if shown == gpkg else photo)
@@ -320,7 +320,7 @@ def test_the_pdf_report_leaves_no_file_in_the_temporary_folder(run_gpkg, tmp_pat
     from qgis_support import qgis_app
 
     qgis_app()
-    from geoclip_qgis.case_report import export_case_report
+    from geoclip_qgis.map.case_report import export_case_report
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -384,8 +384,8 @@ def test_likely_names_every_place_it_skips_and_writes_no_formula(hostile_run, ti
 def test_one_csv_rule_for_every_csv():
     import numpy as np
 
-    from geoclip_qgis.backend import csv_writer
     from geoclip_qgis.backend.csv_safety import csv_cell, neutralise_formula
+    from geoclip_qgis.backend.output import csv_writer
 
     assert csv_writer.neutralise_formula is neutralise_formula
     cells = [csv_cell(v) for v in ("=1", "-2", 3, -4.5, np.float32(0.5), np.int64(-7), None, True, "a=b")]

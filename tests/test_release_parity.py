@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from geoclip_qgis.backend.heads import LOCATION_ENCODER_FILE, HeadsFiles, load_heads, save_heads
+from geoclip_qgis.backend.model.heads import LOCATION_ENCODER_FILE, HeadsFiles, load_heads, save_heads
 
 # Poles, the antimeridian from both sides, the equator and a few places between.
 SPREAD = [
@@ -139,7 +139,7 @@ def test_release_preprocessing_gives_the_release_embeddings(
     and embedding cache; the engine's way differs on these photos. The cache never hands one way's
     embedding to the other."""
     from geoclip_qgis.backend import build_engine
-    from geoclip_qgis.backend.embedding_cache import EmbeddingCache
+    from geoclip_qgis.backend.store.embedding_cache import EmbeddingCache
 
     paths = list(photos_seen_differently.values())
     shared = EmbeddingCache(tmp_path / "embeddings.sqlite")

@@ -164,7 +164,7 @@ def test_control_characters_in_names_cannot_fake_terminal_lines(warm, tiny_clip,
 
 
 def test_extremely_thin_images_are_cut_to_what_reaches_the_model(engine, tmp_path):
-    from geoclip_qgis.backend.photos import MAX_ASPECT, open_photo
+    from geoclip_qgis.backend.photos.loader import MAX_ASPECT, open_photo
 
     paths = []
     for width, height in ((1, 10_000), (40_000, 1), (3, 2_000)):
@@ -416,7 +416,7 @@ def test_csv_cells_that_spreadsheets_would_run_are_neutralised(warm, tiny_clip, 
     row = next(csv.DictReader(io.StringIO(out.stdout)))
     assert Path(row["photo"]).name == "=1+2.jpg" and row["photo"].startswith("/")  # a path: harmless as is
     assert row["camera_make"] == '\'=HYPERLINK("http://x")' and row["camera_model"] == "'@SUM(1)"
-    from geoclip_qgis.backend.csv_writer import _csv_value, neutralise_formula
+    from geoclip_qgis.backend.output.csv_writer import _csv_value, neutralise_formula
 
     assert _csv_value("lat", -33.5) == "-33.5" and _csv_value("photo", "-x.jpg") == "'-x.jpg"  # numbers stay numbers
 
@@ -435,8 +435,8 @@ def test_csv_cells_that_spreadsheets_would_run_are_neutralised(warm, tiny_clip, 
 
 
 def test_a_zip_bomb_bundle_is_refused_before_anything_is_written(heads_dir, tmp_path, monkeypatch):
-    from geoclip_qgis.backend import bundles, weights
     from geoclip_qgis.backend.errors import WeightsError
+    from geoclip_qgis.backend.store import bundles, weights
 
     monkeypatch.setenv("GEOCLIP_MODELS_DIR", str(tmp_path / "models"))
     bomb = tmp_path / "bomb.zip"
@@ -482,8 +482,8 @@ def heads_dir(wheel_model_dir, tmp_path) -> Path:
 def test_imported_folders_never_follow_links_out_and_bundles_hold_only_model_files(
     heads_dir, wheel_model_dir, tiny_clip, tmp_path, monkeypatch
 ):
-    from geoclip_qgis.backend import bundles, weights
     from geoclip_qgis.backend.errors import WeightsError
+    from geoclip_qgis.backend.store import bundles, weights
 
     monkeypatch.setenv("GEOCLIP_MODELS_DIR", str(tmp_path / "models"))
     secret = tmp_path / "secret.json"
@@ -564,13 +564,13 @@ def test_an_unusable_cache_warns_once_and_the_run_goes_on(warm, tiny_clip, photo
     unwritable = tmp_path / "features-blocked"  # no room for location features: computed, not kept, warned
     unwritable.mkdir()
     (unwritable / "features").write_text("a file where the features folder should be")
-    from geoclip_qgis.backend import gallery
+    from geoclip_qgis.backend.model import gallery
 
     saved = gallery._memory.copy()
     gallery._memory.clear()
     try:
         os.environ["GEOCLIP_CACHE_DIR"], previous = str(unwritable), os.environ["GEOCLIP_CACHE_DIR"]
-        from geoclip_qgis.backend.factory import build_engine
+        from geoclip_qgis.backend.model.factory import build_engine
 
         answered = build_engine(clip=tiny_clip, device="cpu", precision="fp32", embedding_cache=False).predict(
             [photo_dir / "kauai.png"], top_k=1
@@ -586,7 +586,7 @@ def test_an_unusable_cache_warns_once_and_the_run_goes_on(warm, tiny_clip, photo
 def test_cache_privacy_switch_clear_cap_and_permissions(warm, tiny_clip, photo_dir, tmp_path):
     import numpy as np
 
-    from geoclip_qgis.backend.embedding_cache import EmbeddingCache
+    from geoclip_qgis.backend.store.embedding_cache import EmbeddingCache
 
     cache = cache_with_gallery(tmp_path / "cache", warm)
     env = {"GEOCLIP_CACHE_DIR": str(cache)}
@@ -612,7 +612,7 @@ def test_cache_privacy_switch_clear_cap_and_permissions(warm, tiny_clip, photo_d
 
 
 def test_a_huge_file_that_is_no_photo_is_refused_before_it_is_hashed(engine, tmp_path, monkeypatch):
-    from geoclip_qgis.backend import decoding
+    from geoclip_qgis.backend.photos import decoding
 
     huge = tmp_path / "huge.jpg"
     with open(huge, "wb") as handle:

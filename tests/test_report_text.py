@@ -44,7 +44,7 @@ HOSTILE_NAME = "\x1b[31m<script>odd.jpg"  # a terminal colour escape and a tag i
     ],
 )
 def test_the_camera_is_named_once(make, model, shown):
-    from geoclip_qgis.backend.exif import camera_label
+    from geoclip_qgis.backend.photos.exif import camera_label
 
     assert camera_label(make, model) == shown
 
@@ -65,7 +65,7 @@ def test_the_camera_is_named_once(make, model, shown):
     ],
 )
 def test_run_settings_are_words(value, words):
-    from geoclip_qgis.backend.report import setting_text
+    from geoclip_qgis.backend.workbench.report import setting_text
 
     assert setting_text(value) == words
 
@@ -79,8 +79,8 @@ def test_characters_that_act_are_written_out():
 
 
 def test_the_import_message_names_the_backbone_by_its_architecture(tiny_clip, tmp_path):
-    from geoclip_qgis.backend import weights
-    from geoclip_qgis.backend.model_state import ProblemCode, model_state
+    from geoclip_qgis.backend.model.model_state import ProblemCode, model_state
+    from geoclip_qgis.backend.store import weights
 
     shutil.copytree(tiny_clip, tmp_path / weights.BACKBONE_FOLDER)
     said = weights.imported_message(["heads", weights.BACKBONE_FOLDER], into=tmp_path)
@@ -109,7 +109,7 @@ def _photo(path, make, model):
 
 @pytest.fixture(scope="module")
 def run_file(engine, tmp_path_factory):
-    from geoclip_qgis.backend.run import RunRequest, execute
+    from geoclip_qgis.backend.pipeline.run import RunRequest, execute
 
     folder = tmp_path_factory.mktemp("report-text")
     hostile = _photo(folder / HOSTILE_NAME, HOSTILE_MAKE, "Model <b>9</b>")
@@ -120,8 +120,8 @@ def run_file(engine, tmp_path_factory):
 
 
 def test_the_run_records_what_its_backbone_is(run_file, tiny_clip):
-    from geoclip_qgis.backend import weights
-    from geoclip_qgis.backend.run_file import read_provenance
+    from geoclip_qgis.backend.store import weights
+    from geoclip_qgis.backend.workbench.run_file import read_provenance
 
     record = read_provenance(run_file[0])
     assert record["backbone"] == weights.backbone_architecture(tiny_clip).description
@@ -130,7 +130,7 @@ def test_the_run_records_what_its_backbone_is(run_file, tiny_clip):
 
 
 def _html_of(gpkg, photos=None) -> str:
-    from geoclip_qgis.backend.report import render_html, report_from_geopackage
+    from geoclip_qgis.backend.workbench.report import render_html, report_from_geopackage
 
     return render_html(report_from_geopackage(gpkg, photos))
 
@@ -144,8 +144,8 @@ def _table(text: str, first_header: str) -> dict[str, str]:
 
 
 def test_the_html_report_names_the_backbone_and_warns(run_file, tiny_clip):
-    from geoclip_qgis.backend import weights
-    from geoclip_qgis.backend.run_file import read_provenance
+    from geoclip_qgis.backend.store import weights
+    from geoclip_qgis.backend.workbench.run_file import read_provenance
 
     gpkg, _, _ = run_file
     text = _html_of(gpkg)
@@ -203,8 +203,8 @@ def test_the_results_panel_names_the_camera_once(run_file):
     from qgis_support import qgis_app
 
     qgis_app()
-    from geoclip_qgis.backend.run_file import read_answers
-    from geoclip_qgis.results_panel import ResultsPanel
+    from geoclip_qgis.backend.workbench.run_file import read_answers
+    from geoclip_qgis.ui.results_panel import ResultsPanel
 
     gpkg, _, canon = run_file
     info = ResultsPanel._info_html(read_answers(gpkg, [canon])[0])
@@ -223,8 +223,8 @@ def test_the_pdf_prints_exif_and_names_as_written_never_evaluated(run_file, tmp_
     from qgis_support import qgis_app
 
     qgis_app()
-    from geoclip_qgis.backend import weights
-    from geoclip_qgis.case_report import export_case_report
+    from geoclip_qgis.backend.store import weights
+    from geoclip_qgis.map.case_report import export_case_report
 
     monkeypatch.setenv(SECRET_VARIABLE, SECRET)
     gpkg, hostile, _ = run_file
@@ -252,8 +252,8 @@ def test_the_legend_lists_the_confidence_areas_a_run_made(engine, samples, tmp_p
     from qgis_support import qgis_app
 
     qgis_app()
-    from geoclip_qgis.backend.run import RunRequest, execute
-    from geoclip_qgis.case_report import _legend, build_layout
+    from geoclip_qgis.backend.pipeline.run import RunRequest, execute
+    from geoclip_qgis.map.case_report import _legend, build_layout
 
     gpkg = tmp_path / "areas.gpkg"
     photo = str(samples / "gps" / "DSCN0010.jpg")
@@ -270,6 +270,6 @@ def test_the_legend_lists_the_confidence_areas_a_run_made(engine, samples, tmp_p
     assert legend == (
         "Red star: top-1 answer · solid red outline: 50 % confidence area · dashed orange outline: 90 % confidence area"
     )  # one candidate: no "other candidates" dots
-    from geoclip_qgis.backend.report import report_from_geopackage
+    from geoclip_qgis.backend.workbench.report import report_from_geopackage
 
     assert _legend(report_from_geopackage(gpkg, [photo]).answers[0]) == legend

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.qgis
 
 @pytest.fixture(scope="module")
 def run_file(engine, samples, kauai_png, tmp_path_factory):
-    from geoclip_qgis.backend.run import RunRequest, execute
+    from geoclip_qgis.backend.pipeline.run import RunRequest, execute
 
     gpkg = tmp_path_factory.mktemp("panel") / "answers.gpkg"
     photos = [str(samples / "gps" / "DSCN0010.jpg"), str(kauai_png)]
@@ -39,7 +39,7 @@ def panel(run_file, tiny_clip):
     settings.setValue("geoclip_qgis/clip", str(tiny_clip))
     settings.setValue("geoclip_qgis/precision", "bf16")
     settings.setValue("geoclip_qgis/device", "cpu")
-    from geoclip_qgis.results_panel import ResultsPanel
+    from geoclip_qgis.ui.results_panel import ResultsPanel
 
     QgsProject.instance().removeAllMapLayers()
     made = ResultsPanel(StandInInterface())
@@ -103,7 +103,7 @@ def test_only_this_answer_filters_the_runs_layers(panel, run_file):
 
 
 def test_how_likely_here_from_the_map(panel):
-    from geoclip_qgis.results_panel import likely_text
+    from geoclip_qgis.ui.results_panel import likely_text
 
     panel.list.setCurrentRow(1)
     top = panel.current().result.candidates[0]
@@ -137,7 +137,7 @@ def test_names_from_a_received_run_are_shown_as_text(engine, kauai_png, tmp_path
     import shutil
     import sqlite3
 
-    from geoclip_qgis.backend.run import RunRequest, execute
+    from geoclip_qgis.backend.pipeline.run import RunRequest, execute
 
     qgis_app()
     hostile = tmp_path / "<img src=x onerror=alert(1)>.png"
@@ -146,7 +146,7 @@ def test_names_from_a_received_run_are_shown_as_text(engine, kauai_png, tmp_path
     execute(RunRequest(photos=[str(hostile)], top_k=2, output=str(gpkg)), engine)
     with sqlite3.connect(gpkg) as db:
         db.execute("UPDATE regions SET region = '<a href=\"https://attacker.example\">Click</a>'")
-    from geoclip_qgis.results_panel import ResultsPanel
+    from geoclip_qgis.ui.results_panel import ResultsPanel
 
     made = ResultsPanel(StandInInterface())
     made.show_run(str(gpkg))

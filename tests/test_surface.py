@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from geoclip_qgis.backend.area import Area
 from geoclip_qgis.backend.geo import haversine_km
+from geoclip_qgis.backend.photos.area import Area
 from geoclip_qgis.backend.results import PhotoResult
 
 

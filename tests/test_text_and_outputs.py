@@ -12,7 +12,7 @@ from test_cli import run
 
 from geoclip_qgis.backend import build_engine
 from geoclip_qgis.backend.errors import WeightsError
-from geoclip_qgis.backend.geotiff import raster_metadata, raster_name, write_geotiff
+from geoclip_qgis.backend.output.geotiff import raster_metadata, raster_name, write_geotiff
 
 
 def test_text_tower_loads_only_for_text(tiny_clip, photo_dir):
@@ -121,9 +121,9 @@ def test_an_answers_kind_is_stored_not_read_from_its_label(engine, kauai_png, sk
     import shutil
     import sqlite3
 
+    from geoclip_qgis.backend.pipeline.run import RunRequest, execute
     from geoclip_qgis.backend.results import AnswerKind, answer_name
-    from geoclip_qgis.backend.run import RunRequest, execute
-    from geoclip_qgis.backend.run_file import photo_file, read_answers
+    from geoclip_qgis.backend.workbench.run_file import photo_file, read_answers
 
     shutil.copy(kauai_png, tmp_path / "text: beach.png")
     shutil.copy(skimage_data / "coffee.png", tmp_path / "fused: 2 photos.png")
@@ -158,8 +158,8 @@ def test_the_plugin_names_answers_by_their_kind(engine, kauai_png, tmp_path, mon
     qgis_app()
     from qgis.core import QgsExpression, QgsExpressionContext, QgsVectorLayer
 
-    from geoclip_qgis.backend.run import RunRequest, execute
-    from geoclip_qgis.layers import style_points
+    from geoclip_qgis.backend.pipeline.run import RunRequest, execute
+    from geoclip_qgis.map.layers import style_points
 
     shutil.copy(kauai_png, tmp_path / "text: beach.png")
     monkeypatch.chdir(tmp_path)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from clip_factory import make_clip_checkpoint
 
-from geoclip_qgis.backend import bundles, weights
 from geoclip_qgis.backend.errors import WeightsError
-from geoclip_qgis.backend.heads import LOCATION_ENCODER_FILE, HeadsFiles, load_heads
+from geoclip_qgis.backend.model.heads import LOCATION_ENCODER_FILE, HeadsFiles, load_heads
+from geoclip_qgis.backend.store import bundles, weights
 
 
 @pytest.fixture

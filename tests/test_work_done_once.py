@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from geoclip_qgis.backend import walk
-from geoclip_qgis.backend.run import RunRequest, execute
+from geoclip_qgis.backend.photos import walk
+from geoclip_qgis.backend.pipeline.run import RunRequest, execute
 
 
 @pytest.fixture
@@ -74,9 +74,9 @@ def test_a_folder_is_walked_once_per_run(engine, samples, tmp_path, monkeypatch)
 
 
 def test_a_runs_rasters_are_styled_from_what_the_run_holds(engine, samples, tmp_path):
-    from geoclip_qgis.backend.geotiff import read_raster_facts
+    from geoclip_qgis.backend.output.geotiff import read_raster_facts
+    from geoclip_qgis.backend.pipeline.run import RasterOptions
     from geoclip_qgis.backend.results import OutputKind
-    from geoclip_qgis.backend.run import RasterOptions
 
     outcome = execute(
         RunRequest(

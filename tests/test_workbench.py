@@ -20,10 +20,12 @@ import pytest
 import torch
 from PIL import ExifTags, Image
 
-from geoclip_qgis.backend import confidence, likelihood, places, regions, report
+from geoclip_qgis.backend import geo
+from geoclip_qgis.backend.earth import confidence, likelihood, places, regions
 from geoclip_qgis.backend.geo import EARTH_RADIUS_KM, haversine_km
 from geoclip_qgis.backend.results import PhotoResult
 from geoclip_qgis.backend.version import __version__
+from geoclip_qgis.backend.workbench import report
 
 # Known places, none on a 0.25 deg cell edge (a point on a polygon's edge is not "contained").
 PLACES = {"Paris": (48.8566, 2.3522), "Nairobi": (-1.2921, 36.8219), "Lima": (-12.0464, -77.0428)}
@@ -151,7 +153,7 @@ def test_probability_inside_one_country_stays_in_it(engine, assignment):
 
 
 def test_gallery_assignment_is_cached_on_disk_without_pickle(engine, assignment):
-    from geoclip_qgis.backend.weights import cache_dir
+    from geoclip_qgis.backend.store.weights import cache_dir
 
     files = list((cache_dir() / "regions").glob(f"{engine.gallery.key}-*.npz"))
     assert len(files) == 1
@@ -231,7 +233,7 @@ def _equal_area_km2(wkt, lat, lon) -> float:
 
 def test_confidence_area_takes_the_densest_cells_not_the_most_probable():
     """A small polar cell with less probability than a large equatorial one is still denser per km²."""
-    from geoclip_qgis.backend.rasters import Raster
+    from geoclip_qgis.backend.earth.rasters import Raster
 
     values = np.full((180, 360), 0.35 / (180 * 360 - 2), dtype=np.float64)
     values[10, 100] = 0.30  # 79..80 N: a cell about a sixth of an equatorial one's area
@@ -247,7 +249,7 @@ def test_confidence_area_takes_the_densest_cells_not_the_most_probable():
     equator = likelihood.how_likely(world, -0.5, 20.5)
     assert equator.rank == 2 and equator.credible_level == pytest.approx(0.65, rel=1e-5)
     assert equator.density_ratio == pytest.approx(
-        0.35 / 0.30 * polar.area_km2 / confidence.cell_areas_km2(1.0, 1.0, 1)[0], rel=1e-5
+        0.35 / 0.30 * polar.area_km2 / geo.cell_areas_km2(1.0, 1.0, 1)[0], rel=1e-5
     )
 
 
@@ -302,7 +304,7 @@ def test_local_rasters_give_a_finer_area_than_the_world_alone(rasters_of):
 
 
 def test_confidence_areas_and_likelihood_respect_an_area_of_interest(engine):
-    from geoclip_qgis.backend.area import Area
+    from geoclip_qgis.backend.photos.area import Area
 
     area = Area.from_bbox("-10,35,30,60")  # Europe; the oracle place, Nairobi, lies outside it
     feature = oracle_feature(engine, *PLACES["Nairobi"])
@@ -402,9 +404,7 @@ def test_how_likely_ranks_hypotheses_and_matches_confidence_areas(rasters_of):
     assert place.density_ratio > lyon.density_ratio > tokyo.density_ratio >= 0
     assert 0 < place.density_ratio <= 1 and place.rank <= 4
     assert place.rank < lyon.rank < tokyo.rank <= place.cells == made.world.values.size
-    world_density = (
-        made.world.values / confidence.cell_areas_km2(made.world.north, made.world.cell, made.world.rows)[:, None]
-    )
+    world_density = made.world.values / geo.cell_areas_km2(made.world.north, made.world.cell, made.world.rows)[:, None]
     row, col = int((made.world.north - 45.764) // 0.25), int((4.8357 - made.world.west) // 0.25)
     assert lyon.rank == 1 + int((world_density > world_density[row, col]).sum())
     assert place.credible_level < lyon.credible_level < tokyo.credible_level <= 1
@@ -536,7 +536,7 @@ def test_a_run_keeps_place_names_regions_areas_and_query_vectors(engine, tiny_cl
     from osgeo import ogr
     from test_cli import run
 
-    from geoclip_qgis.backend.run_file import read_answers, read_provenance
+    from geoclip_qgis.backend.workbench.run_file import read_answers, read_provenance
 
     gpkg = tmp_path / "case.gpkg"
     run(

@@ -218,7 +218,7 @@ def makefile_variables() -> dict[str, str]:
     text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     found = {m.group(1): m.group(2).strip() for m in re.finditer(r"(?m)^([A-Z_]+)\s*[:?]?=\s*(.*)$", text)}
     # The release pin lives in the plugin's installer (the Makefile reads it from there with $(shell ...)).
-    release = re.search(r'(?m)^HEADS_RELEASE = "([^"]+)"', (ROOT / "geoclip_qgis" / "deps.py").read_text())
+    release = re.search(r'(?m)^HEADS_RELEASE = "([^"]+)"', (ROOT / "geoclip_qgis" / "core" / "deps.py").read_text())
     if release and found.get("GEOCLIP_RELEASE", "").startswith("$(shell"):
         found["GEOCLIP_RELEASE"] = release.group(1)
     return found
@@ -892,13 +892,13 @@ print(f"RUN OK: NumPy {numpy.__version__} and GDAL {osgeo.gdal.__version__} as b
 PYEOF
 }
 cd $P
-$PY -m geoclip_qgis.installer install $T --build cpu
+$PY -m geoclip_qgis.install.installer install $T --build cpu
 check ""
 echo "INSTALLER ONLINE: PASS"
-$PY -m geoclip_qgis.installer wheelhouse $W --build cpu --python $PY
+$PY -m geoclip_qgis.install.installer wheelhouse $W --build cpu --python $PY
 echo "constraints: $(tr '\n' ' ' < $W/qgis-constraints.txt)"
 rm -rf $T /tmp/clip
-unshare --net $PY -m geoclip_qgis.installer install $T --wheels $W --build cpu
+unshare --net $PY -m geoclip_qgis.install.installer install $T --wheels $W --build cpu
 check "unshare --net"
 echo "INSTALLER OFFLINE: PASS"
 """

@@ -36,8 +36,8 @@ from qgis.core import (
 )
 
 from ..backend.geo import THRESHOLDS_KM
-from ..inputs import WGS84, InputError, area_from_extent, area_from_polygons, photo_paths
-from ..session import EngineSettings, get_engine, load_settings, weights_message
+from ..core.inputs import WGS84, InputError, area_from_extent, area_from_polygons, photo_paths
+from ..core.session import EngineSettings, get_engine, load_settings, weights_message
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -190,7 +190,7 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
         return output if output.lower().endswith(".gpkg") else str(Path(output).with_suffix(".gpkg"))
 
     def _rasters(self, parameters, context, output: str):
-        from ..backend.run import WORLD_COMBINED, WORLD_EACH, RasterOptions, default_raster_folder
+        from ..backend.pipeline.run import WORLD_COMBINED, WORLD_EACH, RasterOptions, default_raster_folder
 
         if not self.parameterAsBoolean(parameters, "RASTERS", context):
             return None
@@ -238,7 +238,7 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
         """Every layer of the run, loaded into the project when the algorithm ends, styled and grouped as
         the dock does it (a group named after the run, earlier runs folded, the map zoomed to the answers)."""
         from ..backend.results import OutputKind
-        from ..layers import RASTER_KINDS, VECTOR_KINDS, RunPlacement, layer_name, make_layer, run_title
+        from ..map.layers import RASTER_KINDS, VECTOR_KINDS, RunPlacement, layer_name, make_layer, run_title
 
         results = {"POINTS": None, "TRUTH_LINES": None, "RASTER_LAYERS": [], "RASTER_FOLDER": None}
         loaded = []
@@ -274,7 +274,7 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
         return results
 
     def _run(self, request, parameters, context, feedback) -> dict:
-        from ..backend.run import execute
+        from ..backend.pipeline.run import execute
 
         outcome = self._answer(execute, request, parameters, context, feedback)
         self._say_outcome(outcome, feedback)
@@ -343,7 +343,7 @@ class GeolocatePhotos(_GeoCLIPAlgorithm):
         self._add_run_outputs()
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        from ..backend.run import RunRequest
+        from ..backend.pipeline.run import RunRequest
 
         photos = [p for p in self.parameterAsFileList(parameters, "PHOTOS", context) or [] if p]
         folder = self.parameterAsFile(parameters, "FOLDER", context)
@@ -401,7 +401,7 @@ class GeolocateText(_GeoCLIPAlgorithm):
         self._add_run_outputs()
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        from ..backend.run import RunRequest
+        from ..backend.pipeline.run import RunRequest
 
         text = self.parameterAsString(parameters, "TEXT", context).strip()
         if not text:
@@ -450,9 +450,9 @@ class EvaluatePhotos(_GeoCLIPAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         from ..backend.errors import GeoCLIPError
-        from ..backend.evaluate import evaluate, truth_inputs
-        from ..backend.evaluation import format_table
-        from ..backend.run import RunRequest
+        from ..backend.pipeline.evaluate import evaluate, truth_inputs
+        from ..backend.pipeline.evaluation import format_table
+        from ..backend.pipeline.run import RunRequest
 
         data, images = self._truth_source(parameters, context)
         try:
@@ -501,7 +501,7 @@ class FinetuneHeads(_GeoCLIPAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("ACC_25KM_AFTER", "Validation % within 25 km, after"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        from ..backend.finetune import FinetuneSettings, tune_heads
+        from ..backend.pipeline.finetune import FinetuneSettings, tune_heads
 
         data, images = self._truth_source(parameters, context)
         output = self.parameterAsString(parameters, "OUTPUT", context)

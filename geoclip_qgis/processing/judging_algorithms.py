@@ -81,7 +81,7 @@ def _wgs84(geometry: QgsGeometry, transform: QgsCoordinateTransform, what: str) 
     copy.get().dropZValue()
     copy.get().dropMValue()
     from ..backend.errors import GeoCLIPError
-    from ..backend.polygons import wkt_to_wgs84
+    from ..backend.photos.polygons import wkt_to_wgs84
 
     try:  # the engine's rule: reprojected, and checked to lie on the Earth
         return QgsGeometry.fromWkt(wkt_to_wgs84(copy.asWkt(), transform.sourceCrs().toWkt(), what))
@@ -90,7 +90,7 @@ def _wgs84(geometry: QgsGeometry, transform: QgsCoordinateTransform, what: str) 
 
 
 def _engine():
-    from ..session import get_engine, load_settings
+    from ..core.session import get_engine, load_settings
 
     return get_engine(load_settings())
 
@@ -121,7 +121,7 @@ class _JudgingAlgorithm(QgsProcessingAlgorithm):
         )
 
     def _answers(self, parameters, context):
-        from ..backend.judging import answers_with_vectors, area_of_run
+        from ..backend.workbench.judging import answers_with_vectors, area_of_run
 
         path = self.parameterAsFile(parameters, "RUN", context)
         photo = self.parameterAsString(parameters, "PHOTO", context).strip()
@@ -195,7 +195,7 @@ class ProbabilityByRegion(_JudgingAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("ANSWERS", "Answers judged"))
 
     def _judge(self, parameters, context, feedback):
-        from ..backend.judging import ZONE_COLUMNS, zonal_for_answers
+        from ..backend.workbench.judging import ZONE_COLUMNS, zonal_for_answers
 
         answers, area = self._answers(parameters, context)
         source = self.parameterAsSource(parameters, "REGIONS", context)
@@ -251,7 +251,7 @@ class ProbabilityByRegion(_JudgingAlgorithm):
     def _regions_layer(self, parameters, context, feedback, source, kept, judged):
         """The polygons as they are, with 'probability' and 'rank' for one answer, else one 'p_<file>'
         field per answer (the first ones)."""
-        from ..backend.judging import file_name
+        from ..backend.workbench.judging import file_name
 
         fields = QgsFields(source.fields())
         taken = {f.name().lower() for f in fields}
@@ -329,7 +329,7 @@ class HowLikelyHere(_JudgingAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("ANSWERS", "Answers judged"))
 
     def _judge(self, parameters, context, feedback):
-        from ..backend.judging import LIKELY_COLUMNS, likely_for_answers, likely_values
+        from ..backend.workbench.judging import LIKELY_COLUMNS, likely_for_answers, likely_values
 
         answers, area = self._answers(parameters, context)
         source = self.parameterAsSource(parameters, "POINTS", context)

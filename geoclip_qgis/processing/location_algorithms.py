@@ -123,8 +123,8 @@ def _plain(value, kind: str):
 def location_model(progress=None):
     """The heads of the plugin's chosen settings: those of the loaded engine when there is one, else
     loaded once per QGIS session (safe from task threads)."""
-    from ..backend.location_features import LocationModel, load_location_model
-    from ..session import load_settings, loaded_engine
+    from ..backend.location.location_features import LocationModel, load_location_model
+    from ..core.session import load_settings, loaded_engine
 
     settings = load_settings()
     engine = loaded_engine(settings)
@@ -211,7 +211,7 @@ class _PlaceApart(QgsProcessingLayerPostProcessorInterface):
 def _place_apart(layer, context, group: str, order: int) -> None:
     from qgis.core import QgsProject
 
-    from ..layers import place_apart
+    from ..map.layers import place_apart
 
     if group:
         place_apart(context.project() or QgsProject.instance(), layer, group, order)
@@ -253,7 +253,7 @@ class _LocationAlgorithm(QgsProcessingAlgorithm):
         )
 
     def _extent(self, parameters, context) -> tuple[float, float, float, float]:
-        from ..backend.embedding_maps import WORLD
+        from ..backend.location.embedding_maps import WORLD
 
         if not parameters.get("EXTENT"):
             return WORLD
@@ -315,7 +315,7 @@ class LocationEmbeddings(_LocationAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("SKIPPED", "Points without a usable position"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        from ..backend.point_embeddings import embed_table, points_from_arrays, write_npz, write_points_gpkg
+        from ..backend.location.point_embeddings import embed_table, points_from_arrays, write_npz, write_points_gpkg
 
         source = self.parameterAsSource(parameters, "INPUT", context)
         if source is None:
@@ -423,7 +423,7 @@ class EmbeddingMap(_LocationAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Embedding map"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        from ..backend.embedding_maps import embedding_map
+        from ..backend.location.embedding_maps import embedding_map
 
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         bands = BAND_CHOICES[self.parameterAsEnum(parameters, "BANDS", context)][0]
@@ -512,7 +512,7 @@ class SimilarPlaces(_LocationAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("PEAK_SIMILARITY", "Highest similarity in the raster"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        from ..backend.embedding_maps import PLACE_COLUMNS, similar_places
+        from ..backend.location.embedding_maps import PLACE_COLUMNS, similar_places
 
         point = self.parameterAsPoint(parameters, "POINT", context, WGS84)
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)

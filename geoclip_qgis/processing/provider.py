@@ -19,7 +19,7 @@ class GeoCLIPProvider(QgsProcessingProvider):
         return "GeoCLIP"
 
     def icon(self) -> QIcon:
-        from ..plugin import icon_path
+        from ..icon import icon_path
 
         return QIcon(icon_path())
 

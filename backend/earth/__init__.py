@@ -1,0 +1,1 @@
+"""What an answer means on the ground: rasters, confidence areas, regions, places, likelihood."""

@@ -1,0 +1,1 @@
+"""Location-embedding tools: features, embedding maps, point embeddings."""

@@ -1,0 +1,1 @@
+"""Files the engine writes: answers by format, GeoPackages, GeoTIFFs, locks."""

@@ -1,0 +1,1 @@
+"""User actions end to end: a run, its summary, evaluation, fine-tuning, Ray."""

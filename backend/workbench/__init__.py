@@ -1,0 +1,1 @@
+"""A finished run read back: its file, judging answers, the case report."""

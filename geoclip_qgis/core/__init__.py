@@ -1,0 +1,1 @@
+"""The plugin's core: settings and engine session, tasks, inputs, dependencies."""

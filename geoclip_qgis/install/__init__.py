@@ -1,0 +1,1 @@
+"""Installing the plugin's Python packages from inside QGIS."""

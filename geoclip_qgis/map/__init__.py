@@ -1,0 +1,1 @@
+"""What goes on the map: layers, their styles, the case report."""

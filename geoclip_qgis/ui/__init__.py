@@ -1,0 +1,1 @@
+"""Widgets: the dock, the results panel, the Models dialog, diagnostics."""
