@@ -14,7 +14,7 @@ import torch
 
 from geoclip_qgis.backend.errors import Cancelled
 from geoclip_qgis.backend.geo import haversine_km
-from geoclip_qgis.backend.location import embedding_maps, location_features, point_embeddings
+from geoclip_qgis.backend.location import embedding_maps, location_features, point_embeddings, similar_places
 from geoclip_qgis.backend.model import gallery as gallery_module
 from geoclip_qgis.backend.model.heads import HeadsFiles, load_heads
 from geoclip_qgis.backend.progress import Progress
@@ -371,7 +371,7 @@ def test_world_map_reuses_the_rasters_cached_world_grid(model, tmp_path):
 
 def test_similar_places(model, tmp_path):
     lat, lon = 48.875, 2.375  # a cell centre of the 0.25 deg grid below
-    found = embedding_maps.similar_places(
+    found = similar_places.similar_places(
         model, lat, lon, tmp_path / "similar.tif", (0.0, 47.0, 5.0, 51.0), 0.25, top=15
     )
     values = gdal.Open(str(found.raster)).ReadAsArray()
@@ -383,24 +383,24 @@ def test_similar_places(model, tmp_path):
     similarity = [p.similarity for p in found.places]
     assert len(found.places) == 15 and similarity == sorted(similarity, reverse=True)
     assert [p.rank for p in found.places] == list(range(1, 16))
-    assert min(p.distance_km for p in found.places) >= embedding_maps.EXCLUDE_KM
+    assert min(p.distance_km for p in found.places) >= similar_places.EXCLUDE_KM
     query = location_features.encode_points(model.heads, [[lat, lon]])[0]
     recomputed = location_features.encode_points(model.heads, [[p.lat, p.lon] for p in found.places]) @ query
     np.testing.assert_allclose(recomputed, similarity, atol=1e-4)
 
-    unexcluded = embedding_maps.similar_places(model, lat, lon, top=15, exclude_km=0.0)
+    unexcluded = similar_places.similar_places(model, lat, lon, top=15, exclude_km=0.0)
     assert unexcluded.raster is None
-    assert unexcluded.places[0].distance_km < embedding_maps.EXCLUDE_KM  # the exclusion is what kept the list away
+    assert unexcluded.places[0].distance_km < similar_places.EXCLUDE_KM  # the exclusion is what kept the list away
     assert unexcluded.places[0].similarity > found.places[0].similarity
 
-    spread = embedding_maps.similar_places(model, lat, lon, top=6, spread_km=200.0)
+    spread = similar_places.similar_places(model, lat, lon, top=6, spread_km=200.0)
     places = np.array([[p.lat, p.lon] for p in spread.places])
     apart = haversine_km(places[:, None, 0], places[:, None, 1], places[None, :, 0], places[None, :, 1])
     assert (apart[~np.eye(len(places), dtype=bool)] >= 200.0).all()
 
-    embedding_maps.write_places_gpkg(found, tmp_path / "places.gpkg")
+    similar_places.write_places_gpkg(found, tmp_path / "places.gpkg")
     dataset = ogr.Open(str(tmp_path / "places.gpkg"))  # kept open while its layer is read
-    layer = dataset.GetLayerByName(embedding_maps.PLACES_LAYER)
+    layer = dataset.GetLayerByName(similar_places.PLACES_LAYER)
     written = [(f.GetField("rank"), f.GetField("similarity"), f.GetGeometryRef().GetX()) for f in layer]
     assert written == [(p.rank, pytest.approx(p.similarity), pytest.approx(p.lon)) for p in found.places]
 
@@ -468,7 +468,7 @@ def test_embedmap_and_similar_commands(wheel_model_dir, tmp_path):
     )
     assert status == 0, err
     rows = list(csv.reader(io.StringIO(out)))
-    assert tuple(rows[0]) == embedding_maps.PLACE_COLUMNS and len(rows) == 5
+    assert tuple(rows[0]) == similar_places.PLACE_COLUMNS and len(rows) == 5
     similarity = [float(r[3]) for r in rows[1:]]
     assert similarity == sorted(similarity, reverse=True)
     assert all(float(r[4]) >= 25.0 for r in rows[1:])

@@ -220,7 +220,7 @@ def _run_embedmap(args, progress) -> int:
 
 
 def _run_similar(args, progress) -> int:
-    from ..location.embedding_maps import (
+    from ..location.similar_places import (
         PLACE_COLUMNS,
         PLACES_LAYER,
         PLACES_LEGACY_FIELDS,

@@ -1,4 +1,5 @@
-"""Rasters of the location encoder's features over a grid: embedding maps and similar places.
+"""Rasters of the location encoder's features over a grid: embedding maps, and the grid and tile streaming
+that :mod:`.similar_places` shares.
 
 A :class:`Grid` is a north-up grid of cells over a W,S,E,N extent (EPSG:4326); features are those of
 the cell centres (from :mod:`.location_features`, **unit-normalised, as in the model**), reused from the
@@ -7,8 +8,6 @@ encoded, converted and written by row tiles, so memory stays bounded whatever th
 
 - :func:`embedding_map`: a GeoTIFF of the features (RGB of the first three principal components, the
   principal components, or all 512 values).
-- :func:`similar_places`: the places of GeoCLIP's GPS gallery whose features are most like a point's,
-  optionally with a raster of the cosine similarity to every cell; :func:`write_places_gpkg` writes them.
 
 Outputs go through GDAL/OGR: GeoTIFF rasters (EPSG:4326, north-up, DEFLATE, ``GEOCLIP_*`` metadata
 saying what the values are) and GeoPackage layers (EPSG:4326). Nothing here imports Qt or QGIS.
@@ -26,10 +25,8 @@ import numpy as np
 import torch
 
 from ..earth.rasters import grid_centres, world_shape
-from ..geo import haversine_km
-from ..model.gallery import cached_location_features, encode_locations, features_key, load_gallery
+from ..model.gallery import cached_location_features, encode_locations, features_key
 from ..output.geotiff_files import GeoTiffFile, refuse_foreign_raster
-from ..output.gpkg_files import GeoPackage, write_output
 from ..progress import ProgressCallback, ShouldStop, Stage, stop_check
 from .location_features import (
     FEATURE_DIM,
@@ -44,11 +41,9 @@ from .location_features import (
 )
 
 WORLD = (-180.0, -90.0, 180.0, 90.0)  # west, south, east, north
-PLACES_LAYER = "similar_places"
 DEFAULT_CELL = 0.25
 TILE_CELLS = 65_536  # cells encoded per row tile: ~130 MB of float32 features
 ENCODE_BATCH = 1024  # cells per pass through the location encoder, always this many (tile-size-independent)
-EXCLUDE_KM = 25.0
 BYTE_PERCENTILES = (1.0, 99.0)  # of the PCA sample, mapped to bytes 0 and 255
 MAP_BANDS = ("rgb", "pca", "all")
 # A tile's features are (rows x cols x 512) float32 in memory at once: 16 default tiles (~2 GB) at most,
@@ -170,7 +165,7 @@ def _cached_world(model: LocationModel, grid: Grid):
         return None
 
 
-class _GridFeatures:
+class GridFeatures:
     """Location features of a grid's cells, row tile by row tile: from the cached world grid where it
     exists, else encoded on the fly (cancellable every :data:`.gallery.CHUNK` cells)."""
 
@@ -221,7 +216,7 @@ class _GridFeatures:
 # ------------------------------------------------------------------------------------ GeoTIFF streaming
 
 
-class _TileWriter:
+class TileWriter:
     """A GeoTIFF (:class:`.geotiff_files.GeoTiffFile`) written row tile by row tile (GDAL WriteArray at a
     row offset). Strips are one tile high, so every strip is written once and compressed once. Per-band
     statistics are gathered as tiles pass."""
@@ -296,11 +291,11 @@ class _TileWriter:
 def check_grid(extent, cell: float, tile_rows: int | None = None) -> Grid:
     """The grid asked for, refused (LocationError) when it or its tiles could not be made."""
     grid = Grid.over(extent, cell)
-    _tile_rows(grid, tile_rows)
+    tile_rows_of(grid, tile_rows)
     return grid
 
 
-def _tile_rows(grid: Grid, tile_rows: int | None) -> int:
+def tile_rows_of(grid: Grid, tile_rows: int | None) -> int:
     if tile_rows is not None and tile_rows < 1:
         raise LocationError(f"tile rows must be at least 1, got {tile_rows}")
     rows = min(grid.rows, tile_rows or max(1, TILE_CELLS // grid.cols))
@@ -314,11 +309,11 @@ def _tile_rows(grid: Grid, tile_rows: int | None) -> int:
     return rows
 
 
-def _stream(
-    writer: _TileWriter,
+def stream_tiles(
+    writer: TileWriter,
     grid: Grid,
     rows_per_tile: int,
-    features: _GridFeatures,
+    features: GridFeatures,
     to_values: Callable[[torch.Tensor, int, int], np.ndarray],
     stage: str,
     progress: ProgressCallback | None,
@@ -342,7 +337,7 @@ def _stream(
         raise
 
 
-def _base_metadata(model: LocationModel, grid: Grid, features: _GridFeatures, kind: str, values: str) -> dict:
+def grid_metadata(model: LocationModel, grid: Grid, features: GridFeatures, kind: str, values: str) -> dict:
     west, south, east, north = grid.extent
     return {
         "GEOCLIP_RASTER": kind,
@@ -410,8 +405,8 @@ def embedding_map(
     if not 0 <= seed < 2**63:
         raise LocationError(f"the seed must be a whole number from 0, got {seed}")
     dtype = grid_dtype(model.device, precision)
-    features = _GridFeatures(model, grid, dtype, reuse_cache=precision != "fp32")
-    rows_per_tile = _tile_rows(grid, tile_rows)
+    features = GridFeatures(model, grid, dtype, reuse_cache=precision != "fp32")
+    rows_per_tile = tile_rows_of(grid, tile_rows)
 
     pca, byte_ranges = None, None
     if bands != "all":
@@ -447,7 +442,7 @@ def embedding_map(
         "pca": "principal component scores of the location features: (feature - mean) . component",
         "all": "the 512 values of the location feature of each cell centre (unit length)",
     }[bands]
-    metadata = _base_metadata(model, grid, features, kind, values)
+    metadata = grid_metadata(model, grid, features, kind, values)
     if pca is not None:
         metadata.update(
             GEOCLIP_PCA_SAMPLE=str(pca.fitted_on),
@@ -461,7 +456,7 @@ def embedding_map(
     else:
         names = ("red", "green", "blue")
         descriptions = [f"PC{i + 1}" + (f" ({names[i]})" if bands == "rgb" else "") for i in range(count)]
-    writer = _TileWriter(
+    writer = TileWriter(
         Path(path),
         grid,
         count,
@@ -483,191 +478,7 @@ def embedding_map(
             values = np.clip(np.rint((values - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(values.T.reshape(count, rows, grid.cols))
 
-    written = _stream(writer, grid, rows_per_tile, features, to_values, "Embedding map", progress, should_stop)
+    written = stream_tiles(writer, grid, rows_per_tile, features, to_values, "Embedding map", progress, should_stop)
     return EmbeddingMap(
         written, grid, bands, count, pca, byte_ranges, features.source, math.ceil(grid.rows / rows_per_tile)
     )
-
-
-# ---------------------------------------------------------------------------------- similar places
-
-
-@dataclass
-class SimilarPlace:
-    rank: int
-    lat: float
-    lon: float
-    similarity: float  # cosine similarity of location features, -1..1
-    distance_km: float  # great-circle distance from the query point
-
-
-@dataclass
-class SimilarPlaces:
-    """Places whose location features are most like the query point's, from the 100K GPS gallery."""
-
-    lat: float
-    lon: float
-    places: list[SimilarPlace]
-    exclude_km: float  # gallery places closer than this to the point were left out
-    spread_km: float = 0.0  # listed places are at least this far apart
-    raster: Path | None = None
-    grid: Grid | None = None
-    peak: tuple[float, float, float] | None = None  # (lat, lon, similarity) of the most similar cell
-    features: str = ""
-
-    def csv_rows(self) -> list[list]:
-        return [
-            [p.rank, f"{p.lat:.6f}", f"{p.lon:.6f}", f"{p.similarity:.6f}", f"{p.distance_km:.3f}"] for p in self.places
-        ]
-
-
-PLACE_COLUMNS = ("rank", "lat", "lon", "similarity", "distance_km")
-
-
-def similar_places(
-    model: LocationModel,
-    lat: float,
-    lon: float,
-    raster: str | os.PathLike | None = None,
-    extent=WORLD,
-    cell: float = DEFAULT_CELL,
-    top: int = 20,
-    exclude_km: float = EXCLUDE_KM,
-    spread_km: float = 0.0,
-    precision: str = "auto",
-    tile_rows: int | None = None,
-    progress: ProgressCallback | None = None,
-    should_stop: ShouldStop | None = None,
-) -> SimilarPlaces:
-    """Where else does GeoCLIP's location encoder see a place like (lat, lon)?
-
-    - ``places``: the ``top`` places of GeoCLIP's 100K GPS gallery (MP-16 photo positions) whose
-      location features are most similar (cosine) to the point's, best first. Gallery places within
-      ``exclude_km`` of the point are left out, so the answer is not the point's own neighbourhood; with
-      ``spread_km``, a place closer than that to a better one already listed is skipped.
-    - With ``raster``: a Float32 GeoTIFF over ``extent`` at ``cell`` degrees of the cosine similarity
-      (-1..1) between the point's feature (float32) and each cell centre's, streamed by row tiles.
-    """
-    point = canonical_lat_lon([[lat, lon]])
-    lat, lon = float(point[0, 0]), float(point[0, 1])
-    if raster is not None:  # before any work: a grid that cannot be, or a file that is not ours
-        check_grid(extent, cell, tile_rows)
-        refuse_foreign_raster(raster)
-    if not 1 <= int(top):
-        raise LocationError(f"top must be at least 1, got {top}")
-    if not (exclude_km >= 0 and spread_km >= 0):
-        raise LocationError(f"distances must be 0 km or more, got {exclude_km} and {spread_km}")
-    query = torch.from_numpy(model.encode(point)[0]).to(model.device)
-    result = SimilarPlaces(lat, lon, [], float(exclude_km), float(spread_km))
-
-    loading = Stage(progress, "Loading the GPS gallery", 1)
-    gallery = load_gallery(model.heads, model.files, model.device, progress, should_stop)
-    with torch.inference_mode():
-        similarity = (gallery.features.float() @ query).cpu().numpy().astype(np.float64)
-    coordinates = gallery.coordinates.float().cpu().numpy().astype(np.float64)
-    distance = haversine_km(lat, lon, coordinates[:, 0], coordinates[:, 1])
-    similarity[distance < exclude_km] = -np.inf
-    picked: list[int] = []
-    for i in np.argsort(-similarity, kind="stable"):
-        if len(picked) == int(top) or not np.isfinite(similarity[i]):
-            break
-        # The gallery holds many photos of one city; a separation keeps one place per neighbourhood.
-        if (
-            spread_km > 0
-            and picked
-            and haversine_km(coordinates[i, 0], coordinates[i, 1], coordinates[picked, 0], coordinates[picked, 1]).min()
-            < spread_km
-        ):
-            continue
-        picked.append(int(i))
-    result.places = [
-        SimilarPlace(
-            rank + 1, float(coordinates[i, 0]), float(coordinates[i, 1]), float(similarity[i]), float(distance[i])
-        )
-        for rank, i in enumerate(picked)
-    ]
-    loading.update(1)
-
-    if raster is not None:
-        from osgeo import gdal
-
-        grid = Grid.over(extent, cell)
-        features = _GridFeatures(model, grid, grid_dtype(model.device, precision), reuse_cache=precision != "fp32")
-        rows_per_tile = _tile_rows(grid, tile_rows)
-        metadata = _base_metadata(
-            model,
-            grid,
-            features,
-            "similarity",
-            "cosine similarity (-1..1) between the location feature of GEOCLIP_POINT and that of each cell centre",
-        )
-        metadata["GEOCLIP_POINT"] = f"{lat:.6f},{lon:.6f}"
-        writer = _TileWriter(Path(raster), grid, 1, gdal.GDT_Float32, rows_per_tile, metadata, ["cosine similarity"])
-        best = (-np.inf, 0.0, 0.0)  # similarity, lat, lon of the most similar cell so far
-
-        @torch.inference_mode()
-        def to_values(tile: torch.Tensor, row0: int, rows: int) -> np.ndarray:
-            nonlocal best
-            values = (tile.float() @ query).cpu().numpy().reshape(1, rows, grid.cols)
-            r, c = np.unravel_index(int(np.argmax(values[0])), values[0].shape)
-            if values[0, r, c] > best[0]:
-                best = (
-                    float(values[0, r, c]),
-                    grid.north - (row0 + r + 0.5) * grid.cell,
-                    grid.west + (c + 0.5) * grid.cell,
-                )
-            return values
-
-        result.raster = _stream(
-            writer, grid, rows_per_tile, features, to_values, "Similarity raster", progress, should_stop
-        )
-        result.grid, result.features = grid, features.source
-        result.peak = (best[1], best[2], best[0])
-    return result
-
-
-def write_places_gpkg(result: SimilarPlaces, path: str | os.PathLike) -> Path:
-    """The similar places as a point layer ``similar_places`` (EPSG:4326): rank, lat, lon, similarity,
-    distance_km, plus the query point and exclusion radius in every row."""
-    return write_output(
-        path, PLACES_LAYER, lambda gpkg: _fill_places(gpkg, result), len(result.places), PLACES_LEGACY_FIELDS
-    )
-
-
-PLACES_LEGACY_FIELDS = frozenset({"rank", "similarity", "distance_km", "query_lat", "query_lon", "exclude_km"})
-
-
-def _fill_places(gpkg: GeoPackage, result: SimilarPlaces) -> None:
-    from osgeo import ogr
-
-    layer = gpkg.create_layer(PLACES_LAYER, ogr.wkbPoint, options=())
-    columns = [
-        ("rank", ogr.OFTInteger),
-        ("lat", ogr.OFTReal),
-        ("lon", ogr.OFTReal),
-        ("similarity", ogr.OFTReal),
-        ("distance_km", ogr.OFTReal),
-        ("query_lat", ogr.OFTReal),
-        ("query_lon", ogr.OFTReal),
-        ("exclude_km", ogr.OFTReal),
-    ]
-    for name, kind in columns:
-        gpkg.add_field(layer, ogr.FieldDefn(name, kind))
-    for place in result.places:  # a few rows: no transaction
-        feature = ogr.Feature(layer.GetLayerDefn())
-        values = (
-            place.rank,
-            place.lat,
-            place.lon,
-            place.similarity,
-            place.distance_km,
-            result.lat,
-            result.lon,
-            result.exclude_km,
-        )
-        for (name, _), value in zip(columns, values):
-            feature.SetField(name, value)
-        point = ogr.Geometry(ogr.wkbPoint)
-        point.AddPoint_2D(place.lon, place.lat)
-        feature.SetGeometry(point)
-        gpkg.add_feature(layer, feature)

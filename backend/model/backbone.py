@@ -4,9 +4,10 @@ Every load passes a local folder (found by :mod:`.weights`), never a Hub name. P
 transformers nor its import time (about 2.5 s of a cold start): the vision tower is built here in plain
 torch with transformers' parameter names and arithmetic (``CLIPVisionModelWithProjection``), created
 empty in its final dtype on its final device and filled tensor by tensor from the checkpoint's
-safetensors files with ordinary reads, so peak memory is the tower in its dtype plus one tensor (a
-memory map of the fp32 file would count all of it as resident). Preprocessing is the checkpoint's
-``preprocessor_config.json`` done as transformers' Pillow processor does it, bit for bit.
+safetensors files with ordinary reads (:mod:`.safetensors_reader`), so peak memory is the tower in its
+dtype plus one tensor (a memory map of the fp32 file would count all of it as resident). Preprocessing
+is the checkpoint's ``preprocessor_config.json`` done as transformers' Pillow processor does it, bit for
+bit.
 
 Checkpoints this cannot read that way (only ``.bin`` weights, an activation or preprocessing option it
 does not know) go through transformers as before: safetensors preferred, ``.bin`` files read with
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch import nn
 from ..errors import WeightsError
 from ..photos.loader import FULL_GEOMETRY
 from ..store.weights import REQUIRED_PROJECTION_DIM, parse_json
+from .safetensors_reader import fill_from_safetensors
 
 # transformers' CLIPVisionConfig defaults: a config.json leaves out what equals them.
 _VISION_DEFAULTS = dict(
@@ -49,10 +49,6 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
     "gelu": nn.functional.gelu,
 }
-VISION_PREFIXES = ("vision_model.", "visual_projection.")
-_IGNORED_KEYS = ("position_ids",)  # a buffer older checkpoints stored; computed, not learned
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 # What a CLIP vision config can mean: far above every released CLIP (ViT-bigG/14: 1664 wide, 48 layers,
 # 16 heads, 8192 MLP; inputs up to 448 px), far below what would exhaust memory before a weight is read.
 _VISION_LIMITS = dict(
@@ -293,99 +289,6 @@ class _TransformersVision(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values).image_embeds
-
-
-# ------------------------------------------------------------------------ reading safetensors
-
-
-@dataclass(frozen=True)
-class _Stored:
-    path: Path
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    start: int  # absolute offsets in the file
-    end: int
-
-
-def safetensors_index(path: Path) -> dict[str, _Stored]:
-    """Name -> where and how each tensor is stored, from the file's header, checked against its size."""
-    with open(path, "rb", buffering=0) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        head = handle.read(8)
-        if len(head) != 8:
-            raise WeightsError(f"{path.name} is too short to be a safetensors file")
-        length = struct.unpack("<Q", head)[0]
-        if length > min(_MAX_HEADER, size - 8):
-            raise WeightsError(f"{path.name} has a damaged safetensors header")
-        try:
-            header = parse_json(handle.read(length))
-        except ValueError as exc:
-            raise WeightsError(f"{path.name} has a damaged safetensors header: {exc}") from None
-    if not isinstance(header, dict):
-        raise WeightsError(f"{path.name} has a damaged safetensors header: not a JSON object")
-    base = 8 + length
-    index = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
-            shape = tuple(int(n) for n in entry["shape"])
-            start, end = (int(n) for n in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise WeightsError(f"{path.name}: damaged header entry for {name}") from None
-        if dtype is None:
-            if name.startswith(VISION_PREFIXES):
-                raise WeightsError(f"{path.name}: {name} is stored as {entry['dtype']}, not a float type")
-            continue
-        if end - start != math.prod(shape) * dtype.itemsize or start < 0 or base + end > size:
-            raise WeightsError(f"{path.name}: {name} lies outside the file (damaged or truncated)")
-        index[name] = _Stored(path, dtype, shape, base + start, base + end)
-    return index
-
-
-def read_exactly(handle, offset: int, target: torch.Tensor) -> None:
-    """Read the bytes at ``offset`` into a contiguous CPU tensor (plain reads: nothing mapped)."""
-    view = memoryview(target.reshape(-1).view(torch.uint8).numpy())
-    handle.seek(offset)
-    done = 0
-    while done < len(view):
-        count = handle.readinto(view[done:])
-        if not count:
-            raise WeightsError(f"{Path(handle.name).name} ends early (truncated)")
-        done += count
-
-
-@torch.no_grad()
-def fill_from_safetensors(model: nn.Module, files: list[Path], prefixes: tuple[str, ...] = VISION_PREFIXES) -> None:
-    """Copy every parameter of ``model`` from the files' tensors of the same name, converting dtype and
-    moving to the parameter's device as it goes. Missing, unexpected or misshapen tensors are errors."""
-    index: dict[str, _Stored] = {}
-    for path in files:
-        index.update({k: v for k, v in safetensors_index(path).items() if k.startswith(prefixes)})
-    params = dict(model.named_parameters())
-    missing = sorted(params.keys() - index.keys())
-    unexpected = sorted(k for k in index.keys() - params.keys() if not k.endswith(_IGNORED_KEYS))
-    if missing or unexpected:
-        raise WeightsError(
-            f"the checkpoint's tensors do not fit CLIP: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    by_file: dict[Path, list[str]] = {}
-    for name in params:
-        stored = index[name]
-        if stored.shape != tuple(params[name].shape):
-            raise WeightsError(f"{name} has shape {stored.shape}, expected {tuple(params[name].shape)}")
-        by_file.setdefault(stored.path, []).append(name)
-    for path, names in by_file.items():
-        with open(path, "rb", buffering=0) as handle:
-            for name in sorted(names, key=lambda n: index[n].start):  # front to back: sequential reads
-                stored, param = index[name], params[name]
-                if param.device.type == "cpu" and param.dtype == stored.dtype and param.is_contiguous():
-                    read_exactly(handle, stored.start, param.data)  # straight into place
-                else:
-                    scratch = torch.empty(stored.shape, dtype=stored.dtype)
-                    read_exactly(handle, stored.start, scratch)
-                    param.copy_(scratch)
 
 
 def _own_vision_tower(folder: Path, device: torch.device, dtype: torch.dtype) -> ClipVisionTower | None:

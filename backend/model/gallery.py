@@ -24,8 +24,8 @@ from ..errors import WeightsError
 from ..progress import ProgressCallback, ShouldStop, Stage, stop_check
 from ..store.cache import cache_dir, private_folder, warn_once
 from ..store.weights import sha256_file
-from .backbone import read_exactly, safetensors_index
 from .heads import LOCATION_ENCODER_FILE, GeoCLIPHeads, HeadsFiles
+from .safetensors_reader import read_exactly, safetensors_index
 
 FEATURE_FORMAT = "v1"  # bump when the location encoder's arithmetic changes
 CHUNK = 8192

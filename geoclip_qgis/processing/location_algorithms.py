@@ -512,7 +512,7 @@ class SimilarPlaces(_LocationAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("PEAK_SIMILARITY", "Highest similarity in the raster"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        from ..backend.location.embedding_maps import PLACE_COLUMNS, similar_places
+        from ..backend.location.similar_places import PLACE_COLUMNS, similar_places
 
         point = self.parameterAsPoint(parameters, "POINT", context, WGS84)
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
