@@ -18,7 +18,6 @@ from .geo import haversine_km
 if TYPE_CHECKING:  # the plugin imports this schema in a QGIS that may have neither NumPy nor Pillow yet
     import numpy as np
 
-    from .photos.exif import PhotoMetadata
 
 # The columns of every output, in order. CSV writes all of them; point layers drop ``error``
 # (failed photos go to an errors table instead).
@@ -134,6 +133,24 @@ class AnswerKind(str, enum.Enum):
             return cls(str(value))
         except ValueError:
             return cls.PHOTO  # an unknown kind is shown as a photo's: its file is still checked by sha256
+
+
+@dataclass(frozen=True)
+class PhotoMetadata:
+    """A photo's own metadata, from its EXIF (:mod:`.photos.exif` reads it)."""
+
+    latitude: float | None = None  # signed decimal degrees, WGS 84 as cameras write it
+    longitude: float | None = None
+    altitude: float | None = None  # metres, negative below sea level
+    direction: float | None = None  # degrees the camera faced
+    timestamp: str | None = None  # "YYYY-MM-DDTHH:MM:SS" as the camera recorded it (no zone)
+    camera_make: str | None = None
+    camera_model: str | None = None
+    orientation: int | None = None  # EXIF orientation 1..8 before it was applied
+
+    @property
+    def has_gps(self) -> bool:
+        return self.latitude is not None and self.longitude is not None
 
 
 @dataclass(frozen=True)
@@ -273,8 +290,6 @@ def result_to_dict(result: PhotoResult) -> dict:
 
 def result_from_dict(data: dict) -> PhotoResult:
     import numpy as np
-
-    from .photos.exif import PhotoMetadata
 
     return PhotoResult(
         photo=data["photo"],

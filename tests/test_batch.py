@@ -241,8 +241,8 @@ def test_evaluate_on_a_benchmark_style_csv(engine, tiny_clip, samples, tmp_path)
 def test_evaluate_out_measures_from_the_csv_truth_not_exif(engine, tiny_clip, samples, tmp_path):
     """Photos whose EXIF GPS is not the CSV's truth: the --out file's error_km is the distance to the
     CSV's position, so the table evaluate prints comes back from the file alone."""
+    from geoclip_qgis.backend.earth.evaluation import THRESHOLDS_KM, accuracy_table, format_table
     from geoclip_qgis.backend.geo import haversine_km
-    from geoclip_qgis.backend.pipeline.evaluation import THRESHOLDS_KM, accuracy_table, format_table
 
     gps = sorted((samples / "gps").glob("*.jpg"))
     answers = engine.predict(gps, top_k=1)

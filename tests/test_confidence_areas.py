@@ -13,8 +13,8 @@ import pytest
 from qgis_support import StandInInterface, qgis_app
 
 from geoclip_qgis.backend.earth import confidence
-from geoclip_qgis.backend.earth.rasters import Raster
 from geoclip_qgis.backend.geo import EARTH_RADIUS_KM
+from geoclip_qgis.backend.model.rasters import Raster
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from geoclip_qgis.backend.earth import confidence
-from geoclip_qgis.backend.earth.rasters import Raster
+from geoclip_qgis.backend.model.rasters import Raster
 
 
 def _raster(path) -> tuple[Raster, np.ndarray]:

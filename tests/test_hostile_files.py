@@ -100,7 +100,7 @@ def test_a_link_at_the_lock_file_is_refused_and_its_target_untouched(engine, tin
     assert not (case / "run.gpkg").exists()
 
     from geoclip_qgis.backend.errors import ForeignFileError
-    from geoclip_qgis.backend.output.filelock import OutputLock
+    from geoclip_qgis.backend.filelock import OutputLock
 
     hard = case / "hard.gpkg.lock"  # a hard link to a file of the case folder
     os.link(outside, hard)
@@ -140,8 +140,8 @@ def test_a_link_at_the_output_or_an_unfinished_name_is_never_written_through(
 
 
 def test_links_at_partial_names_are_never_written_through(wheel_model_dir, tmp_path, outside):
-    from geoclip_qgis.backend.earth.rasters import Raster
     from geoclip_qgis.backend.errors import GeoCLIPError
+    from geoclip_qgis.backend.model.rasters import Raster
     from geoclip_qgis.backend.output.geotiff import write_geotiff
 
     case = tmp_path / "case"

@@ -27,11 +27,20 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """Modules of ours that ``name`` imports, anywhere in its file."""
+def _imports(name: str, path: Path, modules: dict[str, Path], annotations: bool = True) -> set[str]:
+    """Modules of ours that ``name`` imports, anywhere in its file; without those imported for
+    annotations only (under ``if TYPE_CHECKING:``) when ``annotations`` is false."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = set()
+    if not annotations:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+                skipped |= {id(inner) for inner in ast.walk(node)}
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -105,6 +114,48 @@ def test_no_import_circle():
     modules = _modules()
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
     assert _cycles(graph) == []
+
+
+# The layers, lowest first: a module imports only from its own layer or lower ones. The packages'
+# entry points (backend/__init__, backend/__main__, the plugin's __init__ and plugin.py) sit above all.
+LAYERS = [
+    ["backend"],  # what every part shares: errors, progress, results, geo, filelock, ...
+    ["backend.store"],
+    ["backend.photos"],
+    ["backend.model"],
+    ["backend.earth"],
+    ["backend.output"],
+    ["backend.pipeline"],
+    ["backend.workbench", "backend.location"],
+    ["backend.cli"],
+    ["plugin"],  # what the plugin's parts share: compat, icon
+    ["core"],
+    ["install"],
+    ["map"],
+    ["ui", "processing"],
+]
+ENTRY_POINTS = {"geoclip_qgis.backend", "geoclip_qgis.backend.__main__", "geoclip_qgis", "geoclip_qgis.plugin"}
+
+
+def _layer(name: str) -> int:
+    parts = name.split(".")
+    if parts[1:2] == ["backend"]:
+        role = f"backend.{parts[2]}" if len(parts) > 3 or (ROOT / "backend" / parts[2]).is_dir() else "backend"
+    else:
+        role = parts[1] if len(parts) > 2 or (ROOT / "geoclip_qgis" / parts[1]).is_dir() else "plugin"
+    return next(rank for rank, roles in enumerate(LAYERS) if role in roles)
+
+
+def test_imports_go_down_the_layers():
+    modules = _modules()
+    upward = []
+    for name, path in modules.items():
+        if name in ENTRY_POINTS or name.endswith(".__main__"):
+            continue
+        for imported in _imports(name, path, modules, annotations=False):
+            if imported not in ENTRY_POINTS and _layer(imported) > _layer(name):
+                upward.append(f"{name} -> {imported}")
+    assert upward == []
 
 
 def test_the_engine_never_imports_the_plugin_qt_or_qgis():

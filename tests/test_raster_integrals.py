@@ -26,8 +26,8 @@ def default_budget():
 
 
 def test_the_point_budget_is_a_setting_checked_when_read(monkeypatch):
-    from geoclip_qgis.backend.earth.rasters import CPU_POINT_BUDGET, GPU_POINT_BUDGET, point_budget
     from geoclip_qgis.backend.errors import GeoCLIPError
+    from geoclip_qgis.backend.model.rasters import CPU_POINT_BUDGET, GPU_POINT_BUDGET, point_budget
 
     assert point_budget(torch.device("cpu")) == CPU_POINT_BUDGET
     assert point_budget(torch.device("cuda")) == GPU_POINT_BUDGET

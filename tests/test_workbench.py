@@ -233,7 +233,7 @@ def _equal_area_km2(wkt, lat, lon) -> float:
 
 def test_confidence_area_takes_the_densest_cells_not_the_most_probable():
     """A small polar cell with less probability than a large equatorial one is still denser per km²."""
-    from geoclip_qgis.backend.earth.rasters import Raster
+    from geoclip_qgis.backend.model.rasters import Raster
 
     values = np.full((180, 360), 0.35 / (180 * 360 - 2), dtype=np.float64)
     values[10, 100] = 0.30  # 79..80 N: a cell about a sixth of an equatorial one's area

@@ -364,8 +364,8 @@ def run_text(args) -> int:
 def run_evaluate(args) -> int:
     """Top-1 accuracy against known positions: a CSV of (photo, lat, lon), or photos' EXIF GPS. The table
     goes to stdout; per-photo answers only to --out."""
+    from ..earth.evaluation import format_table
     from ..pipeline.evaluate import evaluate, truth_inputs
-    from ..pipeline.evaluation import format_table
 
     inputs = truth_inputs(args.data, args.images)
     if args.report:
@@ -385,7 +385,7 @@ REPORT_KEYS = ("photos", "median_km")  # every accuracy table has them
 def _refuse_foreign_report(path: Path) -> None:
     """An evaluation report replaces only an earlier report (a JSON object with the table's keys)."""
     from ..errors import ForeignFileError
-    from ..output.filelock import refuse_non_file
+    from ..filelock import refuse_non_file
     from ..store.weights import parse_json
 
     refuse_non_file(path, "where the report would go")
@@ -401,7 +401,7 @@ def _refuse_foreign_report(path: Path) -> None:
 
 def _write_report(path: Path, text: str) -> None:
     """Written whole beside its name, read back, then renamed over it."""
-    from ..output.filelock import put_in_place, staged
+    from ..filelock import put_in_place, staged
 
     _refuse_foreign_report(path)
     with staged(path) as partial:

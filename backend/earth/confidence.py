@@ -55,7 +55,7 @@ from ..errors import GeoCLIPError
 from ..geo import EARTH_RADIUS_KM, cell_areas_km2, wgs84
 
 if TYPE_CHECKING:  # annotations only: importing .rasters would import torch
-    from .rasters import Raster
+    from ..model.rasters import Raster
 
 LEVELS = (0.5, 0.9)  # the confidence areas a run stores as polygons
 RASTER_LEVELS = (0.25, 0.5, 0.75, 0.9)  # the areas the rasters' level band holds (LEVELS among them)

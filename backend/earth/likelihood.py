@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..geo import EARTH_RADIUS_KM, cell_areas_km2, haversine_km
+from ..model.rasters import Raster
 from ..progress import ProgressCallback, ShouldStop
 from .confidence import WORLD, Cells, joining_levels, probability_cells
-from .rasters import Raster
 
 RADII_KM = (1.0, 25.0, 200.0)
 
@@ -294,7 +294,7 @@ def unread_places(
     from osgeo import gdal, ogr
 
     from ..geo import transform_to_wgs84
-    from ..pipeline.evaluation import LAT_COLUMNS, LON_COLUMNS
+    from .evaluation import LAT_COLUMNS, LON_COLUMNS
 
     dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR)
     source = None if dataset is None else dataset.GetLayerByName(layer) if layer else dataset.GetLayer(0)

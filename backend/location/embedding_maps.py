@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..earth.rasters import grid_centres, world_shape
 from ..model.gallery import cached_location_features, encode_locations, features_key
+from ..model.rasters import grid_centres, world_shape
 from ..output.geotiff_files import GeoTiffFile, refuse_foreign_raster
 from ..progress import ProgressCallback, ShouldStop, Stage, stop_check
 from .location_features import (

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..earth.evaluation import LAT_COLUMNS, LON_COLUMNS
 from ..errors import WriteError
+from ..filelock import put_in_place, refuse_non_file, staged
 from ..geo import transform_to_wgs84
 from ..model.gallery import CHUNK
-from ..output.filelock import put_in_place, refuse_non_file, staged
 from ..output.gpkg_files import GeoPackage, refuse_foreign_output, write_output
-from ..pipeline.evaluation import LAT_COLUMNS, LON_COLUMNS
 from ..progress import ProgressCallback, ShouldStop, Stage, stop_check
 from ..version import __version__
 from .location_features import (

@@ -21,20 +21,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..earth.rasters import RasterSet, SurfaceEvaluator, grid_centres, world_shape
 from ..errors import GeoCLIPError
 from ..photos.area import Area
 from ..photos.decoding import PhotoPreparer, Prepared, choose_decode_workers, prepared_batches
-from ..photos.exif import PhotoMetadata
 from ..photos.loader import Preprocessing
 from ..progress import ProgressCallback, ShouldStop, Stage, report_step
-from ..results import AnswerKind, Candidate, PhotoResult
+from ..results import AnswerKind, Candidate, PhotoMetadata, PhotoResult
 from ..store.embedding_cache import EmbeddingCache, backbone_key
 from ..store.weights import ModelFiles, sha256_file
 from . import backbone
 from .device import PRECISION_NAMES, HalvingBatches, Staging, choose_dtype, is_device_failure
 from .gallery import Gallery, cached_location_features, features_key, load_gallery
 from .heads import load_heads
+from .rasters import RasterSet, SurfaceEvaluator, grid_centres, world_shape
 
 LOG = logging.getLogger("geoclip_qgis")
 

@@ -15,9 +15,9 @@ from typing import TextIO
 
 from ..csv_safety import neutralise_formula  # the one rule for every CSV the product writes
 from ..errors import WriteError
+from ..filelock import OutputLock
 from ..results import COLUMN_TYPES, COLUMNS, OutputFile, OutputKind, PhotoResult
 from .answer_writer import AnswerWriter, check_output_path
-from .filelock import OutputLock
 
 TEXT_COLUMNS = frozenset(k for k, kind in COLUMN_TYPES.items() if kind is str)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 from contextlib import ExitStack
 
 from ..errors import WriteError
+from ..filelock import put_in_place, staged
 from ..geo import wgs84
 from ..results import COLUMN_TYPES, COLUMNS, OutputFile, OutputKind, PhotoResult
 from .answer_layers import POINTS_LAYER
-from .filelock import put_in_place, staged
 from .gdal_messages import gdal_error
 from .gpkg_files import field_type
 from .ogr_writer import OgrWriter

@@ -21,7 +21,7 @@ from .gdal_messages import quiet_gdal
 from .geotiff_files import GeoTiffFile
 
 if TYPE_CHECKING:  # the rasters are computed with torch; writing and reading them needs only GDAL
-    from ..earth.rasters import Raster
+    from ..model.rasters import Raster
 
 VALUES_PER_CELL = (
     "probability per cell: the model's density (softmax score per unit area) integrated over "

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WriteError
+from ..filelock import put_in_place, refuse_non_file, staged
 from ..geo import wgs84
-from .filelock import put_in_place, refuse_non_file, staged
 from .gdal_messages import gdal_error, quiet_gdal
 
 

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import GeoCLIPError, WriteError
+from ..filelock import put_in_place, refuse_non_file, staged
 from ..geo import wgs84
 from ..version import __version__
-from .filelock import put_in_place, refuse_non_file, staged
 from .gdal_messages import gdal_error, quiet_gdal
 
 DATASET_MARK = "GEOCLIP_QGIS"  # dataset metadata item of every run's GeoPackage (the version)

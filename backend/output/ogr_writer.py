@@ -10,9 +10,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ..errors import GeoCLIPError, WriteError
+from ..filelock import OutputLock
 from ..results import PhotoResult
 from .answer_writer import AnswerWriter, check_output_path
-from .filelock import OutputLock
 from .gdal_messages import gdal_error, quiet_gdal
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TextIO
 
 from ..errors import GeoCLIPError, WriteError
+from ..filelock import refuse_link
 from .answer_writer import AnswerWriter, DiscardWriter, ResumableStore, check_output_path
 from .csv_writer import CsvWriter
-from .filelock import refuse_link
 from .geojson_writer import GeoJsonWriter
 from .gpkg_writer import GeoPackageWriter
 

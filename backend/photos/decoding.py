@@ -25,9 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import PhotoError
-from ..results import SKIP_ANSWERED, SKIP_GEOTAGGED, PhotoResult, photo_label
+from ..results import SKIP_ANSWERED, SKIP_GEOTAGGED, PhotoMetadata, PhotoResult, photo_label
 from ..store.embedding_cache import EmbeddingCache, photo_sha256
-from .exif import PhotoMetadata
 from .loader import BadPath, Preprocessing, file_identity, open_photo, probe_photo, read_photo
 
 DECODE_WORKERS = 1  # the least: on a CPU one preparer keeps up with the vision tower on up to ~16 cores

@@ -8,28 +8,13 @@ rest are still read. Nothing here raises.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from PIL import ExifTags, Image
 
+from ..results import PhotoMetadata
+
 GPS = ExifTags.GPS
 BASE = ExifTags.Base
-
-
-@dataclass(frozen=True)
-class PhotoMetadata:
-    latitude: float | None = None  # signed decimal degrees, WGS 84 as cameras write it
-    longitude: float | None = None
-    altitude: float | None = None  # metres, negative below sea level
-    direction: float | None = None  # degrees the camera faced
-    timestamp: str | None = None  # "YYYY-MM-DDTHH:MM:SS" as the camera recorded it (no zone)
-    camera_make: str | None = None
-    camera_model: str | None = None
-    orientation: int | None = None  # EXIF orientation 1..8 before it was applied
-
-    @property
-    def has_gps(self) -> bool:
-        return self.latitude is not None and self.longitude is not None
 
 
 def _number(value) -> float | None:

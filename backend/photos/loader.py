@@ -46,7 +46,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import GeoCLIPError, PhotoError
 from ..interpreter import python_interpreter
-from .exif import PhotoMetadata, read_metadata
+from ..results import PhotoMetadata
+from .exif import read_metadata
 from .heif_child import MAGIC as HEIF_MAGIC
 
 # The only formats Pillow may open in this process, whatever a file's name says (HEIF/AVIF: the child).

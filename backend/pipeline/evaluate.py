@@ -9,9 +9,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..earth.evaluation import accuracy_table, is_truth_csv, read_truth_csv
 from ..progress import ProgressCallback
 from ..results import PhotoResult
-from .evaluation import accuracy_table, is_truth_csv, read_truth_csv
 from .run import RunOutcome, RunRequest, execute
 
 

@@ -35,15 +35,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..earth.evaluation import THRESHOLDS_KM, accuracy_table, format_table, is_truth_csv, read_truth_csv
 from ..errors import ForeignFileError, GeoCLIPError
+from ..filelock import put_in_place, refuse_link, refuse_non_file
 from ..geo import haversine_km
 from ..model.gallery import encode_locations, read_gallery_csv
 from ..model.heads import GeoCLIPHeads, save_heads
-from ..output.filelock import put_in_place, refuse_link, refuse_non_file
 from ..progress import ProgressCallback, ShouldStop, Stage
 from ..store.heads_files import WEIGHT_FILES
 from ..store.weights import DEFAULT_GALLERY, parse_json, sha256_file
-from .evaluation import THRESHOLDS_KM, accuracy_table, format_table, is_truth_csv, read_truth_csv
 
 CHECKPOINT = "checkpoint.pt"
 MANIFEST = "manifest.json"

@@ -34,7 +34,7 @@ from ..version import __version__
 from .summary import RunSummary
 
 if TYPE_CHECKING:  # torch is loaded with the model, not with the pipeline (a cold start's largest part)
-    from ..earth.rasters import Raster
+    from ..model.rasters import Raster
 
 WORLD_EACH = "each"  # a world raster per answer
 WORLD_COMBINED = "combined"  # one world raster for the run: the mean of its answers'
@@ -50,7 +50,7 @@ class RasterOptions:
     world: str = WORLD_COMBINED
 
     def check(self) -> None:
-        from ..earth.rasters import world_shape
+        from ..model.rasters import world_shape
 
         for name, cell in (("world cell", self.world_cell), ("local cell", self.local_cell)):
             if not (isinstance(cell, (int, float)) and np.isfinite(cell) and 0 < cell <= 10):
@@ -347,7 +347,7 @@ class _RunAnswers:
 def _truths(request: RunRequest) -> dict[str, tuple[float, float]] | None:
     if not request.truth_csv:
         return None
-    from .evaluation import read_truth_csv
+    from ..earth.evaluation import read_truth_csv
 
     return {t.photo: (t.lat, t.lon) for t in read_truth_csv(request.truth_csv, request.images)}
 
@@ -551,7 +551,7 @@ class _RasterOutputs:
         if self.count < 2:
             return []
         from ..earth.confidence import drawn_areas
-        from ..earth.rasters import Raster
+        from ..model.rasters import Raster
 
         mean = Raster((self.total / self.count).astype(np.float32), -180.0, 90.0, self.options.world_cell, "world")
         label = f"mean of {self.count} answers"

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..earth.evaluation import accuracy_table, format_table
 from ..errors import GeoCLIPError
 from ..results import PhotoResult
-from .evaluation import accuracy_table, format_table
 
 
 @dataclass

@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ..errors import ForeignFileError, WeightsError
-from ..output.filelock import put_in_place, refuse_non_file, staged
+from ..filelock import put_in_place, refuse_non_file, staged
 from .weights import (
     BACKBONE_FOLDER,
     PART_FILES,

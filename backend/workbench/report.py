@@ -34,8 +34,8 @@ from ..earth.places import PLACES_CREDIT, nearest_places
 from ..earth.regions import COUNTRY, RegionRow
 from ..errors import GeoCLIPError
 from ..geo import haversine_km
-from ..photos.exif import PhotoMetadata, camera_label
-from ..results import AnswerKind, Candidate, PhotoResult
+from ..photos.exif import camera_label
+from ..results import AnswerKind, Candidate, PhotoMetadata, PhotoResult
 from ..shown_text import visible_text
 from ..store.weights import backbone_provenance, not_vit_l14_warning, weight_checksums
 from ..version import __version__

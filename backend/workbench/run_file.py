@@ -35,8 +35,7 @@ from ..earth.confidence import ConfidenceArea
 from ..earth.regions import RegionRow
 from ..errors import GeoCLIPError
 from ..output.answer_layers import AREAS_LAYER, ERRORS_LAYER, FEATURES_LAYER, POINTS_LAYER, REGIONS_LAYER, RUNS_LAYER
-from ..photos.exif import PhotoMetadata
-from ..results import AnswerKind, Candidate, PhotoResult
+from ..results import AnswerKind, Candidate, PhotoMetadata, PhotoResult
 
 FEATURE_BYTES = 512 * 4  # a query vector: 512 float32 numbers (heads.IMAGE_FEATURE_DIM)
 PHOTO_MAX_BYTES = 1 << 30  # a file larger than this is not hashed to find an answer's photo

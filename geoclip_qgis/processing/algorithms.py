@@ -449,9 +449,9 @@ class EvaluatePhotos(_GeoCLIPAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("PHOTOS", "Photos with a known position"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        from ..backend.earth.evaluation import format_table
         from ..backend.errors import GeoCLIPError
         from ..backend.pipeline.evaluate import evaluate, truth_inputs
-        from ..backend.pipeline.evaluation import format_table
         from ..backend.pipeline.run import RunRequest
 
         data, images = self._truth_source(parameters, context)

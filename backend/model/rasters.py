@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from ..errors import GeoCLIPError
-from ..model.gallery import encode_locations
 from ..photos.area import Area
 from .cell_integrals import CellBlock, integrate
+from .gallery import encode_locations
 
 # Model evaluations spent integrating the world cells of one raster set (each local window adds its own
 # cells once, plus a quarter of this for integrating them). A count, not a time: rasters repeat exactly.

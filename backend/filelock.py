@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import ForeignFileError, GeoCLIPError, WriteError
+from .errors import ForeignFileError, GeoCLIPError, WriteError
 
 LOCK_TEXT = re.compile(r"\Aprocess \d+, since [\d :-]+\Z")  # what acquire() writes, and nothing else
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT
