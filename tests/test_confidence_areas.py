@@ -253,7 +253,7 @@ def test_qgis_draws_outlines_of_the_selected_answer_only(run):
     from qgis.PyQt.QtCore import QSize, Qt
     from qgis.PyQt.QtGui import QColor
 
-    from geoclip_qgis.map.layers import confidence_answer, show_confidence_areas_of
+    from geoclip_qgis.map.styles import confidence_answer, show_confidence_areas_of
     from geoclip_qgis.ui.results_panel import ResultsPanel
 
     gpkg, answers = run
@@ -307,7 +307,7 @@ def test_camera_direction_is_in_the_legend_only_when_a_photo_has_one():
     qgis_app()
     from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorLayer
 
-    from geoclip_qgis.map.layers import add_time_and_direction, style_points
+    from geoclip_qgis.map.styles import add_time_and_direction, style_points
 
     def points(direction):
         layer = QgsVectorLayer(

@@ -148,7 +148,8 @@ def test_qgis_draws_the_classes_inside_the_outlines(photo_run):
     from qgis.core import QgsRasterLayer, QgsRectangle, QgsSingleBandPseudoColorRenderer, QgsVectorLayer
     from qgis.PyQt.QtGui import QColor
 
-    from geoclip_qgis.map.layers import MASS_SHARES, style_basemap, style_confidence_areas, style_raster, world_map_path
+    from geoclip_qgis.map.layers import world_map_path
+    from geoclip_qgis.map.styles import MASS_SHARES, style_basemap, style_confidence_areas, style_raster
 
     (world_file,) = sorted((photo_run / "rasters").glob("*_world.tif"))
     raster = QgsRasterLayer(str(world_file), "world")

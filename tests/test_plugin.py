@@ -220,7 +220,7 @@ def test_top1_star_is_drawn_above_other_photos_dots(plugin, tmp_path):
     from qgis.PyQt.QtCore import QSize
     from qgis.PyQt.QtGui import QColor, QImage, QPainter
 
-    from geoclip_qgis.map.layers import style_points
+    from geoclip_qgis.map.styles import style_points
 
     layer = QgsVectorLayer(
         "Point?crs=EPSG:4326&field=photo:string&field=rank:integer&field=probability:double", "p", "memory"
@@ -1026,7 +1026,7 @@ def test_a_photo_named_like_markup_stays_text_in_the_map_tip(plugin):
     from qgis.core import QgsExpression, QgsExpressionContext, QgsFeature, QgsField, QgsFields
     from qgis.PyQt.QtCore import QVariant
 
-    from geoclip_qgis.map.layers import map_tip
+    from geoclip_qgis.map.styles import map_tip
 
     for with_kind in (True, False):  # a run's layer, and one written before the kind column existed
         fields = QgsFields()

@@ -159,7 +159,7 @@ def test_the_plugin_names_answers_by_their_kind(engine, kauai_png, tmp_path, mon
     from qgis.core import QgsExpression, QgsExpressionContext, QgsVectorLayer
 
     from geoclip_qgis.backend.pipeline.run import RunRequest, execute
-    from geoclip_qgis.map.layers import style_points
+    from geoclip_qgis.map.styles import style_points
 
     shutil.copy(kauai_png, tmp_path / "text: beach.png")
     monkeypatch.chdir(tmp_path)

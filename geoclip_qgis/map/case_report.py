@@ -164,7 +164,7 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
     """A two-page print layout for one answer of a run's GeoPackage, and the layers it shows (in the
     project but not in its layer tree: remove them when the layout is done with)."""
     from ..backend.workbench.report import report_from_geopackage
-    from .layers import style_basemap, style_confidence_areas, style_points
+    from .styles import style_basemap, style_confidence_areas, style_points
 
     project = project or QgsProject.instance()
     data = report_from_geopackage(gpkg, [photo])
@@ -261,7 +261,7 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
     return layout, keep
 
 
-# What the map draws for each confidence level (the styles of :func:`.layers.style_confidence_areas`).
+# What the map draws for each confidence level (the styles of :func:`.styles.style_confidence_areas`).
 AREA_LEGEND = {0.5: "solid red outline: 50 % confidence area", 0.9: "dashed orange outline: 90 % confidence area"}
 
 

@@ -238,7 +238,8 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
         """Every layer of the run, loaded into the project when the algorithm ends, styled and grouped as
         the dock does it (a group named after the run, earlier runs folded, the map zoomed to the answers)."""
         from ..backend.results import OutputKind
-        from ..map.layers import RASTER_KINDS, VECTOR_KINDS, RunPlacement, layer_name, make_layer, run_title
+        from ..map.layers import RASTER_KINDS, VECTOR_KINDS, RunPlacement, layer_name, make_layer
+        from ..map.names import run_title
 
         results = {"POINTS": None, "TRUTH_LINES": None, "RASTER_LAYERS": [], "RASTER_FOLDER": None}
         loaded = []

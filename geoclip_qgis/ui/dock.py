@@ -66,7 +66,8 @@ from ..core.session import (
     save_settings,
 )
 from ..core.tasks import LOG_TAG, GeolocateTask, cancelled_text
-from ..map.layers import add_run, run_title
+from ..map.layers import add_run
+from ..map.names import run_title
 
 PHOTO_FILTER = "Photos (*.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp *.heic *.heif);;All files (*)"
 PATH_ROLE = Qt.ItemDataRole.UserRole

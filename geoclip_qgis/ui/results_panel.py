@@ -50,7 +50,8 @@ from ..backend.results import AnswerKind, answer_name
 from ..core.inputs import WGS84
 from ..core.plain_text import as_html, tooltip
 from ..core.tasks import show_progress
-from ..map.layers import ANSWER_PROPERTY, OUTPUT_PROPERTY, show_confidence_areas_of
+from ..map.layers import ANSWER_PROPERTY, OUTPUT_PROPERTY
+from ..map.styles import show_confidence_areas_of
 
 THUMBNAIL = 72  # px, list icons
 PHOTO_HEIGHT = 220  # px, the selected photo
