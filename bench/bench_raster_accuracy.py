@@ -40,7 +40,7 @@ PHOTOS = ["DSCN0010.jpg", "DSCN0021.jpg", "DSCN0029.jpg", "DSCN0040.jpg"]
 
 def fine_world(evaluator, query, cells: np.ndarray, fine: int) -> np.ndarray:
     """Unnormalised log mass of each world cell (flat index) integrated on fine x fine sub-cells."""
-    from geoclip_qgis.backend.earth.cell_integrals import _logsumexp
+    from geoclip_qgis.backend.model.cell_integrals import _logsumexp
 
     block = evaluator.block
     out = np.empty(len(cells))
@@ -90,9 +90,9 @@ def fine_disc(evaluator, query, log_total: float, lat: float, lon: float, radius
 
 
 def judge(engine, label: str, feature: np.ndarray, budgets: list[int], args) -> list[dict]:
-    from geoclip_qgis.backend.earth.cell_integrals import CellBlock, _logsumexp
     from geoclip_qgis.backend.earth.likelihood import LikelihoodMap
     from geoclip_qgis.backend.geo import haversine_km
+    from geoclip_qgis.backend.model.cell_integrals import CellBlock, _logsumexp
     from geoclip_qgis.backend.results import PhotoResult
 
     result = PhotoResult(label, feature=feature)

@@ -168,7 +168,7 @@ def test_long_reasons_wrap_whole_when_the_results_tab_first_shows(plugin):
     dock.resize(360, 700)
     dock.show()
     reason = "damaged image data: the JPEG stream ends before the image does (truncated file) " * 2
-    dock._show_failures([("/photos/IMG_0007.jpg", reason)])
+    dock.results_tab.show_failures([("/photos/IMG_0007.jpg", reason)])
     dock.tabs.setCurrentIndex(2)
     for _ in range(5):
         QApplication.processEvents()
@@ -178,7 +178,7 @@ def test_long_reasons_wrap_whole_when_the_results_tab_first_shows(plugin):
     assert width > 50 and needed.height() > 2 * table.fontMetrics().height()  # it does need several lines
     assert table.rowHeight(0) >= needed.height()
     assert table.height() >= table.rowHeight(0)  # and the table shows the whole row
-    dock._show_failures([])
+    dock.results_tab.show_failures([])
 
 
 def test_identify_shows_readable_numbers(plugin, photo_dir, tmp_path):
