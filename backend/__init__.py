@@ -3,7 +3,7 @@
     from geoclip_qgis.backend import build_engine
     results = build_engine().predict(["photo.jpg"], top_k=5)
 
-A whole run (folders, outputs, rasters, fusion, resume) is :func:`.run.execute`, the one pipeline
+A whole run (folders, outputs, rasters, fusion, resume) is :func:`.pipeline.run.execute`, the one pipeline
 behind the command line, the plugin's dock and its Processing algorithms.
 """
 

@@ -166,7 +166,7 @@ class OutputFile:
 @dataclass(frozen=True)
 class RasterFacts:
     """What a style needs to know of a probability raster (written into the GeoTIFF too, see
-    :mod:`.geotiff`); None for what a file does not say, or says in a way no run writes."""
+    :mod:`.output.geotiff`); None for what a file does not say, or says in a way no run writes."""
 
     kind: str | None = None  # "world" or "local"
     levels_band: int | None = None  # the band holding each cell's confidence level

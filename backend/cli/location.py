@@ -130,7 +130,7 @@ def add_location_commands(subparsers) -> None:
 
 
 class _StderrProgress:
-    """One progress bar per stage on stderr, from the engine's :class:`.progress.Progress` events."""
+    """One progress bar per stage on stderr, from the engine's :class:`..progress.Progress` events."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled

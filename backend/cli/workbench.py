@@ -4,13 +4,13 @@
     geoclip-qgis likely run.gpkg villages.gpkg > likely.csv   # "which of these places?" per answer
     geoclip-qgis zones run.gpkg districts.gpkg > zones.csv    # "which of these districts?" per answer
 
-All read the file back (:mod:`.run_file`); ``likely`` and ``zones`` judge each answer from the query
-vector the file keeps, in the run's area (:mod:`.judging`, shared with the plugin's Processing
+All read the file back (:mod:`..workbench.run_file`); ``likely`` and ``zones`` judge each answer from the query
+vector the file keeps, in the run's area (:mod:`..workbench.judging`, shared with the plugin's Processing
 algorithms): the location encoder only, no photo is read, no CLIP runs.
 
 The file may come from someone else: rows it holds that cannot be used are left out and named on
 stderr (and in the report); ``report`` never overwrites a file it did not make, nor the GeoPackage it
-reads; every CSV cell goes through :func:`.csv_safety.csv_cell` (no spreadsheet formulas); places that
+reads; every CSV cell goes through :func:`..csv_safety.csv_cell` (no spreadsheet formulas); places that
 ``likely`` cannot judge are named on stderr and as rows with their reason in the ``skipped`` column.
 """
 

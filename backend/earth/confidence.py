@@ -1,6 +1,6 @@
 """Confidence areas: the smallest area holding 50 % (or 90 %, or any level) of one answer's probability.
 
-From probability rasters (:mod:`.rasters`: probability per cell, the world raster summing to 1, NaN
+From probability rasters (:mod:`..model.rasters`: probability per cell, the world raster summing to 1, NaN
 outside an area of interest) the cells are sorted by probability *density* — probability per km²,
 so that small polar cells and large equatorial ones compare fairly — and taken, densest first,
 until their probability reaches the level. That set is the highest-density region: no other set
@@ -37,7 +37,7 @@ the exact area's size, ``smoothing_deg``, ``dropped_parts``, ``simplified_deg`` 
 was done. "How likely here?" (:mod:`.likelihood`) still ranks points on the exact density.
 
 Areas are geodesic: a cell between latitudes φ1 and φ2, Δλ wide, covers
-R² · Δλ · (sin φ2 − sin φ1) on the sphere of radius :data:`.geo.EARTH_RADIUS_KM` (GDAL 3.6 has no
+R² · Δλ · (sin φ2 − sin φ1) on the sphere of radius :data:`..geo.EARTH_RADIUS_KM` (GDAL 3.6 has no
 geodesic area of its own); a polygon with straight edges in longitude and latitude covers
 R² ∮ −sin φ dλ (:func:`geodesic_area_km2`), which for cells is the same sum.
 """

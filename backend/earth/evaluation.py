@@ -67,7 +67,7 @@ def _column(header: list[str], names: tuple[str, ...], what: str, path) -> int:
 def read_truth_csv(path: str | os.PathLike, images: str | os.PathLike | None = None) -> list[Truth]:
     """Rows of (photo, lat, lon); photo paths are relative to ``images`` or else to the CSV's folder.
 
-    The file comes from outside, so whatever is wrong with it is an :class:`.errors.InputFileError`
+    The file comes from outside, so whatever is wrong with it is an :class:`..errors.InputFileError`
     naming the line: text that is not UTF-8, a row shorter than its columns, a field over
     :data:`MAX_FIELD` characters, a name with a NUL character, a position that is not one."""
     path = Path(path)

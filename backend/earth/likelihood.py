@@ -3,7 +3,7 @@
 For a point (an analyst's hypothesis, or the photo's true position) and one answer's rasters:
 
 - the probability within 1, 25 and 200 km: the answer's density integrated over the disc of that
-  great-circle radius (:func:`.geo.haversine_km`). Cells (the world raster refined by the local
+  great-circle radius (:func:`..geo.haversine_km`). Cells (the world raster refined by the local
   rasters, :func:`.confidence.probability_cells`, each an integral) wholly inside count whole; of a
   cell on the disc's edge only the part inside counts — integrated with the model itself when the cell
   is large against the disc (a 1 km disc inside a 25 km cell), else by the share of its area inside;
@@ -247,7 +247,7 @@ def for_answer(
     """\"How likely here?\" for an answer (a photo, text or fused result with its query vector): its
     rasters are made again from the vector (the location encoder only), then each point is judged.
     ``progress``: the first use's encoding of the gallery and world grid, stage by stage, which
-    ``should_stop`` can stop (:class:`.errors.Cancelled`)."""
+    ``should_stop`` can stop (:class:`..errors.Cancelled`)."""
     made = engine.rasters(result, area, progress=progress, should_stop=should_stop)
     return how_likely_many(made.world, points, made.local, density=engine.density(result, made, area))
 
@@ -288,7 +288,7 @@ def unread_places(
     lon_column: str | None = None,
     id_field: str | None = None,
 ) -> list[SkippedPlace]:
-    """The places of a point layer or CSV that :func:`.point_embeddings.read_points` (called with the same
+    """The places of a point layer or CSV that :func:`..location.point_embeddings.read_points` (called with the same
     arguments) leaves out for want of a usable position — no position, not a number, a latitude beyond
     ±90, one that cannot be reprojected — each named by the id read_points would give it, with why."""
     from osgeo import gdal, ogr

@@ -10,7 +10,7 @@ pier, an island too small for the gazetteer) therefore gets its nearest place's 
 the maritime borders say. The assignment is made once per gallery and gazetteer and kept in the
 cache folder as a NumPy ``.npz`` of plain arrays (read with ``allow_pickle=False``).
 
-User polygons: gallery points are tested against each polygon by the rule of :mod:`.polygons` (OGR
+User polygons: gallery points are tested against each polygon by the rule of :mod:`..photos.polygons` (OGR
 ``Contains``, each part of a multipolygon after its own bounding-box test, many points per GEOS call).
 Polygons may overlap; a point inside two polygons counts for both.
 """
@@ -243,7 +243,7 @@ def zones_of(
     should_stop: ShouldStop | None = None,
 ) -> Zones:
     """Points (``(N, 2)`` lat, lon) inside each polygon (WKT, EPSG:4326, lon/lat axis order), by the rule
-    of :mod:`.polygons` (OGR ``Contains``: points on an edge are outside; invalid polygons are repaired
+    of :mod:`..photos.polygons` (OGR ``Contains``: points on an edge are outside; invalid polygons are repaired
     with a warning). ``progress`` hears one step per polygon; ``should_stop`` is asked before each
     polygon and, when it says yes, :class:`~.errors.Cancelled` is raised."""
     from ..photos.polygons import PointIndex, polygon_parts

@@ -167,7 +167,7 @@ def _cached_world(model: LocationModel, grid: Grid):
 
 class GridFeatures:
     """Location features of a grid's cells, row tile by row tile: from the cached world grid where it
-    exists, else encoded on the fly (cancellable every :data:`.gallery.CHUNK` cells)."""
+    exists, else encoded on the fly (cancellable every :data:`..model.gallery.CHUNK` cells)."""
 
     def __init__(self, model: LocationModel, grid: Grid, dtype: torch.dtype, reuse_cache: bool):
         self.model, self.grid, self.dtype = model, grid, dtype
@@ -217,7 +217,7 @@ class GridFeatures:
 
 
 class TileWriter:
-    """A GeoTIFF (:class:`.geotiff_files.GeoTiffFile`) written row tile by row tile (GDAL WriteArray at a
+    """A GeoTIFF (:class:`..output.geotiff_files.GeoTiffFile`) written row tile by row tile (GDAL WriteArray at a
     row offset). Strips are one tile high, so every strip is written once and compressed once. Per-band
     statistics are gathered as tiles pass."""
 

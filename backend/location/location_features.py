@@ -72,9 +72,9 @@ def encode_points(
     """GeoCLIP location features for (N, 2) lat, lon degrees -> (N, 512) float32, unit length.
 
     The vectors are unit-normalised exactly as the model does (``GeoCLIPHeads.location_features``).
-    Points are encoded in chunks of :data:`.gallery.CHUNK` on ``device`` (default: where the heads are),
+    Points are encoded in chunks of :data:`..model.gallery.CHUNK` on ``device`` (default: where the heads are),
     so working memory beyond the (N, 512) result stays bounded; ``progress`` hears each chunk and
-    ``should_stop`` is asked before each (:class:`.errors.Cancelled`: the caller writes nothing).
+    ``should_stop`` is asked before each (:class:`..errors.Cancelled`: the caller writes nothing).
     ``dtype`` bfloat16/float16 runs the MLPs in half precision (Fourier phases stay float32); the
     default float32 gives the model's own numbers.
     """
@@ -119,7 +119,7 @@ class LocationModel:
 
 
 def load_location_model(heads: str | os.PathLike | None = None, device: str = "auto") -> LocationModel:
-    """The heads found as :mod:`.weights` describes (``heads`` folder first), loaded on ``device``.
+    """The heads found as :mod:`..store.weights` describes (``heads`` folder first), loaded on ``device``.
 
     Only GeoCLIP's heads are needed here; the CLIP backbone is not loaded.
     """

@@ -7,7 +7,7 @@ optionally with their first principal components.
 
 Outputs: a GeoPackage copy of the points (EPSG:4326; the vector as JSON text), and NumPy ``.npz``
 (Parquet where pyarrow is installed) for machine-learning work. Each file is written inside a fresh
-private folder beside its target and renamed over it when complete (:func:`.filelock.staged`). A file
+private folder beside its target and renamed over it when complete (:func:`..filelock.staged`). A file
 already at an output's name is replaced only when GeoCLIP made it as that kind of output (a GeoPackage
 with the ``GEOCLIP_OUTPUT`` mark, a .npz with exactly our arrays, a Parquet file with our columns);
 another program's file, a GeoCLIP run of another kind or a symbolic link is refused and left as it is.
@@ -162,8 +162,8 @@ def read_points(
     """Points of a vector file (any OGR format) or a CSV, reprojected to EPSG:4326 with OGR.
 
     Positions come from ``lat_column``/``lon_column`` when given (degrees, EPSG:4326), else from the
-    layer's point geometry, else from columns named as in :data:`.evaluation.LAT_COLUMNS` and
-    :data:`.evaluation.LON_COLUMNS` (any case). CSV columns are read as text (so codes such as "01234"
+    layer's point geometry, else from columns named as in :data:`..earth.evaluation.LAT_COLUMNS` and
+    :data:`..earth.evaluation.LON_COLUMNS` (any case). CSV columns are read as text (so codes such as "01234"
     survive), unless a ``.csvt`` file beside the CSV gives their types. Features without a position are
     skipped and counted; a layer without a coordinate system is taken as EPSG:4326 (noted).
     """

@@ -1,6 +1,6 @@
 """The frozen CLIP backbone: vision tower + projection for photos, text tower only when asked.
 
-Every load passes a local folder (found by :mod:`.weights`), never a Hub name. Photos need neither
+Every load passes a local folder (found by :mod:`..store.weights`), never a Hub name. Photos need neither
 transformers nor its import time (about 2.5 s of a cold start): the vision tower is built here in plain
 torch with transformers' parameter names and arithmetic (``CLIPVisionModelWithProjection``), created
 empty in its final dtype on its final device and filled tensor by tensor from the checkpoint's

@@ -2,7 +2,7 @@
 out, and the probability rasters, areas of interest and fusion built on the same query vectors.
 
 An engine is built by :func:`.factory.build_engine` (weights, device, precision, batch size). Photos
-reach it through :mod:`.decoding` (checked, hashed, decoded ahead by a pool of workers, cached embeddings
+reach it through :mod:`..photos.decoding` (checked, hashed, decoded ahead by a pool of workers, cached embeddings
 looked up); the gallery's location features are computed once and cached (:mod:`.gallery`). Per new
 photo the work left is the CLIP vision tower, a small MLP and one matrix product. On a GPU the next
 batch is on its way while the current one computes (:class:`.device.Staging`); out of memory halves
@@ -110,7 +110,7 @@ class Engine:
     def load(self, progress: ProgressCallback | None = None, should_stop: ShouldStop | None = None) -> Engine:
         """Load what image work needs: vision tower, preprocessing, gallery features. Idempotent. A GPU
         that fails here (out of memory, a kernel it cannot run) leaves the engine on the CPU. The
-        gallery's first encoding stops with :class:`.errors.Cancelled` when ``should_stop`` says so."""
+        gallery's first encoding stops with :class:`..errors.Cancelled` when ``should_stop`` says so."""
         try:
             self._load(progress, should_stop)
         except Exception as exc:
@@ -350,7 +350,7 @@ class Engine:
     ) -> RasterSet:
         """World and local probability rasters for an answered photo, text query or fused set. The first
         call encodes the gallery and the world grid (minutes on a CPU; cached on disk), with ``progress``,
-        stopping with :class:`.errors.Cancelled` when ``should_stop`` says so."""
+        stopping with :class:`..errors.Cancelled` when ``should_stop`` says so."""
         if result.feature is None:
             raise GeoCLIPError(f"no feature for {result.photo}: {result.error or 'not answered'}")
         self.load_gallery(progress, should_stop)

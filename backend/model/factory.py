@@ -1,4 +1,4 @@
-"""Building an engine: weights found (:mod:`.weights`), device and precision chosen (:mod:`.device`),
+"""Building an engine: weights found (:mod:`..store.weights`), device and precision chosen (:mod:`.device`),
 batch size set, embedding cache opened. The engine itself only does inference.
 
     from geoclip_qgis.backend.model.factory import build_engine
@@ -26,10 +26,10 @@ def build_engine(
 ):
     """An :class:`.engine.Engine` for these choices; nothing heavy is loaded until it is first used.
 
-    ``heads``/``clip``: folders, or None for the lookup order of :mod:`.weights`. ``batch_size``: photos
+    ``heads``/``clip``: folders, or None for the lookup order of :mod:`..store.weights`. ``batch_size``: photos
     per batch (None: 8 on a CPU, by free memory on a GPU). ``embedding_cache``: read and write CLIP
     embeddings of photos on disk by content hash. ``decode_workers``: threads preparing photos (None:
-    one per core feeding a GPU, one per 16 cores on a CPU; :func:`.decoding.choose_decode_workers`).
+    one per core feeding a GPU, one per 16 cores on a CPU; :func:`..photos.decoding.choose_decode_workers`).
     ``backbone=False``: GeoCLIP's heads and gallery only, no CLIP sought or loaded; such an engine judges
     stored query vectors (probabilities, rasters) and refuses photos and text. ``preprocessing``:
     "engine" (photos upright, transparency on white, large JPEGs decoded reduced) or "release" (decoded as

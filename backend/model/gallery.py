@@ -92,7 +92,7 @@ def encode_locations(
     """Unit-length location features for (N, 2) coordinates, in chunks to bound memory.
 
     ``progress`` hears ``stage`` counted in ``unit`` after each chunk; ``should_stop`` is asked before
-    each chunk and stops the work with :class:`.errors.Cancelled` (nothing is returned).
+    each chunk and stops the work with :class:`..errors.Cancelled` (nothing is returned).
 
     ``dtype`` bfloat16/float16 runs the MLPs under autocast (Fourier phases stay float32) and stores
     half-size features: for dense raster grids, where ~2x speed and half the memory matter more than

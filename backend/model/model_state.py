@@ -217,7 +217,7 @@ def _passed_over(part: PartState) -> str:
 
 def model_state(heads: str | os.PathLike | None = None, clip: str | os.PathLike | None = None) -> ModelState:
     """What can run with the weights found (``heads``, ``clip``: the folders chosen, else the lookup order
-    of :mod:`.weights`), and what stands in the way."""
+    of :mod:`..store.weights`), and what stands in the way."""
     heads_part = PartState.of("heads", "GeoCLIP heads", find_heads(heads))
     clip_lookup = find_backbone(clip)
     architecture = backbone_architecture(clip_lookup.path) if clip_lookup.path is not None else None

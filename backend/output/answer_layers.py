@@ -1,5 +1,5 @@
 """The layers and tables of a run's GeoPackage: their names, what each holds, and the columns beyond the
-results schema (:mod:`.results`)."""
+results schema (:mod:`..results`)."""
 
 from __future__ import annotations
 

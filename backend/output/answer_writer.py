@@ -1,6 +1,6 @@
 """What a writer of a run's answers does, and what a resumable store does besides.
 
-A run (:func:`.run.execute`) hands its answers to one :class:`AnswerWriter`, one at a time, so output grows
+A run (:func:`..pipeline.run.execute`) hands its answers to one :class:`AnswerWriter`, one at a time, so output grows
 as photos are answered and a stopped run keeps what it wrote:
 
 - ``write(result)``: an answer's candidates, or why its photo failed;
@@ -20,11 +20,11 @@ The formats: :class:`.csv_writer.CsvWriter`, :class:`.geojson_writer.GeoJsonWrit
 :func:`.writers.open_writer` picks one by the output's extension.
 
 What every writer promises:
-- every write and commit is checked; a failure raises :class:`.errors.WriteError` (the run stops, exit 2)
+- every write and commit is checked; a failure raises :class:`..errors.WriteError` (the run stops, exit 2)
   and what was committed before stays valid: a GeoPackage commits once per engine batch and keeps its
   spatial index and feature counts current after every commit, a CSV is cut back to its last whole row,
   a GeoJSON is written beside its target and only renamed into place once it reads back whole;
-- one writer per output at a time (:mod:`.filelock`);
+- one writer per output at a time (:mod:`..filelock`);
 - a file, layer or table GeoCLIP did not create is never changed: GeoPackages, their layers and GeoTIFFs
   carry a ``GEOCLIP_*`` metadata mark, a CSV our header, a GeoJSON our columns; anything else in the way
   is refused;

@@ -1,7 +1,7 @@
 """Answers as CSV, with the csv module: one row per candidate, a failed photo as a row with its error.
 
 Rows are rendered first and written whole; a failed write cuts the file back to its last whole row. Text
-cells a spreadsheet would run as a formula get a leading ``'`` (:mod:`.csv_safety`). One table per file:
+cells a spreadsheet would run as a formula get a leading ``'`` (:mod:`..csv_safety`). One table per file:
 regions, areas and query vectors go to GeoPackages only.
 """
 

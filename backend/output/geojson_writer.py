@@ -1,6 +1,6 @@
 """Answers as GeoJSON: one layer of candidates, a failed photo as a feature without geometry and with its
 error. A GeoJSON file is only valid once closed, so it is written in a fresh private folder beside its target
-(:func:`.filelock.staged`: nothing already there, a link included, is written through) and renamed into
+(:func:`..filelock.staged`: nothing already there, a link included, is written through) and renamed into
 place only when it reads back with every feature; a run that fails leaves none."""
 
 from __future__ import annotations

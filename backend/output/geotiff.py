@@ -2,7 +2,7 @@
 saying what the values are and where they come from; file names unique per answer.
 
 Band 1 holds the probability per cell. Band 2, when written, holds each cell's confidence level
-(:class:`.confidence.DrawnAreas`): the smallest of 0.25 / 0.5 / 0.75 / 0.9 whose confidence area holds
+(:class:`..earth.confidence.DrawnAreas`): the smallest of 0.25 / 0.5 / 0.75 / 0.9 whose confidence area holds
 the cell, 1 in none. A style with classes up to those values on band 2 draws the very cells of the
 confidence polygons; nothing needs to rank the cells again."""
 

@@ -1,13 +1,13 @@
 """GeoTIFFs GeoCLIP writes: one way to create, fill and put them in place, for probability rasters
-(:mod:`.geotiff`) and embedding maps and similarity rasters (:mod:`.embedding_maps`).
+(:mod:`.geotiff`) and embedding maps and similarity rasters (:mod:`..location.embedding_maps`).
 
 - Ours, or refused: every GeoTIFF we write carries ``GEOCLIP_*`` metadata; a file at the target's name
   without it, a symbolic link or a folder is refused and left as it is (:func:`refuse_foreign_raster`).
 - EPSG:4326 (:func:`.geo.wgs84`), north-up, with the creation options and metadata the caller gives.
-- Written inside a fresh private folder beside the target (:func:`.filelock.staged`), so nothing already
+- Written inside a fresh private folder beside the target (:func:`..filelock.staged`), so nothing already
   there under an unfinished name can be written through; read back, and renamed into place only when
   whole. A raster that fails or is stopped leaves no file (:meth:`GeoTiffFile.abandon`).
-- Every band write is checked: a failure raises :class:`.errors.WriteError`.
+- Every band write is checked: a failure raises :class:`..errors.WriteError`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .gdal_messages import gdal_error, quiet_gdal
 
 def refuse_foreign_raster(path: str | os.PathLike) -> None:
     """A raster about to be replaced must be absent or a GeoTIFF GeoCLIP wrote; a symbolic link, a folder
-    or another program's file is refused (a :class:`.errors.GeoCLIPError`)."""
+    or another program's file is refused (a :class:`..errors.GeoCLIPError`)."""
     path = Path(path)
     refuse_non_file(path, "where a raster would go")
     if path.exists() and not is_ours(path):

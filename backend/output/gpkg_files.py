@@ -1,11 +1,12 @@
 """GeoPackages GeoCLIP writes: one way to create, open and fill them, for a run's answers
-(:mod:`.gpkg_writer`) and for the location tools' outputs (:mod:`.point_embeddings`, :mod:`.embedding_maps`).
+(:mod:`.gpkg_writer`) and for the location tools' outputs (:mod:`..location.point_embeddings`,
+:mod:`..location.similar_places`).
 
 - Ours, or refused: every GeoPackage we make carries a mark in its metadata, and so does every layer and
   table we make in it (:data:`LAYER_MARK`: its name). A run's answers are appended to, in a file marked
   :data:`DATASET_MARK`; a location tool's output is replaced whole, in a file marked :data:`OUTPUT_MARK`
   (its one layer). Another program's file or layer, a symbolic link or a folder is refused, not changed.
-- Every write is checked: a failure raises :class:`.errors.WriteError` naming the file and GDAL's reason.
+- Every write is checked: a failure raises :class:`..errors.WriteError` naming the file and GDAL's reason.
 - Writes are grouped in transactions; layers are EPSG:4326 (:func:`.geo.wgs84`), tables have no geometry.
 - A location tool's output is written inside a private folder beside its target, read back, and only then
   renamed into place (:func:`write_output`).

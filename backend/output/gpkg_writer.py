@@ -190,8 +190,8 @@ class GeoPackageWriter(OgrWriter, ResumableStore):
         self._add_feature(self._truth, feature)
 
     def write_details(self, result: PhotoResult, regions=(), areas=()) -> None:
-        """An answer's probability by region (:class:`.regions.RegionRow`), its confidence areas
-        (:class:`.confidence.ConfidenceArea`) and its query vector (so rasters, areas and "how likely
+        """An answer's probability by region (:class:`..earth.regions.RegionRow`), its confidence areas
+        (:class:`..earth.confidence.ConfidenceArea`) and its query vector (so rasters, areas and "how likely
         here?" can be made later without CLIP)."""
         photo, _ = path_text(result.photo)
         for row in regions:

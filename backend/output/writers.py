@@ -3,7 +3,7 @@
 CSV with the csv module, GeoJSON and GeoPackage through GDAL/OGR, one class per format; every one is an
 :class:`.answer_writer.AnswerWriter` (what every writer does and promises is written down there), and the
 GeoPackage is also the one :class:`.answer_writer.ResumableStore`. Points are EPSG:4326 with the columns
-of :data:`.results.POINT_COLUMNS`; photos that failed go to an ``errors`` table (GeoPackage), a feature
+of :data:`..results.POINT_COLUMNS`; photos that failed go to an ``errors`` table (GeoPackage), a feature
 with no geometry (GeoJSON) or a row with the ``error`` column set (CSV).
 """
 

@@ -191,7 +191,7 @@ def _polygons_in(geometry) -> Iterator:
 
 class PointIndex:
     """Points (lat, lon degrees) sorted by longitude once, so that each polygon part looks only at the
-    points in its own box. Use one index for many polygons (:func:`.regions.zones_of`)."""
+    points in its own box. Use one index for many polygons (:func:`..earth.regions.zones_of`)."""
 
     def __init__(self, lat, lon):
         lat = np.asarray(lat, dtype=np.float64).reshape(-1)

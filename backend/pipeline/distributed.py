@@ -35,7 +35,7 @@ class _EngineActor:
 class RayAnswers:
     """Iterates over PhotoResults answered by engine actors, in input order within each batch.
 
-    ``engine_options``: keyword arguments for :func:`.factory.build_engine` on each worker.
+    ``engine_options``: keyword arguments for :func:`..model.factory.build_engine` on each worker.
     ``address``: a running cluster ("auto", "ray://host:10001") or None for a local one."""
 
     def __init__(

@@ -5,7 +5,7 @@ top-k, area, fusion, rasters, skip rules, the output); results stream to the wri
 GeoPackage commits once per engine batch, so a kill loses at most one batch); rasters, the joint
 answer and the accuracy table are made here; a :class:`RunOutcome` comes out naming every file and
 layer written, with its kind. Nothing here knows about Qt, QGIS or the terminal: progress goes to a
-:data:`.progress.ProgressCallback`, each result to an optional ``on_result``.
+:data:`..progress.ProgressCallback`, each result to an optional ``on_result``.
 """
 
 from __future__ import annotations
@@ -511,7 +511,7 @@ class _RasterOutputs:
 
     def add(self, result: PhotoResult, made, drawn, own_world: bool = False) -> list[OutputFile]:
         """Write an answer's local rasters and its world raster (or keep it for the run's mean), each with
-        its confidence areas' levels as band 2 (``drawn``: :class:`.confidence.DrawnAreas`)."""
+        its confidence areas' levels as band 2 (``drawn``: :class:`..earth.confidence.DrawnAreas`)."""
         world_levels, local_levels = drawn.world_levels, drawn.local_levels
         files = [
             self._write(

@@ -1,6 +1,6 @@
 """Where GeoCLIP's trained heads live on disk: the release's file names and a set's folder.
 
-Kept apart from :mod:`.heads` (torch) so that finding and describing weights (the dock's model state, the
+Kept apart from :mod:`..model.heads` (torch) so that finding and describing weights (the dock's model state, the
 Models dialog) imports no torch: QGIS's start should not wait for it.
 """
 

@@ -3,8 +3,8 @@
 Plain ``urllib``, not huggingface_hub's downloader: recent huggingface_hub releases delete a failed
 download's partial file (each attempt writes a uniquely named temporary file), so nothing could resume;
 and a proxy handed in here must reach every request whichever HTTP client huggingface_hub uses. No Qt:
-progress is reported as :class:`.progress.Progress` events counting bytes, and a ``should_stop()`` that
-says yes stops the download with :class:`.errors.Cancelled`.
+progress is reported as :class:`..progress.Progress` events counting bytes, and a ``should_stop()`` that
+says yes stops the download with :class:`..errors.Cancelled`.
 """
 
 from __future__ import annotations
@@ -180,9 +180,9 @@ def download_files(
     stage: str = "Downloading",
 ) -> None:
     """Fetch ``files`` into ``folder``. Each is written as ``NAME.incomplete`` and takes its own name
-    only when complete; a failed or stopped call (:class:`.errors.Cancelled`, ``should_stop`` is asked
+    only when complete; a failed or stopped call (:class:`..errors.Cancelled`, ``should_stop`` is asked
     after each chunk) leaves the partial files, and the next call resumes them with HTTP Range requests.
-    ``progress`` hears ``stage`` counting bytes on disk (unit :data:`.progress.BYTES`), so it starts at
+    ``progress`` hears ``stage`` counting bytes on disk (unit :data:`..progress.BYTES`), so it starts at
     what earlier calls fetched and rises to the sum of the files' sizes."""
     folder.mkdir(parents=True, exist_ok=True)
     total = sum(remote.size for remote in files)

@@ -78,9 +78,9 @@ def zonal_for_answers(
     should_stop: ShouldStop | None = None,
 ) -> Iterator[ZonalAnswer]:
     """Per answer, its probability in each polygon (WKT, EPSG:4326, lon/lat): the gallery softmax
-    summed over the gallery places inside (:func:`.regions.zonal_probabilities`; 0 for a polygon holding
+    summed over the gallery places inside (:func:`..earth.regions.zonal_probabilities`; 0 for a polygon holding
     none). Which places lie in which polygon is worked out once, before the first answer, reporting to
-    ``progress`` per polygon and stopping when ``should_stop`` says so (:func:`.regions.zones_of`)."""
+    ``progress`` per polygon and stopping when ``should_stop`` says so (:func:`..earth.regions.zones_of`)."""
     zones = zones_of(engine.gallery.coordinates, wkts, names, progress, should_stop)
     by_index = Zones([str(i) for i in range(len(zones.names))], zones.members, zones.size)  # names may repeat
     for answer in answers:
