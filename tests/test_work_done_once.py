@@ -91,3 +91,35 @@ def test_a_runs_rasters_are_styled_from_what_the_run_holds(engine, samples, tmp_
     for file in rasters:  # what the run says is what the file says
         assert file.raster == read_raster_facts(file.path)
         assert file.raster.levels_band == 2 and 0 < file.raster.peak <= 1
+
+
+def test_a_runs_layers_are_named_without_reading_its_geopackage_back(engine, samples, tmp_path, monkeypatch):
+    """The outcome lists the layers that hold rows from what the writer found and wrote: GDAL never opens
+    the new GeoPackage by name during the run (it is created, filled and closed)."""
+    from osgeo import gdal, ogr
+
+    from geoclip_qgis.backend.results import OutputKind
+
+    output = tmp_path / "run.gpkg"
+    opened = []
+    for module, name in ((ogr, "Open"), (gdal, "Open"), (gdal, "OpenEx")):
+        original = getattr(module, name)
+
+        def spy(path, *args, _original=original, **kwargs):
+            if str(path) == str(output):
+                opened.append(path)
+            return _original(path, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    outcome = execute(RunRequest(photos=[samples / "gps" / "DSCN0010.jpg"], output=str(output), top_k=2), engine)
+    assert opened == []
+    kinds = {file.layer: file.kind for file in outcome.files if file.path == str(output)}
+    assert kinds == {
+        "predictions": OutputKind.POINTS,
+        "truth_lines": OutputKind.TRUTH_LINES,  # the photo has EXIF GPS: its error is measured
+        "accuracy": OutputKind.ACCURACY,
+        "regions": OutputKind.REGIONS,
+    }
+    source = ogr.Open(str(output))  # and that is what the file holds
+    held = {source.GetLayer(i).GetName() for i in range(source.GetLayerCount()) if source.GetLayer(i).GetFeatureCount()}
+    assert held - {"runs", "answer_features"} == set(kinds)

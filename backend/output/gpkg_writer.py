@@ -20,7 +20,6 @@ from ..results import (
     POINT_COLUMNS,
     AnswerKind,
     OutputFile,
-    OutputKind,
     PhotoResult,
     path_text,
 )
@@ -76,6 +75,11 @@ class GeoPackageWriter(OgrWriter, ResumableStore):
         self._points = self._gpkg.ensure_layer(POINTS_LAYER, ogr.wkbPoint, _field_types(POINT_COLUMNS))
         self._errors = self._gpkg.ensure_layer(ERRORS_LAYER, ogr.wkbNone, _field_types(ERROR_COLUMNS))
         self._truth = self._gpkg.ensure_layer(TRUTH_LAYER, ogr.wkbLineString, _field_types(TRUTH_COLUMNS))
+        # the layers that hold rows, earlier runs' included: what :meth:`outputs` names, without reading
+        # the file back once it is written
+        self._holding = {POINTS_LAYER} | {
+            name for name in LAYER_KINDS if (layer := self._gpkg.layer(name)) is not None and layer.GetFeatureCount()
+        }
         self._pending = 0
         self._gpkg.begin()
 
@@ -126,6 +130,7 @@ class GeoPackageWriter(OgrWriter, ResumableStore):
 
     def _add_feature(self, layer, feature) -> None:
         self._gpkg.add_feature(layer, feature)
+        self._holding.add(layer.GetName())
 
     def _commit(self) -> None:
         try:
@@ -285,13 +290,7 @@ class GeoPackageWriter(OgrWriter, ResumableStore):
             pass  # the first failure is the one to report
 
     def outputs(self) -> list[OutputFile]:
-        """The layers of this file that hold something, each with its kind (after :meth:`close`)."""
-        source = self._ogr.Open(str(self.path))
-        if source is None:
-            return []
-        found = []
-        for name, kind in LAYER_KINDS.items():
-            layer = source.GetLayerByName(name)
-            if layer is not None and (kind == OutputKind.POINTS or layer.GetFeatureCount() > 0):
-                found.append(OutputFile(kind, str(self.path), layer=name))
-        return found
+        """The layers of this file that hold something, each with its kind: known from what this writer
+        found when it opened the file and what it wrote since (the file is not read back)."""
+        held = [(name, kind) for name, kind in LAYER_KINDS.items() if name in self._holding]
+        return [OutputFile(kind, str(self.path), layer=name) for name, kind in held]
