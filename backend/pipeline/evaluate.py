@@ -8,11 +8,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..earth.evaluation import accuracy_table, is_truth_csv, read_truth_csv
 from ..progress import ProgressCallback
 from ..results import PhotoResult
 from .run import RunOutcome, RunRequest, execute
+
+if TYPE_CHECKING:  # torch loads with the model
+    from ..model.engine import Engine
 
 
 def truth_inputs(data: str | os.PathLike, images: str | os.PathLike | None = None) -> dict:
@@ -41,7 +45,7 @@ class Evaluation:
 
 def evaluate(
     request: RunRequest,
-    engine,
+    engine: Engine,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_result: Callable[[PhotoResult], None] | None = None,

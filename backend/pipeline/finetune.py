@@ -39,6 +39,7 @@ from ..earth.evaluation import THRESHOLDS_KM, accuracy_table, format_table, is_t
 from ..errors import ForeignFileError, GeoCLIPError
 from ..filelock import put_in_place, refuse_link, refuse_non_file
 from ..geo import haversine_km
+from ..model.engine import Engine
 from ..model.gallery import encode_locations, read_gallery_csv
 from ..model.heads import GeoCLIPHeads, save_heads
 from ..progress import ProgressCallback, ShouldStop, Stage
@@ -175,7 +176,7 @@ class Collected:
 
 
 def collect_samples(
-    engine,
+    engine: Engine,
     source: str | Path,
     images: str | None = None,
     progress: ProgressCallback | None = None,
@@ -249,7 +250,7 @@ def better(table: dict, best: dict) -> bool:
 
 
 def finetune(
-    engine,
+    engine: Engine,
     samples: list[Sample],
     out_dir: str | Path,
     settings: FinetuneSettings = FinetuneSettings(),
@@ -454,7 +455,7 @@ class Tuned:
 
 
 def tune_heads(
-    engine,
+    engine: Engine,
     data: str | Path | list,
     out_dir: str | Path,
     settings: FinetuneSettings = FinetuneSettings(),

@@ -34,6 +34,7 @@ from ..version import __version__
 from .summary import RunSummary
 
 if TYPE_CHECKING:  # torch is loaded with the model, not with the pipeline (a cold start's largest part)
+    from ..model.engine import Engine
     from ..model.rasters import Raster
 
 WORLD_EACH = "each"  # a world raster per answer
@@ -158,7 +159,7 @@ def _photo_items(request: RunRequest, truths: dict | None) -> tuple[Iterable, in
 
 def execute(
     request: RunRequest,
-    engine,
+    engine: Engine,
     progress: ProgressCallback | None = None,
     should_stop: ShouldStop | None = None,
     on_result: Callable[[PhotoResult], None] | None = None,
@@ -203,7 +204,9 @@ def execute(
     return outcome
 
 
-def _load(request: RunRequest, engine, progress: ProgressCallback | None, should_stop: ShouldStop | None) -> None:
+def _load(
+    request: RunRequest, engine: Engine, progress: ProgressCallback | None, should_stop: ShouldStop | None
+) -> None:
     """The model and its caches (their first build can be stopped), before the first answer."""
     if request.ray is not None:
         engine.load_gallery(progress, should_stop)  # the workers load the vision tower; the driver scores and writes
@@ -214,7 +217,7 @@ def _load(request: RunRequest, engine, progress: ProgressCallback | None, should
         engine.surface(request.rasters.world_cell, request.rasters.local_cell, progress, should_stop)
 
 
-def _open_writer(request: RunRequest, engine, run_at: str) -> AnswerWriter:
+def _open_writer(request: RunRequest, engine: Engine, run_at: str) -> AnswerWriter:
     from ..output.writers import DiscardWriter, open_writer
 
     if not (request.output or request.stream):
@@ -226,7 +229,7 @@ def _open_writer(request: RunRequest, engine, run_at: str) -> AnswerWriter:
 RESUME_SETTINGS = {"weights_key": "model weights", "top_k": "top-k", "area": "area of interest"}
 
 
-def _resume(request: RunRequest, engine, writer: AnswerWriter, run_at: str) -> frozenset[str] | set[str]:
+def _resume(request: RunRequest, engine: Engine, writer: AnswerWriter, run_at: str) -> frozenset[str] | set[str]:
     """The photos to skip because this output already answers them, after checking that it answered them
     with the same settings (store this run's settings for the next one)."""
     if not isinstance(writer, ResumableStore):
@@ -260,7 +263,7 @@ def _resume(request: RunRequest, engine, writer: AnswerWriter, run_at: str) -> f
     return skip
 
 
-def run_parameters(request: RunRequest, engine) -> dict:
+def run_parameters(request: RunRequest, engine: Engine) -> dict:
     """What a run was asked to do and how, for its provenance (the runs table, reports)."""
     rasters = request.rasters
     return {
@@ -295,7 +298,7 @@ class _RunAnswers:
     """Every answer to the writer as it comes, with its rasters (:meth:`answer_all`, which a stop on
     request ends between answers); then the joint answer, unless stopped, and the table (:meth:`conclude`)."""
 
-    def __init__(self, request: RunRequest, engine, writer, outcome: RunOutcome, on_result):
+    def __init__(self, request: RunRequest, engine: Engine, writer, outcome: RunOutcome, on_result):
         self.request, self.engine, self.writer, self.outcome = request, engine, writer, outcome
         self.on_result = on_result
         self.details = _AnswerDetails(request, engine, writer)
@@ -352,7 +355,7 @@ def _truths(request: RunRequest) -> dict[str, tuple[float, float]] | None:
     return {t.photo: (t.lat, t.lon) for t in read_truth_csv(request.truth_csv, request.images)}
 
 
-def _answers(request: RunRequest, engine, photos, skip) -> Iterator[PhotoResult]:
+def _answers(request: RunRequest, engine: Engine, photos, skip) -> Iterator[PhotoResult]:
     """Photos (locally or on Ray), then text queries, as results in input order."""
     items = photos
     if request.ray is not None:
@@ -397,7 +400,7 @@ def _answers(request: RunRequest, engine, photos, skip) -> Iterator[PhotoResult]
 
 def _fuse(
     request: RunRequest,
-    engine,
+    engine: Engine,
     members: list[PhotoResult],
     earlier: list[str],
     summary: RunSummary,
@@ -428,7 +431,7 @@ class _AnswerDetails:
 
     REGION_ROWS = 10  # per level and answer: the ranking a person reads; the rest is a long tail
 
-    def __init__(self, request: RunRequest, engine, writer):
+    def __init__(self, request: RunRequest, engine: Engine, writer):
         self.request, self.engine, self.writer = request, engine, writer
         self.cells = request.rasters or RasterOptions(folder="")
         self.rasters = _RasterOutputs(request, engine) if request.rasters is not None else None
@@ -483,7 +486,7 @@ class _AnswerDetails:
 class _RasterOutputs:
     """Writes each answer's rasters as it comes, and the run's combined world raster at the end."""
 
-    def __init__(self, request: RunRequest, engine):
+    def __init__(self, request: RunRequest, engine: Engine):
         self.options, self.engine, self.area = request.rasters, engine, request.area
         self.folder = Path(self.options.folder)
         self.names = RasterNames()
