@@ -192,7 +192,7 @@ def test_the_report_names_each_library_with_its_version_and_file_and_the_weights
     assert f"- QGIS: {Qgis.QGIS_VERSION}\n" in text
     assert re.search(r"\n- Qt: Qt [56]\.\d+\.\d+ \(built with [56]\.\d+\.\d+\), PyQt [56]\.\d+", text)
     assert f"- Python: {sys.version.split()[0]} (" in text and f"- Python executable: {sys.executable}\n" in text
-    assert f"- Plugin folder: {Path(diagnostics.__file__).resolve().parent}\n" in text
+    assert f"- Plugin folder: {Path(diagnostics.__file__).resolve().parent.parent}\n" in text
     if torch.cuda.is_available():
         assert f"cuda:0: {torch.cuda.get_device_name(0)}, " in text
     else:
