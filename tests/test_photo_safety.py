@@ -63,7 +63,7 @@ def test_heic_is_decoded_in_a_child_and_matches_the_in_process_decode(heic):
         import json, sys
         import numpy as np
         from PIL import Image
-        from geoclip_qgis.backend import photos
+        from geoclip_qgis.backend.photos import loader as photos
 
         path = sys.argv[1]
         photo = photos.open_photo(path)
