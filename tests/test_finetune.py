@@ -76,7 +76,7 @@ def oracle_top1_km(heads, places, gallery) -> np.ndarray:
 
 @pytest.mark.slow
 def test_finetuning_raises_accuracy_and_keeps_the_rest_of_the_world(engine, regional_task, tmp_path):
-    settings = FinetuneSettings(epochs=12, batch_size=256, lr=3e-4, queue_size=1024, patience=4, val_candidates=8000)
+    settings = FinetuneSettings(epochs=3, batch_size=256, lr=3e-4, queue_size=1024, patience=4, val_candidates=8000)
     manifest = finetune(engine, regional_task, tmp_path / "tuned", settings)
     before, after = manifest["validation"]["before"], manifest["validation"]["after"]
     assert after["acc_25km"] >= before["acc_25km"] + 20, (before, after)
