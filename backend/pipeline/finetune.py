@@ -364,7 +364,7 @@ def finetune(
         )
 
     heads.load_state_dict(best)
-    after = validate(heads, embeddings[val_idx], truth_val, candidates)
+    after = state["best_validation"]  # the kept heads' own validation: not encoded a third time
     manifest = {
         "base_heads": str(engine.heads_files.folder),
         "base_heads_sha256": base_sha256,
