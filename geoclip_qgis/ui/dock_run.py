@@ -201,7 +201,7 @@ class Runner(QObject):
         summary = result.outcome.summary
         line = f"{summary.answered} of {result.outcome.total} answered"
         if summary.failed_count:
-            line += f", {summary.failed_count} not answered (see the dock's Results)"
+            line += f", {summary.failed_count} not answered"  # the reasons are in the dock's Results tab
         if summary.skipped_count:
             line += f", {summary.skipped_count} skipped"
         return line
