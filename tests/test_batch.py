@@ -90,6 +90,7 @@ def test_killed_run_resumes_and_answers_every_photo_once(engine, tiny_clip, skim
     assert ranks == len(photos)
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_run_stopped_on_request_is_a_resumable_outcome(engine, photo_dir, tmp_path):
     """should_stop ends the run after the answer it is asked after: the outcome says cancelled, the joint
     answer waits, every written photo is whole, and the next run into the file answers only the rest."""
@@ -115,6 +116,7 @@ def test_a_run_stopped_on_request_is_a_resumable_outcome(engine, photo_dir, tmp_
     assert len(photos) == 5 and (resumed.fused.photo,) in photos  # each photo once, and the joint answer
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_bad_photos_and_malformed_exif_in_a_folder(engine, tiny_clip, skimage_data, samples, tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -174,6 +176,7 @@ def test_bad_photos_and_malformed_exif_in_a_folder(engine, tiny_clip, skimage_da
     assert "top-1 error against the photos' own EXIF GPS" in out.stderr  # one photo had usable truth
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_skip_geotagged_and_accuracy_table(engine, tiny_clip, samples, tmp_path):
     gpkg = tmp_path / "gps.gpkg"
     out = run(
@@ -204,6 +207,7 @@ def test_skip_geotagged_and_accuracy_table(engine, tiny_clip, samples, tmp_path)
     assert stamps[0][0].startswith("2008-")
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_evaluate_on_a_benchmark_style_csv(engine, tiny_clip, samples, tmp_path):
     from geoclip_qgis.backend.geo import haversine_km
 
@@ -238,6 +242,7 @@ def test_evaluate_on_a_benchmark_style_csv(engine, tiny_clip, samples, tmp_path)
     assert "within     1 km    25 km" in out.stdout
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_evaluate_out_measures_from_the_csv_truth_not_exif(engine, tiny_clip, samples, tmp_path):
     """Photos whose EXIF GPS is not the CSV's truth: the --out file's error_km is the distance to the
     CSV's position, so the table evaluate prints comes back from the file alone."""
@@ -280,6 +285,7 @@ def test_evaluate_out_measures_from_the_csv_truth_not_exif(engine, tiny_clip, sa
     assert out.stdout.startswith(printed + "\n"), (out.stdout, printed)
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_evaluation_is_one_engine_action_that_the_command_line_prints(engine, tiny_clip, samples, tmp_path):
     """The accuracy table is assembled once, by evaluate.evaluate: what the command line reports is that
     function's table, for the same photos, truth and weights."""

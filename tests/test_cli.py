@@ -30,6 +30,7 @@ def warm(engine):
     return engine
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_csv_on_stdout(warm, tiny_clip, photo_dir):
     out = run(
         "predict",
@@ -50,6 +51,7 @@ def test_csv_on_stdout(warm, tiny_clip, photo_dir):
     assert "failed 1: file not found" in out.stderr
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_folder_to_geopackage_and_geojson(warm, tiny_clip, photo_dir, tmp_path):
     from osgeo import ogr
 
@@ -91,6 +93,7 @@ def test_folder_to_geopackage_and_geojson(warm, tiny_clip, photo_dir, tmp_path):
     assert features[1]["geometry"] is None and "not an image" in features[1]["properties"]["error"]
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_exit_codes_and_messages(warm, tiny_clip, tmp_path):
     bad = run("predict", tmp_path / "nope.jpg", "--clip", tiny_clip, check=False)
     assert bad.returncode == 1
@@ -117,6 +120,7 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and out.stdout.startswith("geoclip-qgis ")
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_truth_lines_join_exif_position_to_top1(warm, tiny_clip, samples, tmp_path):
     from osgeo import ogr
 

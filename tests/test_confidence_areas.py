@@ -110,6 +110,7 @@ def _exact(world: Raster, local, level: float):
 # ------------------------------------------------------------------------------------------- engine
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_unsure_answers_get_areas_a_map_can_hold(run, engine):
     """Each area: at most MAX_PARTS parts, far fewer vertices than the exact area, its level of the
     probability still inside (measured on the world raster by GDAL, cell centres), its area the
@@ -179,6 +180,7 @@ def _geometry(wkt):
     return ogr.CreateGeometryFromWkt(wkt)
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_speckle_is_smoothed_until_it_has_few_parts():
     """Seeded noise over the whole world: the exact 90 % area is thousands of single cells."""
     rng = np.random.default_rng(7)

@@ -254,6 +254,7 @@ def test_no_proxy_mapping_goes_direct_despite_the_environment(hub, monkeypatch):
         ("disk full", DiskFullError, "not enough free disk space"),
     ],
 )
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_failures_are_named_and_plain(hub, monkeypatch, case, error, words):
     proxies = None
     if case == "no network":

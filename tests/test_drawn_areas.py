@@ -89,6 +89,7 @@ def photo_run(raster_engine, samples, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_photos_raster_classes_are_its_confidence_polygons(photo_run):
     (world_file,) = sorted((photo_run / "rasters").glob("*_world.tif"))
     local_files = sorted((photo_run / "rasters").glob("*_local*.tif"))

@@ -111,6 +111,7 @@ def test_finetuning_raises_accuracy_and_keeps_the_rest_of_the_world(engine, regi
     assert not (tmp_path / "tuned" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_finetuned_folder_loads_and_changes_answers(engine, regional_task, photo_dir, tmp_path):
     settings = FinetuneSettings(epochs=2, batch_size=256, queue_size=512, val_candidates=2000, extend_gallery=True)
     finetune(engine, regional_task[:600], tmp_path / "tuned", settings)
@@ -148,6 +149,7 @@ def well_placed_task(engine):
 
 
 @pytest.mark.parametrize("shift_deg", [0.0, 3.0])  # 3 degrees: every answer ~330 km off, 0 % within 25 km
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_training_that_makes_things_worse_keeps_the_starting_heads(engine, well_placed_task, shift_deg, tmp_path):
     """A learning rate that wrecks the heads: no epoch beats the starting heads on the validation set,
     so they are what is written (best epoch 0), not the least bad epoch. Shifted truths make every
@@ -177,6 +179,7 @@ def test_training_that_makes_things_worse_keeps_the_starting_heads(engine, well_
         torch.testing.assert_close(written.state_dict()[key], tensor.cpu(), rtol=0, atol=0)
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_an_epoch_that_beats_the_starting_heads_is_kept(engine, regional_task, tmp_path):
     """The released heads start near chance on the regional task; the first epoch beats them and the
     later, worse epochs do not replace it."""

@@ -120,6 +120,7 @@ def test_a_link_at_the_lock_file_is_refused_and_its_target_untouched(engine, tin
 
 
 @pytest.mark.parametrize("name", ["run.gpkg", "run.geojson", "run.csv"])
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_link_at_the_output_or_an_unfinished_name_is_never_written_through(
     engine, tiny_clip, kauai_png, tmp_path, outside, name
 ):
@@ -433,6 +434,7 @@ def test_clip_numbers_no_clip_has_are_named_errors(tiny_clip, tmp_path, config, 
             backbone.load_vision_tower(folder, torch.device("cpu"), torch.float32)
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_hostile_clip_folders_stop_the_command_with_exit_2(engine, tiny_clip, kauai_png, tmp_path):
     from geoclip_qgis.backend.errors import WeightsError
     from geoclip_qgis.backend.store import bundles, weights
@@ -459,6 +461,7 @@ def test_hostile_clip_folders_stop_the_command_with_exit_2(engine, tiny_clip, ka
 # --------------------------------------------------------------------- 6. inputs that crashed
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_inputs_that_ended_in_tracebacks_are_named_errors(tiny_clip, tmp_path):
     latin1 = tmp_path / "latin1.csv"
     latin1.write_bytes("photo,lat,lon\nok.jpg,1,2\nété.jpg,1,2\n".encode("latin-1"))

@@ -154,6 +154,7 @@ def no_backbone_cli(tmp_path):
     return lambda *args: subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_zones_and_likely_need_only_the_heads(engine, raster_engine, run_gpkg, boxes_gpkg, kauai_png, tmp_path):
     """Both judge the run's stored query vectors: they start and answer with no CLIP backbone anywhere,
     and missing heads are still a named error."""

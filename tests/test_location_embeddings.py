@@ -291,6 +291,7 @@ def test_embedding_map_streams_tiles_to_the_same_raster(model, tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_embedding_map_bytes_do_not_depend_on_tiles_across_encoder_blocks(model, tmp_path, precision):
     """A grid of 1,280 cells spans two of the encoder's fixed blocks (ENCODE_BATCH): tiles of 3 and 7 rows
     cut those blocks anywhere, and the map is still the same, byte for byte, as in one tile."""

@@ -6,12 +6,15 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 from package_plugin import build, check, scan, version  # noqa: E402
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_zip_layout_metadata_and_scanners(tmp_path):
     package = build(tmp_path)
     assert package.name == f"geoclip_qgis-{version()}.zip"
@@ -23,6 +26,7 @@ def test_zip_layout_metadata_and_scanners(tmp_path):
     assert scan(package) == []
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_checks_catch_what_the_repository_refuses(tmp_path):
     good = build(tmp_path)
     bad = tmp_path / "bad.zip"

@@ -206,6 +206,7 @@ def test_a_well_formed_answer_is_the_photo(heic, tmp_path, monkeypatch):
     assert np.asarray(photo.image).reshape(-1).tolist() == list(range(48))
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_hanging_decoder_is_stopped(heic, tmp_path, monkeypatch):
     marker = tmp_path / "still-running"
     fake_child(tmp_path, monkeypatch, f"import pathlib, time\ntime.sleep(3)\npathlib.Path({str(marker)!r}).touch()\n")

@@ -91,6 +91,7 @@ def test_batches_keep_input_order_with_many_workers():
 
 
 @pytest.mark.parametrize("batch_size, workers", [(1, 1), (4, 2), (2, 8), (16, 3)])
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_photos_prepared_ahead_are_bounded(batch_size, workers):
     """However slow the consumer, no more than read_ahead() photos are prepared beyond those handed out."""
     started = []

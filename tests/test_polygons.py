@@ -112,6 +112,7 @@ def zigzag(teeth: int) -> str:
     return "POLYGON((" + ",".join(f"{x!r} {y!r}" for x, y in ring) + "))"
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_many_vertices_with_points_on_diagonal_edges():
     """Enough edges and points for the edge grid (not the all-pairs test) to find the points on edges."""
     wkt = zigzag(300)  # 1200 edges
@@ -222,6 +223,7 @@ def gallery(wheel_model_dir) -> np.ndarray:
 
 
 @pytest.mark.skipif(not WORLD_MAP.is_file(), reason="QGIS's world map is not installed")
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_world_map_countries_for_the_whole_gallery(gallery):
     source = ogr.Open(str(WORLD_MAP))
     layer = source.GetLayerByName("countries")

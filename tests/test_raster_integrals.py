@@ -86,6 +86,7 @@ def _top_world_cells(made, share: float, limit: int):
 
 
 @pytest.mark.parametrize("query", ["oracle", "photo"])
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_world_cells_are_integrals_not_centre_samples(engine, photo_answer, query):
     result = oracle(engine, *KAUAI) if query == "oracle" else photo_answer
     made = engine.rasters(result)
@@ -163,6 +164,7 @@ def _away_from_local(made) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("query", ["oracle", "photo"])
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_likely_within_a_disc_integrates_the_density(engine, photo_answer, query):
     result = oracle(engine, *KAUAI) if query == "oracle" else photo_answer
     made = engine.rasters(result)
@@ -184,6 +186,7 @@ def test_likely_within_a_disc_integrates_the_density(engine, photo_answer, query
     assert at_centre == pytest.approx(float(made.world.values[row, col]) * area_share, rel=0.05)
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_densest_cell_has_ratio_one_and_its_own_credible_level(engine):
     result = oracle(engine, *KAUAI)
     made = engine.rasters(result)
@@ -202,6 +205,7 @@ def test_densest_cell_has_ratio_one_and_its_own_credible_level(engine):
         )
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_fp32_engine_has_an_fp32_world_grid(tiny_clip, engine):
     from geoclip_qgis.backend import build_engine
 
@@ -222,6 +226,7 @@ def test_fp32_engine_has_an_fp32_world_grid(tiny_clip, engine):
     assert float(made.world.values[row, col]) == pytest.approx(fine, rel=0.05)
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_rasters_repeat_exactly(engine, photo_answer):
     a, b = engine.rasters(photo_answer), engine.rasters(photo_answer)
     assert np.array_equal(a.world.values, b.world.values)

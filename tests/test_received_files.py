@@ -129,6 +129,7 @@ CRAFTED = {
 
 
 @pytest.mark.parametrize("name", list(CRAFTED))
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_crafted_geopackage_is_a_named_error_or_rows_left_out(run_gpkg, tmp_path, name):
     statements, status, named = CRAFTED[name]
     gpkg = craft(run_gpkg, tmp_path / "crafted.gpkg", *statements)
@@ -146,6 +147,7 @@ def test_a_crafted_geopackage_is_a_named_error_or_rows_left_out(run_gpkg, tmp_pa
 
 
 @pytest.mark.parametrize("content", [b"not a database at all", b""])
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_file_that_is_no_geopackage_is_a_named_error(tmp_path, content):
     bogus = tmp_path / "bogus.gpkg"
     bogus.write_bytes(content)
@@ -200,6 +202,7 @@ def _embedded(report: Path) -> int:
     return report.read_text(encoding="utf-8").count("data:image/jpeg;base64,")
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_the_report_embeds_only_a_photo_with_the_bytes_the_run_answered(run_gpkg, samples, tmp_path):
     photo = photo_of(run_gpkg)
     answered = sha256(photo)
@@ -361,6 +364,7 @@ def test_zones_csv_cells_are_never_formulas(hostile_run, tiny_clip, tmp_path):
     assert all(0 <= float(r["probability"]) <= 1.00001 and int(r["rank"]) >= 1 for r in rows)  # numbers as numbers
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_likely_names_every_place_it_skips_and_writes_no_formula(hostile_run, tiny_clip, tmp_path):
     places = tmp_path / "places.csv"
     places.write_text("name,lat,lon\n-2+3,10,20\nnorth,91,0\nnot a number,nan,5\nblank,,5\n@x,-10,200\n")
@@ -395,6 +399,7 @@ def test_one_csv_rule_for_every_csv():
 # ---------------------------------------------------------------------- 6: report's output ownership
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_report_overwrites_neither_its_input_nor_a_file_it_did_not_make(run_gpkg, tmp_path):
     gpkg = tmp_path / "run.gpkg"
     shutil.copy(run_gpkg, gpkg)

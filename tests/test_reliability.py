@@ -307,6 +307,7 @@ def test_a_resumed_joint_answer_covers_every_photo(warm, tiny_clip, photo_dir, t
 # ---------------------------------------------------------------------------------- raster names
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_rasters_of_photos_with_the_same_name_never_overwrite_each_other(warm, tiny_clip, skimage_data, tmp_path):
     for folder, name, source in (
         ("a", "IMG_0001.jpg", "coffee.png"),
@@ -331,6 +332,7 @@ def test_rasters_of_photos_with_the_same_name_never_overwrite_each_other(warm, t
 # ------------------------------------------------------------------------------------------ stdout
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_stdout_carries_data_only(warm, tiny_clip, photo_dir, samples, tmp_path):
     (photo_dir / "broken.jpg").write_text("not a photo")
     out = predict(photo_dir, "--clip", tiny_clip, "--top-k", 2)  # five photos: a progress bar is shown
@@ -367,6 +369,7 @@ def test_stdout_carries_data_only(warm, tiny_clip, photo_dir, samples, tmp_path)
         (["--area-layer", "x"], "--area-layer needs --area-file"),
     ],
 )
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_bad_options_are_named_errors_with_exit_2(warm, tiny_clip, photo_dir, tmp_path, options, message):
     (tmp_path / "FOLDER.gpkg").mkdir()
     (tmp_path / "A_FILE").write_text("x")
@@ -374,6 +377,7 @@ def test_bad_options_are_named_errors_with_exit_2(warm, tiny_clip, photo_dir, tm
     named_error(predict(photo_dir / "kauai.png", "--clip", tiny_clip, *options), message)
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_an_area_file_with_several_polygon_layers_needs_one_named(warm, tiny_clip, photo_dir, tmp_path):
     from osgeo import ogr, osr
 
@@ -402,6 +406,7 @@ def test_an_area_file_with_several_polygon_layers_needs_one_named(warm, tiny_cli
 # -------------------------------------------------------------------------------------- CSV cells
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_csv_cells_that_spreadsheets_would_run_are_neutralised(warm, tiny_clip, skimage_data, tmp_path):
     from PIL import ExifTags
 

@@ -51,6 +51,7 @@ def surface(engine):
 
 
 @pytest.mark.parametrize("name", sorted(PLACES))
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_oracle_raster_peaks_at_the_place(engine, surface, name):
     lat, lon = PLACES[name]
     made = engine.rasters(oracle(engine, lat, lon, name))
@@ -81,6 +82,7 @@ def test_raster_values_are_probability_per_cell(engine, surface):
     assert haversine_km(a_lat, a_lon, b_lat, b_lon) > 20  # two separate places, not one twice
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_area_restriction_never_leaves_the_area(engine, photo_dir):
     boxes = [
         Area.from_bbox("-10,35,30,60"),
@@ -117,6 +119,7 @@ def test_whole_world_area_equals_no_area(engine, photo_dir):
 
 
 @pytest.mark.parametrize("base", [(38.5, -98.5), (48.85, 2.35), (-25.0, 134.0), (35.68, 139.69), (-1.29, 36.82)])
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_fusing_two_nearby_places_peaks_between_them(engine, surface, base):
     a, b = base, (base[0], base[1] + 0.03)  # about 3 km apart
     fused = engine.fuse([oracle(engine, *a), oracle(engine, *b)], top_k=1)

@@ -67,6 +67,7 @@ def test_geotiff_extent_crs_and_metadata(raster_engine, photo_dir, tmp_path):
     assert (west, north) == pytest.approx((made.local[0].west, made.local[0].north))
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_cli_text_and_rasters(engine, tiny_clip, tmp_path):
     from osgeo import gdal
 
@@ -100,6 +101,7 @@ def test_cli_text_and_rasters(engine, tiny_clip, tmp_path):
     assert any(covering), "the top-1 answer lies on a local raster"
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_cli_area_and_fusion(engine, tiny_clip, photo_dir, tmp_path):
     out = run(
         "predict", photo_dir, "--clip", tiny_clip, "--top-k", 5, "--area=-30,30,45,72", "--fuse", "--precision", "fp32"
@@ -114,6 +116,7 @@ def test_cli_area_and_fusion(engine, tiny_clip, photo_dir, tmp_path):
     assert bad.returncode == 2 and "4 numbers" in bad.stderr
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_an_answers_kind_is_stored_not_read_from_its_label(engine, kauai_png, skimage_data, tmp_path, monkeypatch):
     """Photos named like a text query's or a fused set's label ("text: …", "fused: …") stay photos: the
     kind is a column of every answer and area row, read back as it was written; the plugin names rows

@@ -30,6 +30,7 @@ def gallery_scorings(engine, monkeypatch):
     return calls
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_the_gallery_is_scored_once_per_answer(engine, samples, tmp_path, gallery_scorings):
     photos = sorted((samples / "gps").glob("*.jpg"))[:2]
     outcome = execute(
@@ -73,6 +74,7 @@ def test_a_folder_is_walked_once_per_run(engine, samples, tmp_path, monkeypatch)
         assert listings == [str(folder)], known
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_runs_rasters_are_styled_from_what_the_run_holds(engine, samples, tmp_path):
     from geoclip_qgis.backend.output.geotiff import read_raster_facts
     from geoclip_qgis.backend.pipeline.run import RasterOptions

@@ -255,6 +255,7 @@ def test_confidence_area_takes_the_densest_cells_not_the_most_probable():
 
 @pytest.mark.parametrize("name", sorted(PLACES))
 @pytest.mark.parametrize("refined", [False, True], ids=["world", "world+local"])
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_confidence_areas_of_oracle_answers(rasters_of, name, refined):
     lat, lon = PLACES[name]
     made = rasters_of(name)
@@ -285,6 +286,7 @@ def test_confidence_areas_of_oracle_answers(rasters_of, name, refined):
 
 
 @pytest.mark.parametrize("name", ["Nairobi", "Lima"])
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_sharper_queries_have_smaller_confidence_areas(rasters_of, name):
     sizes = []
     for scale in (1.0, 2.0):
@@ -303,6 +305,7 @@ def test_local_rasters_give_a_finer_area_than_the_world_alone(rasters_of):
     assert cells.total == pytest.approx(np.nansum(made.world.values, dtype=np.float64), rel=1e-4)
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_confidence_areas_and_likelihood_respect_an_area_of_interest(engine):
     from geoclip_qgis.backend.photos.area import Area
 
@@ -374,6 +377,7 @@ def _direct_masses(made, lat, lon, radii, use_local, sub=64):
 
 
 @pytest.mark.parametrize("use_local", [False, True], ids=["world", "world+local"])
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_how_likely_here_agrees_with_direct_sums(rasters_of, use_local):
     lat, lon = PLACES["Nairobi"]
     made = rasters_of("Nairobi")
@@ -529,6 +533,7 @@ def html_escaped(value: str) -> str:
 # ---------------------------------------------------------------------------- in a run, end to end
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_run_keeps_place_names_regions_areas_and_query_vectors(engine, tiny_clip, photo_dir, tmp_path):
     """What the workbench reads is written by every run into a GeoPackage."""
     import sqlite3
@@ -593,6 +598,7 @@ def test_a_run_keeps_place_names_regions_areas_and_query_vectors(engine, tiny_cl
     assert any(name.startswith("clip/") and name.endswith("model.safetensors") for name in record["weights_sha256"])
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_report_and_likely_commands_on_a_run_file(engine, tiny_clip, photo_dir, tmp_path):
     import csv
     import io
@@ -640,6 +646,7 @@ def test_report_and_likely_commands_on_a_run_file(engine, tiny_clip, photo_dir, 
     assert int(top["rank"]) < int(far["rank"]) and float(top["density_ratio"]) > float(far["density_ratio"])
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_evaluation_reports_the_share_of_answers_in_the_right_country(engine, tiny_clip, samples):
     from test_cli import run
 
