@@ -556,7 +556,9 @@ class ResultsPanel(QgsDockWidget):
         except (ReportError, OSError) as exc:
             self.iface.messageBar().pushWarning("GeoCLIP", f"No report: {as_html(exc)}")
             return None
+        # the file names only: a whole path wraps out of the message bar; the log keeps where they are
+        QgsMessageLog.logMessage(f"case report written: {made[0]} and {made[1]}", "GeoCLIP")
         self.iface.messageBar().pushSuccess(
-            "GeoCLIP", f"Report written: {as_html(made[0])} and {as_html(made[1].name)}"
+            "GeoCLIP", f"Report written: {as_html(made[0].name)} and {as_html(made[1].name)}"
         )
         return made
