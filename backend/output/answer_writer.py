@@ -63,6 +63,8 @@ def check_output_path(path: Path) -> None:
 class AnswerWriter(ABC):
     """Where a run's answers go, one at a time (see the module's description)."""
 
+    stores_regions = False  # whether write_details keeps an answer's probability by region
+
     @abstractmethod
     def write(self, result: PhotoResult) -> None:
         """An answer's candidates, or why its photo failed; a skipped photo writes nothing."""

@@ -57,6 +57,7 @@ def _value_type(value) -> type:
 class GeoPackageWriter(OgrWriter, ResumableStore):
     DRIVER = "GPKG"
     COLUMNS = POINT_COLUMNS
+    stores_regions = True  # the one format with a regions table
 
     def __init__(self, path: str | os.PathLike, model: str = "", run_at: str = "", area: str = "", batch: int = 8):
         """``batch``: photos per transaction (the engine's batch size): a crash or kill loses at most the

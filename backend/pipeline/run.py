@@ -309,7 +309,9 @@ class _RunAnswers:
         request, summary = self.request, self.outcome.summary
         units = "photos" if not request.texts else "queries" if total == len(request.texts) else "answers"
         stage = Stage(progress, "Answering " + units, total, unit=units)
-        with closing(_answers(request, self.engine, photos, skip)) as results:  # a stop ends its batches now
+        with closing(
+            _answers(request, self.engine, photos, skip, self.writer.stores_regions)
+        ) as results:  # a stop ends its batches now
             for result in results:
                 if truths is not None:  # the CSV's position, not EXIF GPS, is what error_km and the table use
                     result.truth = truths.get(result.photo)
@@ -355,7 +357,7 @@ def _truths(request: RunRequest) -> dict[str, tuple[float, float]] | None:
     return {t.photo: (t.lat, t.lon) for t in read_truth_csv(request.truth_csv, request.images)}
 
 
-def _answers(request: RunRequest, engine: Engine, photos, skip) -> Iterator[PhotoResult]:
+def _answers(request: RunRequest, engine: Engine, photos, skip, keep_probabilities: bool) -> Iterator[PhotoResult]:
     """Photos (locally or on Ray), then text queries, as results in input order."""
     items = photos
     if request.ray is not None:
@@ -388,7 +390,7 @@ def _answers(request: RunRequest, engine: Engine, photos, skip) -> Iterator[Phot
             request.area,
             skip=skip,
             skip_geotagged=request.skip_geotagged,
-            keep_probabilities=_stores_regions(request),  # summed by region: the softmax the answer was ranked from
+            keep_probabilities=keep_probabilities,  # summed by region: the softmax the answer was ranked from
         )
         try:
             yield from stream
@@ -416,13 +418,6 @@ def _fuse(
         )
         return None
     return engine.fuse(members, request.top_k, request.area)
-
-
-def _stores_regions(request: RunRequest) -> bool:
-    """Only a GeoPackage holds an answer's probability by region (CSV and GeoJSON hold one table)."""
-    from ..output.writers import output_format
-
-    return bool(request.output) and output_format(request.output) == "GPKG"
 
 
 class _AnswerDetails:
@@ -474,7 +469,7 @@ class _AnswerDetails:
                 files = self.rasters.add(result, made, drawn, own_world)
             if self.request.confidence:
                 areas = drawn.stored()
-        regions = self._regions(result) if result.feature is not None and _stores_regions(self.request) else []
+        regions = self._regions(result) if result.feature is not None and self.writer.stores_regions else []
         self.writer.write_details(result, regions, areas)
         result.probabilities = None  # 400 KB an answer: not kept past its details (fusion keeps its members)
         return files
