@@ -50,3 +50,20 @@ def haversine_km(lat1, lon1, lat2, lon2):
     lat1, lon1, lat2, lon2 = (np.radians(np.asarray(v, dtype=np.float64)) for v in (lat1, lon1, lat2, lon2))
     a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+def geodesic_circle(lat: float, lon: float, radius_km: float, vertices: int = 72) -> list[tuple[float, float]]:
+    """(lon, lat) ring of the points ``radius_km`` from (lat, lon) on the sphere, closed. Longitudes run on
+    past ±180 where the circle crosses the antimeridian (one unbroken ring; QGIS draws it whole); a circle
+    over a pole is clipped at ±90."""
+    import numpy as np
+
+    distance = radius_km / EARTH_RADIUS_KM
+    bearing = np.linspace(0.0, 2 * np.pi, vertices, endpoint=False)
+    lat1, lon1 = np.radians(lat), np.radians(lon)
+    lat2 = np.arcsin(np.sin(lat1) * np.cos(distance) + np.cos(lat1) * np.sin(distance) * np.cos(bearing))
+    lon2 = lon1 + np.arctan2(
+        np.sin(bearing) * np.sin(distance) * np.cos(lat1), np.cos(distance) - np.sin(lat1) * np.sin(lat2)
+    )
+    ring = [(float(x), float(y)) for x, y in zip(np.degrees(lon2), np.clip(np.degrees(lat2), -90, 90))]
+    return ring + ring[:1]

@@ -27,6 +27,9 @@ COLUMNS = (
     "lat",
     "lon",
     "probability",
+    "radius_km",
+    "gallery_lat",
+    "gallery_lon",
     "place",
     "region",
     "country",
@@ -43,6 +46,8 @@ COLUMNS = (
     "model",
     "run_at",
     "area",
+    "hint",
+    "hint_weight",
     "photo_bytes_hex",
     "kind",
     "error",
@@ -55,6 +60,9 @@ COLUMN_TYPES = {
     "lat": float,
     "lon": float,
     "probability": float,
+    "radius_km": float,
+    "gallery_lat": float,
+    "gallery_lon": float,
     "place": str,
     "region": str,
     "country": str,
@@ -71,6 +79,8 @@ COLUMN_TYPES = {
     "model": str,
     "run_at": str,
     "area": str,
+    "hint": str,
+    "hint_weight": float,
     "photo_bytes_hex": str,
     "kind": str,
     "error": str,
@@ -110,6 +120,7 @@ class OutputKind(str, enum.Enum):
     ACCURACY = "accuracy"  # the run's accuracy table against known positions
     REGIONS = "regions"  # each answer's probability by country and first-level region
     CONFIDENCE_AREAS = "confidence_areas"  # each answer's smallest areas holding 50 % and 90 % of it
+    PLACE_RADII = "place_radii"  # each distinct place's circle holding 90 % of its probability
     WORLD_RASTER = "world_raster"  # one answer's probability over the world
     LOCAL_RASTER = "local_raster"  # one answer's probability around a likely place, finer cells
     COMBINED_RASTER = "combined_raster"  # the run's answers' world rasters, averaged
@@ -178,7 +189,36 @@ SKIP_GEOTAGGED = "has EXIF GPS already (skip geotagged)"
 
 
 @dataclass(frozen=True)
+class Hint:
+    """What the analyst already knows, as text ("a harbour town"), and how much it weighs against the photo:
+    the answer is the photo's distribution times the hint's to the power ``weight`` (summed logits)."""
+
+    text: str
+    weight: float = 0.5  # HINT_WEIGHT
+
+    def check(self) -> None:
+        import math
+
+        from .errors import GeoCLIPError
+
+        if not self.text.strip():
+            raise GeoCLIPError("the hint is empty: give a few words, or no hint")
+        weight = self.weight
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and 0 < weight <= HINT_WEIGHT_MAX):
+            raise GeoCLIPError(f"the hint's weight must be above 0 and at most {HINT_WEIGHT_MAX:g}, got {weight}")
+
+
+# A hint's default weight: conservative, so a wrong hint does not overrule a sharp photo (README, "Hints").
+HINT_WEIGHT = Hint.weight
+HINT_WEIGHT_MAX = 5.0
+
+
+@dataclass(frozen=True)
 class Candidate:
+    """One answer candidate: a distinct place (its probability summed over the gallery points it groups,
+    ``radius_km`` holding most of it, its coordinates refined from the gallery point it was found at) or,
+    as GeoCLIP's release answers, one gallery point (``radius_km`` None)."""
+
     rank: int  # 1 = most probable
     lat: float
     lon: float
@@ -187,6 +227,9 @@ class Candidate:
     region: str = ""  # its first-level region
     country: str = ""
     place_km: float | None = None  # from the candidate to that place
+    radius_km: float | None = None  # a distinct place's: the radius around lat, lon holding 90 % of it
+    gallery_lat: float | None = None  # the gallery point the candidate was found at (lat, lon once refined)
+    gallery_lon: float | None = None
 
 
 @dataclass
@@ -200,6 +243,7 @@ class PhotoResult:
     skipped: str | None = None  # why the photo was not answered on purpose (SKIP_*): nothing to write
     truth: tuple[float, float] | None = None  # (lat, lon) the run scores it against (a truth CSV's), over EXIF
     kind: AnswerKind = AnswerKind.PHOTO
+    hint: Hint | None = None  # the text hint the answer was steered by
     # The gallery softmax (N,) the candidates were ranked from, in gallery order, while a run still needs it
     # for the answer's region probabilities (computed once per answer); never stored, dropped once used.
     probabilities: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -252,6 +296,8 @@ class PhotoResult:
             "model": model,
             "run_at": run_at,
             "area": area,
+            "hint": self.hint.text if self.hint else None,
+            "hint_weight": self.hint.weight if self.hint else None,
         }
         if not self.ok:
             return [{**dict.fromkeys(COLUMNS), **base, "error": self.error}]
@@ -262,6 +308,9 @@ class PhotoResult:
                 "lat": c.lat,
                 "lon": c.lon,
                 "probability": c.probability,
+                "radius_km": c.radius_km,
+                "gallery_lat": c.gallery_lat,
+                "gallery_lon": c.gallery_lon,
                 "place": c.place or None,
                 "region": c.region or None,
                 "country": c.country or None,
@@ -280,12 +329,28 @@ def result_to_dict(result: PhotoResult) -> dict:
         "error": result.error,
         "sha256": result.sha256,
         "skipped": result.skipped,
-        "candidates": [[c.rank, c.lat, c.lon, c.probability] for c in result.candidates],
+        "candidates": [
+            [c.rank, c.lat, c.lon, c.probability, c.radius_km, c.gallery_lat, c.gallery_lon] for c in result.candidates
+        ],
         "metadata": dataclasses.asdict(result.metadata) if result.metadata else None,
         "feature": result.feature.astype("float32").tolist() if result.feature is not None else None,
         "truth": list(result.truth) if result.truth is not None else None,
         "kind": result.kind.value,
+        "hint": [result.hint.text, result.hint.weight] if result.hint else None,
     }
+
+
+def _candidate_from_list(row: list) -> Candidate:
+    rank, lat, lon, probability, radius, gallery_lat, gallery_lon = (list(row) + [None] * 3)[:7]
+    return Candidate(
+        int(rank),
+        float(lat),
+        float(lon),
+        float(probability),
+        radius_km=None if radius is None else float(radius),
+        gallery_lat=None if gallery_lat is None else float(gallery_lat),
+        gallery_lon=None if gallery_lon is None else float(gallery_lon),
+    )
 
 
 def result_from_dict(data: dict) -> PhotoResult:
@@ -296,11 +361,12 @@ def result_from_dict(data: dict) -> PhotoResult:
         error=data["error"],
         sha256=data["sha256"],
         skipped=data["skipped"],
-        candidates=[Candidate(int(r), float(la), float(lo), float(p)) for r, la, lo, p in data["candidates"]],
+        candidates=[_candidate_from_list(row) for row in data["candidates"]],
         metadata=PhotoMetadata(**data["metadata"]) if data["metadata"] else None,
         feature=np.asarray(data["feature"], dtype=np.float32) if data.get("feature") is not None else None,
         truth=(float(data["truth"][0]), float(data["truth"][1])) if data.get("truth") is not None else None,
         kind=AnswerKind(data.get("kind", "photo")),
+        hint=Hint(str(data["hint"][0]), float(data["hint"][1])) if data.get("hint") else None,
     )
 
 

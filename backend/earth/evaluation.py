@@ -38,10 +38,20 @@ def format_table(table: dict) -> str:
     if not table["photos"]:
         return "no photos with ground truth"
     head = " ".join(f"{str(km) + ' km':>8}" for km in THRESHOLDS_KM)
-    cells = " ".join(f"{table[f'acc_{km}km']:>7.1f}%" for km in THRESHOLDS_KM)
+
+    def cells(row: dict) -> str:
+        return " ".join(f"{row[f'acc_{km}km']:>7.1f}%" for km in THRESHOLDS_KM)
+
     country = table.get("acc_country")
     same = f", top-1 in the right country {country:.1f}%" if country is not None else ""
-    return f"photos {table['photos']}, median error {table['median_km']:.1f} km{same}\nwithin {head}\n{'':6} {cells}"
+    lines = [f"photos {table['photos']}, median error {table['median_km']:.1f} km{same}"]
+    if table.get("candidates"):
+        lines.append(f"candidates: {table['candidates']}")
+    found_at = table.get("gallery_point")
+    if found_at:  # refined places beside the gallery points they were found at
+        lines += [f"within     {head}", f"gallery    {cells(found_at)}", f"refined    {cells(table)}"]
+        return "\n".join(lines)
+    return "\n".join(lines + [f"within {head}", f"{'':6} {cells(table)}"])
 
 
 def is_truth_csv(source: str | os.PathLike) -> bool:

@@ -26,11 +26,12 @@ from ..photos.area import Area
 from ..photos.decoding import PhotoPreparer, Prepared, choose_decode_workers, prepared_batches
 from ..photos.loader import Preprocessing
 from ..progress import ProgressCallback, ShouldStop, Stage, report_step
-from ..results import AnswerKind, Candidate, PhotoMetadata, PhotoResult
+from ..results import AnswerKind, Candidate, Hint, PhotoMetadata, PhotoResult
 from ..store.embedding_cache import EmbeddingCache, backbone_key
 from ..store.weights import ModelFiles, sha256_file
-from . import backbone
+from . import backbone, distinct_places
 from .device import PRECISION_NAMES, HalvingBatches, Staging, choose_dtype, is_device_failure
+from .distinct_places import GALLERY_POINTS, PlaceOptions
 from .gallery import Gallery, cached_location_features, features_key, load_gallery
 from .heads import load_heads
 from .rasters import RasterSet, SurfaceEvaluator, grid_centres, world_shape
@@ -66,6 +67,8 @@ class Engine:
         self._processor = None
         self._text = None
         self._gallery: Gallery | None = None
+        self._gallery_unit: torch.Tensor | None = None  # the gallery on the unit sphere, for grouping places
+        self._hints: dict[str, torch.Tensor] = {}  # a hint's text feature, encoded once per run
         self._surfaces: dict[tuple[float, float], SurfaceEvaluator] = {}
         self._area_cache: tuple[Area | None, torch.Tensor | None] = (None, None)
         self._lock = threading.Lock()
@@ -154,7 +157,8 @@ class Engine:
             self.device = cpu
             self.backbone_key = self._backbone_key()
             self.heads = load_heads(self.heads_files)
-            self._vision = self._text = self._gallery = None
+            self._vision = self._text = self._gallery = self._gallery_unit = None
+            self._hints = {}
             self._surfaces, self._area_cache = {}, (None, None)
             self._tower_batches = HalvingBatches(device=cpu)
             self._staging = Staging(cpu)
@@ -242,23 +246,57 @@ class Engine:
         probabilities = probabilities.cpu().numpy()
         return [
             [
-                Candidate(rank + 1, float(lat), float(lon), float(p))
+                Candidate(rank + 1, float(lat), float(lon), float(p), gallery_lat=float(lat), gallery_lon=float(lon))
                 for rank, ((lat, lon), p) in enumerate(zip(coordinates[row], probabilities[row]))
             ]
             for row in range(coordinates.shape[0])
         ]
 
-    def answer(self, features: torch.Tensor, top_k: int, area: Area | None = None) -> list[list[Candidate]]:
-        """Ranked candidates for each query vector in ``features`` (B, 512)."""
-        return self._answers(features, top_k, area)[0]
+    def answer(
+        self, features: torch.Tensor, top_k: int, area: Area | None = None, places: PlaceOptions = GALLERY_POINTS
+    ) -> list[list[Candidate]]:
+        """Ranked candidates for each query vector in ``features`` (B, 512): the gallery's top-k points,
+        or with ``places`` distinct places."""
+        return self._answers(features, top_k, area, places=places)[0]
 
     def _answers(
-        self, features: torch.Tensor, top_k: int, area: Area | None, keep: bool = False
+        self,
+        features: torch.Tensor,
+        top_k: int,
+        area: Area | None,
+        keep: bool = False,
+        places: PlaceOptions = GALLERY_POINTS,
     ) -> tuple[list[list[Candidate]], list[np.ndarray | None]]:
         """Ranked candidates for each query vector and, with ``keep``, each one's whole gallery softmax."""
         indices, values, probabilities = self.rank(features, top_k, area)
         rows = list(probabilities.cpu().numpy()) if keep else [None] * len(indices)
-        return self._candidates(indices, values), rows
+        if not places.distinct:
+            return self._candidates(indices, values), rows
+        queries = features.to(self.device, torch.float32)
+        return [self.places(probabilities[i], queries[i], top_k, area, places) for i in range(len(queries))], rows
+
+    def places(
+        self, probabilities: torch.Tensor, query: torch.Tensor, top_k: int, area: Area | None, options: PlaceOptions
+    ) -> list[Candidate]:
+        """One answer's ``top_k`` distinct places (:mod:`.distinct_places`)."""
+        if self._gallery_unit is None:
+            self._gallery_unit = distinct_places.unit_vectors(self.gallery.coordinates)
+        return distinct_places.answer_places(
+            self.heads, self.gallery.coordinates, self._gallery_unit, probabilities, query, top_k, area, options
+        )
+
+    # ------------------------------------------------------------------------------ hints
+
+    @torch.inference_mode()
+    def hinted(self, features: torch.Tensor, hint: Hint | None) -> torch.Tensor:
+        """Query vectors steered by a text hint: the photo's distribution times the hint's to the power
+        ``hint.weight``. Both are softmaxes of ``exp(logit_scale) * q . f``, so that product is the softmax
+        of the summed logits, i.e. of ``q_photo + weight * q_hint``."""
+        if hint is None or not hint.weight:
+            return features
+        if hint.text not in self._hints:
+            self._hints = {hint.text: self.text_features([hint.text])[0]}
+        return features + hint.weight * self._hints[hint.text].to(features.device, features.dtype)
 
     # ------------------------------------------------------------------------------ text queries
 
@@ -277,14 +315,20 @@ class Engine:
         embeds = model(**{k: v.to(self.device) for k, v in tokens.items()}).text_embeds
         return self.heads.image_features(embeds.float())
 
-    def predict_text(self, queries: Iterable[str], top_k: int = 5, area: Area | None = None) -> list[PhotoResult]:
+    def predict_text(
+        self,
+        queries: Iterable[str],
+        top_k: int = 5,
+        area: Area | None = None,
+        places: PlaceOptions = GALLERY_POINTS,
+    ) -> list[PhotoResult]:
         queries = [q.strip() for q in queries]
         if not all(queries):
             raise GeoCLIPError("a text query is empty")
         self.load()
         self.check_top_k(top_k)
         features = self.text_features(queries)
-        ranked, rows = self._answers(features, top_k, area, keep=True)  # a few queries: each keeps its softmax
+        ranked, rows = self._answers(features, top_k, area, keep=True, places=places)  # each keeps its softmax
         return [
             PhotoResult(f"text: {q}", candidates, feature=f.cpu().numpy(), kind=AnswerKind.TEXT, probabilities=row)
             for q, candidates, f, row in zip(queries, ranked, features, rows)
@@ -293,18 +337,30 @@ class Engine:
     # ------------------------------------------------------------------------------ fusion
 
     def fuse(
-        self, results: Iterable[PhotoResult], top_k: int = 5, area: Area | None = None, label: str | None = None
+        self,
+        results: Iterable[PhotoResult],
+        top_k: int = 5,
+        area: Area | None = None,
+        label: str | None = None,
+        places: PlaceOptions = GALLERY_POINTS,
     ) -> PhotoResult:
         """One joint answer for photos from one place: the sum of their log-probabilities over the
         same candidates, renormalised. Since log p_i(x) = logit_i(x) - log Z_i, that is the softmax of
-        the summed logits, i.e. of the summed query vectors; the fused result carries that sum."""
+        the summed logits, i.e. of the summed query vectors; the fused result carries that sum. A hint the
+        photos share counts once, as it does for one photo."""
         members = [r for r in results if r.ok and r.feature is not None]
         if not members:
             raise GeoCLIPError("nothing to fuse: no photo was answered")
         total = torch.from_numpy(np.sum([r.feature for r in members], axis=0))
-        ranked, rows = self._answers(total[None], top_k, area, keep=True)
+        hints = {r.hint for r in members}
+        hint = hints.pop() if len(hints) == 1 else None
+        if hint is not None and len(members) > 1:
+            total = total - (len(members) - 1) * (self.hinted(torch.zeros_like(total)[None], hint)[0].cpu())
+        ranked, rows = self._answers(total[None], top_k, area, keep=True, places=places)
         label = label or f"fused: {len(members)} photos"
-        return PhotoResult(label, ranked[0], feature=total.numpy(), kind=AnswerKind.FUSED, probabilities=rows[0])
+        return PhotoResult(
+            label, ranked[0], feature=total.numpy(), kind=AnswerKind.FUSED, probabilities=rows[0], hint=hint
+        )
 
     # ------------------------------------------------------------------------------ rasters
 
@@ -431,6 +487,8 @@ class Engine:
         skip: Container[str] = frozenset(),
         skip_geotagged: bool = False,
         keep_probabilities: bool = False,
+        places: PlaceOptions = GALLERY_POINTS,
+        hint: Hint | None = None,
     ) -> Iterator[PhotoResult]:
         """Yield one :class:`PhotoResult` per photo, in input order, as batches finish.
 
@@ -438,7 +496,9 @@ class Engine:
         ``skip_geotagged`` photos that have EXIF GPS, come back with ``skipped`` set to the reason,
         without being encoded. Stopping the iteration (or closing the generator) stops
         the work within one batch. ``keep_probabilities``: each result carries the gallery softmax it
-        was ranked from (400 KB for the 100K gallery), for a caller that sums it by region.
+        was ranked from (400 KB for the 100K gallery), for a caller that sums it by region. ``places``: the
+        gallery's top-k points (the release's answer) or distinct places; ``hint``: text that steers every
+        photo's answer (:meth:`hinted`).
         """
         self.load()
         self.check_top_k(top_k)
@@ -448,8 +508,8 @@ class Engine:
                 good = [p for _, p in prepared if isinstance(p, Prepared)]
                 if good:
                     embeddings = torch.from_numpy(np.stack([p.embedding for p in good])).to(self.device)
-                    features = self.heads.image_features(embeddings)
-                    ranked, rows = self._answers(features, top_k, area, keep_probabilities)
+                    features = self.hinted(self.heads.image_features(embeddings), hint)
+                    ranked, rows = self._answers(features, top_k, area, keep_probabilities, places)
                     ranked, rows, vectors = iter(ranked), iter(rows), iter(features.cpu().numpy())
                 for label, p in prepared:
                     if isinstance(p, Prepared):
@@ -460,6 +520,7 @@ class Engine:
                             feature=next(vectors),
                             sha256=p.sha256,
                             probabilities=next(rows),
+                            hint=hint,
                         )
                     elif isinstance(p, PhotoResult):
                         yield p

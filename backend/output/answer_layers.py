@@ -11,6 +11,7 @@ TRUTH_LAYER = "truth_lines"  # known position (truth CSV's, else EXIF GPS) -> to
 ACCURACY_LAYER = "accuracy"
 REGIONS_LAYER = "regions"
 AREAS_LAYER = "confidence_areas"
+RADII_LAYER = "place_radii"  # each distinct place's circle of radius_km (geodesic, as a polygon)
 FEATURES_LAYER = "answer_features"  # each answer's query vector: rasters and checks later, without CLIP
 RUNS_LAYER = "runs"  # the settings of every run into the file, for resuming only like with like
 TRUTH_COLUMNS = ("photo", "error_km", "photo_sha256", "photo_bytes_hex", "run_at")
@@ -21,8 +22,21 @@ LAYER_KINDS = {
     ACCURACY_LAYER: OutputKind.ACCURACY,
     REGIONS_LAYER: OutputKind.REGIONS,
     AREAS_LAYER: OutputKind.CONFIDENCE_AREAS,
+    RADII_LAYER: OutputKind.PLACE_RADII,
 }
 OUR_LAYERS = (*LAYER_KINDS, RUNS_LAYER, FEATURES_LAYER)
+RADII_COLUMNS = {
+    "photo": str,
+    "kind": str,
+    "rank": int,
+    "probability": float,
+    "radius_km": float,
+    "place": str,
+    "region": str,
+    "country": str,
+    "photo_sha256": str,
+    "run_at": str,
+}
 AREA_COLUMNS = {
     "photo": str,
     "kind": str,  # what the answer answers (results.AnswerKind): a map label needs it

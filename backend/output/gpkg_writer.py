@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from ..errors import GeoCLIPError, WriteError
+from ..geo import geodesic_circle
 from ..results import (
     COLUMN_TYPES,
     ERROR_COLUMNS,
@@ -32,6 +33,8 @@ from .answer_layers import (
     LAYER_KINDS,
     OUR_LAYERS,
     POINTS_LAYER,
+    RADII_COLUMNS,
+    RADII_LAYER,
     REGIONS_LAYER,
     RUNS_LAYER,
     TRUTH_COLUMNS,
@@ -120,7 +123,7 @@ class GeoPackageWriter(OgrWriter, ResumableStore):
                 if AnswerKind.of_row(row.GetField("kind"), label) is kind:
                     labels.add(label)
             dataset.ReleaseResultSet(found)
-        for name in (POINTS_LAYER, REGIONS_LAYER, AREAS_LAYER, FEATURES_LAYER):
+        for name in (POINTS_LAYER, REGIONS_LAYER, AREAS_LAYER, RADII_LAYER, FEATURES_LAYER):
             if self._gpkg.layer(name) is not None:
                 for label in labels:
                     escaped = label.replace("'", "''")
@@ -149,6 +152,7 @@ class GeoPackageWriter(OgrWriter, ResumableStore):
     def _write(self, result: PhotoResult) -> None:
         if result.ok:
             self._write_points(result)
+            self._write_radii(result)
             if result.candidates and result.known_position is not None:
                 self._write_truth_line(result)
         else:
@@ -157,6 +161,41 @@ class GeoPackageWriter(OgrWriter, ResumableStore):
         if self._pending >= self._batch:
             self._commit()
             self._gpkg.begin()
+
+    def _write_radii(self, result: PhotoResult) -> None:
+        """Each distinct place's circle, so the map shows how far its probability reaches."""
+        ogr = self._ogr
+        places = [c for c in result.candidates if c.radius_km is not None]
+        if not places:
+            return
+        layer = self._gpkg.layer(RADII_LAYER) or self._gpkg.ensure_layer(
+            RADII_LAYER, ogr.wkbPolygon, {column: field_type(kind) for column, kind in RADII_COLUMNS.items()}
+        )
+        photo, _ = path_text(result.photo)
+        for place in places:
+            feature = ogr.Feature(layer.GetLayerDefn())
+            values = {
+                "photo": photo,
+                "kind": result.kind.value,
+                "rank": place.rank,
+                "probability": place.probability,
+                "radius_km": place.radius_km,
+                "place": place.place or None,
+                "region": place.region or None,
+                "country": place.country or None,
+                "photo_sha256": result.sha256,
+                "run_at": self.run_at,
+            }
+            for key, value in values.items():
+                if value is not None:
+                    feature.SetField(key, value)
+            ring = ogr.Geometry(ogr.wkbLinearRing)
+            for x, y in geodesic_circle(place.lat, place.lon, place.radius_km):
+                ring.AddPoint_2D(x, y)
+            polygon = ogr.Geometry(ogr.wkbPolygon)
+            polygon.AddGeometry(ring)
+            feature.SetGeometry(polygon)
+            self._add_feature(layer, feature)
 
     def _write_error(self, result: PhotoResult) -> None:
         feature = self._ogr.Feature(self._errors.GetLayerDefn())

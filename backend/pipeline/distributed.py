@@ -18,16 +18,23 @@ from ..results import PhotoResult, result_from_dict, result_to_dict
 class _EngineActor:
     """Lives on a Ray worker: loads the engine once, answers batches of photo paths."""
 
-    def __init__(self, engine_options: dict, top_k: int, area, skip: list[str], skip_geotagged: bool):
+    def __init__(self, engine_options: dict, top_k: int, area, skip: list[str], skip_geotagged: bool, places, hint):
         from ..model.factory import build_engine
 
         self.engine = build_engine(**engine_options).load()
         self.top_k, self.area, self.skip, self.skip_geotagged = top_k, area, frozenset(skip), skip_geotagged
+        self.places, self.hint = places, hint
 
     def __call__(self, batch: dict) -> dict:
         photos = [str(p) for p in batch["photo"]]
         results = self.engine.predict_iter(
-            photos, self.top_k, self.area, skip=self.skip, skip_geotagged=self.skip_geotagged
+            photos,
+            self.top_k,
+            self.area,
+            skip=self.skip,
+            skip_geotagged=self.skip_geotagged,
+            places=self.places,
+            hint=self.hint,
         )
         return {"result": [json.dumps(result_to_dict(r)) for r in results]}
 
@@ -49,6 +56,8 @@ class RayAnswers:
         batch_size: int = 8,
         skip: Iterable[str] = (),
         skip_geotagged: bool = False,
+        places=None,
+        hint=None,
     ):
         try:
             import ray
@@ -58,6 +67,7 @@ class RayAnswers:
         self.photos, self.engine_options, self.top_k, self.area = photos, engine_options, top_k, area
         self.address, self.workers, self.batch_size = address, workers, batch_size
         self.skip, self.skip_geotagged = sorted(skip), skip_geotagged
+        self.places, self.hint = places, hint  # PlaceOptions and Hint: plain frozen dataclasses, sent as they are
 
     def __iter__(self) -> Iterator[PhotoResult]:
         import ray
@@ -79,6 +89,8 @@ class RayAnswers:
                     "area": self.area,
                     "skip": self.skip,
                     "skip_geotagged": self.skip_geotagged,
+                    "places": self.places,
+                    "hint": self.hint,
                 },
                 batch_size=self.batch_size,
                 concurrency=self.workers,

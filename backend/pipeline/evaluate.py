@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..earth.evaluation import accuracy_table, is_truth_csv, read_truth_csv
+from ..geo import haversine_km
 from ..progress import ProgressCallback
 from ..results import PhotoResult
 from .run import RunOutcome, RunRequest, execute
@@ -50,9 +51,30 @@ def evaluate(
     should_stop: Callable[[], bool] | None = None,
     on_result: Callable[[PhotoResult], None] | None = None,
 ) -> Evaluation:
-    """Answer ``request`` (made with :func:`truth_inputs`) and measure its top-1 answers against the truth."""
-    outcome = execute(request, engine, progress, should_stop, on_result)
+    """Answer ``request`` (made with :func:`truth_inputs`) and measure its top-1 answers against the truth.
+
+    Refined places are measured twice, side by side: at their refined coordinates (the table) and at the
+    gallery points they were found at (``table["gallery_point"]``), so what refinement adds is read off
+    one run."""
+    found_at: list[float] = []
+
+    def measured(result: PhotoResult) -> None:
+        top = result.candidates[0] if result.ok and result.candidates else None
+        known = result.known_position
+        if top is not None and known is not None and top.gallery_lat is not None and not result.skipped:
+            found_at.append(float(haversine_km(known[0], known[1], top.gallery_lat, top.gallery_lon)))
+        if on_result is not None:
+            on_result(result)
+
+    outcome = execute(request, engine, progress, should_stop, measured)
     summary = outcome.summary
     table = summary.accuracy() or accuracy_table([])
-    table.update(model=outcome.model, failed=summary.failed_count, without_truth=summary.without_truth)
+    table.update(
+        model=outcome.model,
+        failed=summary.failed_count,
+        without_truth=summary.without_truth,
+        candidates=request.places.shown,
+    )
+    if request.places.distinct and request.places.refine and found_at:
+        table["gallery_point"] = accuracy_table(found_at)
     return Evaluation(outcome, table)

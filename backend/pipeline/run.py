@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 
 from ..errors import Cancelled, GeoCLIPError
+from ..model.distinct_places import PlaceOptions
 from ..output.answer_writer import AnswerWriter, ResumableStore
 from ..output.geotiff import VALUES_COMBINED, RasterNames, facts_of, raster_metadata, write_geotiff
 from ..photos.area import Area
 from ..progress import ProgressCallback, ShouldStop, Stage, report_step, stop_check
-from ..results import SKIP_ANSWERED, AnswerKind, OutputFile, OutputKind, PhotoResult
+from ..results import SKIP_ANSWERED, AnswerKind, Hint, OutputFile, OutputKind, PhotoResult
 from ..store import weights
 from ..store.cache import warn_once
 from ..version import __version__
@@ -92,6 +93,8 @@ class RunRequest:
     images: str | None = None  # the folder the truth CSV's photo names are relative to
     top_k: int = 5
     area: Area | None = None
+    places: PlaceOptions = field(default_factory=PlaceOptions)  # distinct places (refined), or gallery points
+    hint: Hint | None = None  # text that steers every photo's answer (photos, not text queries)
     output: str | None = None  # .gpkg, .csv or .geojson
     stream: TextIO | None = None  # without an output file: CSV here (neither: answers are only counted)
     rasters: RasterOptions | None = None
@@ -109,6 +112,9 @@ class RunRequest:
             raise GeoCLIPError("nothing to answer: give photos, folders or text queries")
         if int(self.top_k) < 1:
             raise GeoCLIPError(f"top-k must be 1 or more, got {self.top_k}")
+        self.places.check(self.top_k)
+        if self.hint is not None:
+            self.hint.check()
         if self.output:
             output_format(self.output)
         if self.rasters is not None:
@@ -226,7 +232,13 @@ def _open_writer(request: RunRequest, engine: Engine, run_at: str) -> AnswerWrit
     return open_writer(request.output, engine.model_name, run_at, request.stream, area, engine.batch_size)
 
 
-RESUME_SETTINGS = {"weights_key": "model weights", "top_k": "top-k", "area": "area of interest"}
+RESUME_SETTINGS = {
+    "weights_key": "model weights",
+    "top_k": "top-k",
+    "area": "area of interest",
+    "candidates": "candidates",
+    "hint": "hint",
+}
 
 
 def _resume(request: RunRequest, engine: Engine, writer: AnswerWriter, run_at: str) -> frozenset[str] | set[str]:
@@ -241,6 +253,8 @@ def _resume(request: RunRequest, engine: Engine, writer: AnswerWriter, run_at: s
         "weights_key": engine.weights_key,
         "top_k": int(request.top_k),
         "area": request.area.label if request.area is not None else "",
+        "candidates": request.places.shown,
+        "hint": _hint_shown(request.hint),
         "parameters": json.dumps(run_parameters(request, engine), sort_keys=True),
         "weights_sha256": json.dumps(weights.weight_checksums(engine.heads_files, engine.clip_dir), sort_keys=True),
         **weights.backbone_provenance(engine.clip_dir),
@@ -263,6 +277,10 @@ def _resume(request: RunRequest, engine: Engine, writer: AnswerWriter, run_at: s
     return skip
 
 
+def _hint_shown(hint: Hint | None) -> str:
+    return f"{hint.text} (weight {hint.weight:g})" if hint is not None else ""
+
+
 def run_parameters(request: RunRequest, engine: Engine) -> dict:
     """What a run was asked to do and how, for its provenance (the runs table, reports)."""
     rasters = request.rasters
@@ -271,6 +289,13 @@ def run_parameters(request: RunRequest, engine: Engine) -> dict:
         "area": request.area.label if request.area is not None else "whole world",
         "area_bbox": list(request.area.bbox) if request.area is not None and request.area.bbox else None,
         "area_wkt": request.area.wkt if request.area is not None else None,
+        "area_names": getattr(request.area, "names", None),
+        "candidates": request.places.shown,
+        "distinct_places": request.places.distinct,
+        "merge_km": request.places.merge_km if request.places.distinct else None,
+        "refined": request.places.refine and request.places.distinct,
+        "hint": request.hint.text if request.hint is not None else None,
+        "hint_weight": request.hint.weight if request.hint is not None else None,
         "fuse": request.fuse,
         "skip_geotagged": request.skip_geotagged,
         "confidence_areas": request.confidence,
@@ -381,6 +406,8 @@ def _answers(request: RunRequest, engine: Engine, photos, skip, keep_probabiliti
             engine.batch_size,
             skip,
             request.skip_geotagged,
+            request.places,
+            request.hint,
         )
         yield from stream
     elif photos:
@@ -391,13 +418,15 @@ def _answers(request: RunRequest, engine: Engine, photos, skip, keep_probabiliti
             skip=skip,
             skip_geotagged=request.skip_geotagged,
             keep_probabilities=keep_probabilities,  # summed by region: the softmax the answer was ranked from
+            places=request.places,
+            hint=request.hint,
         )
         try:
             yield from stream
         finally:
             stream.close()
     if request.texts:
-        yield from engine.predict_text(request.texts, request.top_k, request.area)
+        yield from engine.predict_text(request.texts, request.top_k, request.area, request.places)
 
 
 def _fuse(
@@ -411,13 +440,14 @@ def _fuse(
     """The joint answer over this run's photos and those an earlier run into the same file answered."""
     if earlier:  # their query vectors are not stored: answer them again (cached embeddings make it cheap)
         report_step(progress, f"Reading {len(earlier)} photos answered before, for the joint answer")
-        members = members + [r for r in engine.predict_iter(earlier, 1, request.area) if r.ok]
+        again = engine.predict_iter(earlier, 1, request.area, hint=request.hint)
+        members = members + [r for r in again if r.ok]
     if len(members) < FUSE_MINIMUM:
         summary.notes.append(
             f"no joint answer: it needs at least {FUSE_MINIMUM} answered photos, this run has {len(members)}"
         )
         return None
-    return engine.fuse(members, request.top_k, request.area)
+    return engine.fuse(members, request.top_k, request.area, places=request.places)
 
 
 class _AnswerDetails:
