@@ -16,7 +16,7 @@ import torch
 from geoclip_qgis.backend.errors import GeoCLIPError
 from geoclip_qgis.backend.geo import haversine_km
 from geoclip_qgis.backend.model.distinct_places import GALLERY_POINTS, MIN_RADIUS_KM, PlaceOptions
-from geoclip_qgis.backend.results import Hint, PhotoResult
+from geoclip_qgis.backend.results import Hint
 
 
 def oracle(engine, places, noise: float = 0.0, seed: int = 0) -> torch.Tensor:
@@ -24,7 +24,9 @@ def oracle(engine, places, noise: float = 0.0, seed: int = 0) -> torch.Tensor:
         features = engine.heads.location_features(torch.tensor(places, dtype=torch.float32))
     if noise:
         generator = torch.Generator().manual_seed(seed)
-        features = torch.nn.functional.normalize(features + noise * torch.randn(features.shape, generator=generator), dim=-1)
+        features = torch.nn.functional.normalize(
+            features + noise * torch.randn(features.shape, generator=generator), dim=-1
+        )
     return features
 
 
