@@ -2,15 +2,16 @@
 GeoCLIP's published Im2GPS3k profile; and what a text hint does, on oracle hints.
 
 The real ViT-L/14 photo tower is not used (its weights are not on our machines). Instead each "photo" is
-the real trained location encoder's feature of a known place (what a perfect photo of it would give),
-blurred with Gaussian noise: q = normalise(f(truth) + sigma * e), e ~ N(0, I_512). Places are gallery
-points held out of the gallery (so no answer can be exactly right), drawn at random with a fixed seed.
-How blurred a photo is varies from photo to photo as it does in Im2GPS3k: sigma is log-normal, its two
-parameters fitted so that the gallery's top-1 accuracy on calibration photos matches GeoCLIP's published
-Im2GPS3k figures (14.1 / 34.5 / 50.7 / 69.7 / 83.8 % at 1 / 25 / 200 / 750 / 2500 km). Then, side by side
-on other photos with sigma drawn from the fit: the gallery's top-1 point (the paper's protocol), the
-top distinct place at its gallery point, and the top distinct place refined on the location encoder;
-and the time grouping and refinement add per photo (CPU, one answer at a time, top-5 places).
+an oracle: the real trained location encoder's feature of a place (what a perfect photo of that place
+would give), blurred with Gaussian feature noise, q = normalise(f(x) + sigma * e), e ~ N(0, I_512). A real
+photo is often mistaken for a place that looks like it, near or far: x lies ``d`` km from the truth in a
+random direction, d log-normal. sigma and d's two parameters are fitted (least squares, on calibration
+places) so that the gallery's top-1 accuracy matches GeoCLIP's published Im2GPS3k figures (14.1 / 34.5 /
+50.7 / 69.7 / 83.8 % within 1 / 25 / 200 / 750 / 2500 km). The truths are gallery points held out of the
+gallery (so no answer can be exactly right), drawn with a fixed seed. Then, side by side on other places:
+the gallery's top-1 point (the paper's protocol), the top distinct place at its gallery point, and the top
+distinct place refined on the location encoder; and the time grouping and refinement take per photo (CPU,
+one answer at a time, top-5 places refined).
 
 Hints: for each evaluation photo an oracle hint of its own country (the normalised mean location feature
 of the gallery points in that country) and one of another country drawn at random, each at several
@@ -37,7 +38,8 @@ import torch  # noqa: E402
 
 IM2GPS3K = {1: 14.1, 25: 34.5, 200: 50.7, 750: 69.7, 2500: 83.8}  # GeoCLIP (NeurIPS 2023), Table 1
 THRESHOLDS = tuple(IM2GPS3K)
-SIGMAS = np.geomspace(0.01, 1.0, 25)  # the calibration grid of noise levels
+SIGMAS = (0.05, 0.1, 0.15, 0.2)  # feature noise tried in the fit
+DISTANCES_KM = np.geomspace(0.05, 20000, 40)  # how far from the truth a photo "looks", on the fit's grid
 
 
 def accuracy(errors_km: np.ndarray) -> dict:
@@ -50,10 +52,27 @@ def haversine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return haversine_km(a[..., 0], a[..., 1], b[..., 0], b[..., 1])
 
 
-def noisy(features: torch.Tensor, sigma: torch.Tensor, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(features.shape, generator=generator)
-    return torch.nn.functional.normalize(features + sigma[:, None] * noise, dim=-1)
+def displaced(coordinates: np.ndarray, distance_km: np.ndarray, rng) -> np.ndarray:
+    """Points ``distance_km`` from each of ``coordinates`` in a random direction (on the sphere)."""
+    from geoclip_qgis.backend.geo import EARTH_RADIUS_KM
+
+    lat1, lon1 = np.radians(coordinates[:, 0]), np.radians(coordinates[:, 1])
+    angle, bearing = np.minimum(distance_km, 20000) / EARTH_RADIUS_KM, rng.uniform(0, 2 * np.pi, len(coordinates))
+    lat2 = np.arcsin(np.sin(lat1) * np.cos(angle) + np.cos(lat1) * np.sin(angle) * np.cos(bearing))
+    lon2 = lon1 + np.arctan2(
+        np.sin(bearing) * np.sin(angle) * np.cos(lat1), np.cos(angle) - np.sin(lat1) * np.sin(lat2)
+    )
+    return np.stack([np.degrees(lat2), (np.degrees(lon2) + 180) % 360 - 180], axis=1)
+
+
+def photos(heads, truth: np.ndarray, distance_km: np.ndarray, sigma: float, seed: int) -> torch.Tensor:
+    """Oracle "photos": the location feature of a point ``distance_km`` from the truth (what the photo
+    looks like), blurred with feature noise ``sigma`` per dimension."""
+    rng = np.random.default_rng(seed)
+    seen = torch.from_numpy(displaced(truth, distance_km, rng).astype(np.float32))
+    features = torch.cat([heads.location_features(seen[i : i + 4096]) for i in range(0, len(seen), 4096)])
+    noise = torch.from_numpy(rng.standard_normal(features.shape).astype(np.float32))
+    return torch.nn.functional.normalize(features + sigma * noise, dim=-1)
 
 
 def gallery_top1(queries: torch.Tensor, features: torch.Tensor, coordinates: np.ndarray) -> np.ndarray:
@@ -61,34 +80,33 @@ def gallery_top1(queries: torch.Tensor, features: torch.Tensor, coordinates: np.
     return coordinates[best.numpy()]
 
 
-def calibrate(features, coordinates, truth_features, truth_coordinates, seed) -> tuple[float, float, dict, dict]:
-    """Log-normal sigma (median, spread) whose gallery top-1 profile is closest to Im2GPS3k's."""
-    hit = np.zeros((len(SIGMAS), len(THRESHOLDS)))
-    for j, sigma in enumerate(SIGMAS):
-        queries = noisy(truth_features, torch.full((len(truth_features),), float(sigma)), seed + j)
-        errors = haversine(gallery_top1(queries, features, coordinates), truth_coordinates)
-        hit[j] = list(accuracy(errors).values())
+def calibrate(heads, features, coordinates, truth, seed) -> tuple[float, float, float, dict]:
+    """Feature noise sigma and a log-normal distance (median km, log spread) whose gallery top-1 profile
+    is closest to Im2GPS3k's (least squares over the five thresholds)."""
     target = np.array(list(IM2GPS3K.values()))
-    best = (math.inf, 0.0, 0.0)
-    logs = np.log(SIGMAS)
-    for mu in np.linspace(logs[0], logs[-1], 121):
-        for spread in np.linspace(0.05, 2.0, 79):
-            weights = np.exp(-0.5 * ((logs - mu) / spread) ** 2)
-            weights /= weights.sum()
-            loss = float(np.sum((weights @ hit - target) ** 2))
-            if loss < best[0]:
-                best = (loss, mu, spread)
-    _, mu, spread = best
-    weights = np.exp(-0.5 * ((logs - mu) / spread) ** 2)
-    weights /= weights.sum()
-    fitted = dict(zip(THRESHOLDS, (weights @ hit).tolist()))
-    per_sigma = {f"{s:.3f}": dict(zip(THRESHOLDS, row.tolist())) for s, row in zip(SIGMAS, hit)}
-    return float(np.exp(mu)), float(spread), fitted, per_sigma
+    logs = np.log(DISTANCES_KM)
+    best = (math.inf, 0.0, 0.0, 0.0, None)
+    for s_index, sigma in enumerate(SIGMAS):
+        hit = np.zeros((len(DISTANCES_KM), len(THRESHOLDS)))
+        for j, distance in enumerate(DISTANCES_KM):
+            queries = photos(heads, truth, np.full(len(truth), distance), sigma, seed + 100 * s_index + j)
+            hit[j] = list(accuracy(haversine(gallery_top1(queries, features, coordinates), truth)).values())
+        for mu in np.linspace(logs[0], logs[-1], 161):
+            for spread in np.linspace(0.1, 6.0, 119):
+                weights = np.exp(-0.5 * ((logs - mu) / spread) ** 2)
+                weights /= weights.sum()
+                profile = weights @ hit
+                loss = float(np.sum((profile - target) ** 2))
+                if loss < best[0]:
+                    best = (loss, sigma, mu, spread, profile)
+    _, sigma, mu, spread, profile = best
+    return float(sigma), float(np.exp(mu)), float(spread), dict(zip(THRESHOLDS, profile.tolist()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--photos", type=int, default=2000, help="evaluation photos (as many again calibrate)")
+    parser.add_argument("--photos", type=int, default=2000, help="evaluation photos")
+    parser.add_argument("--calibration", type=int, default=500, help="calibration photos (other places)")
     parser.add_argument("--merge-km", type=float, nargs="+", default=[10.0, 25.0, 50.0, 100.0])
     parser.add_argument("--hint-weights", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     parser.add_argument("--seed", type=int, default=0)
@@ -118,18 +136,19 @@ def main() -> None:
     calibration, evaluation = chosen[: args.photos], chosen[args.photos :]
 
     started = time.perf_counter()
-    median, spread, fitted, per_sigma = calibrate(
-        features, coordinates_np, gallery.features[calibration], coordinates_all[calibration], args.seed + 100
+    sigma, median_km, spread, fitted = calibrate(
+        engine.heads, features, coordinates_np, coordinates_all[calibration][: args.calibration], args.seed + 1000
     )
     print(
-        f"calibrated in {time.perf_counter() - started:.0f} s: sigma log-normal, median {median:.3f}, "
-        f"spread {spread:.2f} (log); fitted gallery top-1 {fitted}",
+        f"calibrated in {time.perf_counter() - started:.0f} s: feature noise {sigma:g}, distance log-normal "
+        f"(median {median_km:.1f} km, log spread {spread:.2f}); fitted gallery top-1 "
+        + ", ".join(f"{v:.1f}" for v in fitted.values()),
         flush=True,
     )
 
-    sigma = torch.from_numpy(np.exp(np.log(median) + spread * rng.standard_normal(len(evaluation))).astype(np.float32))
     truth = coordinates_all[evaluation]
-    queries = noisy(gallery.features[evaluation], sigma, args.seed + 200)
+    distance = np.exp(np.log(median_km) + spread * rng.standard_normal(len(evaluation)))
+    queries = photos(engine.heads, truth, distance, sigma, args.seed + 200)
     errors = {"gallery top-1": haversine(gallery_top1(queries, features, coordinates_np), truth)}
     times = {"gallery": 0.0, "places": 0.0, "refined": 0.0}
     merges = {m: [] for m in args.merge_km}
@@ -194,9 +213,9 @@ def main() -> None:
         "calibration": {
             "target_im2gps3k": IM2GPS3K,
             "fitted_gallery_top1": fitted,
-            "sigma_median": median,
-            "sigma_log_spread": spread,
-            "per_sigma": per_sigma,
+            "feature_noise": sigma,
+            "distance_median_km": median_km,
+            "distance_log_spread": spread,
         },
         "top1_accuracy_percent": table,
         "distinct_top1_by_merge_km": by_merge,

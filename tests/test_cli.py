@@ -146,3 +146,50 @@ def test_truth_lines_join_exif_position_to_top1(warm, tiny_clip, samples, tmp_pa
     assert line.GetPoint_2D(0) == pytest.approx((11.8851267, 43.4674483), abs=1e-6)
     assert line.GetPoint_2D(1) == pytest.approx((top1.GetField("lon"), top1.GetField("lat")))
     assert lines[0].GetField("error_km") == pytest.approx(top1.GetField("error_km"))
+
+
+@pytest.mark.slow  # over 2 s: left out of make test-fast
+def test_places_hints_and_countries_on_the_command_line(warm, tiny_clip, photo_dir, samples, tmp_path):
+    """Distinct places by default (each with its radius and the gallery point it was refined from), the
+    gallery's raw points on request, a hint recorded on every row, a country by name keeping every
+    answer in it, and an unknown name refused with the closest names."""
+    from osgeo import ogr
+
+    from geoclip_qgis.backend.earth.places import nearest_places
+
+    photo = photo_dir / "kauai.png"
+    common = ["--clip", tiny_clip, "--precision", "fp32", "--top-k", 5]
+    places = list(csv.DictReader(io.StringIO(run("predict", photo, *common).stdout)))
+    assert len({(r["lat"], r["lon"]) for r in places}) == len(places)
+    assert all(float(r["radius_km"]) >= 1 and r["gallery_lat"] and r["gallery_lon"] for r in places)
+    raw = list(csv.DictReader(io.StringIO(run("predict", photo, *common, "--gallery-points").stdout)))
+    assert all(r["radius_km"] == "" and (r["lat"], r["lon"]) == (r["gallery_lat"], r["gallery_lon"]) for r in raw)
+
+    gpkg = tmp_path / "hinted.gpkg"
+    run(
+        "predict", photo, *common, "--hint", "a harbour town", "--hint-weight", 0.8, "--country", "Japan", "--out", gpkg
+    )
+    source = ogr.Open(str(gpkg))
+    rows = [f.items() for f in source.GetLayerByName("predictions")]
+    assert {(r["hint"], r["hint_weight"], r["area"]) for r in rows} == {("a harbour town", 0.8, "Japan")}
+    assert {p.country_code for p in nearest_places([r["lat"] for r in rows], [r["lon"] for r in rows])} == {"JP"}
+    circles = source.GetLayerByName("place_radii")
+    assert circles.GetFeatureCount() == len(rows)
+    for circle in circles:
+        rank = circle.GetField("rank")
+        centre = next(r for r in rows if r["rank"] == rank)
+        assert circle.GetField("radius_km") == pytest.approx(centre["radius_km"])
+        assert circle.GetGeometryRef().Contains(ogr.CreateGeometryFromWkt(f"POINT ({centre['lon']} {centre['lat']})"))
+
+    wrong = run("predict", photo, *common, "--country", "Frnace", check=False)
+    assert wrong.returncode == 2 and "did you mean 'France'" in wrong.stderr and "Traceback" not in wrong.stderr
+    both = run("predict", photo, *common, "--country", "France", "--area=0,40,10,50", check=False)
+    assert both.returncode == 2 and "give one area" in both.stderr
+
+    table = tmp_path / "truth.csv"
+    table.write_text(
+        "IMG_ID,LAT,LON\n" + "".join(f"{p.name},43.4674,11.8851\n" for p in (samples / "gps").glob("*.jpg"))
+    )
+    evaluated = run("evaluate", table, "--images", samples / "gps", *common[:4], "--refine")
+    assert "gallery " in evaluated.stdout and "refined " in evaluated.stdout
+    assert "candidates: distinct places (25 km apart), refined" in evaluated.stdout

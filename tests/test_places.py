@@ -33,6 +33,7 @@ def oracle(engine, places, noise: float = 0.0, seed: int = 0) -> torch.Tensor:
 OFF_GRID = [(36.57, -93.40), (48.80, 2.20), (-1.35, 36.75), (35.60, 139.60), (-33.95, 151.10), (64.10, -21.80)]
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_no_answer_lists_the_same_place_twice(engine):
     """The gallery's raw top-k repeats coordinates (identical gallery points); distinct places never do:
     their gallery points are more than the merge distance apart, each carries a radius, the most probable
@@ -174,7 +175,7 @@ def test_countries_and_regions_are_found_by_name():
     from geoclip_qgis.backend.earth.named_areas import area_from_names, country_names, find_region, named_area
 
     area = named_area(["cote d'ivoire", "de"], ["Bavaria"])
-    assert area.label.startswith("Ivory Coast; Germany; Bavaria") or "Côte" in area.label
+    assert area.label == "Cote d'Ivoire; Germany; Bavaria, Germany"
     assert area_from_names(area.names) == area
     assert find_region("Bavaria, Germany") == ("DE", "Bavaria")
     with pytest.raises(GeoCLIPError, match="did you mean 'France'"):

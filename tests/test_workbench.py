@@ -23,6 +23,7 @@ from PIL import ExifTags, Image
 from geoclip_qgis.backend import geo
 from geoclip_qgis.backend.earth import confidence, likelihood, places, regions
 from geoclip_qgis.backend.geo import EARTH_RADIUS_KM, haversine_km
+from geoclip_qgis.backend.model.distinct_places import PlaceOptions
 from geoclip_qgis.backend.results import PhotoResult
 from geoclip_qgis.backend.version import __version__
 from geoclip_qgis.backend.workbench import report
@@ -588,7 +589,7 @@ def test_a_run_keeps_place_names_regions_areas_and_query_vectors(engine, tiny_cl
 
     answers = {a.photo: a for a in read_answers(gpkg)}
     kauai = answers[str(photo_dir / "kauai.png")]
-    fresh = engine.predict([photo_dir / "kauai.png"], top_k=3)[0]
+    fresh = engine.predict([photo_dir / "kauai.png"], top_k=3, places=PlaceOptions())[0]  # as runs answer
     np.testing.assert_allclose(kauai.result.feature, fresh.feature, atol=1e-6)  # the query vector kept
     assert [c.lat for c in kauai.result.candidates] == [c.lat for c in fresh.candidates]
     assert len(kauai.areas) == 2 and kauai.regions[0].rank == 1

@@ -28,6 +28,7 @@ from ..results import Candidate
 from .refinement import refine
 
 HEAD = 2048  # the most probable gallery points grouped into places (they hold nearly all of a sharp answer)
+HEAD_MIN = 256
 MERGE_KM = 25.0  # gallery points this close belong to one place (the benchmark's choice, see the README)
 MASS = 0.9  # a place's radius holds this share of its probability
 MIN_RADIUS_KM = 1.0  # below this the location encoder (finest sigma 2^8) tells nothing apart
@@ -87,7 +88,10 @@ def group(probabilities: torch.Tensor, unit: torch.Tensor, top_k: int, merge_km:
     points outside an area); ``unit``: the gallery's :func:`unit_vectors`."""
     probabilities = probabilities.detach().double().cpu()
     values, order = torch.topk(probabilities, min(head, probabilities.numel()))  # most probable first
-    keep = values > 0
+    # past the points holding all but 1e-6 of the answer nothing can move a place (at least HEAD_MIN kept,
+    # so unlikely places are still listed)
+    enough = int(torch.searchsorted(torch.cumsum(values, 0), (1 - 1e-6) * float(probabilities.sum()))) + 1
+    keep = (values > 0) & (torch.arange(len(values)) < max(enough, HEAD_MIN))
     values, order = values[keep], order[keep]
     points = unit[order]
     near = points @ points.T >= math.cos(merge_km / EARTH_RADIUS_KM)  # (H, H), the diagonal true

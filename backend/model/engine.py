@@ -550,6 +550,7 @@ class Engine:
         top_k: int = 5,
         area: Area | None = None,
         progress: ProgressCallback | None = None,
+        places: PlaceOptions = GALLERY_POINTS,
     ) -> list[PhotoResult]:
         """All results at once. ``photos``: paths or PIL images (a single one is accepted too)."""
         if isinstance(photos, (str, Path)) or hasattr(photos, "mode"):
@@ -557,7 +558,7 @@ class Engine:
         photos = list(photos)
         stage = Stage(progress, "Answering photos", len(photos), "photos") if progress else None
         results = []
-        for result in self.predict_iter(photos, top_k, area):
+        for result in self.predict_iter(photos, top_k, area, places=places):
             results.append(result)
             if stage:
                 stage.advance()

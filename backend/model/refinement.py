@@ -11,8 +11,8 @@ G3 (NeurIPS 2024) does after its retrieval.
 What it can and cannot do: the encoder's finest Fourier scale (sigma = 2^8 on the Equal Earth plane) lets
 it tell places apart down to roughly a kilometre, so a refined point moves an answer off the gallery's
 grid (mostly a few to ten kilometres, where the gallery is sparse) but cannot place a photo on a street.
-A place's refined point never leaves the search window around its gallery point, nor an area of
-interest.
+A place's refined point never leaves the search window around its gallery point (the merge distance
+across), nor an area of interest.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def refine(
     heads, query: torch.Tensor, starts: np.ndarray, span_km: float, area: Area | None = None
 ) -> tuple[np.ndarray, int]:
     """The best-scored point near each of ``starts`` (P, 2) for one query vector, and the model
-    evaluations spent. The search stays within ``span_km`` / 2 of its start and inside ``area``."""
+    evaluations spent. The search stays in the square window ``span_km`` across centred on its start
+    (within its half-diagonal, great circle) and inside ``area``."""
     device = query.device
     best = torch.as_tensor(np.asarray(starts, dtype=np.float64).reshape(-1, 2))
     if not len(best):

@@ -71,6 +71,8 @@ class ReportCandidate:
     country: str = ""
     place_km: float | None = None  # from the candidate to that place
     truth_km: float | None = None  # from the photo's EXIF position, when it has one
+    radius_km: float | None = None  # a distinct place's circle holding 90 % of it (None: a gallery point)
+    refined: bool = False  # moved from the gallery point it was found at (lat, lon are the refined point)
 
 
 @dataclass
@@ -89,6 +91,7 @@ class ReportAnswer:
     error: str | None = None  # why the photo has no answer
     notes: list[str] = field(default_factory=list)
     kind: AnswerKind = AnswerKind.PHOTO  # what the answer answers
+    hint: str = ""  # the text hint the answer was steered by, with its weight, as words ("" for none)
 
 
 @dataclass
@@ -189,6 +192,8 @@ def report_candidates(
             p.country,
             p.distance_km,
             float(haversine_km(truth[0], truth[1], c.lat, c.lon)) if truth else None,
+            c.radius_km,
+            c.gallery_lat is not None and (c.gallery_lat, c.gallery_lon) != (c.lat, c.lon),
         )
         for c, p in zip(candidates, found)
     ]
@@ -214,6 +219,7 @@ def answer_from_result(
         hypotheses=list(hypotheses),
         error=result.error,
         kind=result.kind,
+        hint=f"{result.hint.text} (weight {result.hint.weight:g})" if result.hint else "",
     )
     if truth:
         answer.truth_place = nearest_places([truth[0]], [truth[1]])[0].label()

@@ -35,7 +35,7 @@ from ..earth.confidence import ConfidenceArea
 from ..earth.regions import RegionRow
 from ..errors import GeoCLIPError
 from ..output.answer_layers import AREAS_LAYER, ERRORS_LAYER, FEATURES_LAYER, POINTS_LAYER, REGIONS_LAYER, RUNS_LAYER
-from ..results import AnswerKind, Candidate, PhotoMetadata, PhotoResult
+from ..results import AnswerKind, Candidate, Hint, PhotoMetadata, PhotoResult
 
 FEATURE_BYTES = 512 * 4  # a query vector: 512 float32 numbers (heads.IMAGE_FEATURE_DIM)
 PHOTO_MAX_BYTES = 1 << 30  # a file larger than this is not hashed to find an answer's photo
@@ -111,6 +111,13 @@ def _text(value) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+def _hint(row: dict, notes: list[str]) -> Hint | None:
+    """The hint an answer was steered by, as its row records it (shown as text, never run)."""
+    text = _text(row.get("hint")).strip()
+    weight = _optional(row, "hint_weight", notes, 0)
+    return Hint(text, weight) if text and weight is not None else None
 
 
 def _photo(row: dict) -> str:
@@ -293,6 +300,9 @@ def _read_answers(db: _Db, photos: list[str] | None, skipped: list[str] | None) 
                     _text(r.get("region")),
                     _text(r.get("country")),
                     _optional(r, "place_km", notes, 0),
+                    radius_km=_optional(r, "radius_km", notes, 0),
+                    gallery_lat=_optional(r, "gallery_lat", notes, -90, 90),
+                    gallery_lon=_optional(r, "gallery_lon", notes, -180, 180),
                 )
             )
         _note(skipped, table, first or {"photo": photo}, notes)
@@ -304,6 +314,7 @@ def _read_answers(db: _Db, photos: list[str] | None, skipped: list[str] | None) 
             feature=features.get(photo),
             sha256=sha,
             kind=AnswerKind.of_row(first.get("kind"), photo) if rows else AnswerKind.PHOTO,  # only photos fail
+            hint=_hint(first, notes),
         )
         path = _path(photo, raw_hex, notes)
         _note(skipped, table, first or {"photo": photo}, notes)
