@@ -275,6 +275,14 @@ def test_resume_refuses_changed_settings_and_redo_starts_again(warm, tiny_clip, 
     named_error(
         predict(photo_dir, "--clip", tiny_clip, "--out", gpkg, "--top-k", 3, "--precision", "fp32"), "model weights"
     )
+    named_error(  # gallery points and distinct places are different answers: never mixed in one file
+        predict(photo_dir, "--clip", tiny_clip, "--out", gpkg, "--top-k", 3, "--gallery-points"),
+        "candidates: 'distinct places (25 km apart), refined' then, 'gallery points' now",
+    )
+    named_error(
+        predict(photo_dir, "--clip", tiny_clip, "--out", gpkg, "--top-k", 3, "--hint", "a beach"),
+        "hint: no hint then, 'a beach (weight 0.5)' now",
+    )
     same = predict(photo_dir, "--clip", tiny_clip, "--out", gpkg, "--top-k", 3)
     assert same.returncode == 0 and "skipped 4" in same.stderr
     redo = predict(photo_dir, "--clip", tiny_clip, "--out", gpkg, "--top-k", 5, "--redo")

@@ -3,9 +3,9 @@ sure, near it.
 
 GeoCLIP's location encoder is continuous: it scores any coordinates, not only the gallery's 100,000
 points. An answer's score at x is ``exp(logit_scale) * q . f(x)`` (the same score the gallery softmax
-ranks). Around each place the score is searched coarse to fine: a 9 x 9 grid spanning the place
-(``merge_km`` wide) finds its best part, then 5 x 5 grids, each half as wide as the last, close in until
-the grid's step is under ``FINEST_STEP_KM``. Verifying candidates on the image-GPS model itself is what
+ranks). Around each place the score is searched coarse to fine: a 7 x 7 grid spanning the place
+(``merge_km`` wide) finds its best part, then the best point's 8 neighbours at half the step, again and
+again, until the step is under ``FINEST_STEP_KM`` (about 100 model evaluations per place). Verifying candidates on the image-GPS model itself is what
 G3 (NeurIPS 2024) does after its retrieval.
 
 What it can and cannot do: the encoder's finest Fourier scale (sigma = 2^8 on the Equal Earth plane) lets
@@ -25,8 +25,8 @@ import torch
 from ..geo import EARTH_RADIUS_KM
 from ..photos.area import Area
 
-FIRST_GRID = 9  # points per side of the first grid, across the whole place
-GRID = 5  # points per side of each finer grid
+FIRST_GRID = 7  # points per side of the first grid, across the whole place
+GRID = 3  # points per side of each finer grid: the best point and its 8 neighbours
 FINEST_STEP_KM = 0.25  # the search stops when its grid's step is finer than this
 KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180
 

@@ -263,9 +263,9 @@ def _resume(request: RunRequest, engine: Engine, writer: AnswerWriter, run_at: s
     skip = writer.answered_hashes() if request.resume else frozenset()
     if previous and skip:
         changed = [
-            f"{label}: {_shown(previous.get(key))} then, {_shown(settings[key])} now"
+            f"{label}: {_shown(key, previous.get(key))} then, {_shown(key, settings[key])} now"
             for key, label in RESUME_SETTINGS.items()
-            if str(previous.get(key) or "") != str(settings[key] or "")
+            if _shown(key, previous.get(key)) != _shown(key, settings[key])
         ]
         if changed:
             raise GeoCLIPError(
@@ -315,8 +315,11 @@ def run_parameters(request: RunRequest, engine: Engine) -> dict:
     }
 
 
-def _shown(value) -> str:
-    return repr(value) if value not in (None, "") else "whole world / none"
+def _shown(key: str, value) -> str:
+    if value not in (None, ""):
+        return repr(value)
+    # a run before candidates were recorded answered with gallery points
+    return {"area": "whole world", "candidates": "'gallery points'", "hint": "no hint"}.get(key, "none")
 
 
 class _RunAnswers:
