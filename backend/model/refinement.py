@@ -5,8 +5,8 @@ GeoCLIP's location encoder is continuous: it scores any coordinates, not only th
 points. An answer's score at x is ``exp(logit_scale) * q . f(x)`` (the same score the gallery softmax
 ranks). Around each place the score is searched coarse to fine: a 7 x 7 grid spanning the place
 (``merge_km`` wide) finds its best part, then the best point's 8 neighbours at half the step, again and
-again, until the step is under ``FINEST_STEP_KM`` (about 100 model evaluations per place). Verifying candidates on the image-GPS model itself is what
-G3 (NeurIPS 2024) does after its retrieval.
+again, until the step is under ``FINEST_STEP_KM`` (about 100 model evaluations per place). Verifying
+candidates on the image-GPS model itself is what G3 (NeurIPS 2024) does after its retrieval.
 
 What it can and cannot do: the encoder's finest Fourier scale (sigma = 2^8 on the Equal Earth plane) lets
 it tell places apart down to roughly a kilometre, so a refined point moves an answer off the gallery's
