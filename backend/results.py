@@ -194,7 +194,7 @@ class Hint:
     the answer is the photo's distribution times the hint's to the power ``weight`` (summed logits)."""
 
     text: str
-    weight: float = 0.5  # HINT_WEIGHT
+    weight: float = 0.25  # HINT_WEIGHT
 
     def check(self) -> None:
         import math

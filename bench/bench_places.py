@@ -80,12 +80,12 @@ def gallery_top1(queries: torch.Tensor, features: torch.Tensor, coordinates: np.
     return coordinates[best.numpy()]
 
 
-def calibrate(heads, features, coordinates, truth, seed) -> tuple[float, float, float, dict]:
-    """Feature noise sigma and a log-normal distance (median km, log spread) whose gallery top-1 profile
-    is closest to Im2GPS3k's (least squares over the five thresholds)."""
+def calibrate(heads, features, coordinates, truth, seed) -> tuple[float, np.ndarray, dict, float, float]:
+    """Feature noise sigma and distance weights over ``DISTANCES_KM`` (log-normal, fitted: median, log
+    spread) whose gallery top-1 profile is closest to Im2GPS3k's (least squares over the five thresholds)."""
     target = np.array(list(IM2GPS3K.values()))
     logs = np.log(DISTANCES_KM)
-    best = (math.inf, 0.0, 0.0, 0.0, None)
+    best = (math.inf, 0.0, None, None, 0.0, 0.0)
     for s_index, sigma in enumerate(SIGMAS):
         hit = np.zeros((len(DISTANCES_KM), len(THRESHOLDS)))
         for j, distance in enumerate(DISTANCES_KM):
@@ -98,9 +98,16 @@ def calibrate(heads, features, coordinates, truth, seed) -> tuple[float, float, 
                 profile = weights @ hit
                 loss = float(np.sum((profile - target) ** 2))
                 if loss < best[0]:
-                    best = (loss, sigma, mu, spread, profile)
-    _, sigma, mu, spread, profile = best
-    return float(sigma), float(np.exp(mu)), float(spread), dict(zip(THRESHOLDS, profile.tolist()))
+                    best = (loss, sigma, weights, profile, mu, spread)
+    _, sigma, weights, profile, mu, spread = best
+    return float(sigma), weights, dict(zip(THRESHOLDS, profile.tolist())), float(np.exp(mu)), float(spread)
+
+
+def draw_distances(weights: np.ndarray, count: int, rng) -> np.ndarray:
+    """Distances from the fitted weights over the grid, spread evenly (in log) within each grid step."""
+    step = np.log(DISTANCES_KM[1] / DISTANCES_KM[0])
+    chosen = rng.choice(len(DISTANCES_KM), count, p=weights)
+    return DISTANCES_KM[chosen] * np.exp(rng.uniform(-step / 2, step / 2, count))
 
 
 def main() -> None:
@@ -136,18 +143,18 @@ def main() -> None:
     calibration, evaluation = chosen[: args.photos], chosen[args.photos :]
 
     started = time.perf_counter()
-    sigma, median_km, spread, fitted = calibrate(
+    sigma, weights, fitted, median_km, spread = calibrate(
         engine.heads, features, coordinates_np, coordinates_all[calibration][: args.calibration], args.seed + 1000
     )
     print(
         f"calibrated in {time.perf_counter() - started:.0f} s: feature noise {sigma:g}, distance log-normal "
-        f"(median {median_km:.1f} km, log spread {spread:.2f}); fitted gallery top-1 "
-        + ", ".join(f"{v:.1f}" for v in fitted.values()),
+        f"(median {median_km:.1f} km, log spread {spread:.2f}, on {DISTANCES_KM[0]:g}-{DISTANCES_KM[-1]:g} km); "
+        "fitted gallery top-1 " + ", ".join(f"{v:.1f}" for v in fitted.values()),
         flush=True,
     )
 
     truth = coordinates_all[evaluation]
-    distance = np.exp(np.log(median_km) + spread * rng.standard_normal(len(evaluation)))
+    distance = draw_distances(weights, len(evaluation), rng)
     queries = photos(engine.heads, truth, distance, sigma, args.seed + 200)
     errors = {"gallery top-1": haversine(gallery_top1(queries, features, coordinates_np), truth)}
     times = {"gallery": 0.0, "places": 0.0, "refined": 0.0}

@@ -281,7 +281,7 @@ def test_resume_refuses_changed_settings_and_redo_starts_again(warm, tiny_clip, 
     )
     named_error(
         predict(photo_dir, "--clip", tiny_clip, "--out", gpkg, "--top-k", 3, "--hint", "a beach"),
-        "hint: no hint then, 'a beach (weight 0.5)' now",
+        "hint: no hint then, 'a beach (weight 0.25)' now",
     )
     same = predict(photo_dir, "--clip", tiny_clip, "--out", gpkg, "--top-k", 3)
     assert same.returncode == 0 and "skipped 4" in same.stderr
