@@ -35,7 +35,7 @@ from ..earth.confidence import ConfidenceArea
 from ..earth.regions import RegionRow
 from ..errors import GeoCLIPError
 from ..output.answer_layers import AREAS_LAYER, ERRORS_LAYER, FEATURES_LAYER, POINTS_LAYER, REGIONS_LAYER, RUNS_LAYER
-from ..results import AnswerKind, Candidate, PhotoMetadata, PhotoResult
+from ..results import HINT_WEIGHT_MAX, AnswerKind, Candidate, Hint, PhotoMetadata, PhotoResult
 
 FEATURE_BYTES = 512 * 4  # a query vector: 512 float32 numbers (heads.IMAGE_FEATURE_DIM)
 PHOTO_MAX_BYTES = 1 << 30  # a file larger than this is not hashed to find an answer's photo
@@ -103,6 +103,12 @@ def _optional(row: dict, key: str, notes: list[str], low: float = -math.inf, hig
     except _RowError as exc:
         notes.append(f"{exc}: left out")
         return None
+
+
+def _hint(row: dict, notes: list[str]) -> Hint | None:
+    """The text hint an answer was steered by; its weight None when the file's is not a usable one."""
+    text = _text(row.get("hint"))
+    return Hint(text, _optional(row, "hint_weight", notes, 0, HINT_WEIGHT_MAX)) if text else None
 
 
 def _text(value) -> str:
@@ -293,6 +299,9 @@ def _read_answers(db: _Db, photos: list[str] | None, skipped: list[str] | None) 
                     _text(r.get("region")),
                     _text(r.get("country")),
                     _optional(r, "place_km", notes, 0),
+                    radius_km=_optional(r, "radius_km", notes, 0),
+                    gallery_lat=_optional(r, "gallery_lat", notes, -90, 90),
+                    gallery_lon=_optional(r, "gallery_lon", notes, -180, 180),
                 )
             )
         _note(skipped, table, first or {"photo": photo}, notes)
@@ -304,6 +313,7 @@ def _read_answers(db: _Db, photos: list[str] | None, skipped: list[str] | None) 
             feature=features.get(photo),
             sha256=sha,
             kind=AnswerKind.of_row(first.get("kind"), photo) if rows else AnswerKind.PHOTO,  # only photos fail
+            hint=_hint(first, notes) if rows else None,
         )
         path = _path(photo, raw_hex, notes)
         _note(skipped, table, first or {"photo": photo}, notes)
