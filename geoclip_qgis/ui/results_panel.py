@@ -22,7 +22,6 @@ from qgis.core import (
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
-    QgsTask,
     QgsVectorLayer,
 )
 from qgis.gui import QgsDockWidget, QgsMapToolEmitPoint, QgsVertexMarker
@@ -49,9 +48,9 @@ from qgis.PyQt.QtWidgets import (
 from ..backend.results import AnswerKind, answer_name
 from ..core.inputs import WGS84
 from ..core.plain_text import as_html, tooltip
-from ..core.tasks import show_progress
 from ..map.layers import ANSWER_PROPERTY, OUTPUT_PROPERTY
 from ..map.styles import show_confidence_areas_of
+from .likely import LikelyTask, likely_text
 
 THUMBNAIL = 72  # px, list icons
 PHOTO_HEIGHT = 220  # px, the selected photo
@@ -67,53 +66,6 @@ def _pixmap(path: str, side: int) -> QPixmap | None:
         return None
     pixmap = QPixmap()
     return pixmap if pixmap.loadFromData(data, "JPEG") else None
-
-
-class LikelyTask(QgsTask):
-    """ "How likely here?" in the background: the answer's rasters are made again from its query vector."""
-
-    stage = pyqtSignal(object)  # a backend Progress: the first use's stages (the gallery, the world grid)
-
-    def __init__(self, settings, result, lat: float, lon: float, area=None):
-        super().__init__("GeoCLIP: how likely here?", QgsTask.Flag.CanCancel)
-        self.settings, self.result, self.lat, self.lon, self.area = settings, result, lat, lon, area
-        self.found = None
-        self.error = ""
-
-    def _progress(self, event) -> None:
-        show_progress(self, event, self.stage)
-
-    def run(self) -> bool:
-        from ..backend.earth.likelihood import for_answer
-        from ..backend.errors import Cancelled
-        from ..core.session import get_engine
-
-        try:
-            spot = [("here", self.lat, self.lon)]
-            engine = get_engine(self.settings)
-            self.found = for_answer(engine, self.result, spot, self.area, self._progress, self.isCanceled)[0]
-            return True
-        except Cancelled:  # said as "cancelled" by the panel
-            return False
-        except Exception as exc:  # shown in the panel, never raised into QGIS
-            self.error = f"{type(exc).__name__}: {exc}"
-            return False
-
-
-def likely_text(found) -> str:
-    """What the map tool found, as a person reads it."""
-    masses = ", ".join(f"{100 * mass:.2f} % within {radius:g} km" for radius, mass in found.masses.items())
-    lines = [f"At {found.lat:.5f}, {found.lon:.5f}: {masses}."]
-    if found.rank is None:
-        lines.append("Outside the run's area of interest.")
-    else:
-        lines.append(
-            f"Density {found.density_ratio:.3g}× that of the most probable place; this spot's cell ranks "
-            f"{found.rank:,} of {found.cells:,} world cells."
-        )
-        if found.credible_level == found.credible_level:  # not NaN
-            lines.append(f"It lies inside the {100 * found.credible_level:.0f} % confidence area.")
-    return "\n".join(lines)
 
 
 class ResultsPanel(QgsDockWidget):
