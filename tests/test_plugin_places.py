@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import test_plugin
+from qgis_support import StandInInterface, qgis_app
 from test_received_files import craft
 
 pytestmark = pytest.mark.qgis
@@ -118,6 +119,129 @@ def test_the_dock_asks_for_places_a_hint_and_an_area_by_name(plugin, kauai_png, 
     dock.hint_edit.clear()
     dock.hint_weight.setValue(HINT_WEIGHT)
     dock.area_combo.setCurrentIndex(dock.area_combo.findData("world"))
+
+
+def _label_values(layer, rule) -> list[str]:
+    """What a labelling rule writes on the map for the features it applies to."""
+    from qgis.core import QgsExpression, QgsExpressionContext, QgsExpressionContextUtils, QgsFeatureRequest
+
+    context = QgsExpressionContext(QgsExpressionContextUtils.globalProjectLayerScopes(layer))
+    expression = QgsExpression(rule.settings().fieldName)
+    values = []
+    for feature in layer.getFeatures(QgsFeatureRequest().setFilterExpression(rule.filterExpression())):
+        context.setFeature(feature)
+        values.append(expression.evaluate(context))
+    assert not expression.hasEvalError(), expression.evalErrorString()
+    return values
+
+
+@pytest.mark.slow
+def test_a_run_draws_each_places_radius_under_its_answers_and_the_panel_and_report_say_them(
+    plugin, kauai_png, samples, tmp_path
+):
+    import subprocess
+    import unicodedata
+
+    from qgis.core import QgsRuleBasedRenderer, QgsWkbTypes
+
+    dock = plugin.dock
+    dock.hint_edit.setText(HINT)
+    dock.hint_weight.setValue(0.5)
+    try:
+        photos = [kauai_png, samples / "gps" / "DSCN0010.jpg"]
+        result = test_plugin.run_dock(dock, photos, out=tmp_path / "places.gpkg", top_k=3)
+    finally:
+        dock.hint_edit.clear()
+    assert not result.error
+    layers = dock.last_layers
+    radii, points = layers["radii"], layers["points"]
+    assert radii is not None and radii.featureCount() == 6
+    assert radii.geometryType() == QgsWkbTypes.GeometryType.PolygonGeometry
+    names = [child.name() for child in layers["group"].children()]
+    assert names[:2] == ["GeoCLIP answers", "Places and their radius"], names  # just under the answers
+    # outlines over a faint fill, the top-1 place's drawn last
+    renderer = radii.renderer()
+    assert isinstance(renderer, QgsRuleBasedRenderer) and renderer.orderByEnabled()
+    rules = {rule.filterExpression(): rule.symbol() for rule in renderer.rootRule().children()}
+    assert set(rules) == {'"rank" = 1', '"rank" > 1'}
+    for symbol in rules.values():
+        assert 0 < symbol.color().alpha() < 100 and symbol.symbolLayer(0).strokeColor().alpha() == 255
+    # the answers are labelled with their place and probability, read from the fields
+    labeling = {rule.filterExpression(): rule for rule in points.labeling().rootRule().children()}
+    places = {f["place"] for f in points.getFeatures() if f["place"]}
+    assert len(places) >= 3
+    for rule in labeling.values():
+        expression = rule.settings().fieldName
+        assert '"place"' in expression and '"probability"' in expression
+        assert not any(place in expression for place in places)  # no value of the data in it
+    top = {(f["place"], f["probability"]) for f in points.getFeatures() if f["rank"] == 1}
+    shown = _label_values(points, labeling['"rank" = 1'])
+    assert len(shown) == 2 and all(any(f"{place} · {100 * p:.1f} %" in text for place, p in top) for text in shown)
+    assert '"radius_km"' in points.mapTipTemplate()
+
+    # the results panel: each place's radius, that it was refined from a gallery point, the hint
+    dock.judge_button.click()
+    panel = plugin.results
+    panel.list.setCurrentRow(0)
+    stored = panel.current()
+    assert panel.candidates.horizontalHeaderItem(3).text() == "Radius"
+    for row, candidate in enumerate(stored.result.candidates):
+        radius = panel.candidates.item(row, 3).text()
+        assert radius.startswith("± ") and radius.endswith(" km")
+        assert float(radius[2:-3].replace(",", "")) == pytest.approx(candidate.radius_km, abs=0.51)
+        assert "Refined from the gallery point" in panel.candidates.item(row, 2).toolTip()
+    assert f"Hint: “{HINT}” (weight 0.5)" in panel.info.text()
+    assert "Candidates: distinct places" in panel.info.text() and "refined" in panel.info.text()
+    # ... and the case report
+    pdf, _ = panel.export_report(str(tmp_path / "report.pdf"))
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    text = unicodedata.normalize("NFKC", text)  # the PDF's "fi" ligatures as letters
+    assert "Radius" in text and panel.candidates.item(0, 3).text() in text and HINT in text
+    assert "circles: each place's radius" in text and "refined from the gallery point" in text
+
+
+def test_hostile_place_and_photo_names_stay_text_in_labels_and_the_panel(plugin, places_run, tmp_path):
+    from qgis.core import QgsExpression, QgsExpressionContext, QgsExpressionContextUtils, QgsVectorLayer
+
+    from geoclip_qgis.map.styles import style_place_radii, style_points
+    from geoclip_qgis.ui.results_panel import ResultsPanel
+
+    place = "<img src=x onerror=alert(1)> [% @user_full_name %] ' || 'x"
+    photo = "/case/<img src=y>[% 1 + 1 %].png"
+    quoted = place.replace("'", "''")
+    received = craft(
+        places_run,
+        tmp_path / "received.gpkg",
+        f"UPDATE predictions SET place = '{quoted}', photo = '{photo}'",
+        f"UPDATE place_radii SET place = '{quoted}', photo = '{photo}'",
+    )
+    points = QgsVectorLayer(f"{received}|layername=predictions", "answers", "ogr")
+    style_points(points)
+    for rule in points.labeling().rootRule().children():
+        assert not rule.settings().format().allowHtmlFormatting()
+        for text in _label_values(points, rule):
+            assert place in text  # as it is written, never read as markup or as an expression
+        if rule.filterExpression() == '"rank" = 1':
+            assert all("<img src=y>[% 1 + 1 %]" in text for text in _label_values(points, rule))
+    context = QgsExpressionContext(QgsExpressionContextUtils.globalProjectLayerScopes(points))
+    context.setFeature(next(points.getFeatures()))
+    tip = QgsExpression.replaceExpressionText(points.mapTipTemplate(), context)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in tip and "<img src=x" not in tip
+    radii = QgsVectorLayer(f"{received}|layername=place_radii", "radii", "ogr")
+    style_place_radii(radii)
+    context = QgsExpressionContext(QgsExpressionContextUtils.globalProjectLayerScopes(radii))
+    context.setFeature(next(radii.getFeatures()))
+    assert place in QgsExpression(radii.displayExpression()).evaluate(context)
+
+    qgis_app()
+    panel = ResultsPanel(StandInInterface())
+    panel.show_run(str(received))
+    panel.list.setCurrentRow(0)
+    cell = panel.candidates.item(0, 2)
+    assert cell.text().startswith(place)  # a table cell is plain text
+    assert cell.toolTip().startswith("<span>") and "<img" not in cell.toolTip()
+    assert "&lt;img src=y&gt;[% 1 + 1 %].png" in panel.info.text() and "<img" not in panel.info.text()
+    assert panel.list.item(0).text().startswith("<img src=y>[% 1 + 1 %].png")
 
 
 def test_processing_takes_the_candidates_a_hint_and_names(plugin, kauai_png, monkeypatch, tmp_path):
