@@ -18,7 +18,7 @@ NAMES_SEPARATOR = ";"  # region names hold commas ("Bavaria, Germany")
 def add_candidates_parameter(algorithm) -> None:
     algorithm.addParameter(
         QgsProcessingParameterEnum(
-            "CANDIDATES", "Candidates", options=[words for _, words in CANDIDATES], defaultValue=0
+            "CANDIDATES", "Kind of candidates", options=[words for _, words in CANDIDATES], defaultValue=0
         )
     )
 

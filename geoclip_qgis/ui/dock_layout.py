@@ -188,7 +188,10 @@ def _options_tab(dock) -> QWidget:
         "combined with each photo's, weighted: the answer favours places that fit both. Photos only; a text "
         "query is not steered."
     )
-    form.addRow("Hint", dock.hint_edit)
+    hint_label = QLabel("Hint")
+    hint_label.setBuddy(dock.hint_edit)
+    form.addRow(hint_label)  # the hint on a line of its own, the dock's whole width: a few words to read back
+    form.addRow(dock.hint_edit)
     dock.hint_weight = QDoubleSpinBox()
     dock.hint_weight.setRange(0.1, HINT_WEIGHT_MAX)
     dock.hint_weight.setSingleStep(0.1)
