@@ -45,6 +45,7 @@ from ..core.inputs import RADIUS_MASS
 from .names import radius_text
 
 PAGE_W, PAGE_H, MARGIN = 297.0, 210.0, 10.0  # A4 landscape, mm
+MAP_H = 91.0  # the map's height under the title, mm; its key fills the rest down to the candidates
 CANDIDATE_COLUMNS = (
     ("rank", "Rank"),
     ("probability", "Probability"),
@@ -211,10 +212,11 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
     map_item.setKeepLayerSet(True)  # these layers, not the project's visible ones
     layout.addLayoutItem(map_item)
     map_item.attemptMove(QgsLayoutPoint(MARGIN, 22, QgsUnitTypes.LayoutUnit.LayoutMillimeters))
-    map_item.attemptResize(QgsLayoutSize(170, 94, QgsUnitTypes.LayoutUnit.LayoutMillimeters))
+    map_item.attemptResize(QgsLayoutSize(170, MAP_H, QgsUnitTypes.LayoutUnit.LayoutMillimeters))
     map_item.setCrs(points.crs())
-    map_item.setExtent(_fit(_extent([layer for layer in (points, radii, areas) if layer is not None]), 170 / 94))
-    _label(layout, _legend(answer, radii is not None), MARGIN, 117.5, 170, 3.5, 6)
+    map_item.setExtent(_fit(_extent([layer for layer in (points, radii, areas) if layer is not None]), 170 / MAP_H))
+    # two lines of room under the map: a key naming places' radii and both confidence areas wraps
+    _label(layout, _legend(answer, radii is not None), MARGIN, 22 + MAP_H + 1, 170, 120 - 22 - MAP_H - 1, 6)
     map_item.setFrameEnabled(True)
     map_item.setFrameStrokeWidth(QgsLayoutMeasurement(0.3))
 
