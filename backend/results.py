@@ -194,7 +194,12 @@ class Hint:
     the answer is the photo's distribution times the hint's to the power ``weight`` (summed logits)."""
 
     text: str
-    weight: float = 0.25  # HINT_WEIGHT
+    weight: float | None = 0.25  # HINT_WEIGHT; None only when read back from a file that lost it
+
+    @property
+    def shown(self) -> str:
+        """ "a harbour town (weight 0.25)": the hint as words."""
+        return f"{self.text} (weight {'not recorded' if self.weight is None else format(self.weight, 'g')})"
 
     def check(self) -> None:
         import math
@@ -207,6 +212,11 @@ class Hint:
         if not (isinstance(weight, (int, float)) and math.isfinite(weight) and 0 < weight <= HINT_WEIGHT_MAX):
             raise GeoCLIPError(f"the hint's weight must be above 0 and at most {HINT_WEIGHT_MAX:g}, got {weight}")
 
+
+# Distinct places (model/distinct_places.py): at most this many per answer, each with the radius holding this
+# share of its probability. Here, not there, because the plugin shows them and must not load torch to do so.
+MAX_PLACES = 50
+RADIUS_MASS = 0.9
 
 # A hint's default weight: conservative, so a wrong hint does not overrule a sharp photo (README, "Hints").
 HINT_WEIGHT = Hint.weight

@@ -8,9 +8,11 @@ $GEOCLIP_E2E_DIR: ``<stage>.ready`` when the screen shows it, ``<stage>.done`` o
 2. models: Fix… opens the Models dialog at the fix; the CLIP folder is chosen there and saved.
 3. run: photos and a folder with broken files, rasters on; the dock's Results and the map.
 4. raster: one photo's local raster with its answers.
-5. cancelled: a long run cancelled after a few photos.
-6. embedding: Processing's embedding map of the world at 0.25°, with the Processing toolbox open.
-7. quit: a long run, then Quit: QGIS asks once, the run stops, QGIS quits.
+5. judge: the results panel on one answer, and its case report.
+6. places: a hint and a country by name in the Options tab; each place's radius on the map.
+7. cancelled: a long run cancelled after a few photos.
+8. embedding: Processing's embedding map of the world at 0.25°, with the Processing toolbox open.
+9. quit: a long run, then Quit: QGIS asks once, the run stops, QGIS quits.
 """
 
 import json
@@ -172,6 +174,65 @@ def leave_judging():
     panel.only_button.setChecked(False)
     panel.close()  # as a user closes it; the dock's tab comes back
     dock().raise_()
+    places_stage()
+
+
+PLACES_HINT, PLACES_COUNTRY = "a harbour town in Brazil", "Brazil"
+
+
+def places_stage():
+    """A photo answered as distinct places, steered by a hint, only in a country chosen by name."""
+    d = dock()
+    d.clear_paths()
+    photos = json.loads(os.environ["GEOCLIP_E2E_PHOTOS"])
+    d.add_paths([p for p in photos if os.path.basename(p) == "Kauai.png"])
+    d.output.setFilePath(str(E2E / "places.gpkg"))
+    d.rasters_check.setChecked(False)
+    d.confidence_check.setChecked(False)
+    d.tabs.setCurrentIndex(1)  # the Options tab, as a user fills it in
+    d.places_combo.setCurrentIndex(d.places_combo.findData("refined"))
+    d.hint_edit.setText(PLACES_HINT)
+    d.hint_edit.setCursorPosition(0)  # read from its start, as typed text is once the field is left
+    d.area_combo.setCurrentIndex(d.area_combo.findData("names"))
+    d.area_name.setEditText(PLACES_COUNTRY)
+    d.runFinished.connect(places_finished)
+    d.run_button.click()
+
+
+def places_finished(result):
+    d = dock()
+    d.runFinished.disconnect(places_finished)
+    layers = d.last_layers
+    radii, points = layers.get("radii"), layers.get("points")
+    report["places"] = {
+        "error": result.error,
+        "answered": result.outcome.summary.answered if result.outcome else 0,
+        "group": [child.name() for child in layers["group"].children()] if layers.get("group") else [],
+        "radii": radii.featureCount() if radii is not None else 0,
+        "areas": sorted({f["area"] for f in points.getFeatures()}) if points is not None else [],
+        "hints": sorted({f["hint"] for f in points.getFeatures()}) if points is not None else [],
+        "names_listed": d.area_name.count(),
+    }
+    if radii is not None and radii.featureCount():
+        # the most probable place with the other places' circles within a few degrees of it
+        top = next(f for f in radii.getFeatures() if f["rank"] == 1).geometry().boundingBox()
+        view = QgsRectangle(top)
+        for feature in radii.getFeatures():
+            box = feature.geometry().boundingBox()
+            if abs(box.center().x() - top.center().x()) < 5 and abs(box.center().y() - top.center().y()) < 4:
+                view.combineExtentWith(box)
+        view.grow(0.8)
+        view.setXMaximum(view.xMaximum() + 1.2)  # room for the labels, written east of their places
+        iface.mapCanvas().setExtent(view)
+        iface.mapCanvas().refresh()
+    d.tabs.setCurrentIndex(1)  # the run opened Results: show the Options it was asked with
+    later(4000, lambda: stage("places", leave_places))
+
+
+def leave_places():
+    d = dock()
+    d.hint_edit.clear()
+    d.area_combo.setCurrentIndex(d.area_combo.findData("world"))
     cancel_stage()
 
 

@@ -51,6 +51,7 @@ STAGES = (  # (stage the startup script reaches, screenshot for docs/)
     ("run", "qgis-dock-run.png"),
     ("raster", "qgis-photo-raster.png"),
     ("judge", "qgis-results-panel.png"),
+    ("places", "qgis-places-radii.png"),
     ("cancelled", "qgis-dock-cancelled.png"),
     ("embedding", "qgis-embedding-map.png"),
 )
@@ -213,6 +214,13 @@ def test_zip_install_first_hour_and_screenshots(
     )
     shutil.copy(next(tmp_path.glob("report*.png")), DOCS / "qgis-case-report.png")
     assert (DOCS / "qgis-case-report.png").stat().st_size > 20_000
+
+    # Distinct places steered by a hint, in a country chosen by name: each place's circle under its answer.
+    places = report["places"]
+    assert not places["error"] and places["answered"] == 1 and places["radii"] == 5
+    assert places["group"][:2] == ["GeoCLIP answers", "Places and their radius"], places["group"]
+    assert places["areas"] == ["Brazil"] and places["hints"] == ["a harbour town in Brazil"]
+    assert places["names_listed"] > 3000
 
     # Cancel: what was kept, not "Task complete" and not a full bar.
     cancelled = report["cancelled"]

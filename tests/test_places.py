@@ -184,3 +184,16 @@ def test_countries_and_regions_are_found_by_name():
     lat, lon = np.array([48.14, 52.52, 5.35]), np.array([11.58, 13.40, -4.0])
     assert area.contains(lat, lon).tolist() == [True, True, True]
     assert named_area([], ["Bavaria"]).contains(lat, lon).tolist() == [True, False, False]
+
+
+def test_a_run_restricted_by_name_is_judged_in_the_same_area_later(engine, photo_dir, tmp_path):
+    """The run's provenance names its countries and regions; reading it back gives the same area (what
+    "How likely here?" and the report judge a stored answer in)."""
+    from geoclip_qgis.backend.earth.named_areas import named_area
+    from geoclip_qgis.backend.pipeline.run import RunRequest, execute
+    from geoclip_qgis.backend.workbench.run_file import read_provenance, run_area
+
+    area = named_area(["Portugal"], ["Bavaria"])
+    gpkg = tmp_path / "named.gpkg"
+    execute(RunRequest(photos=[str(photo_dir / "kauai.png")], top_k=2, area=area, output=str(gpkg)), engine)
+    assert run_area(read_provenance(gpkg)) == area

@@ -141,8 +141,9 @@ def test_run_makes_styled_layers_from_a_geopackage(plugin, photo_dir, samples, t
     root = QgsProject.instance().layerTreeRoot()
     group = root.children()[0]
     assert group.name() == "photos and 1 more — 6 photos"
-    assert [child.name() for child in group.children()][:4] == [
+    assert [child.name() for child in group.children()][:5] == [
         "GeoCLIP answers",
+        "Places and their radius",
         "EXIF truth → top-1",
         "Photos not answered",
         "all_answers_world",
@@ -266,7 +267,7 @@ def test_layer_tree_one_group_per_run_earlier_runs_folded_same_output_reused(plu
     assert not third.error and third.outcome.summary.skipped_count == 4
     runs = [node for node in root.children() if node.customProperty("geoclip/run")]
     assert [group.name() for group in runs] == ["photos — 4 photos", "kauai.png"]
-    assert len(runs[0].findLayers()) == 2  # answers and truth lines, once
+    assert len(runs[0].findLayers()) == 3  # answers, their places' radii and truth lines, once
     layers = [layer.name() for layer in QgsProject.instance().mapLayers().values()]
     assert layers.count("GeoCLIP answers") == 2
     # the project had no map of its own: QGIS's offline world map went under the answers, once
@@ -543,7 +544,7 @@ def test_processing_places_its_layers_like_the_dock_and_zooms(plugin, photo_dir,
     assert group.name() == "photos — 4 photos" and group.customProperty("geoclip/run")
     assert old.children() == []  # nothing landed in the selected group
     names = [child.name() for child in group.children()]
-    assert names[:3] == ["GeoCLIP answers", "EXIF truth → top-1", "all_answers_world"], names
+    assert names[:4] == ["GeoCLIP answers", "Places and their radius", "EXIF truth → top-1", "all_answers_world"], names
     assert group.findGroup("Rasters per photo") is not None
     points = project.mapLayer(outputs["POINTS"])
     assert points.renderer().type() == "RuleRenderer" and points.labelsEnabled()

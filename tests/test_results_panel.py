@@ -61,7 +61,7 @@ def test_the_panel_lists_answers_and_shows_one(panel, samples):
     assert (
         panel.candidates.item(0, 2).text().startswith(top.place) and top.country in panel.candidates.item(0, 2).text()
     )
-    assert float(panel.candidates.item(0, 3).text().replace(",", "")) == pytest.approx(
+    assert float(panel.candidates.item(0, 4).text().replace(",", "")) == pytest.approx(
         stored.result.error_km(top), abs=0.1
     )
     assert "NIKON" in panel.info.text() and "43.46745, 11.88513" in panel.info.text()

@@ -100,8 +100,8 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_place_options(parser: argparse.ArgumentParser, evaluating: bool = False) -> None:
-    from ..model.distinct_places import MAX_TOP_K, MERGE_KM
-    from ..results import HINT_WEIGHT
+    from ..model.distinct_places import MERGE_KM
+    from ..results import HINT_WEIGHT, MAX_PLACES
 
     if evaluating:  # the paper's protocol by default: the gallery's top-1 point
         parser.add_argument(
@@ -119,7 +119,7 @@ def _add_place_options(parser: argparse.ArgumentParser, evaluating: bool = False
             "--gallery-points",
             action="store_true",
             help="answer with the gallery's top-k points as GeoCLIP's release does, not distinct places "
-            f"(places: at most {MAX_TOP_K})",
+            f"(places: at most {MAX_PLACES})",
         )
         parser.add_argument(
             "--no-refine", action="store_true", help="keep each place at its gallery point (no refinement)"

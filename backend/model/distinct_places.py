@@ -10,7 +10,7 @@ points that climb to it. Places are ranked by that sum, not by their best single
 probability is spread over twenty gallery points beats a lone point that is slightly more probable.
 
 Each place then says how far its probability reaches: the radius around its coordinates holding
-``MASS`` of its probability (never under ``MIN_RADIUS_KM``, the detail the location encoder can tell).
+``RADIUS_MASS`` of its probability (never under ``MIN_RADIUS_KM``, the detail the location encoder can tell).
 """
 
 from __future__ import annotations
@@ -24,15 +24,13 @@ import torch
 from ..errors import GeoCLIPError
 from ..geo import EARTH_RADIUS_KM, haversine_km
 from ..photos.area import Area
-from ..results import Candidate
+from ..results import MAX_PLACES, RADIUS_MASS, Candidate
 from .refinement import refine
 
 HEAD = 2048  # the most probable gallery points grouped into places (they hold nearly all of a sharp answer)
 HEAD_MIN = 256
 MERGE_KM = 25.0  # gallery points this close belong to one place (the benchmark's choice, see the README)
-MASS = 0.9  # a place's radius holds this share of its probability
 MIN_RADIUS_KM = 1.0  # below this the location encoder (finest sigma 2^8) tells nothing apart
-MAX_TOP_K = 50  # places an answer may list
 
 
 @dataclass(frozen=True)
@@ -48,8 +46,8 @@ class PlaceOptions:
         merge = self.merge_km
         if not (isinstance(merge, (int, float)) and math.isfinite(merge) and 1 <= merge <= 2000):
             raise GeoCLIPError(f"the merge distance must be 1 to 2000 km, got {self.merge_km}")
-        if self.distinct and int(top_k) > MAX_TOP_K:
-            raise GeoCLIPError(f"an answer lists at most {MAX_TOP_K} distinct places, got top-k {top_k}")
+        if self.distinct and int(top_k) > MAX_PLACES:
+            raise GeoCLIPError(f"an answer lists at most {MAX_PLACES} distinct places, got top-k {top_k}")
 
     @property
     def shown(self) -> str:
@@ -116,12 +114,12 @@ def group(probabilities: torch.Tensor, unit: torch.Tensor, top_k: int, merge_km:
 
 
 def radius_km(lat: float, lon: float, member_coordinates: np.ndarray, member_probability: np.ndarray) -> float:
-    """The smallest radius around (lat, lon) holding ``MASS`` of a place's probability, at least
+    """The smallest radius around (lat, lon) holding ``RADIUS_MASS`` of a place's probability, at least
     ``MIN_RADIUS_KM``."""
     distance = haversine_km(lat, lon, member_coordinates[:, 0], member_coordinates[:, 1])
     order = np.argsort(distance, kind="stable")
     held = np.cumsum(member_probability[order])
-    reach = distance[order][min(int(np.searchsorted(held, MASS * held[-1] - 1e-12)), len(order) - 1)]
+    reach = distance[order][min(int(np.searchsorted(held, RADIUS_MASS * held[-1] - 1e-12)), len(order) - 1)]
     return float(max(reach, MIN_RADIUS_KM))
 
 

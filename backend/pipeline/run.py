@@ -278,7 +278,7 @@ def _resume(request: RunRequest, engine: Engine, writer: AnswerWriter, run_at: s
 
 
 def _hint_shown(hint: Hint | None) -> str:
-    return f"{hint.text} (weight {hint.weight:g})" if hint is not None else ""
+    return hint.shown if hint is not None else ""
 
 
 def run_parameters(request: RunRequest, engine: Engine) -> dict:

@@ -219,7 +219,7 @@ def answer_from_result(
         hypotheses=list(hypotheses),
         error=result.error,
         kind=result.kind,
-        hint=f"{result.hint.text} (weight {result.hint.weight:g})" if result.hint else "",
+        hint=result.hint.shown if result.hint else "",
     )
     if truth:
         answer.truth_place = nearest_places([truth[0]], [truth[1]])[0].label()

@@ -35,7 +35,7 @@ from ..earth.confidence import ConfidenceArea
 from ..earth.regions import RegionRow
 from ..errors import GeoCLIPError
 from ..output.answer_layers import AREAS_LAYER, ERRORS_LAYER, FEATURES_LAYER, POINTS_LAYER, REGIONS_LAYER, RUNS_LAYER
-from ..results import AnswerKind, Candidate, Hint, PhotoMetadata, PhotoResult
+from ..results import HINT_WEIGHT_MAX, AnswerKind, Candidate, Hint, PhotoMetadata, PhotoResult
 
 FEATURE_BYTES = 512 * 4  # a query vector: 512 float32 numbers (heads.IMAGE_FEATURE_DIM)
 PHOTO_MAX_BYTES = 1 << 30  # a file larger than this is not hashed to find an answer's photo
@@ -105,19 +105,18 @@ def _optional(row: dict, key: str, notes: list[str], low: float = -math.inf, hig
         return None
 
 
+def _hint(row: dict, notes: list[str]) -> Hint | None:
+    """The text hint an answer was steered by; its weight None when the file's is not a usable one."""
+    text = _text(row.get("hint"))
+    return Hint(text, _optional(row, "hint_weight", notes, 0, HINT_WEIGHT_MAX)) if text else None
+
+
 def _text(value) -> str:
     if value is None:
         return ""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
-
-
-def _hint(row: dict, notes: list[str]) -> Hint | None:
-    """The hint an answer was steered by, as its row records it (shown as text, never run)."""
-    text = _text(row.get("hint")).strip()
-    weight = _optional(row, "hint_weight", notes, 0)
-    return Hint(text, weight) if text and weight is not None else None
 
 
 def _photo(row: dict) -> str:
@@ -314,7 +313,7 @@ def _read_answers(db: _Db, photos: list[str] | None, skipped: list[str] | None) 
             feature=features.get(photo),
             sha256=sha,
             kind=AnswerKind.of_row(first.get("kind"), photo) if rows else AnswerKind.PHOTO,  # only photos fail
-            hint=_hint(first, notes),
+            hint=_hint(first, notes) if rows else None,
         )
         path = _path(photo, raw_hex, notes)
         _note(skipped, table, first or {"photo": photo}, notes)
@@ -490,7 +489,16 @@ def run_area(provenance: dict):
     from ..photos.area import Area
 
     parameters = provenance.get("parameters") or {}
-    bbox, wkt = parameters.get("area_bbox"), parameters.get("area_wkt")
+    bbox, wkt, names = parameters.get("area_bbox"), parameters.get("area_wkt"), parameters.get("area_names")
+    if names:  # countries and regions by name: the same gazetteer rule again
+        from ..earth.named_areas import area_from_names
+
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise RunFileError("the run's area of interest cannot be used: its names are not a list of text")
+        try:
+            return area_from_names(names)
+        except GeoCLIPError as exc:
+            raise RunFileError(f"the run's area of interest cannot be used: {exc}") from None
     if not bbox:
         return None
     label = parameters.get("area", "area")

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from qgis.core import QgsSettings
 
+from ..backend.results import HINT_WEIGHT
+
 if TYPE_CHECKING:
     from ..backend.model.model_state import ModelState
 
@@ -34,7 +36,10 @@ class DockSettings:
     """The dock's choices, restored when QGIS starts again."""
 
     top_k: int = 5
-    area: str = "world"  # world, extent, polygons
+    area: str = "world"  # world, extent, polygons, names
+    area_name: str = ""  # the country or region, for "names"
+    candidates: str = "refined"  # a key of inputs.CANDIDATES
+    hint_weight: float = HINT_WEIGHT  # the hint's text is not kept: it belongs to one case
     rasters: bool = False
     world_per_photo: bool = False
     fuse: bool = False

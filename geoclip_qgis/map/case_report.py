@@ -1,8 +1,9 @@
 """The case report of one answer as a PDF, through a QGIS print layout, and the same content as a
 self-contained HTML file (the engine's :mod:`.backend.report`).
 
-Page 1: the map (the answer's candidates and confidence areas over a world basemap), the photo, the
-candidate table with place names, the region ranking and the EXIF. Page 2: provenance (model, engine
+Page 1: the map (the answer's candidates, each place's radius and the confidence areas over a world
+basemap), the photo, the candidate table with place names and radii, the region ranking, the EXIF and the
+hint the answer was steered by. Page 2: provenance (model, engine
 version, parameters, time, the sha256 of every weight file and of the photo). The map shows copies of
 the run's own layers filtered to the answer; the run's file is only read.
 
@@ -39,9 +40,11 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor, QFont
 
-from ..backend.results import AnswerKind, answer_name
+from ..backend.results import RADIUS_MASS, AnswerKind, answer_name
+from .names import radius_text
 
 PAGE_W, PAGE_H, MARGIN = 297.0, 210.0, 10.0  # A4 landscape, mm
+MAP_H = 91.0  # the map's height under the title, mm; its key fills the rest down to the candidates
 CANDIDATE_COLUMNS = (
     ("rank", "Rank"),
     ("probability", "Probability"),
@@ -164,7 +167,8 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
     """A two-page print layout for one answer of a run's GeoPackage, and the layers it shows (in the
     project but not in its layer tree: remove them when the layout is done with)."""
     from ..backend.workbench.report import report_from_geopackage
-    from .styles import style_basemap, style_confidence_areas, style_points
+    from ..backend.workbench.run_file import photo_file, read_answers
+    from .styles import style_basemap, style_confidence_areas, style_place_radii, style_points
 
     project = project or QgsProject.instance()
     data = report_from_geopackage(gpkg, [photo])
@@ -175,6 +179,9 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
     if points is None:
         raise ReportError(f"{photo} has no candidates in {gpkg} (it failed: {answer.error or 'unknown reason'})")
     style_points(points)
+    radii = _layer(gpkg, "place_radii", "Places and their radius", photo)
+    if radii is not None:
+        style_place_radii(radii)
     areas = _layer(gpkg, "confidence_areas", "Confidence areas", photo)
     basemap = QgsVectorLayer(
         str(Path(QgsApplication.pkgDataPath()) / "resources" / "data" / "world_map.gpkg") + "|layername=countries",
@@ -184,7 +191,7 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
     if areas is not None:
         style_confidence_areas(areas)
     style_basemap(basemap)
-    keep = [layer for layer in (points, areas, basemap) if layer is not None and layer.isValid()]
+    keep = [layer for layer in (points, radii, areas, basemap) if layer is not None and layer.isValid()]
     for layer in keep:
         project.addMapLayer(layer, False)  # owned by the project while the layout lives; not in the tree
 
@@ -200,18 +207,17 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
         warning = _label(layout, f"⚠ {data.provenance.warning}", MARGIN, 16.2, PAGE_W - 2 * MARGIN, 5.6, 6, True)
         warning.setFontColor(QColor("#a00000"))
     map_item = QgsLayoutItemMap(layout)
-    map_item.setLayers([layer for layer in (points, areas, basemap) if layer is not None])
+    map_item.setLayers([layer for layer in (points, radii, areas, basemap) if layer is not None])
     map_item.setKeepLayerSet(True)  # these layers, not the project's visible ones
     layout.addLayoutItem(map_item)
     map_item.attemptMove(QgsLayoutPoint(MARGIN, 22, QgsUnitTypes.LayoutUnit.LayoutMillimeters))
-    map_item.attemptResize(QgsLayoutSize(170, 94, QgsUnitTypes.LayoutUnit.LayoutMillimeters))
+    map_item.attemptResize(QgsLayoutSize(170, MAP_H, QgsUnitTypes.LayoutUnit.LayoutMillimeters))
     map_item.setCrs(points.crs())
-    map_item.setExtent(_fit(_extent([layer for layer in (points, areas) if layer is not None]), 170 / 94))
-    _label(layout, _legend(answer), MARGIN, 117.5, 170, 3.5, 6)
+    map_item.setExtent(_fit(_extent([layer for layer in (points, radii, areas) if layer is not None]), 170 / MAP_H))
+    # two lines of room under the map: a key naming places' radii and both confidence areas wraps
+    _label(layout, _legend(answer, radii is not None), MARGIN, 22 + MAP_H + 1, 170, 120 - 22 - MAP_H - 1, 6)
     map_item.setFrameEnabled(True)
     map_item.setFrameStrokeWidth(QgsLayoutMeasurement(0.3))
-
-    from ..backend.workbench.run_file import photo_file, read_answers
 
     stored = read_answers(gpkg, [photo])[0]  # the photo's exact path, also when its name is not UTF-8
     found = photo_file(stored)  # only a file with the bytes the run answered
@@ -223,20 +229,23 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
         item.attemptMove(QgsLayoutPoint(188, 22, QgsUnitTypes.LayoutUnit.LayoutMillimeters))
         item.attemptResize(QgsLayoutSize(PAGE_W - 188 - MARGIN, 60, QgsUnitTypes.LayoutUnit.LayoutMillimeters))
         item.setResizeMode(QgsLayoutItemPicture.ResizeMode.Zoom)
-    _label(layout, _exif_text(answer), 188, 85, PAGE_W - 188 - MARGIN, 35, 7)
+    about = "\n".join(filter(None, (_exif_text(answer), _steering_text(stored, data.provenance.parameters))))
+    _label(layout, about, 188, 85, PAGE_W - 188 - MARGIN, 35, 7)
     _label(layout, "Candidates", MARGIN, 121, 80, 5, 9, True)
+    radius = {c.rank: radius_text(c.radius_km) for c in stored.result.candidates}
     rows = [
         (
             c.rank,
             f"{100 * c.probability:.2f} %",
             ", ".join(v for v in (c.place, c.region, c.country) if v),
+            radius.get(c.rank, ""),
             f"{c.lat:.5f}",
             f"{c.lon:.5f}",
             "" if c.truth_km is None else f"{c.truth_km:,.1f}",
         )
         for c in answer.candidates
     ]
-    headers = ("Rank", "Probability", "Nearest place", "Latitude", "Longitude", "km from EXIF")
+    headers = ("Rank", "Probability", "Nearest place", "Radius", "Latitude", "Longitude", "km from EXIF")
     _label(layout, _text_table(headers, rows), MARGIN, 127, 170, PAGE_H - 127 - MARGIN, 7, mono=True)
     if answer.regions:
         _label(layout, "Probability by region", 188, 121, 80, 5, 9, True)
@@ -265,11 +274,14 @@ def build_layout(gpkg: str, photo: str, project: QgsProject | None = None) -> tu
 AREA_LEGEND = {0.5: "solid red outline: 50 % confidence area", 0.9: "dashed orange outline: 90 % confidence area"}
 
 
-def _legend(answer) -> str:
-    """The map's key: only what this answer's map holds (its confidence areas when the run made them)."""
+def _legend(answer, radii: bool = False) -> str:
+    """The map's key: only what this answer's map holds (its places' radii and confidence areas when the
+    run made them)."""
     parts = ["Red star: top-1 answer"]
     if len(answer.candidates) > 1:
         parts.append("orange dots: other candidates")
+    if radii:
+        parts.append(f"circles: each place's radius, holding {100 * RADIUS_MASS:.0f} % of its probability")
     levels = {round(area.level, 6) for area in answer.confidence}
     parts += [text for level, text in AREA_LEGEND.items() if level in levels]
     return " · ".join(parts)
@@ -299,6 +311,20 @@ def _exif_text(answer) -> str:
         sizes = ", ".join(f"{a.level:.0%} in {a.area_km2:,.0f} km²" for a in answer.confidence)
         lines.append(f"Confidence areas: {sizes}")
     return "\n".join(lines) or "No EXIF in this photo."
+
+
+def _steering_text(stored, parameters: dict) -> str:
+    """What shaped the answer besides the photo: the hint, and the kind of candidates (refined places'
+    coordinates are moved off the gallery point each was found at)."""
+    lines = []
+    hint = stored.result.hint
+    if hint is not None:
+        lines.append(f"Hint: {hint.shown}")
+    if parameters.get("candidates"):
+        lines.append(f"Candidates: {parameters['candidates']}")
+    if parameters.get("refined") == "yes":
+        lines.append("Each place's coordinates are refined from the gallery point it was found at.")
+    return "\n".join(lines)
 
 
 def _provenance_text(data, answer) -> str:

@@ -35,6 +35,7 @@ from .styles import (
     add_time_and_direction,
     style_basemap,
     style_confidence_areas,
+    style_place_radii,
     style_points,
     style_raster,
     style_truth_lines,
@@ -45,17 +46,25 @@ LAYER_NAMES = {
     OutputKind.TRUTH_LINES: "EXIF truth → top-1",
     OutputKind.ERRORS: "Photos not answered",
     OutputKind.CONFIDENCE_AREAS: "Confidence areas (50 %, 90 %)",
+    OutputKind.PLACE_RADII: "Places and their radius",
 }
-VECTOR_KINDS = (OutputKind.POINTS, OutputKind.TRUTH_LINES, OutputKind.ERRORS, OutputKind.CONFIDENCE_AREAS)
+VECTOR_KINDS = (
+    OutputKind.POINTS,
+    OutputKind.PLACE_RADII,
+    OutputKind.TRUTH_LINES,
+    OutputKind.ERRORS,
+    OutputKind.CONFIDENCE_AREAS,
+)
 RASTER_KINDS = (OutputKind.COMBINED_RASTER, OutputKind.WORLD_RASTER, OutputKind.LOCAL_RASTER)
 ORDER = {  # top to bottom in a run's group
     OutputKind.POINTS: 0,
-    OutputKind.TRUTH_LINES: 1,
-    OutputKind.CONFIDENCE_AREAS: 2,
-    OutputKind.ERRORS: 3,
-    OutputKind.COMBINED_RASTER: 4,
-    OutputKind.WORLD_RASTER: 5,
-    OutputKind.LOCAL_RASTER: 6,
+    OutputKind.PLACE_RADII: 1,  # just under the answers they belong to
+    OutputKind.TRUTH_LINES: 2,
+    OutputKind.CONFIDENCE_AREAS: 3,
+    OutputKind.ERRORS: 4,
+    OutputKind.COMBINED_RASTER: 5,
+    OutputKind.WORLD_RASTER: 6,
+    OutputKind.LOCAL_RASTER: 7,
 }
 PER_PHOTO_GROUP = "Rasters per photo"
 
@@ -72,6 +81,8 @@ def style_layer(layer, file: OutputFile) -> None:
     if kind == OutputKind.POINTS:
         style_points(layer)
         add_time_and_direction(layer)
+    elif kind == OutputKind.PLACE_RADII:
+        style_place_radii(layer)
     elif kind == OutputKind.CONFIDENCE_AREAS:
         style_confidence_areas(layer)
     elif kind == OutputKind.TRUTH_LINES:
@@ -272,6 +283,7 @@ def add_run(outcome, title: str, canvas=None, basemap: bool = True, output: str 
     group = run_group(project, title, output, outcome.run_at)
     added = {
         "points": None,
+        "radii": None,
         "lines": None,
         "errors": None,
         "areas": None,
@@ -281,6 +293,7 @@ def add_run(outcome, title: str, canvas=None, basemap: bool = True, output: str 
     }
     keys = {
         OutputKind.POINTS: "points",
+        OutputKind.PLACE_RADII: "radii",
         OutputKind.TRUTH_LINES: "lines",
         OutputKind.ERRORS: "errors",
         OutputKind.CONFIDENCE_AREAS: "areas",

@@ -1,5 +1,6 @@
 """What a run and its answers are called: the QGIS expression that names an answer on the map (labels,
-map tips, the identify list), its Python twin for the layer tree's groups, and a run's title.
+map tips, the identify list), its Python twin for the layer tree's groups, a run's title, and a place's
+radius in words.
 
 Kept apart from the styles and the layer tree, which both name answers the same way."""
 
@@ -51,3 +52,10 @@ def run_title(items, texts=(), photos: int | None = None) -> str:
     if photos is not None and not single_photo and items:
         title += f" — {photos} photo{'s' if photos != 1 else ''}"
     return title
+
+
+def radius_text(radius_km: float | None) -> str:
+    """A place's radius as the panel and the report say it: '± 7 km', '± 3.3 km'; '' for a gallery point."""
+    if radius_km is None:
+        return ""
+    return f"± {radius_km:.1f} km" if radius_km < 10 else f"± {radius_km:,.0f} km"

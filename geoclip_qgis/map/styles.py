@@ -1,6 +1,9 @@
-"""How a run's layers are drawn: the answers' stars and dots, the truth lines, the confidence areas
-(one answer's at a time), the rasters' confidence classes or probability ramp, the world map; with
-their labels, map tips, field formats, photo time and camera direction.
+"""How a run's layers are drawn: the answers' stars and dots, each place's radius, the truth lines, the
+confidence areas (one answer's at a time), the rasters' confidence classes or probability ramp, the world
+map; with their labels, map tips, field formats, photo time and camera direction.
+
+Labels and map tips name fields, never values: what a row holds (a photo's or a place's name) is shown as
+text, never read as part of an expression.
 
 Only the look: making layers from a run's outputs and placing them in the layer tree is :mod:`.layers`.
 Main thread only.
@@ -52,15 +55,23 @@ def html_escaped(expression: str) -> str:
 
 
 _PHOTO_ESCAPED = html_escaped('"photo"')
+_PLACE_ESCAPED = html_escaped('"place"')
 
 
-def map_tip(with_kind: bool = True) -> str:
-    """The answers layer's map tip (HTML): the answer's name, rank and probability, and the photo when
-    the row is one (``with_kind``: the layer has the ``kind`` column; without it, every row is a photo)."""
+def map_tip(with_kind: bool = True, with_places: bool = False) -> str:
+    """The answers layer's map tip (HTML): the answer's name, rank and probability, the place and its radius
+    (``with_places``: the layer has the ``place`` and ``radius_km`` columns), and the photo when the row is
+    one (``with_kind``: the layer has the ``kind`` column; without it, every row is a photo)."""
     name, is_file = (SHORT_NAME, IS_FILE) if with_kind else (PHOTO_NAME, ALWAYS)
+    place = (
+        f"[% CASE WHEN \"place\" IS NOT NULL THEN ' · near ' || {_PLACE_ESCAPED} END %]"
+        "[% CASE WHEN \"radius_km\" IS NOT NULL THEN ' ± ' || format_number(\"radius_km\", 0) || ' km' END %]"
+        if with_places
+        else ""
+    )
     return (
         f"<b>[% {html_escaped(name)} %]</b><br>"
-        'rank [% "rank" %] · [% format_number("probability" * 100, 2) %] %'
+        f'rank [% "rank" %] · [% format_number("probability" * 100, 2) %] %{place}'
         '[% CASE WHEN "error_km" IS NOT NULL '
         "THEN '<br>EXIF truth: ' || format_number(\"error_km\", 1) || ' km away' END %]"
         f"[% CASE WHEN {is_file} THEN '<br><img src=\"file:///' || {_PHOTO_ESCAPED} || '\" width=\"240\">' END %]"
@@ -80,6 +91,9 @@ FIELD_FORMATS = {  # field: (decimals shown, alias)
     "exif_lon": (5, "EXIF longitude"),
     "error_km": (1, "distance to EXIF position (km)"),
     "place_km": (1, "distance to the place (km)"),
+    "radius_km": (1, "radius holding most of the place's probability (km)"),
+    "gallery_lat": (5, "gallery point's latitude"),
+    "gallery_lon": (5, "gallery point's longitude"),
     "altitude": (1, "altitude (m)"),
     "direction": (1, "direction (°)"),
 }
@@ -176,24 +190,54 @@ def style_points(layer: QgsVectorLayer) -> None:
     renderer.setOrderByEnabled(True)
     layer.setRenderer(renderer)
 
-    percent = "format_number(\"probability\" * 100, 1) || ' %'"
+    # the place's name from its field, when the layer has one (runs before it did not)
+    place = "coalesce(\"place\" || ' · ', '') || " if layer.fields().indexOf("place") >= 0 else ""
+    share = f"{place}format_number(\"probability\" * 100, 1) || ' %'"
     rules = QgsRuleBasedLabeling.Rule(None)
     placement = QgsPalLayerSettings.Placement.OrderedPositionsAroundPoint
     name = short_name_of(layer)
-    top_labels = _labels(f"{name} || '\\n' || {percent}", _text_format(9, bold=True), 10, placement)
-    other_labels = _labels(f"'#' || \"rank\" || ' · ' || {percent}", _text_format(7, "#505050"), 2, placement)
-    rules.appendChild(QgsRuleBasedLabeling.Rule(top_labels, 0, 0, '"rank" = 1', "top-1: photo and probability"))
+    top_labels = _labels(f"{name} || '\\n' || {share}", _text_format(9, bold=True), 10, placement)
+    other_labels = _labels(f"'#' || \"rank\" || ' · ' || {share}", _text_format(7, "#505050"), 2, placement)
+    rules.appendChild(QgsRuleBasedLabeling.Rule(top_labels, 0, 0, '"rank" = 1', "top-1: photo, place and probability"))
     rules.appendChild(QgsRuleBasedLabeling.Rule(other_labels, 0, 0, '"rank" IN (2, 3)', "ranks 2 and 3"))
     layer.setLabeling(QgsRuleBasedLabeling(rules))
     layer.setLabelsEnabled(True)
 
-    layer.setMapTipTemplate(map_tip(layer.fields().indexOf("kind") >= 0))
+    names = layer.fields().names()
+    layer.setMapTipTemplate(map_tip("kind" in names, "place" in names and "radius_km" in names))
     layer.setDisplayExpression(name)
     format_fields(layer)
     action = QgsAction(
         QgsAction.ActionType.OpenUrl, "Open photo", '[% "photo" %]', "", False, "Open photo", {"Feature", "Canvas"}
     )
     layer.actions().addAction(action)
+
+
+def style_place_radii(layer: QgsVectorLayer) -> None:
+    """Each distinct place's circle, the radius holding most of its probability: an outline over a faint
+    fill in its answer's colours (the top-1 place's red, the others' orange), the top-1 circle drawn last;
+    the map stays readable under them."""
+    root = QgsRuleBasedRenderer.Rule(None)
+    for fill, outline, expression, label in (
+        (OTHER_COLOUR, "#e6550d", '"rank" > 1', "other places: their radius"),
+        (TOP_COLOUR, TOP_COLOUR, '"rank" = 1', "top-1 place: its radius"),
+    ):
+        faint = QColor(fill)
+        faint.setAlpha(45)
+        symbol = QgsFillSymbol.createSimple(
+            {"color": ",".join(str(v) for v in faint.getRgb()), "outline_color": outline, "outline_width": "0.45"}
+        )
+        root.appendChild(QgsRuleBasedRenderer.Rule(symbol, 0, 0, expression, label))
+    renderer = QgsRuleBasedRenderer(root)
+    clause = QgsFeatureRequest.OrderByClause
+    renderer.setOrderBy(QgsFeatureRequest.OrderBy([clause('"rank" = 1', True), clause('"radius_km"', False)]))
+    renderer.setOrderByEnabled(True)
+    layer.setRenderer(renderer)
+    layer.setDisplayExpression(
+        f"{short_name_of(layer)} || ': #' || \"rank\" || coalesce(' ' || \"place\", '') "
+        "|| ' ± ' || format_number(\"radius_km\", 0) || ' km'"
+    )
+    format_fields(layer)
 
 
 def style_truth_lines(layer: QgsVectorLayer) -> None:

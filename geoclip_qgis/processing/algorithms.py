@@ -38,6 +38,7 @@ from qgis.core import (
 from ..backend.geo import THRESHOLDS_KM
 from ..core.inputs import WGS84, InputError, area_from_extent, area_from_polygons, photo_paths
 from ..core.session import EngineSettings, get_engine, load_settings, weights_message
+from . import place_parameters
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -96,6 +97,7 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
                 optional=True,
             )
         )
+        place_parameters.add_names_parameter(self)
 
     def _add_device_parameter(self) -> None:
         self.addParameter(
@@ -158,6 +160,11 @@ class _GeoCLIPAlgorithm(QgsProcessingAlgorithm):
     # -- reading them ------------------------------------------------------------------------------
 
     def _area(self, parameters, context):
+        given = [key for key in ("AREA_LAYER", "AREA", "AREA_NAMES") if parameters.get(key)]
+        if len(given) > 1:
+            raise QgsProcessingException(f"give one area of interest, not {' and '.join(given)}")
+        if given == ["AREA_NAMES"]:
+            return place_parameters.names_area(self, parameters, context)
         try:
             if parameters.get("AREA_LAYER"):
                 source = self.parameterAsSource(parameters, "AREA_LAYER", context)
@@ -300,7 +307,10 @@ class GeolocatePhotos(_GeoCLIPAlgorithm):
             "folder (searched recursively) and/or a point layer with a photo path field. Answers (top-k "
             "candidates with probabilities) go to a GeoPackage as they come: running again with the same "
             "output skips photos already answered. Failed photos are listed with their reason in its "
-            "'errors' table. Probability rasters go to a folder named after the GeoPackage."
+            "'errors' table. Probability rasters go to a folder named after the GeoPackage. Candidates are "
+            "distinct places, each with the radius holding most of its probability (refined off the "
+            "gallery's grid unless asked not to), or the gallery's top-k points as GeoCLIP's release gives "
+            "them. A hint (what you know of the place, in a few words) steers every photo's answer."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
@@ -327,11 +337,13 @@ class GeolocatePhotos(_GeoCLIPAlgorithm):
                 "PHOTO_FIELD", "Field with the photo path", "photo", "PHOTO_LAYER", optional=True
             )
         )
+        place_parameters.add_candidates_parameter(self)
         self.addParameter(
             QgsProcessingParameterNumber(
                 "TOP_K", "Candidates per photo", QgsProcessingParameterNumber.Type.Integer, 5, False, 1, 1000
             )
         )
+        place_parameters.add_hint_parameters(self)
         self._add_area_parameters()
         self._add_raster_parameters()
         self._add_confidence_parameter()
@@ -363,6 +375,8 @@ class GeolocatePhotos(_GeoCLIPAlgorithm):
             photos=photos,
             top_k=self.parameterAsInt(parameters, "TOP_K", context),
             area=self._area(parameters, context),
+            places=place_parameters.candidates(self, parameters, context),
+            hint=place_parameters.hint(self, parameters, context),
             output=output,
             rasters=self._rasters(parameters, context, output),
             confidence=self.parameterAsBoolean(parameters, "CONFIDENCE", context),
@@ -387,6 +401,7 @@ class GeolocateText(_GeoCLIPAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterString("TEXT", "Description of a place"))
+        place_parameters.add_candidates_parameter(self)
         self.addParameter(
             QgsProcessingParameterNumber(
                 "TOP_K", "Candidates", QgsProcessingParameterNumber.Type.Integer, 5, False, 1, 1000
@@ -412,6 +427,7 @@ class GeolocateText(_GeoCLIPAlgorithm):
             texts=[text],
             top_k=self.parameterAsInt(parameters, "TOP_K", context),
             area=self._area(parameters, context),
+            places=place_parameters.candidates(self, parameters, context),
             output=output,
             rasters=self._rasters(parameters, context, output),
             confidence=self.parameterAsBoolean(parameters, "CONFIDENCE", context),

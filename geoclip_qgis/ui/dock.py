@@ -1,5 +1,5 @@
 """The GeoCLIP dock: the model's state up front, then three tabs — Input (photos, folders, drops, a
-photo layer, a text query), Options (candidates, device, area, rasters, output) and Results (summary,
+photo layer, a text query), Options (candidates, hint, device, area, rasters, output) and Results (summary,
 accuracy, photos not answered) — each scrolling on its own, and Run, Cancel and the progress of each
 stage below them, always in view.
 
@@ -28,7 +28,16 @@ from qgis.PyQt.QtWidgets import QFileDialog
 
 from ..backend.model.model_state import Capability, ModelState, Problem, ProblemCode
 from ..core import deps
-from ..core.inputs import InputError, area_from_extent, area_from_polygons, guess_photo_field, photo_paths
+from ..core.inputs import (
+    InputError,
+    area_from_extent,
+    area_from_names,
+    area_from_polygons,
+    guess_photo_field,
+    hint_from,
+    photo_paths,
+    top_k_limit,
+)
 from ..core.plain_text import as_html, tooltip
 from ..core.session import (
     current_state,
@@ -59,10 +68,13 @@ class GeoCLIPDock(QgsDockWidget):
         self.state: ModelState | None = None  # the weights' state (session.current_state)
         self.model_problem: Problem | None = None  # what keeps Run off, if anything
         self._devices_listed = False  # GPUs are listed on demand (list_devices)
+        self._area_names_listed = False  # countries and regions too (fill_area_names)
+        self._started = False  # restoring the options at QGIS's start fills no list
         self.runner = Runner(self)
         build(self)
         self._restore()
         self._check_dependencies()
+        self._started = True
 
     # -- the run's state, kept by its runner (dock_run) ------------------------------------------
 
@@ -97,8 +109,11 @@ class GeoCLIPDock(QgsDockWidget):
 
     def _restore(self) -> None:
         saved = load_dock_settings()
+        self.places_combo.setCurrentIndex(max(self.places_combo.findData(saved.candidates), 0))
         self.top_k.setValue(saved.top_k)
+        self.hint_weight.setValue(saved.hint_weight)
         self.area_combo.setCurrentIndex(max(self.area_combo.findData(saved.area), 0))
+        self.area_name.setEditText(saved.area_name)
         self.rasters_check.setChecked(saved.rasters)
         self.world_per_photo.setChecked(saved.world_per_photo)
         self.world_per_photo.setEnabled(saved.rasters)
@@ -110,8 +125,11 @@ class GeoCLIPDock(QgsDockWidget):
         self._output_folder = saved.output_folder
         self._show_output_hint()
         for signal in (
+            self.places_combo.currentIndexChanged,
             self.top_k.valueChanged,
+            self.hint_weight.valueChanged,
             self.area_combo.currentIndexChanged,
+            self.area_name.currentTextChanged,
             self.rasters_check.toggled,
             self.world_per_photo.toggled,
             self.fuse_check.toggled,
@@ -127,7 +145,10 @@ class GeoCLIPDock(QgsDockWidget):
             replace(
                 load_dock_settings(),
                 top_k=self.top_k.value(),
+                candidates=self.places_combo.currentData() or "refined",
+                hint_weight=self.hint_weight.value(),
                 area=self.area_combo.currentData() or "world",
+                area_name=self.area_name.currentText().strip(),
                 rasters=self.rasters_check.isChecked(),
                 world_per_photo=self.world_per_photo.isChecked(),
                 fuse=self.fuse_check.isChecked(),
@@ -167,6 +188,40 @@ class GeoCLIPDock(QgsDockWidget):
         polygons = self.area_combo.currentData() == "polygons"
         self.area_layer.setVisible(polygons)
         self.area_layer_label.setVisible(polygons)
+        names = self.area_combo.currentData() == "names"
+        self.area_name.setVisible(names)
+        self.area_name_label.setVisible(names)
+        if names and self._started:
+            self.fill_area_names()
+
+    def _places_changed(self, *_args) -> None:
+        """Distinct places are fewer than gallery points: the most an answer may list follows the choice."""
+        self.top_k.setMaximum(top_k_limit(self.places_combo.currentData()))
+
+    def _tab_shown(self, index: int) -> None:
+        if index == 1:  # Options: the devices, and the names when an area is chosen by name
+            self.list_devices()
+            if self.area_combo.currentData() == "names":
+                self.fill_area_names()
+
+    def fill_area_names(self) -> None:
+        """Offer every country and first-level region by name, once (reading them loads the gazetteer)."""
+        if self._area_names_listed:
+            return
+        from ..core.inputs import area_name_choices
+
+        try:
+            names = area_name_choices()
+        except Exception as exc:  # the name typed still works; only the list to choose from is missing
+            self._say(f"The list of countries and regions could not be read: {exc}")
+            return
+        self._area_names_listed = True
+        typed = self.area_name.currentText()
+        self.area_name.blockSignals(True)
+        self.area_name.addItems(names)
+        self.area_name.setCurrentIndex(-1)
+        self.area_name.setEditText(typed)
+        self.area_name.blockSignals(False)
 
     def _check_dependencies(self) -> None:
         missing = deps.missing()
@@ -347,7 +402,16 @@ class GeoCLIPDock(QgsDockWidget):
                 raise InputError("choose a polygon layer for the area of interest")
             features = layer.selectedFeatures() or list(layer.getFeatures())
             return area_from_polygons(features, layer.crs(), layer.name())
+        if choice == "names":
+            name = self.area_name.currentText().strip()
+            if not name:
+                raise InputError("type or choose a country or region")
+            return area_from_names([name])
         return None
+
+    def hint(self):
+        """The hint typed, as the engine takes it; None when there is none."""
+        return hint_from(self.hint_edit.text(), self.hint_weight.value())
 
     def title(self) -> str:
         texts = [self.text_edit.text().strip()] if self.text_edit.text().strip() else []

@@ -11,6 +11,8 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QCompleter,
+    QDoubleSpinBox,
     QFormLayout,
     QFrame,
     QGridLayout,
@@ -62,7 +64,7 @@ def build(dock) -> None:
     dock.tabs.addTab(_scrolling(_options_tab(dock)), "Options")
     dock.tabs.addTab(_scrolling(_results_tab(dock)), "Results")
     layout.addWidget(dock.tabs, 1)
-    dock.tabs.currentChanged.connect(lambda index: index == 1 and dock.list_devices())
+    dock.tabs.currentChanged.connect(dock._tab_shown)
 
     run_row = QHBoxLayout()
     dock.run_button = QPushButton("Run")
@@ -149,27 +151,77 @@ def _input_tab(dock) -> QWidget:
     return page
 
 
+def _narrow(combo: QComboBox, characters: int = 16) -> QComboBox:
+    """A combo as wide as the dock allows, not as its longest entry (its list still shows them whole)."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(characters)
+    return combo
+
+
 def _options_tab(dock) -> QWidget:
+    from ..backend.results import HINT_WEIGHT, HINT_WEIGHT_MAX, MAX_PLACES
+    from ..core.inputs import CANDIDATES
+
     page = QWidget()
     form = QFormLayout(page)
     form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+    dock.places_combo = _narrow(QComboBox())
+    for key, words in CANDIDATES:
+        dock.places_combo.addItem(words, key)
+    dock.places_combo.setToolTip(
+        "Distinct places: the gallery's probability grouped into places, each with its summed probability and "
+        "the radius holding most of it; refined: each place's coordinates refined on the location encoder, "
+        "off the gallery's grid. Gallery points: the gallery's top-k points as GeoCLIP's release answers "
+        "(neighbouring points can repeat one town)."
+    )
+    form.addRow("Candidates", dock.places_combo)
     dock.top_k = QSpinBox()
-    dock.top_k.setRange(1, 100)
+    dock.top_k.setRange(1, MAX_PLACES)
     dock.top_k.setValue(5)
     form.addRow("Candidates per answer", dock.top_k)
+    dock.places_combo.currentIndexChanged.connect(dock._places_changed)
+    dock.hint_edit = QLineEdit()
+    dock.hint_edit.setPlaceholderText("e.g. a harbour town in Brazil")
+    dock.hint_edit.setClearButtonEnabled(True)
+    dock.hint_edit.setToolTip(
+        "What you already know of the place, in a few words (optional). CLIP's text feature of the hint is "
+        "combined with each photo's, weighted: the answer favours places that fit both. Photos only; a text "
+        "query is not steered."
+    )
+    hint_label = QLabel("Hint")
+    hint_label.setBuddy(dock.hint_edit)
+    form.addRow(hint_label)  # the hint on a line of its own, the dock's whole width: a few words to read back
+    form.addRow(dock.hint_edit)
+    dock.hint_weight = QDoubleSpinBox()
+    dock.hint_weight.setRange(0.1, HINT_WEIGHT_MAX)
+    dock.hint_weight.setSingleStep(0.1)
+    dock.hint_weight.setDecimals(2)
+    dock.hint_weight.setValue(HINT_WEIGHT)
+    dock.hint_weight.setToolTip(
+        f"How much the hint weighs against the photo: 1 as much as the photo, {HINT_WEIGHT:g} by default "
+        "(a wrong hint then does not overrule a sharp photo)"
+    )
+    dock.hint_weight_label = QLabel("Hint weight")
+    form.addRow(dock.hint_weight_label, dock.hint_weight)
+    dock.hint_edit.textChanged.connect(lambda text: dock.hint_weight.setEnabled(bool(text.strip())))
+    dock.hint_weight.setEnabled(False)
     dock.device_combo = QComboBox()
     dock.device_combo.addItem("Automatic (GPU if present)", "auto")
     dock.device_combo.addItem("CPU", "cpu")
     form.addRow("Device", dock.device_combo)
-    dock.area_combo = QComboBox()
+    dock.area_combo = _narrow(QComboBox())
     dock.area_combo.addItem("Whole world", "world")
     dock.area_combo.addItem("Current map extent", "extent")
     dock.area_combo.addItem("Selected polygons of a layer", "polygons")
+    dock.area_combo.addItem("Country or region by name", "names")
     form.addRow("Area of interest", dock.area_combo)
     dock.area_layer = QgsMapLayerComboBox()
     dock.area_layer.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
     dock.area_layer_label = QLabel("Polygon layer")
     form.addRow(dock.area_layer_label, dock.area_layer)
+    dock.area_name = _area_name_combo()
+    dock.area_name_label = QLabel("Country or region")
+    form.addRow(dock.area_name_label, dock.area_name)
     dock.area_combo.currentIndexChanged.connect(dock._area_changed)
     dock.rasters_check = QCheckBox("Probability rasters")
     dock.rasters_check.setToolTip("A world raster (0.25° cells) and local rasters (0.01°) around the best places")
@@ -201,6 +253,25 @@ def _options_tab(dock) -> QWidget:
     dock.world_per_photo.setEnabled(False)
     dock._area_changed()
     return page
+
+
+def _area_name_combo() -> QComboBox:
+    """Countries and regions by name: typed, with the names that hold what is typed offered as it is typed
+    (the list is filled once the option is chosen: reading it loads the gazetteer)."""
+    combo = _narrow(QComboBox())
+    combo.setEditable(True)
+    combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+    combo.lineEdit().setPlaceholderText("e.g. Brazil, or Bavaria, Germany")
+    combo.setToolTip(
+        "Only places in this country or first-level region (a state, province, région): type part of its name "
+        "and choose. A place belongs to the country of its nearest town."
+    )
+    completer = QCompleter(combo.model(), combo)
+    completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+    completer.setFilterMode(Qt.MatchFlag.MatchContains)
+    completer.setCompletionMode(QCompleter.CompletionMode.PopupCompletion)
+    combo.setCompleter(completer)
+    return combo
 
 
 def _results_tab(dock) -> QWidget:

@@ -72,43 +72,59 @@ class Runner(QObject):
         self._continue_output = ""  # a cancelled run's GeoPackage, offered to continue while the inputs stay
         self._continue_paths: list[str] = []
 
-    def start(self) -> None:
+    def request(self):
+        """The run the dock's inputs and options ask for, as the engine takes it (its output chosen); None,
+        with the reason said in the dock and its tab shown, when they cannot be used."""
         from ..backend.pipeline.run import WORLD_COMBINED, WORLD_EACH, RasterOptions, RunRequest, default_raster_folder
+        from ..core.inputs import place_options
 
         dock = self.dock
         texts = [dock.text_edit.text().strip()] if dock.text_edit.text().strip() else []
         if not dock.paths() and not texts:
             dock._say("Add photos or a folder, or type a text query, first.")
             dock.tabs.setCurrentIndex(0)
-            return
+            return None
         try:
             area = dock.area()
         except (InputError, Exception) as exc:
             dock._say(f"Area of interest: {exc}")
             dock.tabs.setCurrentIndex(1)
-            return
-        if not dock.list_devices():
-            return
-        settings = replace(load_settings(), device=dock.device_combo.currentData() or "auto")
-        save_settings(settings)
-        dock.remember()
+            return None
+        try:
+            hint = dock.hint()
+        except InputError as exc:
+            dock._say(f"Hint: {exc}")
+            dock.tabs.setCurrentIndex(1)
+            return None
         output = dock.output.filePath() or dock.default_output()
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
         rasters = None
         if dock.rasters_check.isChecked():
             world = WORLD_EACH if dock.world_per_photo.isChecked() else WORLD_COMBINED
             rasters = RasterOptions(default_raster_folder(output), world=world)
-        request = RunRequest(
+        return RunRequest(
             photos=dock.paths(),
             texts=texts,
             top_k=dock.top_k.value(),
             area=area,
+            places=place_options(dock.places_combo.currentData()),
+            hint=hint,
             output=output,
             rasters=rasters,
             fuse=dock.fuse_check.isChecked(),
             confidence=dock.confidence_check.isChecked(),
             photo_count=dock.photo_list.total() if dock.paths() else 0,  # None while still counting
         )
+
+    def start(self) -> None:
+        dock = self.dock
+        request = self.request()
+        if request is None or not dock.list_devices():
+            return
+        settings = replace(load_settings(), device=dock.device_combo.currentData() or "auto")
+        save_settings(settings)
+        dock.remember()
+        texts, output = request.texts, request.output
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
         self.task = GeolocateTask(request, settings)
         self._named, self.last_output = (dock.paths(), texts), output  # the title once the run has counted
         # each stage in the dock's progress bar and status line

@@ -22,7 +22,6 @@ from qgis.core import (
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
-    QgsTask,
     QgsVectorLayer,
 )
 from qgis.gui import QgsDockWidget, QgsMapToolEmitPoint, QgsVertexMarker
@@ -46,12 +45,13 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..backend.results import AnswerKind, answer_name
+from ..backend.results import RADIUS_MASS, AnswerKind, answer_name
 from ..core.inputs import WGS84
 from ..core.plain_text import as_html, tooltip
-from ..core.tasks import show_progress
 from ..map.layers import ANSWER_PROPERTY, OUTPUT_PROPERTY
+from ..map.names import radius_text
 from ..map.styles import show_confidence_areas_of
+from .likely import LikelyTask, likely_text
 
 THUMBNAIL = 72  # px, list icons
 PHOTO_HEIGHT = 220  # px, the selected photo
@@ -69,53 +69,6 @@ def _pixmap(path: str, side: int) -> QPixmap | None:
     return pixmap if pixmap.loadFromData(data, "JPEG") else None
 
 
-class LikelyTask(QgsTask):
-    """ "How likely here?" in the background: the answer's rasters are made again from its query vector."""
-
-    stage = pyqtSignal(object)  # a backend Progress: the first use's stages (the gallery, the world grid)
-
-    def __init__(self, settings, result, lat: float, lon: float, area=None):
-        super().__init__("GeoCLIP: how likely here?", QgsTask.Flag.CanCancel)
-        self.settings, self.result, self.lat, self.lon, self.area = settings, result, lat, lon, area
-        self.found = None
-        self.error = ""
-
-    def _progress(self, event) -> None:
-        show_progress(self, event, self.stage)
-
-    def run(self) -> bool:
-        from ..backend.earth.likelihood import for_answer
-        from ..backend.errors import Cancelled
-        from ..core.session import get_engine
-
-        try:
-            spot = [("here", self.lat, self.lon)]
-            engine = get_engine(self.settings)
-            self.found = for_answer(engine, self.result, spot, self.area, self._progress, self.isCanceled)[0]
-            return True
-        except Cancelled:  # said as "cancelled" by the panel
-            return False
-        except Exception as exc:  # shown in the panel, never raised into QGIS
-            self.error = f"{type(exc).__name__}: {exc}"
-            return False
-
-
-def likely_text(found) -> str:
-    """What the map tool found, as a person reads it."""
-    masses = ", ".join(f"{100 * mass:.2f} % within {radius:g} km" for radius, mass in found.masses.items())
-    lines = [f"At {found.lat:.5f}, {found.lon:.5f}: {masses}."]
-    if found.rank is None:
-        lines.append("Outside the run's area of interest.")
-    else:
-        lines.append(
-            f"Density {found.density_ratio:.3g}× that of the most probable place; this spot's cell ranks "
-            f"{found.rank:,} of {found.cells:,} world cells."
-        )
-        if found.credible_level == found.credible_level:  # not NaN
-            lines.append(f"It lies inside the {100 * found.credible_level:.0f} % confidence area.")
-    return "\n".join(lines)
-
-
 class ResultsPanel(QgsDockWidget):
     """Judging one answer of a run at a time (see the module's docstring)."""
 
@@ -127,6 +80,7 @@ class ResultsPanel(QgsDockWidget):
         self.iface = iface
         self.gpkg = ""
         self.answers = []
+        self._parameters: dict[str, dict] = {}  # each run's recorded parameters, by its run_at
         self.only_this = False
         self.tool = None
         self.task = None
@@ -172,9 +126,12 @@ class ResultsPanel(QgsDockWidget):
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.info)
 
-        self.candidates = QTableWidget(0, 4)
-        self.candidates.setHorizontalHeaderLabels(["#", "Prob.", "Nearest place", "km off"])
-        self.candidates.horizontalHeaderItem(3).setToolTip("Distance from the photo's EXIF position, when it has one")
+        self.candidates = QTableWidget(0, 5)
+        self.candidates.setHorizontalHeaderLabels(["#", "Prob.", "Nearest place", "Radius", "km off"])
+        self.candidates.horizontalHeaderItem(3).setToolTip(
+            f"Around the place, the radius holding {100 * RADIUS_MASS:.0f} % of its probability (distinct places)"
+        )
+        self.candidates.horizontalHeaderItem(4).setToolTip("Distance from the photo's EXIF position, when it has one")
         header = self.candidates.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
@@ -254,6 +211,7 @@ class ResultsPanel(QgsDockWidget):
             self.source.setText(as_html(exc))
             return
         self.gpkg, self.answers = gpkg, answers
+        self._parameters = {}  # read again when one of its answers is first shown
         count = f"{len(answers)} answer{'s' if len(answers) != 1 else ''}"
         self.source.setText(f"<b>{as_html(Path(gpkg).name)}</b> — {count}")
         self.source.setToolTip(tooltip(gpkg))
@@ -336,19 +294,31 @@ class ResultsPanel(QgsDockWidget):
                 if stored.result.kind is AnswerKind.FUSED
                 else "(the photo is not available: no file has the bytes the run answered)"
             )
-        self.info.setText(self._info_html(stored))
+        parameters = self._run_parameters(stored.run_at)
+        self.info.setText(self._info_html(stored, parameters))
         self.info.setToolTip(tooltip(stored.path))
         self.candidates.setRowCount(len(result.candidates))
+        refined = parameters.get("refined") is True
         for index, c in enumerate(result.candidates):
             truth = result.error_km(c)
             place = ", ".join(v for v in (c.place, c.region, c.country) if v)
-            cells = (str(c.rank), f"{100 * c.probability:.2f} %", place, "" if truth is None else f"{truth:,.1f}")
+            radius = radius_text(c.radius_km)
+            cells = (
+                str(c.rank),
+                f"{100 * c.probability:.2f} %",
+                place,
+                radius,
+                "" if truth is None else f"{truth:,.1f}",
+            )
+            about = f"{c.lat:.5f}, {c.lon:.5f}" + (f" — {c.place_km:.1f} km from {c.place}" if c.place else "")
+            if radius:
+                about += f"\n{radius}: the radius holding {100 * RADIUS_MASS:.0f} % of this place's probability"
+            if refined and c.gallery_lat is not None and c.gallery_lon is not None:
+                about += f"\nRefined from the gallery point {c.gallery_lat:.5f}, {c.gallery_lon:.5f}"
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
-                item.setToolTip(
-                    f"{c.lat:.5f}, {c.lon:.5f}" + (f" — {c.place_km:.1f} km from {c.place}" if c.place else "")
-                )
-                if column in (0, 1, 3):
+                item.setToolTip(tooltip(about))  # the place's name is outside text
+                if column in (0, 1, 3, 4):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.candidates.setItem(index, column, item)
         self.regions.setText(self._regions_text(stored))
@@ -359,8 +329,21 @@ class ResultsPanel(QgsDockWidget):
         if self.only_this:
             self.show_only_this(True)
 
+    def _run_parameters(self, run_at: str) -> dict:
+        """What the answer's run recorded of its parameters (kind of candidates, refined...); {} if nothing."""
+        if run_at not in self._parameters:
+            from ..backend.errors import GeoCLIPError
+            from ..backend.workbench.run_file import read_provenance
+
+            try:
+                parameters = read_provenance(self.gpkg, run_at or None).get("parameters") or {}
+            except GeoCLIPError:
+                parameters = {}
+            self._parameters[run_at] = parameters if isinstance(parameters, dict) else {}
+        return self._parameters[run_at]
+
     @staticmethod
-    def _info_html(stored) -> str:
+    def _info_html(stored, parameters: dict | None = None) -> str:
         from ..backend.photos.exif import camera_label
 
         meta = stored.result.metadata
@@ -368,6 +351,11 @@ class ResultsPanel(QgsDockWidget):
         rows = [f"<b>{as_html(name)}</b>"]
         if stored.result.error:
             rows.append(f"Not answered: {as_html(stored.result.error)}")
+        hint = stored.result.hint
+        if hint is not None:
+            rows.append(f"Hint: {as_html(hint.shown)}")
+        if (parameters or {}).get("candidates"):
+            rows.append(f"Candidates: {as_html(parameters['candidates'])}")
         if meta is not None:
             if meta.timestamp:
                 rows.append(f"Taken {as_html(meta.timestamp)}")
