@@ -110,12 +110,14 @@ def _photo(path, make, model):
 @pytest.fixture(scope="module")
 def run_file(engine, tmp_path_factory):
     from geoclip_qgis.backend.pipeline.run import RunRequest, execute
+    from geoclip_qgis.backend.results import Hint
 
     folder = tmp_path_factory.mktemp("report-text")
     hostile = _photo(folder / HOSTILE_NAME, HOSTILE_MAKE, "Model <b>9</b>")
     canon = _photo(folder / "canon.jpg", "Canon", "Canon EOS 40D")
     gpkg = folder / "run.gpkg"
-    execute(RunRequest(photos=[hostile, canon], top_k=3, output=str(gpkg)), engine)
+    hint = Hint("a <b>harbour</b> town", 0.25)  # the analyst's own words, shown as text like any other
+    execute(RunRequest(photos=[hostile, canon], top_k=3, output=str(gpkg), hint=hint), engine)
     return gpkg, hostile, canon
 
 
@@ -268,8 +270,21 @@ def test_the_legend_lists_the_confidence_areas_a_run_made(engine, samples, tmp_p
             QgsProject.instance().removeMapLayer(layer.id())
     legend = next(t for t in shown if t.startswith("Red star"))
     assert legend == (
-        "Red star: top-1 answer · solid red outline: 50 % confidence area · dashed orange outline: 90 % confidence area"
+        "Red star: top-1 answer · circles: each place's radius, holding 90 % of its probability · "
+        "solid red outline: 50 % confidence area · dashed orange outline: 90 % confidence area"
     )  # one candidate: no "other candidates" dots
     from geoclip_qgis.backend.workbench.report import report_from_geopackage
 
-    assert _legend(report_from_geopackage(gpkg, [photo]).answers[0]) == legend
+    assert _legend(report_from_geopackage(gpkg, [photo]).answers[0], radii=True) == legend
+
+
+def test_the_html_report_lists_places_with_their_radius_and_the_hint_as_text(run_file):
+    from test_workbench import _Tables
+
+    text = _html_of(run_file[0])
+    assert text.count("Hint: a &lt;b&gt;harbour&lt;/b&gt; town (weight 0.25)") == 2 and "<b>harbour" not in text
+    page = _Tables()
+    page.feed(text)
+    candidates = [t for t in page.tables if t[0][:5] == ["rank", "probability", "lat", "lon", "nearest place"]]
+    assert candidates and all(t[0][8:10] == ["radius km (90 %)", "refined from its gallery point"] for t in candidates)
+    assert all(float(row[8]) >= 1 and row[9] in ("yes", "no") for t in candidates for row in t[1:])

@@ -35,7 +35,7 @@ from ..earth.regions import COUNTRY, RegionRow
 from ..errors import GeoCLIPError
 from ..geo import haversine_km
 from ..photos.exif import camera_label
-from ..results import AnswerKind, Candidate, PhotoMetadata, PhotoResult
+from ..results import RADIUS_MASS, AnswerKind, Candidate, PhotoMetadata, PhotoResult
 from ..shown_text import visible_text
 from ..store.weights import backbone_provenance, not_vit_l14_warning, weight_checksums
 from ..version import __version__
@@ -362,9 +362,13 @@ def _answer_html(answer: ReportAnswer) -> str:
     parts.append("</div></div>")
     if answer.error:
         parts.append(f'<p class="error">Not answered: {_e(answer.error)}</p>')
+    if answer.hint:
+        parts.append(f"<p>Hint: {_e(answer.hint)}</p>")
     if answer.candidates:
         truth = any(c.truth_km is not None for c in answer.candidates)
+        radius = any(c.radius_km is not None for c in answer.candidates)  # distinct places, not gallery points
         headers = ["rank", "probability", "lat", "lon", "nearest place", "km to place", "region", "country"]
+        headers += [f"radius km ({100 * RADIUS_MASS:.0f} %)", "refined from its gallery point"] if radius else []
         headers += ["km to EXIF position"] if truth else []
         rows = []
         for c in answer.candidates:
@@ -378,8 +382,10 @@ def _answer_html(answer: ReportAnswer) -> str:
                 c.region,
                 c.country,
             ]
+            row += [_num(c.radius_km, 1), "yes" if c.refined else "no"] if radius else []
             rows.append(row + ([_num(c.truth_km, 1)] if truth else []))
-        parts += ["<h3>Candidates</h3>", _table(headers, rows, numeric=(0, 1, 2, 3, 5, 8))]
+        numeric = (0, 1, 2, 3, 5) + ((8,) if radius else ()) + ((len(headers) - 1,) if truth else ())
+        parts += ["<h3>Candidates</h3>", _table(headers, rows, numeric=numeric)]
     if answer.regions:
         parts.append("<h3>Probability by region</h3>")
         for level in dict.fromkeys(r.level for r in answer.regions):
