@@ -126,7 +126,8 @@ def main() -> None:
     from geoclip_qgis.backend import build_engine
     from geoclip_qgis.backend.earth.places import gazetteer
     from geoclip_qgis.backend.model import distinct_places
-    from geoclip_qgis.backend.model.distinct_places import PlaceOptions, answer_places, unit_vectors
+    from geoclip_qgis.backend.model.distinct_places import answer_places, unit_vectors
+    from geoclip_qgis.backend.model.place_options import PlaceOptions
 
     release = Path(list(importlib.util.find_spec("geoclip").submodule_search_locations)[0]) / "model"
     engine = build_engine(heads=release, backbone=False, device="cpu", precision="fp32")

@@ -15,7 +15,8 @@ import torch
 
 from geoclip_qgis.backend.errors import GeoCLIPError
 from geoclip_qgis.backend.geo import haversine_km
-from geoclip_qgis.backend.model.distinct_places import GALLERY_POINTS, MIN_RADIUS_KM, PlaceOptions
+from geoclip_qgis.backend.model.distinct_places import MIN_RADIUS_KM
+from geoclip_qgis.backend.model.place_options import GALLERY_POINTS, PlaceOptions
 from geoclip_qgis.backend.results import Hint
 
 

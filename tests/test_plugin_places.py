@@ -52,7 +52,7 @@ def test_a_runs_places_are_read_back_with_their_radius_gallery_point_and_hint(pl
 def test_the_dock_asks_for_places_a_hint_and_an_area_by_name(plugin, kauai_png, tmp_path):
     from qgis.PyQt.QtCore import Qt
 
-    from geoclip_qgis.backend.model.distinct_places import GALLERY_POINTS, PlaceOptions
+    from geoclip_qgis.backend.model.place_options import GALLERY_POINTS, PlaceOptions
     from geoclip_qgis.backend.results import HINT_WEIGHT, HINT_WEIGHT_MAX, MAX_PLACES, Hint
     from geoclip_qgis.ui.dock import GeoCLIPDock
 
@@ -241,7 +241,7 @@ def test_processing_takes_the_candidates_a_hint_and_names(plugin, kauai_png, mon
     import processing
     from qgis.core import QgsProcessingException
 
-    from geoclip_qgis.backend.model.distinct_places import GALLERY_POINTS, PlaceOptions
+    from geoclip_qgis.backend.model.place_options import GALLERY_POINTS, PlaceOptions
     from geoclip_qgis.backend.pipeline import run
     from geoclip_qgis.backend.results import Hint
 

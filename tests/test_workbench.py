@@ -23,7 +23,7 @@ from PIL import ExifTags, Image
 from geoclip_qgis.backend import geo
 from geoclip_qgis.backend.earth import confidence, likelihood, places, regions
 from geoclip_qgis.backend.geo import EARTH_RADIUS_KM, haversine_km
-from geoclip_qgis.backend.model.distinct_places import PlaceOptions
+from geoclip_qgis.backend.model.place_options import PlaceOptions
 from geoclip_qgis.backend.results import PhotoResult
 from geoclip_qgis.backend.version import __version__
 from geoclip_qgis.backend.workbench import report

@@ -100,7 +100,7 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_place_options(parser: argparse.ArgumentParser, evaluating: bool = False) -> None:
-    from ..model.distinct_places import MERGE_KM
+    from ..model.place_options import MERGE_KM
     from ..results import HINT_WEIGHT, MAX_PLACES
 
     if evaluating:  # the paper's protocol by default: the gallery's top-1 point

@@ -100,7 +100,7 @@ def _area_or_names(args):
 
 
 def _places(args):
-    from ..model.distinct_places import GALLERY_POINTS, PlaceOptions
+    from ..model.place_options import GALLERY_POINTS, PlaceOptions
 
     if hasattr(args, "gallery_points"):
         if args.gallery_points:
@@ -143,7 +143,7 @@ def _request(args, **fields):
     return RunRequest(
         top_k=args.top_k,
         area=_area_or_names(args),
-        places=_places(args),
+        places=fields.pop("places", None) or _places(args),
         hint=_hint(args),
         output=out,
         rasters=rasters,
@@ -222,7 +222,7 @@ def run_evaluate(args) -> int:
     from ..earth.evaluation import format_table
     from ..pipeline.evaluate import evaluate, truth_inputs
 
-    inputs = truth_inputs(args.data, args.images)
+    inputs = {**truth_inputs(args.data, args.images), "places": _places(args)}
     if args.report:
         _refuse_foreign_report(Path(args.report))
     _, evaluation = _execute(args, _request(args, **inputs), evaluate)

@@ -21,43 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import GeoCLIPError
 from ..geo import EARTH_RADIUS_KM, haversine_km
 from ..photos.area import Area
-from ..results import MAX_PLACES, RADIUS_MASS, Candidate
+from ..results import RADIUS_MASS, Candidate
+from .place_options import PlaceOptions
 from .refinement import refine
 
 HEAD = 2048  # the most probable gallery points grouped into places (they hold nearly all of a sharp answer)
 HEAD_MIN = 256
-MERGE_KM = 25.0  # gallery points this close belong to one place (the benchmark's choice, see the README)
 MIN_RADIUS_KM = 1.0  # below this the location encoder (finest sigma 2^8) tells nothing apart
-
-
-@dataclass(frozen=True)
-class PlaceOptions:
-    """How an answer's candidates are made: distinct places (refined on the continuous model), or the
-    gallery's raw top-k points as GeoCLIP's release answers (the paper's evaluation protocol)."""
-
-    distinct: bool = True
-    merge_km: float = MERGE_KM
-    refine: bool = True  # each place's coordinates refined on the location encoder (see .refinement)
-
-    def check(self, top_k: int) -> None:
-        merge = self.merge_km
-        if not (isinstance(merge, (int, float)) and math.isfinite(merge) and 1 <= merge <= 2000):
-            raise GeoCLIPError(f"the merge distance must be 1 to 2000 km, got {self.merge_km}")
-        if self.distinct and int(top_k) > MAX_PLACES:
-            raise GeoCLIPError(f"an answer lists at most {MAX_PLACES} distinct places, got top-k {top_k}")
-
-    @property
-    def shown(self) -> str:
-        """For the runs table and reports: what kind of candidates the answers list."""
-        if not self.distinct:
-            return "gallery points"
-        return f"distinct places ({self.merge_km:g} km apart)" + (", refined" if self.refine else "")
-
-
-GALLERY_POINTS = PlaceOptions(distinct=False, refine=False)
 
 
 @dataclass

@@ -31,9 +31,9 @@ from ..store.embedding_cache import EmbeddingCache, backbone_key
 from ..store.weights import ModelFiles, sha256_file
 from . import backbone, distinct_places
 from .device import PRECISION_NAMES, HalvingBatches, Staging, choose_dtype, is_device_failure
-from .distinct_places import GALLERY_POINTS, PlaceOptions
 from .gallery import Gallery, cached_location_features, features_key, load_gallery
 from .heads import load_heads
+from .place_options import GALLERY_POINTS, PlaceOptions
 from .rasters import RasterSet, SurfaceEvaluator, grid_centres, world_shape
 
 LOG = logging.getLogger("geoclip_qgis")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..earth.evaluation import accuracy_table, is_truth_csv, read_truth_csv
 from ..geo import haversine_km
+from ..model.place_options import GALLERY_POINTS
 from ..progress import ProgressCallback
 from ..results import PhotoResult
 from .run import RunOutcome, RunRequest, execute
@@ -22,12 +23,14 @@ if TYPE_CHECKING:  # torch loads with the model
 
 def truth_inputs(data: str | os.PathLike, images: str | os.PathLike | None = None) -> dict:
     """A run request's inputs for photos of known position: a CSV of photo,lat,lon (read now, so a table
-    that cannot be read is named before any model loads) or a folder of photos with EXIF GPS."""
+    that cannot be read is named before any model loads) or a folder of photos with EXIF GPS; answered as
+    the paper's protocol does, with the gallery's points (a caller may ask for places instead)."""
     data = str(data)
+    inputs = {"images": str(images) if images else None, "places": GALLERY_POINTS}
     if is_truth_csv(data):
         read_truth_csv(data, images)
-        return {"photos": [], "truth_csv": data, "images": str(images) if images else None}
-    return {"photos": [data], "truth_csv": None, "images": str(images) if images else None}
+        return {**inputs, "photos": [], "truth_csv": data}
+    return {**inputs, "photos": [data], "truth_csv": None}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 
 from ..errors import Cancelled, GeoCLIPError
-from ..model.distinct_places import PlaceOptions
+from ..model.place_options import PlaceOptions
 from ..output.answer_writer import AnswerWriter, ResumableStore
 from ..output.geotiff import VALUES_COMBINED, RasterNames, facts_of, raster_metadata, write_geotiff
 from ..photos.area import Area

@@ -27,7 +27,7 @@ class InputError(ValueError):
 
 def place_options(choice: str):
     """The engine's PlaceOptions for a key of :data:`CANDIDATES`."""
-    from ..backend.model.distinct_places import GALLERY_POINTS, PlaceOptions
+    from ..backend.model.place_options import GALLERY_POINTS, PlaceOptions
 
     if choice == "gallery":
         return GALLERY_POINTS
