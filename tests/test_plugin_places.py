@@ -183,7 +183,7 @@ def test_a_run_draws_each_places_radius_under_its_answers_and_the_panel_and_repo
         assert radius.startswith("± ") and radius.endswith(" km")
         assert float(radius[2:-3].replace(",", "")) == pytest.approx(candidate.radius_km, abs=0.51)
         assert "Refined from the gallery point" in panel.candidates.item(row, 2).toolTip()
-    assert f"Hint: “{HINT}” (weight 0.5)" in panel.info.text()
+    assert f"Hint: {HINT} (weight 0.5)" in panel.info.text()
     assert "Candidates: distinct places" in panel.info.text() and "refined" in panel.info.text()
     # ... and the case report
     pdf, _ = panel.export_report(str(tmp_path / "report.pdf"))

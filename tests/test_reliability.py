@@ -352,7 +352,7 @@ def test_stdout_carries_data_only(warm, tiny_clip, photo_dir, samples, tmp_path)
 
     evaluated = run("evaluate", samples / "gps", "--clip", tiny_clip)
     assert evaluated.stdout.splitlines()[0].startswith("photos 9, median error")
-    assert "photo,rank" not in evaluated.stdout and len(evaluated.stdout.splitlines()) == 3
+    assert "photo,rank" not in evaluated.stdout and len(evaluated.stdout.splitlines()) == 4  # with its candidates
 
 
 # ------------------------------------------------------------------------------------ bad options

@@ -121,6 +121,7 @@ def test_a_runs_layers_are_named_without_reading_its_geopackage_back(engine, sam
         "truth_lines": OutputKind.TRUTH_LINES,  # the photo has EXIF GPS: its error is measured
         "accuracy": OutputKind.ACCURACY,
         "regions": OutputKind.REGIONS,
+        "place_radii": OutputKind.PLACE_RADII,
     }
     source = ogr.Open(str(output))  # and that is what the file holds
     held = {source.GetLayer(i).GetName() for i in range(source.GetLayerCount()) if source.GetLayer(i).GetFeatureCount()}

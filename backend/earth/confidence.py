@@ -44,6 +44,7 @@ R² ∮ −sin φ dλ (:func:`geodesic_area_km2`), which for cells is the same s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -484,8 +485,25 @@ def _areas(world: Raster, local: Sequence[Raster], levels: Sequence[float], max_
                 break
             built[level] = found
         if len(built) == len(levels):
-            return ranking, built, exact_km2
+            return ranking, _nested(built, ranking), exact_km2
     raise AssertionError("the last smoothing is a last resort: it always gives an area")  # pragma: no cover
+
+
+def _nested(built: dict[float, _Built], ranking: _Ranking) -> dict[float, _Built]:
+    """Each level's area holding the lower levels' areas: simplifying one area alone can cut a corner
+    another keeps, and a cell then lies in the 75 % area but outside the 90 % one."""
+    lower = None
+    for level in sorted(built):
+        area = built[level]
+        if lower is not None and not area.geometry.Contains(lower.geometry):
+            from osgeo import ogr
+
+            geometry = ogr.ForceToMultiPolygon(area.geometry.Union(lower.geometry))
+            inside = _inside(geometry, ranking.cells)
+            mass = float(ranking.cells.probability[inside].sum() / ranking.cumulative[-1])
+            area = built[level] = dataclasses.replace(area, geometry=geometry, inside=inside, mass=mass)
+        lower = area
+    return built
 
 
 def _area(level: float, area: _Built, ranking: _Ranking, exact_km2: float) -> ConfidenceArea:

@@ -190,18 +190,23 @@ class SurfaceEvaluator:
 
     # -- windows -----------------------------------------------------------------------------------
 
-    def _origin_around(self, row: int, col: int, world_mass: np.ndarray) -> tuple[int, int]:
+    def _origin_around(
+        self, row: int, col: int, world_mass: np.ndarray, others: list[tuple[int, int]] = ()
+    ) -> tuple[int, int]:
         """Of the windows holding world cell (row, col), the one holding the most probability (kept inside
-        -180..180 and -90..90: no wrap)."""
+        -180..180 and -90..90: no wrap), among those overlapping none of ``others`` when there is one (a
+        world cell under two windows would be two different sums)."""
         size = self.window_cells
-        best, origin = None, (0, 0)
+        found = []
         for r in range(row - size + 1, row + 1):
             for c in range(col - size + 1, col + 1):
                 r0, c0 = min(max(r, 0), self.rows - size), min(max(c, 0), self.cols - size)
-                held = _logsumexp(world_mass[r0 : r0 + size, c0 : c0 + size])
-                if best is None or held > best:
-                    best, origin = held, (r0, c0)
-        return origin
+                found.append((_logsumexp(world_mass[r0 : r0 + size, c0 : c0 + size]), (r0, c0)))
+        apart = [f for f in found if all(not self._overlap(f[1], other) for other in others)]
+        return max(apart or found, key=lambda f: f[0])[1]
+
+    def _overlap(self, a: tuple[int, int], b: tuple[int, int]) -> bool:
+        return abs(a[0] - b[0]) < self.window_cells and abs(a[1] - b[1]) < self.window_cells
 
     def _containing(self, origins: list[tuple[int, int]], lat: float, lon: float) -> int | None:
         row = (90 - lat) / self.world_cell
@@ -219,9 +224,7 @@ class SurfaceEvaluator:
             if not np.isfinite(flat[index]) or len(windows) == regions:
                 break
             origin = self._origin_around(*divmod(int(index), self.cols), world_mass)
-            if all(
-                abs(origin[0] - r) >= self.window_cells or abs(origin[1] - c) >= self.window_cells for r, c in windows
-            ):
+            if not any(self._overlap(origin, other) for other in windows):
                 windows.append(origin)
         return windows
 
@@ -265,7 +268,7 @@ class SurfaceEvaluator:
         if seeds and self._containing(origins, *seeds[0][:2]) is None:
             row = min(int((90 - seeds[0][0]) // self.world_cell), self.rows - 1)
             col = min(int((seeds[0][1] + 180) // self.world_cell), self.cols - 1)
-            origins.append(self._origin_around(row, col, world_log_mass))
+            origins.append(self._origin_around(row, col, world_log_mass, origins))
         windows = [self._window(origin, query, area, log_total) for origin in origins]
         size = self.window_cells
         for window in windows:  # world cells under a window: the sum of its (finer) cells
