@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..errors import GeoCLIPError
 from ..results import MAX_PLACES
 
-MERGE_KM = 25.0  # gallery points this close belong to one place (bench/bench_places.py, the README)
+MERGE_KM = 25.0  # gallery points this close are one place (10-100 km alike in bench/bench_places.py)
 
 
 @dataclass(frozen=True)
